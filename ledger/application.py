@@ -1,0 +1,362 @@
+"""The Ledger: the one service layer. Each command loads aggregates, calls the domain, saves once."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import InfrastructureFactory, IntegrityError, JSONTranscoder
+from eventsourcing.utils import Environment, EnvType
+
+from . import pilot
+from .config import Settings
+from .domain import Participant, Payment, PersonalDetails, Study, derived_id
+from .domain.errors import (
+    ConcurrentUpdate,
+    ParticipantNotFound,
+    PaymentAlreadyRecorded,
+    PaymentNotFound,
+    StudyNotFound,
+)
+from .domain.money import check_currency, parse_pence
+from .privacy.keys import MasterKey
+from .privacy.keystore import DataKeyStore
+from .privacy.mapper import PersonalDataMapper, SealedAsBase64
+from .store import Sql, eventsourcing_env
+from .views import participant_view, study_view
+
+T = TypeVar("T")
+MAX_ATTEMPTS = 20
+REFERENCE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"  # no 0/O, 1/I/L, U: easy to read aloud
+
+
+class ConfigurationError(Exception):
+    """The data directory and the database do not belong together."""
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class Ledger(Application[UUID]):
+    """The consent and remuneration ledger."""
+
+    name = "Ledger"
+
+    def __init__(
+        self, env: Mapping[str, str] | None = None, *, clock: Callable[[], datetime] = utcnow,
+        study_slug: str = pilot.SLUG,
+    ) -> None:
+        self.settings = Settings.from_env(env or {})
+        self.master_key = MasterKey.load_or_create(self.settings.data_dir)
+        self.clock = clock
+        self.study_id = derived_id("study", study_slug)
+        super().__init__(eventsourcing_env(self.settings, self.master_key.at_rest_cipher_key()))
+        self.sql = Sql(self.factory.datastore)  # type: ignore[attr-defined]
+        self._check_master_key()
+        self.keys = DataKeyStore(self.sql, self.master_key.wrapping_key())
+        assert isinstance(self.mapper, PersonalDataMapper)
+        self.mapper.keys = self.keys
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        """Only the environment built from Settings: the process environment is not consulted."""
+        return Environment(name, dict(env or {}))
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory:
+        """The factory named by the environment (our durable SQLite one, or PostgreSQL)."""
+        return InfrastructureFactory.construct(env)
+
+    def construct_mapper(self) -> PersonalDataMapper:
+        """The mapper that seals personal fields per participant."""
+        return self.factory.mapper(
+            transcoder=self.construct_transcoder(), mapper_class=PersonalDataMapper
+        )  # type: ignore[return-value]
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        """The library's transcodings plus sealed personal fields."""
+        super().register_transcodings(transcoder)
+        transcoder.register(SealedAsBase64())
+
+    def _check_master_key(self) -> None:
+        self.sql.execute(
+            "CREATE TABLE IF NOT EXISTS {t}ledger_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )
+        with self.sql.transaction() as c:
+            c.execute("SELECT value FROM {t}ledger_meta WHERE name = %s", ("master_key_id",))
+            row = c.fetchone()
+            if row is None:
+                c.execute(
+                    "INSERT INTO {t}ledger_meta (name, value) VALUES (%s, %s)",
+                    ("master_key_id", self.master_key.key_id),
+                )
+            elif row["value"] != self.master_key.key_id:
+                raise ConfigurationError(
+                    "the master key in LEDGER_DATA_DIR does not match this database"
+                )
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _study(self) -> Study:
+        try:
+            return self.repository.get(self.study_id)  # type: ignore[return-value]
+        except AggregateNotFoundError:
+            raise StudyNotFound("no study is set up; run `ledger init`") from None
+
+    def _participant(self, participant_id: UUID) -> Participant:
+        try:
+            p = self.repository.get(participant_id)
+        except AggregateNotFoundError:
+            p = None
+        if not isinstance(p, Participant):
+            raise ParticipantNotFound("no participant with this id")
+        return p
+
+    def _payments(self, participant_id: UUID, activity: str) -> list[Payment]:
+        """Every payment slot used so far for a participant and activity, in order."""
+        found: list[Payment] = []
+        while True:
+            try:
+                found.append(self.repository.get(  # type: ignore[arg-type]
+                    Payment.create_id(participant_id, activity, len(found))))
+            except AggregateNotFoundError:
+                return found
+
+    def _change(self, participant_id: UUID, command: Callable[[Participant, Study], T]) -> T:
+        """Run a command on a participant and save; on a lost race, reload and run it again.
+
+        The domain decides again on the fresh state, so a retried duplicate gets the domain's
+        own error (e.g. already withdrawn) rather than a silent second write.
+        """
+        for _ in range(MAX_ATTEMPTS):
+            participant = self._participant(participant_id)
+            result = command(participant, self._study())
+            try:
+                self.save(participant)
+            except IntegrityError:
+                continue
+            return result
+        raise ConcurrentUpdate("the record changed repeatedly while saving; try again")
+
+    # -- study -------------------------------------------------------------------------------
+
+    def init_study(self, *, by: str = "system") -> bool:
+        """Create the pilot study and its first consent form; False if it already exists."""
+        at = self.clock()
+        try:
+            self._study()
+            return False
+        except StudyNotFound:
+            pass
+        study = Study.define(
+            slug=pilot.SLUG, name=pilot.NAME, controller=pilot.CONTROLLER,
+            lawful_bases=pilot.LAWFUL_BASES, scopes=pilot.SCOPES, activities=pilot.ACTIVITIES,
+            retention_days=pilot.RETENTION_DAYS, at=at, by=by,
+        )
+        study.register_form(pilot.FORM_VERSION, pilot.FORM_TEXT, at=at, by=by)
+        try:
+            self.save(study)
+        except IntegrityError:
+            return False  # another process created it at the same moment
+        return True
+
+    def register_form(self, version: str, text: str, *, by: str) -> str:
+        """Register a new consent form version; returns its SHA-256."""
+        study = self._study()
+        form = study.register_form(version, text, at=self.clock(), by=by)
+        self.save(study)
+        return form.sha256
+
+    def set_withdrawal_deadline(self, scope: str, deadline: datetime | None, *, by: str) -> None:
+        """Set or clear a scope's withdrawal deadline."""
+        study = self._study()
+        study.set_withdrawal_deadline(scope, deadline, at=self.clock(), by=by)
+        self.save(study)
+
+    def study(self) -> dict[str, Any]:
+        """The study as a plain dict."""
+        return study_view(self._study())
+
+    # -- participants ------------------------------------------------------------------------
+
+    def register_participant(
+        self, name: object, email: object = None, phone: object = None,
+        communities: object = None, preferred_contact: object = None, *, by: str,
+    ) -> dict[str, Any]:
+        """Register a person; returns their random ``id`` and short ``reference``."""
+        details = PersonalDetails.check(name, email, phone, communities, preferred_contact)
+        study = self._study()
+        participant_id = uuid4()
+        reference = "ST-" + "".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(8))
+        participant = Participant.register(
+            id=participant_id, study_id=study.id, reference=reference, details=details,
+            at=self.clock(), by=by,
+        )
+        self.keys.create(participant_id)
+        self.save(participant)
+        return {"id": participant_id, "reference": reference}
+
+    def participant(self, participant_id: UUID) -> dict[str, Any]:
+        """Everything about one participant, as a plain dict."""
+        p = self._participant(participant_id)
+        study = self._study()
+        payments = [pay for a in study.activities for pay in self._payments(participant_id, a)]
+        return participant_view(p, study, payments)
+
+    def erase(self, participant_id: UUID, reason: object, *, by: str) -> None:
+        """Crypto-shred a participant: destroy their data key, then record the erasure."""
+        def command(p: Participant, _: Study) -> None:
+            p.erase(reason, at=self.clock(), by=by)
+            self.keys.destroy(participant_id)
+        self._change(participant_id, command)
+
+    # -- consent -----------------------------------------------------------------------------
+
+    def request_consent(self, participant_id: UUID, scope: str, form_version: str, *,
+                        by: str) -> None:
+        """Record that consent for a scope was asked for."""
+        self._change(participant_id, lambda p, s: p.request_consent(
+            s.scope(scope), s.form(form_version), at=self.clock(), by=by))
+
+    def grant_consent(
+        self, participant_id: UUID, scope: str, form_version: str, method: object,
+        attribution: object = None, *, by: str,
+    ) -> None:
+        """Record consent given for a scope."""
+        self._change(participant_id, lambda p, s: p.grant_consent(
+            s.scope(scope), s.form(form_version), method, attribution, at=self.clock(), by=by))
+
+    def refuse_consent(self, participant_id: UUID, scope: str, *, by: str) -> None:
+        """Record that a requested consent was refused."""
+        self._change(participant_id, lambda p, s: p.refuse_consent(
+            s.scope(scope), at=self.clock(), by=by))
+
+    def expire_consent(self, participant_id: UUID, scope: str, *, by: str) -> None:
+        """Record that a consent lapsed."""
+        self._change(participant_id, lambda p, s: p.expire_consent(
+            s.scope(scope), at=self.clock(), by=by))
+
+    def withdraw_consent(
+        self, participant_id: UUID, scope: str, channel: object, reason: object = None, *,
+        by: str,
+    ) -> dict[str, Any]:
+        """Withdraw consent for a scope; returns whether it was late and the obligations opened."""
+        def command(p: Participant, s: Study) -> dict[str, Any]:
+            sc = s.scope(scope)
+            obligations = p.withdraw_consent(sc, channel, reason, at=self.clock(), by=by)
+            return {
+                "scope": sc.name,
+                "past_deadline": p.consents[sc.name].history[-1]["past_deadline"],
+                "obligations": [{"id": o.id, "kind": o.kind} for o in obligations],
+            }
+        return self._change(participant_id, command)
+
+    def discharge_obligation(self, participant_id: UUID, obligation_id: UUID,
+                             note: object = None, *, by: str) -> None:
+        """Mark a follow-up obligation done."""
+        self._change(participant_id, lambda p, s: p.discharge_obligation(
+            obligation_id, note, at=self.clock(), by=by))
+
+    # -- access needs ------------------------------------------------------------------------
+
+    def request_access_need(self, participant_id: UUID, category: object, detail: object, *,
+                            by: str) -> UUID:
+        """Record an access need; returns its ``need_id``."""
+        need_id = uuid4()
+        self._change(participant_id, lambda p, s: p.request_access_need(
+            need_id, category, detail, at=self.clock(), by=by))
+        return need_id
+
+    def record_access_outcome(self, participant_id: UUID, need_id: UUID, outcome: object,
+                              note: object = None, *, by: str) -> None:
+        """Record whether an access need was met."""
+        self._change(participant_id, lambda p, s: p.record_access_outcome(
+            need_id, outcome, note, at=self.clock(), by=by))
+
+    # -- remuneration ------------------------------------------------------------------------
+
+    def arrange_payment(self, participant_id: UUID, activity: str, method: object, payee: object,
+                        benefits_advice_offered: object, *, by: str) -> None:
+        """Record the payment method and payee agreed with the person."""
+        self._change(participant_id, lambda p, s: p.arrange_payment(
+            s.activity(activity), method, payee, benefits_advice_offered, at=self.clock(), by=by))
+
+    def decline_payment(self, participant_id: UUID, activity: str, reason: object = None, *,
+                        by: str) -> None:
+        """Record that the person declined payment for an activity."""
+        def command(p: Participant, s: Study) -> None:
+            a = s.activity(activity)
+            payments = self._payments(participant_id, a.name)
+            paid = bool(payments) and not payments[-1].is_reversed
+            p.decline_payment(a, reason, already_paid=paid, at=self.clock(), by=by)
+        self._change(participant_id, command)
+
+    def reduce_payment(self, participant_id: UUID, activity: str, amount: object,
+                       reason: object, *, by: str) -> None:
+        """Record that the person asked to be paid less than the rate."""
+        pence = parse_pence(amount)
+        self._change(participant_id, lambda p, s: p.reduce_payment(
+            s.activity(activity), pence, reason, at=self.clock(), by=by))
+
+    def record_expense(self, participant_id: UUID, activity: str, amount: object, method: object,
+                       description: object, *, by: str) -> UUID:
+        """Record an expense line, separate from the fee; returns its id."""
+        pence, expense_id = parse_pence(amount), uuid4()
+        self._change(participant_id, lambda p, s: p.record_expense(
+            expense_id, s.activity(activity), pence, method, description, at=self.clock(), by=by))
+        return expense_id
+
+    def record_payment(
+        self, participant_id: UUID, activity: str, amount: object, method: object, *,
+        currency: object = "GBP", reference: object = None, reason: object = None, by: str,
+    ) -> UUID:
+        """Record a payment; at most one per participant and activity unless reversed.
+
+        The payment's id is derived from (participant, activity, slot), so when two writers race
+        for the same slot the store's primary key lets exactly one in; the other gets
+        ``PaymentAlreadyRecorded``, the same error the domain gives when it sees the payment.
+        """
+        pence = parse_pence(amount)
+        check_currency(currency)
+        participant = self._participant(participant_id)
+        participant.check_not_erased()
+        act = self._study().activity(activity)
+        payments = self._payments(participant_id, act.name)
+        payment = Payment.record(
+            participant_id=participant_id, activity=act,
+            arrangement=participant.arrangement(act.name),
+            previous=payments[-1] if payments else None, amount_pence=pence, currency="GBP",
+            method=method, reference=reference, reason=reason, at=self.clock(), by=by,
+        )
+        try:
+            self.save(payment)
+        except IntegrityError:
+            raise PaymentAlreadyRecorded(
+                "this participant has already been paid for this activity", field="activity"
+            ) from None
+        return payment.id
+
+    def reverse_payment(self, participant_id: UUID, payment_id: UUID, reason: object, *,
+                        by: str) -> None:
+        """Reverse a payment, with a reason."""
+        self._participant(participant_id).check_not_erased()
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                payment = self.repository.get(payment_id)
+            except AggregateNotFoundError:
+                payment = None
+            if not isinstance(payment, Payment) or payment.participant_id != participant_id:
+                raise PaymentNotFound("no such payment for this participant")
+            payment.reverse(reason, at=self.clock(), by=by)
+            try:
+                self.save(payment)
+                return
+            except IntegrityError:
+                continue
+        raise ConcurrentUpdate("the payment changed repeatedly while saving; try again")

@@ -1,0 +1,42 @@
+"""Settings from the environment. ``load_environment`` is the one place that reads os.environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+DEFAULT_LINK_DAYS = 180
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the ledger needs to know about where it runs."""
+
+    data_dir: Path
+    database_url: str | None
+    base_url: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read LEDGER_* variables from a mapping (never from os.environ directly)."""
+        return cls(
+            data_dir=Path(env.get("LEDGER_DATA_DIR") or "./var"),
+            database_url=env.get("LEDGER_DATABASE_URL") or None,
+            base_url=(env.get("LEDGER_BASE_URL") or "http://127.0.0.1:8000").rstrip("/"),
+        )
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite database file used when no LEDGER_DATABASE_URL is set."""
+        return self.data_dir / "ledger.sqlite3"
+
+
+def load_environment(env_file: str | Path = ".env") -> dict[str, str]:
+    """The process environment, with a .env file's values filling in what it does not set."""
+    merged = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    merged.update(os.environ)
+    return merged

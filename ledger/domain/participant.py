@@ -1,0 +1,413 @@
+"""A participant: who they are (sealed personal data), their consents, access needs and
+payment arrangements. One aggregate per person, so every rule about a person is checked against
+one consistent version of their record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from .access import AccessNeed, check_need_request
+from .base import REDACTED, derived_id, personal, topic
+from .consent import ConsentRecord, Obligation
+from .errors import (
+    AccessNeedNotFound,
+    AttributionNotApplicable,
+    DuplicateId,
+    InvalidText,
+    ObligationNotFound,
+    ParticipantErased,
+)
+from .money import check_pence
+from .remuneration import REASON_MAX, Arrangement
+from .study import Activity, ConsentForm, Scope
+from .vocab import (
+    ATTRIBUTIONS,
+    CONSENT_METHODS,
+    PAYMENT_METHODS,
+    WITHDRAWAL_CHANNELS,
+    check_choice,
+    check_text,
+)
+
+NAME_MAX = 200
+EMAIL_MAX = 254
+PHONE_MAX = 40
+COMMUNITY_MAX = 80
+COMMUNITIES_MAX = 20
+
+
+@dataclass(frozen=True)
+class PersonalDetails:
+    """Checked registration details."""
+
+    name: str
+    email: str | None
+    phone: str | None
+    communities: list[str]
+    preferred_contact: str | None
+
+    @classmethod
+    def check(
+        cls, name: object, email: object, phone: object, communities: object,
+        preferred_contact: object,
+    ) -> PersonalDetails:
+        """Validate registration input, naming the offending field."""
+        n = check_text("name", name, max_length=NAME_MAX) or ""
+        e = check_text("email", email, max_length=EMAIL_MAX, required=False)
+        if e is not None and ("@" not in e or " " in e):
+            raise InvalidText("email must be an email address", field="email")
+        p = check_text("phone", phone, max_length=PHONE_MAX, required=False)
+        if communities is None:
+            communities = []
+        if not isinstance(communities, list | tuple) or len(communities) > COMMUNITIES_MAX:
+            raise InvalidText(
+                f"communities must be a list of at most {COMMUNITIES_MAX} labels",
+                field="communities",
+            )
+        cs = [check_text("communities", c, max_length=COMMUNITY_MAX) or "" for c in communities]
+        pc = check_text("preferred_contact", preferred_contact, max_length=200, required=False)
+        return cls(n, e, p, cs, pc)
+
+
+class Participant(Aggregate):
+    """One storyteller's record."""
+
+    TOPIC = topic("Participant")
+
+    class Created(Aggregate.Created):  # unused default; the library wants every topic explicit
+        TOPIC = topic("Participant.Created")
+
+    @classmethod
+    def register(
+        cls, *, id: UUID, study_id: UUID, reference: str, details: PersonalDetails,
+        at: datetime, by: str,
+    ) -> Participant:
+        """Register a person; ``id`` and ``reference`` are random, never derived from their data."""
+        return cls(
+            id=id, study_id=study_id, reference=reference, name=details.name,
+            email=details.email, phone=details.phone, communities=list(details.communities),
+            preferred_contact=details.preferred_contact, at=at, by=by,
+        )
+
+    @event("Registered", topic=topic("Participant.Registered"))
+    def __init__(
+        self, id: UUID, study_id: UUID, reference: str, name: str, email: str | None, phone: str | None,
+        communities: list[str], preferred_contact: str | None, at: datetime, by: str,
+    ) -> None:
+        self.study_id = study_id
+        self.reference = reference
+        self.name = name
+        self.email = email
+        self.phone = phone
+        self.communities: Any = communities
+        self.preferred_contact = preferred_contact
+        self.registered_at = at
+        self.consents: dict[str, ConsentRecord] = {}
+        self.obligations: dict[UUID, Obligation] = {}
+        self.needs: dict[UUID, AccessNeed] = {}
+        self.arrangements: dict[str, Arrangement] = {}
+        self.expenses: list[dict[str, Any]] = []
+        self.erased_at: datetime | None = None
+        self.erasure_reason: str | None = None
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def check_not_erased(self) -> None:
+        """Nothing more is recorded for an erased person."""
+        if self.erased_at is not None:
+            raise ParticipantErased("this participant's data has been erased")
+
+    def consent(self, scope: str) -> ConsentRecord:
+        """The consent record for a scope (empty if nothing was recorded yet)."""
+        return self.consents.get(scope) or ConsentRecord(scope)
+
+    def arrangement(self, activity: str) -> Arrangement:
+        """The payment arrangement for an activity (empty if none was made)."""
+        return self.arrangements.get(activity) or Arrangement(activity)
+
+    def _consent_for_update(self, scope: str) -> ConsentRecord:
+        return self.consents.setdefault(scope, ConsentRecord(scope))
+
+    def _arrangement_for_update(self, activity: str) -> Arrangement:
+        return self.arrangements.setdefault(activity, Arrangement(activity))
+
+    # -- consent -----------------------------------------------------------------------------
+
+    def request_consent(self, scope: Scope, form: ConsentForm, *, at: datetime, by: str) -> None:
+        """Record that consent was asked for (pending the person's answer)."""
+        self.check_not_erased()
+        self.consent(scope.name).check_can_request()
+        self._consent_requested(scope.name, form.version, form.sha256, at, by)
+
+    @event("ConsentRequested", topic=topic("Participant.ConsentRequested"))
+    def _consent_requested(
+        self, scope: str, form_version: str, form_sha256: str, at: datetime, by: str
+    ) -> None:
+        c = self._consent_for_update(scope)
+        c.form_version, c.form_sha256 = form_version, form_sha256
+        c.record("requested", at, by=by, form_version=form_version)
+
+    def grant_consent(
+        self, scope: Scope, form: ConsentForm, method: object, attribution: object = None,
+        *, at: datetime, by: str,
+    ) -> None:
+        """Record consent given: how it was given, on which form version, and attribution."""
+        self.check_not_erased()
+        check_choice("method", method, CONSENT_METHODS)
+        if scope.takes_attribution:
+            attribution = "anonymous" if attribution is None else attribution
+            check_choice("attribution", attribution, ATTRIBUTIONS)
+        elif attribution is not None:
+            raise AttributionNotApplicable(
+                f"attribution does not apply to the {scope.name} scope", field="attribution"
+            )
+        self.consent(scope.name).check_can_grant(form.version)
+        self._consent_granted(
+            scope.name, form.version, form.sha256, str(method),
+            attribution if isinstance(attribution, str) else None, at, by,
+        )
+
+    @event("ConsentGranted", topic=topic("Participant.ConsentGranted"))
+    def _consent_granted(
+        self, scope: str, form_version: str, form_sha256: str, method: str,
+        attribution: str | None, at: datetime, by: str,
+    ) -> None:
+        c = self._consent_for_update(scope)
+        c.form_version, c.form_sha256 = form_version, form_sha256
+        c.method, c.attribution = method, attribution
+        c.record("given", at, by=by, method=method, form_version=form_version,
+                 attribution=attribution)
+
+    def refuse_consent(self, scope: Scope, *, at: datetime, by: str) -> None:
+        """Record that the person said no to a requested consent."""
+        self.check_not_erased()
+        self.consent(scope.name).check_can_refuse()
+        self._consent_refused(scope.name, at, by)
+
+    @event("ConsentRefused", topic=topic("Participant.ConsentRefused"))
+    def _consent_refused(self, scope: str, at: datetime, by: str) -> None:
+        self._consent_for_update(scope).record("refused", at, by=by)
+
+    def expire_consent(self, scope: Scope, *, at: datetime, by: str) -> None:
+        """Record that a requested or given consent lapsed."""
+        self.check_not_erased()
+        self.consent(scope.name).check_can_expire()
+        self._consent_expired(scope.name, at, by)
+
+    @event("ConsentExpired", topic=topic("Participant.ConsentExpired"))
+    def _consent_expired(self, scope: str, at: datetime, by: str) -> None:
+        self._consent_for_update(scope).record("expired", at, by=by)
+
+    def withdraw_consent(
+        self, scope: Scope, channel: object, reason: object = None, *, at: datetime, by: str
+    ) -> list[Obligation]:
+        """Withdraw consent for a scope; opens its follow-up obligations; flags a late withdrawal."""
+        self.check_not_erased()
+        check_choice("channel", channel, WITHDRAWAL_CHANNELS)
+        why = check_text("reason", reason, max_length=REASON_MAX, required=False)
+        record = self.consent(scope.name)
+        record.check_can_withdraw()
+        n = record.withdrawals + 1
+        obligations = [
+            {"id": derived_id("obligation", self.id, scope.name, n, kind), "kind": kind}
+            for kind in scope.obligations
+        ]
+        self._consent_withdrawn(
+            scope.name, str(channel), why, scope.is_past_deadline(at), obligations, at, by
+        )
+        return [self.obligations[o["id"]] for o in obligations]
+
+    @event("ConsentWithdrawn", topic=topic("Participant.ConsentWithdrawn"))
+    def _consent_withdrawn(
+        self, scope: str, channel: str, reason: str | None, past_deadline: bool,
+        obligations: list[dict[str, Any]], at: datetime, by: str,
+    ) -> None:
+        c = self._consent_for_update(scope)
+        c.withdrawals += 1
+        c.record("withdrawn", at, by=by, channel=channel, reason=reason,
+                 past_deadline=past_deadline)
+        for o in obligations:
+            self.obligations[o["id"]] = Obligation(o["id"], scope, o["kind"], at)
+
+    def discharge_obligation(
+        self, obligation_id: UUID, note: object = None, *, at: datetime, by: str
+    ) -> None:
+        """Mark a follow-up obligation done."""
+        try:
+            obligation = self.obligations[obligation_id]
+        except KeyError:
+            raise ObligationNotFound("no such obligation for this participant") from None
+        obligation.check_can_discharge()
+        n = check_text("note", note, max_length=REASON_MAX, required=False)
+        self._obligation_discharged(obligation_id, n, at, by)
+
+    @event("ObligationDischarged", topic=topic("Participant.ObligationDischarged"))
+    def _obligation_discharged(
+        self, obligation_id: UUID, note: str | None, at: datetime, by: str
+    ) -> None:
+        o = self.obligations[obligation_id]
+        o.done_at, o.note = at, note
+
+    # -- access needs ------------------------------------------------------------------------
+
+    def request_access_need(
+        self, need_id: UUID, category: object, detail: object, *, at: datetime, by: str
+    ) -> None:
+        """Record an access need in the person's own words."""
+        self.check_not_erased()
+        c, d = check_need_request(category, detail)
+        if need_id in self.needs:
+            raise DuplicateId("this access need id is already in use", field="need_id")
+        self._need_requested(need_id, c, d, at, by)
+
+    @event("AccessNeedRequested", topic=topic("Participant.AccessNeedRequested"))
+    def _need_requested(
+        self, need_id: UUID, category: str, detail: str, at: datetime, by: str
+    ) -> None:
+        self.needs[need_id] = AccessNeed(need_id, category, detail, at)
+
+    def record_access_outcome(
+        self, need_id: UUID, outcome: object, note: object = None, *, at: datetime, by: str
+    ) -> None:
+        """Record whether an access need was met, partly met or not met."""
+        self.check_not_erased()
+        try:
+            need = self.needs[need_id]
+        except KeyError:
+            raise AccessNeedNotFound("no such access need for this participant") from None
+        o, n = need.check_can_record_outcome(outcome, note)
+        self._need_outcome(need_id, o, n, at, by)
+
+    @event("AccessNeedOutcomeRecorded", topic=topic("Participant.AccessNeedOutcomeRecorded"))
+    def _need_outcome(
+        self, need_id: UUID, outcome: str, note: str | None, at: datetime, by: str
+    ) -> None:
+        need = self.needs[need_id]
+        need.outcome, need.note, need.outcome_at = outcome, note, at
+        if outcome == "met":
+            need.met_at = at
+        need.history.append({"outcome": outcome, "at": at, "by": by})
+
+    # -- remuneration arrangements -----------------------------------------------------------
+
+    def arrange_payment(
+        self, activity: Activity, method: object, payee: object, benefits_advice_offered: object,
+        *, at: datetime, by: str,
+    ) -> None:
+        """Record how the person wants to be paid for an activity (this undoes a decline)."""
+        self.check_not_erased()
+        self.arrangement(activity.name).check_can_arrange(method, payee, benefits_advice_offered)
+        self._payment_arranged(
+            activity.name, str(method), str(payee), bool(benefits_advice_offered), at, by
+        )
+
+    @event("PaymentArranged", topic=topic("Participant.PaymentArranged"))
+    def _payment_arranged(
+        self, activity: str, method: str, payee: str, benefits_advice_offered: bool,
+        at: datetime, by: str,
+    ) -> None:
+        a = self._arrangement_for_update(activity)
+        a.method, a.payee, a.benefits_advice_offered = method, payee, benefits_advice_offered
+        a.declined = False
+        a.history.append({"event": "arranged", "at": at, "by": by, "method": method,
+                          "payee": payee})
+
+    def decline_payment(
+        self, activity: Activity, reason: object = None, *, already_paid: bool,
+        at: datetime, by: str,
+    ) -> None:
+        """Record that the person declined payment for an activity."""
+        self.check_not_erased()
+        self.arrangement(activity.name).check_can_decline(already_paid)
+        why = check_text("reason", reason, max_length=REASON_MAX, required=False)
+        self._payment_declined(activity.name, why, at, by)
+
+    @event("PaymentDeclined", topic=topic("Participant.PaymentDeclined"))
+    def _payment_declined(self, activity: str, reason: str | None, at: datetime, by: str) -> None:
+        a = self._arrangement_for_update(activity)
+        a.declined, a.reason = True, reason
+        a.history.append({"event": "declined", "at": at, "by": by})
+
+    def reduce_payment(
+        self, activity: Activity, amount_pence: int, reason: object, *, at: datetime, by: str
+    ) -> None:
+        """Record that the person asked for less than the rate (e.g. because of benefits)."""
+        self.check_not_erased()
+        why = self.arrangement(activity.name).check_can_reduce(activity, amount_pence, reason)
+        self._payment_reduced(activity.name, amount_pence, why, at, by)
+
+    @event("PaymentReduced", topic=topic("Participant.PaymentReduced"))
+    def _payment_reduced(
+        self, activity: str, amount_pence: int, reason: str, at: datetime, by: str
+    ) -> None:
+        a = self._arrangement_for_update(activity)
+        a.reduced_to_pence, a.reason = amount_pence, reason
+        a.history.append({"event": "reduced", "at": at, "by": by, "amount_pence": amount_pence})
+
+    def record_expense(
+        self, expense_id: UUID, activity: Activity, amount_pence: int, method: object,
+        description: object, *, at: datetime, by: str,
+    ) -> None:
+        """Record an expense (travel, care, data) as its own line, never mixed with the fee."""
+        self.check_not_erased()
+        check_pence(amount_pence)
+        check_choice("method", method, PAYMENT_METHODS)
+        d = check_text("description", description, max_length=REASON_MAX) or ""
+        if any(e["id"] == expense_id for e in self.expenses):
+            raise DuplicateId("this expense id is already in use", field="expense_id")
+        self._expense_recorded(expense_id, activity.name, amount_pence, str(method), d, at, by)
+
+    @event("ExpenseRecorded", topic=topic("Participant.ExpenseRecorded"))
+    def _expense_recorded(
+        self, expense_id: UUID, activity: str, amount_pence: int, method: str,
+        description: str, at: datetime, by: str,
+    ) -> None:
+        self.expenses.append({"id": expense_id, "activity": activity, "amount_pence": amount_pence,
+                              "method": method, "description": description, "at": at})
+
+    # -- erasure -----------------------------------------------------------------------------
+
+    def erase(self, reason: object, *, at: datetime, by: str) -> None:
+        """Mark the person erased; the caller destroys their data key in the same breath."""
+        self.check_not_erased()
+        why = check_text("reason", reason, max_length=500) or ""
+        self._erased(why, at, by)
+
+    @event("Erased", topic=topic("Participant.Erased"))
+    def _erased(self, reason: str, at: datetime, by: str) -> None:
+        self.erased_at, self.erasure_reason = at, reason
+        # In memory too, forget what the store can no longer decrypt.
+        self.name = REDACTED
+        self.email = REDACTED if self.email is not None else None
+        self.phone = REDACTED if self.phone is not None else None
+        self.communities = REDACTED
+        self.preferred_contact = REDACTED if self.preferred_contact is not None else None
+        for need in self.needs.values():
+            need.category, need.detail = REDACTED, REDACTED
+            need.note = REDACTED if need.note is not None else None
+        for o in self.obligations.values():
+            o.note = REDACTED if o.note is not None else None
+        for c in self.consents.values():
+            for step in c.history:
+                if step.get("reason") is not None:
+                    step["reason"] = REDACTED
+        for a in self.arrangements.values():
+            a.reason = REDACTED if a.reason is not None else None
+        for e in self.expenses:
+            e["description"] = REDACTED
+
+
+personal(Participant.Registered, "name", "email", "phone", "communities", "preferred_contact",
+         subject="originator_id")
+personal(Participant.ConsentWithdrawn, "reason", subject="originator_id")
+personal(Participant.ObligationDischarged, "note", subject="originator_id")
+personal(Participant.AccessNeedRequested, "category", "detail", subject="originator_id")
+personal(Participant.AccessNeedOutcomeRecorded, "note", subject="originator_id")
+personal(Participant.PaymentDeclined, "reason", subject="originator_id")
+personal(Participant.PaymentReduced, "reason", subject="originator_id")
+personal(Participant.ExpenseRecorded, "description", subject="originator_id")

@@ -1,0 +1,191 @@
+"""Remuneration: what was agreed with a person for an activity, and the payments made.
+
+The arrangement (method, payee, declined, reduced) lives on the participant. Each payment is its
+own aggregate whose id is derived from (participant, activity, slot): the store's primary key then
+guarantees at most one payment per slot, and a new slot opens only after the previous payment in
+it was reversed. That is how "at most one payment per participant per activity unless reversed"
+holds across threads, workers and hosts without a check-then-write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from .base import derived_id, personal, topic
+from .errors import (
+    InvalidAmount,
+    PaymentAlreadyDeclined,
+    PaymentAlreadyRecorded,
+    PaymentAlreadyReversed,
+    PaymentDeclinedByParticipant,
+    ReasonRequired,
+)
+from .money import CURRENCY, check_currency, check_pence
+from .study import Activity
+from .vocab import PAYEES, PAYMENT_METHODS, check_choice, check_text
+
+REFERENCE_MAX = 200
+REASON_MAX = 2000
+
+
+@dataclass
+class Arrangement:
+    """How a person will be paid for one activity, as worked out with them."""
+
+    activity: str
+    method: str | None = None
+    payee: str | None = None
+    benefits_advice_offered: bool | None = None
+    declined: bool = False
+    reduced_to_pence: int | None = None
+    reason: str | None = None
+    history: list[dict[str, object]] = field(default_factory=list)
+
+    def expected_pence(self, activity: Activity) -> int:
+        """The amount due: the agreed reduced amount, else the activity's rate."""
+        return self.reduced_to_pence if self.reduced_to_pence is not None else activity.rate_pence
+
+    def check_can_arrange(self, method: object, payee: object, advice: object) -> None:
+        """Method and payee come from the vocabularies; advice offered is yes or no."""
+        check_choice("method", method, PAYMENT_METHODS)
+        check_choice("payee", payee, PAYEES)
+        if not isinstance(advice, bool):
+            raise ReasonRequired(
+                "benefits_advice_offered must be true or false", field="benefits_advice_offered"
+            )
+
+    def check_can_decline(self, already_paid: bool) -> None:
+        """A person can decline until they have been paid."""
+        if self.declined:
+            raise PaymentAlreadyDeclined("payment for this activity is already declined")
+        if already_paid:
+            raise PaymentAlreadyRecorded(
+                "this activity has been paid; reverse the payment first", field="activity"
+            )
+
+    def check_can_reduce(self, activity: Activity, pence: int, reason: object) -> str:
+        """A reduction, at the person's request, is below the rate and has a reason."""
+        check_pence(pence)
+        if pence >= activity.rate_pence:
+            raise InvalidAmount("a reduced amount must be less than the rate", field="amount")
+        return check_text("reason", reason, max_length=REASON_MAX) or ""
+
+    def check_can_pay(self) -> None:
+        """A declined activity is not paid unless the person arranges payment again."""
+        if self.declined:
+            raise PaymentDeclinedByParticipant(
+                "the participant declined payment for this activity", field="activity"
+            )
+
+
+class Payment(Aggregate):
+    """One payment to one participant for one activity, in its slot."""
+
+    TOPIC = topic("Payment")
+
+    class Created(Aggregate.Created):  # unused default; the library wants every topic explicit
+        TOPIC = topic("Payment.Created")
+
+    @staticmethod
+    def create_id(participant_id: UUID, activity: str, slot: int) -> UUID:
+        """The store allows one payment per (participant, activity, slot)."""
+        return derived_id("payment", participant_id, activity, slot)
+
+    @classmethod
+    def record(
+        cls,
+        *,
+        participant_id: UUID,
+        activity: Activity,
+        arrangement: Arrangement,
+        previous: Payment | None,
+        amount_pence: int,
+        currency: str,
+        method: object,
+        reference: str | None,
+        reason: str | None,
+        at: datetime,
+        by: str,
+    ) -> Payment:
+        """Check and record a payment in the slot after ``previous``, which must be reversed.
+
+        The amount differs from what is due (the rate, or the agreed reduction) only with a reason.
+        """
+        if previous is not None and not previous.is_reversed:
+            raise PaymentAlreadyRecorded(
+                "this participant has already been paid for this activity", field="activity"
+            )
+        slot = 0 if previous is None else previous.slot + 1
+        arrangement.check_can_pay()
+        check_pence(amount_pence)
+        check_currency(currency)
+        check_choice("method", method, PAYMENT_METHODS)
+        ref = check_text("reference", reference, max_length=REFERENCE_MAX, required=False)
+        why = check_text("reason", reason, max_length=REASON_MAX, required=False)
+        expected = arrangement.expected_pence(activity)
+        if amount_pence != expected and why is None:
+            raise ReasonRequired(
+                "reason is required when the amount differs from the amount due", field="reason"
+            )
+        return cls(
+            participant_id=participant_id, activity=activity.name, slot=slot,
+            amount_pence=amount_pence, currency=CURRENCY, method=method, reference=ref,
+            reason=why, expected_pence=expected, at=at, by=by,
+        )
+
+    @event("Recorded", topic=topic("Payment.Recorded"))
+    def __init__(
+        self,
+        participant_id: UUID,
+        activity: str,
+        slot: int,
+        amount_pence: int,
+        currency: str,
+        method: str,
+        reference: str | None,
+        reason: str | None,
+        expected_pence: int,
+        at: datetime,
+        by: str,
+    ) -> None:
+        self.participant_id = participant_id
+        self.activity = activity
+        self.slot = slot
+        self.amount_pence = amount_pence
+        self.currency = currency
+        self.method = method
+        self.reference = reference
+        self.reason = reason
+        self.expected_pence = expected_pence
+        self.paid_at = at
+        self.reversed_at: datetime | None = None
+        self.reversal_reason: str | None = None
+
+    @property
+    def is_reversed(self) -> bool:
+        """True once the payment has been reversed."""
+        return self.reversed_at is not None
+
+    def check_can_reverse(self) -> None:
+        """A payment is reversed once."""
+        if self.is_reversed:
+            raise PaymentAlreadyReversed("this payment is already reversed")
+
+    def reverse(self, reason: object, *, at: datetime, by: str) -> None:
+        """Reverse the payment (e.g. it bounced); the activity can then be paid again."""
+        self.check_can_reverse()
+        why = check_text("reason", reason, max_length=REASON_MAX) or ""
+        self._reversed(participant_id=self.participant_id, reason=why, at=at, by=by)
+
+    @event("Reversed", topic=topic("Payment.Reversed"))
+    def _reversed(self, participant_id: UUID, reason: str, at: datetime, by: str) -> None:
+        self.reversed_at = at
+        self.reversal_reason = reason
+
+
+personal(Payment.Recorded, "reference", "reason")
+personal(Payment.Reversed, "reason")

@@ -1,0 +1,45 @@
+"""The words the ledger accepts for its enumerated fields (from the design's vocabularies)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .errors import InvalidChoice
+
+CONSENT_METHODS = ("online", "written", "verbal_recorded", "bsl", "easy_read", "supporter")
+PAYMENT_METHODS = (
+    "bank_transfer", "voucher", "gift_card", "cash", "charity_donation", "third_party", "other",
+)
+STAFF_WITHDRAWAL_CHANNELS = (
+    "in_person", "phone", "email", "video_call", "letter", "supporter", "other",
+)
+PARTICIPANT_LINK = "participant_link"
+WITHDRAWAL_CHANNELS = (*STAFF_WITHDRAWAL_CHANNELS, PARTICIPANT_LINK)
+PAYEES = ("self", "third_party", "charity")
+ATTRIBUTIONS = ("named", "anonymous")
+NEED_OUTCOMES = ("met", "partly_met", "not_met")
+CONSENT_STATES = ("requested", "given", "withdrawn", "refused", "expired")
+
+
+def check_choice(field: str, value: object, allowed: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``allowed``, else raise ``InvalidChoice`` naming the field."""
+    options = tuple(allowed)
+    if not isinstance(value, str) or value not in options:
+        raise InvalidChoice(f"{field} must be one of: {', '.join(options)}", field=field)
+    return value
+
+
+def check_text(field: str, value: object, *, max_length: int, required: bool = True) -> str | None:
+    """Return trimmed text of at most ``max_length`` characters; None when optional and empty."""
+    from .errors import InvalidText
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise InvalidText(f"{field} is required", field=field)
+        return None
+    if not isinstance(value, str):
+        raise InvalidText(f"{field} must be text", field=field)
+    text = value.strip()
+    if len(text) > max_length:
+        raise InvalidText(f"{field} must be at most {max_length} characters", field=field)
+    return text

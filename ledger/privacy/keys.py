@@ -1,0 +1,62 @@
+"""The master key file and the keys derived from it (HKDF-SHA256, one purpose per key)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+MASTER_KEY_FILE = "master.key"
+
+
+def write_secret_file(path: Path, data: bytes) -> bool:
+    """Create ``path`` with mode 0600 holding ``data``; False if it already exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+class MasterKey:
+    """The 256-bit secret in ``LEDGER_DATA_DIR/master.key`` that every other key derives from."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) != 32:
+            raise ValueError("the master key must be 32 bytes")
+        self._secret = secret
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> MasterKey:
+        """Load the master key, creating it (mode 0600) on first use."""
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = data_dir / MASTER_KEY_FILE
+        write_secret_file(path, base64.b64encode(secrets.token_bytes(32)) + b"\n")
+        return cls(base64.b64decode(path.read_bytes().strip()))
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for one purpose; different purposes give unrelated keys."""
+        return HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=f"ledger/{purpose}".encode()
+        ).derive(self._secret)
+
+    @property
+    def key_id(self) -> str:
+        """A public fingerprint, stored in the database to catch a mismatched key file."""
+        return self.derive("key-id/v1").hex()[:32]
+
+    def at_rest_cipher_key(self) -> str:
+        """The base64 key for eventsourcing's AESCipher over every stored event's state."""
+        return base64.b64encode(self.derive("event-state/v1")).decode()
+
+    def wrapping_key(self) -> bytes:
+        """The key that wraps per-participant data keys."""
+        return self.derive("data-key-wrap/v1")

@@ -1,0 +1,104 @@
+"""The mapper that seals personal fields with the participant's own data key.
+
+Layering on the way to the store: personal fields -> AES-GCM with the participant's data key
+(bound to participant, topic and field) -> JSON -> AES-GCM of the whole state with the at-rest key.
+On the way back, a field whose key was destroyed reads as ``REDACTED``: replay never fails because
+someone was erased.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import secrets
+from typing import Any
+from uuid import UUID
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from eventsourcing.persistence import Mapper, StoredEvent, Transcoding
+from eventsourcing.utils import get_topic
+
+from ..domain import REDACTED
+from ..domain.base import personal_fields
+from ..domain.errors import ParticipantErased
+from .keystore import DataKeyStore
+
+
+class Sealed:
+    """A personal field's ciphertext as it sits inside a stored event."""
+
+    __slots__ = ("ciphertext",)
+
+    def __init__(self, ciphertext: bytes) -> None:
+        self.ciphertext = ciphertext
+
+
+class SealedAsBase64(Transcoding):
+    """JSON transcoding for ``Sealed`` values."""
+
+    type = Sealed
+    name = "sealed"
+
+    def encode(self, obj: Sealed) -> str:
+        return base64.b64encode(obj.ciphertext).decode()
+
+    def decode(self, data: str) -> Sealed:
+        return Sealed(base64.b64decode(data))
+
+
+def _aad(subject: UUID, topic: str, field: str) -> bytes:
+    return subject.bytes + f"|{topic}|{field}".encode()
+
+
+class PersonalDataMapper(Mapper[UUID]):
+    """A Mapper that seals and unseals the personal fields declared in the domain."""
+
+    keys: DataKeyStore | None = None  # attached by the application once the store exists
+
+    def _subject(self, event: Any, subject_attr: str) -> UUID:
+        return getattr(event, subject_attr)
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        """Seal personal fields, then let the library encode and encrypt the whole state."""
+        spec = personal_fields(type(domain_event))
+        if spec is None:
+            return super().to_stored_event(domain_event)
+        assert self.keys is not None
+        subject = self._subject(domain_event, spec.subject)
+        key = self.keys.get(subject)
+        if key is None:
+            raise ParticipantErased("this participant's data has been erased")
+        aead, topic = AESGCM(key), get_topic(type(domain_event))
+        sealed = copy.copy(domain_event)
+        for field in spec.fields:
+            value = getattr(domain_event, field)
+            if value is None:
+                continue
+            nonce = secrets.token_bytes(12)
+            plaintext = self.transcoder.encode(value)
+            ciphertext = nonce + aead.encrypt(nonce, plaintext, _aad(subject, topic, field))
+            object.__setattr__(sealed, field, Sealed(ciphertext))
+        return super().to_stored_event(sealed)
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        """Decrypt and decode, then unseal personal fields (``REDACTED`` if the key is gone)."""
+        event = super().to_domain_event(stored_event)
+        spec = personal_fields(type(event))
+        if spec is None:
+            return event
+        assert self.keys is not None
+        subject = self._subject(event, spec.subject)
+        key = self.keys.get(subject)
+        aead = AESGCM(key) if key is not None else None
+        for field in spec.fields:
+            value = getattr(event, field)
+            if not isinstance(value, Sealed):
+                continue
+            if aead is None:
+                plain: Any = REDACTED
+            else:
+                c = value.ciphertext
+                data = aead.decrypt(c[:12], c[12:], _aad(subject, stored_event.topic, field))
+                plain = self.transcoder.decode(data)
+            object.__setattr__(event, field, plain)
+        return event

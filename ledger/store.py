@@ -1,0 +1,151 @@
+"""Storage wiring: the eventsourcing environment for SQLite or PostgreSQL, and a small SQL helper
+for the ledger's own tables (data keys, metadata) in the same database as the events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool, SQLiteFactory
+
+from .config import Settings
+
+
+class DurableSQLiteConnectionPool(SQLiteConnectionPool):
+    """Connections that fsync every commit (synchronous=FULL) and zero deleted content."""
+
+    def _create_connection(self) -> SQLiteConnection:
+        conn = super()._create_connection()
+        cursor = conn.cursor()
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA secure_delete=ON")
+        return conn
+
+
+class LedgerSQLiteFactory(SQLiteFactory):
+    """eventsourcing's SQLite factory with the durable connection pool."""
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        old = self.datastore.pool
+        self.datastore.pool = DurableSQLiteConnectionPool(
+            db_name=old.db_name, lock_timeout=old.lock_timeout, pool_size=5, max_overflow=30,
+            pool_timeout=30.0,
+        )
+        old.close()
+
+
+def postgres_env(url: str) -> dict[str, str]:
+    """Translate ``postgresql://user:pw@host:port/db?schema=s`` into eventsourcing's variables."""
+    u = urlparse(url)
+    if u.scheme not in ("postgres", "postgresql") or not u.path.strip("/"):
+        raise ValueError("LEDGER_DATABASE_URL must look like postgresql://user@host:port/dbname")
+    query = parse_qs(u.query)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": unquote(u.path.strip("/")),
+        "POSTGRES_HOST": u.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(u.port or 5432),
+        "POSTGRES_USER": unquote(u.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(u.password or ""),
+        "POSTGRES_SCHEMA": query.get("schema", [""])[0],
+        "POSTGRES_POOL_SIZE": "5",
+        "POSTGRES_MAX_OVERFLOW": "30",
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "POSTGRES_LOCK_TIMEOUT": "30",
+    }
+
+
+def ensure_postgres_schema(env: dict[str, str]) -> None:
+    """Create the named schema if it is not the default one (the library expects it to exist)."""
+    schema = env.get("POSTGRES_SCHEMA")
+    if not schema or schema == "public":
+        return
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(
+        dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
+        user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None, autocommit=True,
+        connect_timeout=10,
+    ) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+
+
+def eventsourcing_env(settings: Settings, cipher_key: str) -> dict[str, str]:
+    """The complete environment for the eventsourcing library (nothing from os.environ)."""
+    env = {
+        "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
+        "CIPHER_KEY": cipher_key,
+        "AGGREGATE_CACHE_MAXSIZE": "1000",
+    }
+    if settings.database_url:
+        env.update(postgres_env(settings.database_url))
+        ensure_postgres_schema(env)
+    else:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env.update({
+            "PERSISTENCE_MODULE": "ledger.store:LedgerSQLiteFactory",
+            "SQLITE_DBNAME": str(settings.sqlite_path),
+            "SQLITE_LOCK_TIMEOUT": "30",
+        })
+    return env
+
+
+class Sql:
+    """Run the ledger's own statements on the event store's connections (either backend).
+
+    Statements use ``%s`` placeholders and ``{t}`` for the table prefix (the schema on PostgreSQL).
+    """
+
+    def __init__(self, datastore: Any) -> None:
+        self.datastore = datastore
+        self.is_postgres = isinstance(datastore, PostgresDatastore)
+        self.prefix = f'"{datastore.schema}".' if self.is_postgres else ""
+
+    def _sql(self, statement: str) -> str:
+        statement = statement.replace("{t}", self.prefix)
+        return statement if self.is_postgres else statement.replace("%s", "?")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A committed transaction; yields a cursor whose ``execute`` takes portable SQL."""
+        with self.datastore.transaction(commit=True) as cursor:
+            yield _PortableCursor(cursor, self._sql)
+
+    def query(self, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Rows of a read-only statement."""
+        with self.datastore.transaction(commit=False) as cursor:
+            cursor.execute(self._sql(statement), params)
+            return list(cursor.fetchall())
+
+    def execute(self, statement: str, params: tuple[Any, ...] = ()) -> None:
+        """Run one statement in its own committed transaction."""
+        with self.transaction() as cursor:
+            cursor.execute(statement, params)
+
+    def maintenance(self, statement: str) -> None:
+        """Run a statement outside any transaction (VACUUM, wal_checkpoint)."""
+        if self.is_postgres:
+            with self.datastore.get_connection() as conn:
+                conn.execute(self._sql(statement))
+        else:
+            with self.datastore.get_connection(commit=True) as conn:
+                conn.cursor().execute(statement)
+
+
+class _PortableCursor:
+    def __init__(self, cursor: Any, translate: Any) -> None:
+        self._cursor, self._translate = cursor, translate
+
+    def execute(self, statement: str, params: tuple[Any, ...] = ()) -> None:
+        self._cursor.execute(self._translate(statement), params)
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> Any:
+        return self._cursor.fetchall()

@@ -1,0 +1,101 @@
+"""Plain-dict views of single records, read from their aggregates (lists and reports come from
+projections). Personal fields pass through as stored: after erasure they are ``REDACTED``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .domain import Participant, Payment, Study, is_redacted
+from .domain.money import format_pence
+
+
+def _text(value: Any) -> Any:
+    return "[erased]" if is_redacted(value) else value
+
+
+def study_view(study: Study) -> dict[str, Any]:
+    """The study: scopes with deadlines, activities with rates, forms (current marked), bases."""
+    return {
+        "id": study.id,
+        "name": study.name,
+        "controller": study.controller,
+        "lawful_bases": study.lawful_bases,
+        "retention_days": study.retention_days,
+        "scopes": [
+            {"name": s.name, "label": s.label, "description": s.description,
+             "withdrawal_deadline": s.withdrawal_deadline, "obligations": list(s.obligations),
+             "takes_attribution": s.takes_attribution}
+            for s in study.scopes.values()
+        ],
+        "activities": [
+            {"name": a.name, "label": a.label, "rate": format_pence(a.rate_pence),
+             "currency": "GBP"}
+            for a in study.activities.values()
+        ],
+        "consent_forms": [
+            {"version": f.version, "sha256": f.sha256, "registered_at": f.registered_at,
+             "current": f.version == study.current_form_version}
+            for f in study.forms.values()
+        ],
+    }
+
+
+def payment_view(payment: Payment, erased: bool) -> dict[str, Any]:
+    """One payment; its personal fields are hidden once the participant is erased."""
+    def personal(value: Any) -> Any:
+        return None if value is None else ("[erased]" if erased else _text(value))
+    return {
+        "id": payment.id, "activity": payment.activity, "amount": format_pence(payment.amount_pence),
+        "currency": payment.currency, "method": payment.method,
+        "reference": personal(payment.reference), "reason": personal(payment.reason),
+        "expected": format_pence(payment.expected_pence), "paid_at": payment.paid_at,
+        "reversed_at": payment.reversed_at,
+        "reversal_reason": personal(payment.reversal_reason),
+        "status": "reversed" if payment.is_reversed else "paid",
+    }
+
+
+def participant_view(p: Participant, study: Study, payments: list[Payment]) -> dict[str, Any]:
+    """Everything held about one participant."""
+    erased = p.erased_at is not None
+    return {
+        "id": p.id,
+        "reference": p.reference,
+        "name": _text(p.name),
+        "email": _text(p.email),
+        "phone": _text(p.phone),
+        "communities": "[erased]" if is_redacted(p.communities) else list(p.communities),
+        "preferred_contact": _text(p.preferred_contact),
+        "registered_at": p.registered_at,
+        "erased": erased,
+        "erased_at": p.erased_at,
+        "consents": {
+            name: {"state": c.state, "form_version": c.form_version, "method": c.method,
+                   "attribution": c.attribution, "changed_at": c.changed_at,
+                   "history": [{k: _text(v) for k, v in step.items()} for step in c.history]}
+            for name, c in p.consents.items()
+        },
+        "obligations": [
+            {"id": o.id, "scope": o.scope, "kind": o.kind, "opened_at": o.opened_at,
+             "done_at": o.done_at, "note": _text(o.note)}
+            for o in p.obligations.values()
+        ],
+        "access_needs": [
+            {"id": n.id, "category": _text(n.category), "detail": _text(n.detail),
+             "outcome": n.outcome, "note": _text(n.note), "requested_at": n.requested_at,
+             "met_at": n.met_at}
+            for n in p.needs.values()
+        ],
+        "arrangements": {
+            name: {"method": a.method, "payee": a.payee,
+                   "benefits_advice_offered": a.benefits_advice_offered, "declined": a.declined,
+                   "reduced_to": None if a.reduced_to_pence is None
+                   else format_pence(a.reduced_to_pence), "reason": _text(a.reason)}
+            for name, a in p.arrangements.items()
+        },
+        "expenses": [
+            {**e, "amount": format_pence(e["amount_pence"]), "description": _text(e["description"])}
+            for e in p.expenses
+        ],
+        "payments": [payment_view(pay, erased) for pay in payments],
+    }
