@@ -23,7 +23,7 @@ from .domain.errors import (
     StudyNotFound,
 )
 from .domain.money import check_currency, parse_pence
-from .privacy.keys import MasterKey
+from .privacy.keys import MasterKey, ensure_signing_key
 from .privacy.keystore import DataKeyStore
 from .privacy.mapper import PersonalDataMapper, SealedAsBase64
 from .store import Sql, eventsourcing_env
@@ -54,6 +54,7 @@ class Ledger(Application[UUID]):
     ) -> None:
         self.settings = Settings.from_env(env or {})
         self.master_key = MasterKey.load_or_create(self.settings.data_dir)
+        ensure_signing_key(self.settings.data_dir)
         self.clock = clock
         self.study_id = derived_id("study", study_slug)
         super().__init__(eventsourcing_env(self.settings, self.master_key.at_rest_cipher_key()))
@@ -100,6 +101,17 @@ class Ledger(Application[UUID]):
                 raise ConfigurationError(
                     "the master key in LEDGER_DATA_DIR does not match this database"
                 )
+
+    def claim_once(self, name: str) -> bool:
+        """Record that a one-off action (like loading the demo) happened; False if it already had."""
+        try:
+            self.sql.execute(
+                "INSERT INTO {t}ledger_meta (name, value) VALUES (%s, %s)",
+                (name, self.clock().isoformat()),
+            )
+        except IntegrityError:
+            return False
+        return True
 
     # -- loading -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool, SQLiteFactory
 
 from .config import Settings
+from .privacy.keys import write_secret_file
 
 
 class DurableSQLiteConnectionPool(SQLiteConnectionPool):
@@ -87,6 +88,8 @@ def eventsourcing_env(settings: Settings, cipher_key: str) -> dict[str, str]:
         ensure_postgres_schema(env)
     else:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Create the file ourselves so it (and the -wal/-shm files SQLite copies it from) is 0600.
+        write_secret_file(settings.sqlite_path, b"")
         env.update({
             "PERSISTENCE_MODULE": "ledger.store:LedgerSQLiteFactory",
             "SQLITE_DBNAME": str(settings.sqlite_path),

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from .errors import (
     ConsentAlreadyGiven,
+    ConsentAlreadyRequested,
     ConsentAlreadyWithdrawn,
     ConsentNotGiven,
     ConsentNotRequested,
@@ -57,7 +58,9 @@ class ConsentRecord:
         if self.state == "given":
             raise ConsentAlreadyGiven("consent for this scope is already given", field="scope")
         if self.state == "requested":
-            raise ConsentAlreadyGiven("consent for this scope is already requested", field="scope")
+            raise ConsentAlreadyRequested(
+                "consent for this scope is already requested", field="scope"
+            )
 
     def check_can_grant(self, form_version: str) -> None:
         """Grant from any state but given; while given, only on a different form version."""

@@ -11,7 +11,8 @@
     │   ├── InvalidAmount, UnsupportedCurrency, InvalidChoice, InvalidText
     │   └── ReasonRequired, AttributionNotApplicable
     ├── InvalidTransition              not allowed in the current state (HTTP 409)
-    │   ├── ConsentAlreadyGiven, ConsentNotGiven, ConsentAlreadyWithdrawn, ConsentNotRequested
+    │   ├── ConsentAlreadyGiven, ConsentAlreadyRequested, ConsentNotGiven,
+    │   │   ConsentAlreadyWithdrawn, ConsentNotRequested
     │   ├── NeedAlreadyMet, ObligationAlreadyDischarged
     │   ├── PaymentAlreadyRecorded, PaymentDeclinedByParticipant, PaymentAlreadyReversed,
     │   │   PaymentAlreadyDeclined
@@ -120,6 +121,12 @@ class InvalidTransition(LedgerError):
 
 class ConsentAlreadyGiven(InvalidTransition):
     """Consent for this scope is already given on this form version."""
+
+    field = "scope"
+
+
+class ConsentAlreadyRequested(InvalidTransition):
+    """Consent for this scope has already been requested and awaits an answer."""
 
     field = "scope"
 

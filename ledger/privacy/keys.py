@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MASTER_KEY_FILE = "master.key"
+SIGNING_KEY_FILE = "signing.key"
 
 
 def write_secret_file(path: Path, data: bytes) -> bool:
@@ -60,3 +61,18 @@ class MasterKey:
     def wrapping_key(self) -> bytes:
         """The key that wraps per-participant data keys."""
         return self.derive("data-key-wrap/v1")
+
+
+def ensure_signing_key(data_dir: Path) -> Path:
+    """Create the Ed25519 key that signs checkpoints and reports (mode 0600), once."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = data_dir / SIGNING_KEY_FILE
+    if not path.exists():
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        write_secret_file(path, pem)
+    return path

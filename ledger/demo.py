@@ -1,0 +1,137 @@
+"""The demo: twelve fictional storytellers in the pilot, in the varied states real ones reach.
+
+Every name, address and detail here is invented; "Example" and ".invalid" make that plain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from .application import Ledger
+
+BY = "demo"
+ALL_SCOPES = ("take_part", "record", "store", "analyse", "quote", "publish", "archive",
+              "contact_again")
+
+
+def _person(ledger: Ledger, name: str, community: str, **extra: Any) -> UUID:
+    slug = name.split()[0].lower()
+    ref = ledger.register_participant(
+        name, email=f"{slug}@example.invalid", communities=[community], by=BY, **extra
+    )
+    return ref["id"]
+
+
+def _consent_all(ledger: Ledger, pid: UUID, method: str = "online",
+                 skip: tuple[str, ...] = ()) -> None:
+    for scope in ALL_SCOPES:
+        if scope not in skip:
+            attribution = "anonymous" if scope == "quote" else None
+            ledger.grant_consent(pid, scope, "1.0", method, attribution, by=BY)
+
+
+def _paid(ledger: Ledger, pid: UUID, method: str, payee: str = "self",
+          activity: str = "conversation", amount: str = "25.00", **kw: Any) -> UUID:
+    ledger.arrange_payment(pid, activity, method, payee, True, by=BY)
+    return ledger.record_payment(pid, activity, amount, method, by=BY, **kw)
+
+
+def _stories() -> list[Callable[[Ledger], None]]:
+    def amara(lg: Ledger) -> None:
+        pid = _person(lg, "Amara Example-Okafor", "Black British")
+        _consent_all(lg, pid)
+        need = lg.request_access_need(pid, "captions", "Live captions on the video call", by=BY)
+        lg.record_access_outcome(pid, need, "met", "Captioner booked", by=BY)
+        _paid(lg, pid, "bank_transfer", reference="DEMO-BT-0001")
+
+    def bilal(lg: Ledger) -> None:
+        pid = _person(lg, "Bilal Example-Rahman", "British Pakistani")
+        _consent_all(lg, pid)
+        lg.withdraw_consent(pid, "publish", "phone", "Not ready to be public", by=BY)
+        _paid(lg, pid, "voucher", reference="DEMO-VCH-0002")
+
+    def chen(lg: Ledger) -> None:
+        pid = _person(lg, "Chen Example-Li", "Deaf, British Chinese", preferred_contact="email")
+        _consent_all(lg, pid, method="bsl")
+        need = lg.request_access_need(pid, "BSL interpreter", "Two interpreters, one hour", by=BY)
+        lg.record_access_outcome(pid, need, "met", "Interpreters confirmed", by=BY)
+        lg.withdraw_consent(pid, "quote", "email", by=BY)
+        lg.withdraw_consent(pid, "publish", "email", by=BY)
+        _paid(lg, pid, "cash")
+
+    def dana(lg: Ledger) -> None:
+        pid = _person(lg, "Dana Example-Mensah", "Black African")
+        _consent_all(lg, pid, skip=("archive",))
+        lg.decline_payment(pid, "conversation", "Prefers not to be paid", by=BY)
+
+    def esi(lg: Ledger) -> None:
+        pid = _person(lg, "Esi Example-Boateng", "Black British, Disabled")
+        _consent_all(lg, pid, method="easy_read")
+        lg.arrange_payment(pid, "conversation", "bank_transfer", "self", True, by=BY)
+        lg.reduce_payment(pid, "conversation", "10.00", "Asked for less because of benefits",
+                          by=BY)
+        lg.record_payment(pid, "conversation", "10.00", "bank_transfer", by=BY)
+        need = lg.request_access_need(pid, "easy read", "Easy-read consent form", by=BY)
+        lg.record_access_outcome(pid, need, "met", by=BY)
+
+    def farid(lg: Ledger) -> None:
+        pid = _person(lg, "Farid Example-Haddad", "Arab British")
+        _consent_all(lg, pid)
+        _paid(lg, pid, "charity_donation", payee="charity", reference="DEMO-CHARITY-06")
+
+    def grace(lg: Ledger) -> None:
+        pid = _person(lg, "Grace Example-Smith", "Romani Gypsy")
+        _consent_all(lg, pid, method="verbal_recorded")
+        breaks = lg.request_access_need(pid, "breaks", "A break every 20 minutes", by=BY)
+        lg.record_access_outcome(pid, breaks, "partly_met", "One break only", by=BY)
+        lg.request_access_need(pid, "easy read", "Easy-read summary of the workshop", by=BY)
+        _paid(lg, pid, "gift_card")
+
+    def hamza(lg: Ledger) -> None:
+        pid = _person(lg, "Hamza Example-Ali", "British Bangladeshi, autistic")
+        for scope in ("take_part", "record", "store"):
+            lg.request_consent(pid, scope, "1.0", by=BY)
+        lg.request_access_need(pid, "quiet room", "Camera off and written questions first",
+                               by=BY)
+
+    def ifeoma(lg: Ledger) -> None:
+        pid = _person(lg, "Ifeoma Example-Eze", "Black British")
+        _consent_all(lg, pid)
+        _paid(lg, pid, "bank_transfer")
+        for scope in ALL_SCOPES:
+            lg.withdraw_consent(pid, scope, "letter", by=BY)
+
+    def jomo(lg: Ledger) -> None:
+        pid = _person(lg, "Jomo Example-Kamau", "Black African", preferred_contact="phone")
+        _consent_all(lg, pid, method="supporter")
+        _paid(lg, pid, "third_party", payee="third_party")
+        _paid(lg, pid, "third_party", payee="third_party", activity="workshop")
+
+    def kezia(lg: Ledger) -> None:
+        pid = _person(lg, "Kezia Example-Brown", "Jewish")
+        _consent_all(lg, pid)
+        first = _paid(lg, pid, "bank_transfer", reference="DEMO-BT-BOUNCED")
+        lg.reverse_payment(pid, first, "Bank returned the transfer", by=BY)
+        lg.record_payment(pid, "conversation", "25.00", "voucher", by=BY)
+
+    def lior(lg: Ledger) -> None:
+        pid = _person(lg, "Lior Example-Cohen", "Jewish, mixed heritage")
+        _consent_all(lg, pid, skip=("archive",))
+        lg.request_consent(pid, "archive", "1.0", by=BY)
+        lg.refuse_consent(pid, "archive", by=BY)
+        _paid(lg, pid, "bank_transfer", activity="workshop")
+        lg.record_expense(pid, "workshop", "7.40", "bank_transfer", "Bus fare to the venue",
+                          by=BY)
+
+    return [amara, bilal, chen, dana, esi, farid, grace, hamza, ifeoma, jomo, kezia, lior]
+
+
+def load_demo(ledger: Ledger) -> bool:
+    """Add the twelve demo participants once; False if they are already there."""
+    if not ledger.claim_once("demo_loaded"):
+        return False
+    for story in _stories():
+        story(ledger)
+    return True

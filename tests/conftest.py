@@ -1,0 +1,75 @@
+"""Shared fixtures: a Ledger on a temp SQLite file, and on a fresh PostgreSQL schema.
+
+PostgreSQL tests run against LEDGER_TEST_DATABASE_URL (default: the local test database). They are
+skipped with the reason when no server answers, except in CI (CI=true), where they must run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from ledger.application import Ledger
+
+PG_URL = os.environ.get("LEDGER_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _pg_unavailable_reason() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL.split("?")[0], connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except Exception as e:  # noqa: BLE001 - any failure means "no server here"
+        return f"PostgreSQL not reachable at {PG_URL}: {type(e).__name__}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> None:
+    """Skip (or, in CI, fail) when PostgreSQL cannot be reached."""
+    reason = _pg_unavailable_reason()
+    if reason and IN_CI:
+        pytest.fail(f"CI=true requires the PostgreSQL tests to run: {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
+def drop_schema(schema: str) -> None:
+    """Remove a test schema and everything in it."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def pg_schema(pg_available: None) -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema for one test."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield schema
+    drop_schema(schema)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_env(request: pytest.FixtureRequest, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Ledger environment for one test, on each store in turn."""
+    env = {"LEDGER_DATA_DIR": str(tmp_path / "data")}
+    if request.param == "postgres":
+        schema = request.getfixturevalue("pg_schema")
+        env["LEDGER_DATABASE_URL"] = f"{PG_URL.split('?')[0]}?schema={schema}"
+    return env
+
+
+@pytest.fixture
+def ledger(store_env: dict[str, str]) -> Iterator[Ledger]:
+    """A Ledger with the pilot study, on each store in turn."""
+    lg = Ledger(store_env)
+    lg.init_study(by="test")
+    yield lg
+    lg.close()

@@ -1,0 +1,176 @@
+"""Registration, access needs, payment arrangements, expenses and erasure."""
+
+from uuid import uuid4
+
+import pytest
+
+from ledger.domain import REDACTED, PersonalDetails, is_redacted
+from ledger.domain.errors import (
+    AccessNeedNotFound,
+    DuplicateId,
+    InvalidAmount,
+    InvalidChoice,
+    InvalidText,
+    NeedAlreadyMet,
+    ParticipantErased,
+    PaymentAlreadyDeclined,
+    PaymentAlreadyRecorded,
+    ReasonRequired,
+)
+
+from .conftest import at
+
+
+@pytest.mark.parametrize("field, kwargs", [
+    ("name", {"name": ""}), ("name", {"name": "x" * 201}), ("name", {"name": 7}),
+    ("email", {"email": "not-an-email"}), ("phone", {"phone": "1" * 41}),
+    ("communities", {"communities": "Roma"}), ("communities", {"communities": ["x" * 81]}),
+    ("communities", {"communities": ["a"] * 21}),
+])
+def test_registration_input_is_checked_field_by_field(field, kwargs):
+    args = {"name": "A Person", "email": None, "phone": None, "communities": [],
+            "preferred_contact": None, **kwargs}
+
+    with pytest.raises(InvalidText) as e:
+        PersonalDetails.check(**args)
+
+    assert e.value.field == field
+    assert str(args[field]) not in str(e.value) or args[field] in ("", 7)
+
+
+def test_access_need_goes_from_requested_to_met(person):
+    need = uuid4()
+    person.request_access_need(need, "BSL interpreter", "Two interpreters", at=at(1), by="t")
+    person.record_access_outcome(need, "partly_met", "Only one found", at=at(2), by="t")
+    person.record_access_outcome(need, "not_met", "Cancelled", at=at(3), by="t")
+
+    person.record_access_outcome(need, "met", "Two booked", at=at(4), by="t")
+
+    n = person.needs[need]
+    assert (n.outcome, n.met_at, n.requested_at) == ("met", at(4), at(1))
+    assert [h["outcome"] for h in n.history] == ["partly_met", "not_met", "met"]
+
+
+def test_a_met_need_is_final(person):
+    need = uuid4()
+    person.request_access_need(need, "captions", "", at=at(1), by="t")
+    person.record_access_outcome(need, "met", at=at(2), by="t")
+
+    with pytest.raises(NeedAlreadyMet):
+        person.record_access_outcome(need, "partly_met", at=at(3), by="t")
+
+
+@pytest.mark.parametrize("category, detail, field", [
+    ("", "x", "category"), ("x" * 81, "x", "category"), ("breaks", "x" * 2001, "detail"),
+])
+def test_access_need_text_limits(person, category, detail, field):
+    with pytest.raises(InvalidText) as e:
+        person.request_access_need(uuid4(), category, detail, at=at(1), by="t")
+
+    assert e.value.field == field
+
+
+def test_access_need_outcomes_come_from_the_vocabulary_and_need_a_known_need(person):
+    need = uuid4()
+    person.request_access_need(need, "breaks", "", at=at(1), by="t")
+
+    with pytest.raises(InvalidChoice):
+        person.record_access_outcome(need, "sorted", at=at(2), by="t")
+    with pytest.raises(AccessNeedNotFound):
+        person.record_access_outcome(uuid4(), "met", at=at(2), by="t")
+    with pytest.raises(DuplicateId):
+        person.request_access_need(need, "breaks", "", at=at(3), by="t")
+
+
+def test_payment_is_arranged_with_the_person(person, study):
+    person.arrange_payment(study.activity("conversation"), "voucher", "self", True,
+                           at=at(1), by="t")
+
+    a = person.arrangement("conversation")
+    assert (a.method, a.payee, a.benefits_advice_offered, a.declined) == (
+        "voucher", "self", True, False)
+
+
+@pytest.mark.parametrize("method, payee, advice", [
+    ("paypal", "self", True), ("cash", "friend", True), ("cash", "self", "yes"),
+])
+def test_an_arrangement_uses_the_vocabularies(person, study, method, payee, advice):
+    with pytest.raises((InvalidChoice, ReasonRequired)):
+        person.arrange_payment(study.activity("conversation"), method, payee, advice,
+                               at=at(1), by="t")
+
+
+def test_declining_is_recorded_once_and_undone_by_a_new_arrangement(person, study):
+    conv = study.activity("conversation")
+    person.decline_payment(conv, "does not want paying", already_paid=False, at=at(1), by="t")
+
+    with pytest.raises(PaymentAlreadyDeclined):
+        person.decline_payment(conv, already_paid=False, at=at(2), by="t")
+    person.arrange_payment(conv, "cash", "self", False, at=at(3), by="t")
+    assert person.arrangement("conversation").declined is False
+
+
+def test_a_paid_activity_cannot_be_declined(person, study):
+    with pytest.raises(PaymentAlreadyRecorded):
+        person.decline_payment(study.activity("conversation"), already_paid=True,
+                               at=at(1), by="t")
+
+
+def test_a_reduction_is_below_the_rate_and_has_a_reason(person, study):
+    conv = study.activity("conversation")
+    person.reduce_payment(conv, 1000, "benefits", at=at(1), by="t")
+
+    assert person.arrangement("conversation").expected_pence(conv) == 1000
+    with pytest.raises(InvalidAmount):
+        person.reduce_payment(conv, 2500, "no", at=at(2), by="t")
+    with pytest.raises(InvalidText):
+        person.reduce_payment(conv, 500, "", at=at(2), by="t")
+
+
+def test_expenses_are_separate_lines(person, study):
+    person.record_expense(uuid4(), study.activity("workshop"), 740, "cash", "bus fare",
+                          at=at(1), by="t")
+
+    assert [e["amount_pence"] for e in person.expenses] == [740]
+    with pytest.raises(InvalidAmount):
+        person.record_expense(uuid4(), study.activity("workshop"), 0, "cash", "x",
+                              at=at(2), by="t")
+
+
+def test_erasure_redacts_everything_personal_in_memory(person, study):
+    need = uuid4()
+    person.request_access_need(need, "breaks", "every 20 minutes", at=at(1), by="t")
+    person.grant_consent(study.scope("record"), study.form("1.0"), "online", at=at(1), by="t")
+    person.withdraw_consent(study.scope("record"), "phone", "private reason", at=at(2), by="t")
+
+    person.erase("participant asked", at=at(3), by="admin")
+
+    assert person.name is REDACTED and is_redacted(person.email)
+    assert is_redacted(person.communities) and is_redacted(person.needs[need].detail)
+    assert is_redacted(person.consent("record").history[-1]["reason"])
+    assert person.consent("record").state == "withdrawn"  # the facts remain
+
+
+def test_nothing_more_is_recorded_for_an_erased_person(person, study):
+    person.erase("asked", at=at(1), by="admin")
+    version = person.version
+    commands = [
+        lambda: person.grant_consent(study.scope("record"), study.form("1.0"), "online",
+                                     at=at(2), by="t"),
+        lambda: person.request_access_need(uuid4(), "x", "", at=at(2), by="t"),
+        lambda: person.arrange_payment(study.activity("conversation"), "cash", "self", True,
+                                       at=at(2), by="t"),
+        lambda: person.erase("again", at=at(2), by="t"),
+    ]
+
+    for command in commands:
+        with pytest.raises(ParticipantErased):
+            command()
+    assert person.version == version
+
+
+def test_an_erasure_needs_a_reason(person):
+    with pytest.raises(InvalidText) as e:
+        person.erase("  ", at=at(1), by="admin")
+
+    assert e.value.field == "reason"
