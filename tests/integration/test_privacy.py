@@ -1,0 +1,151 @@
+"""Personal data never reaches the database files, a table dump, or a log line; erasure is final.
+
+The names below are recognisable fakes: the test searches for them byte by byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+
+import pytest
+
+from ledger.application import Ledger
+
+NAME = "Zephyrine Quillfeather-Testcase"
+EMAIL = "zephyrine.quill@example.invalid"
+PHONE = "+44 7700 900417"
+COMMUNITY = "Quillfeatherian Test Community"
+NEED = "Quillfeather sign interpreter"
+REFERENCE = "QUILL-REF-77813"
+REASON = "Quillfeather private reason"
+SECRETS = [NAME, EMAIL, PHONE, COMMUNITY, NEED, REFERENCE, REASON, "Quillfeather"]
+
+
+def _seed(ledger: Ledger):
+    pid = ledger.register_participant(NAME, EMAIL, PHONE, [COMMUNITY], "phone", by="t")["id"]
+    ledger.grant_consent(pid, "record", "1.0", "online", by="t")
+    ledger.withdraw_consent(pid, "record", "phone", REASON, by="t")
+    ledger.request_access_need(pid, "BSL interpreter", NEED, by="t")
+    ledger.record_payment(pid, "conversation", "25.00", "bank_transfer", reference=REFERENCE,
+                          by="t")
+    return pid
+
+
+def _occurrences(blob: bytes) -> list[str]:
+    found = []
+    for s in SECRETS:
+        for form in (s.encode(), s.encode().hex().encode(), s.encode("utf-16-le"),
+                     base64.b64encode(s.encode())):
+            if form in blob:
+                found.append(s)
+    return found
+
+
+def _sqlite_files(data_dir: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(data_dir.glob("ledger.sqlite3*")))
+
+
+def _postgres_dump(ledger: Ledger) -> bytes:
+    """Every row of every table in the ledger's schema, as text (bytea shows as hex)."""
+    schema = ledger.factory.datastore.schema
+    tables = [r["tablename"] for r in ledger.sql.query(
+        "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))]
+    assert tables
+    dump = []
+    for t in tables:
+        for row in ledger.sql.query(f'SELECT t::text AS row FROM "{schema}"."{t}" t'):
+            dump.append(row["row"])
+    return "\n".join(dump).encode()
+
+
+def _postgres_key_pages(ledger: Ledger) -> bytes:
+    """The raw heap pages of the keys table, dead tuples included (pageinspect)."""
+    schema = ledger.factory.datastore.schema
+    ledger.sql.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+    pages = ledger.sql.query(
+        "SELECT pg_relation_size(%s) / current_setting('block_size')::int AS n",
+        (f'"{schema}".ledger_data_keys',))[0]["n"]
+    raw = b""
+    for i in range(pages):
+        raw += bytes(ledger.sql.query(
+            "SELECT get_raw_page(%s, %s) AS page", (f'"{schema}".ledger_data_keys', i)
+        )[0]["page"])
+    return raw
+
+
+def _raw_store(ledger: Ledger, store_env) -> bytes:
+    if "LEDGER_DATABASE_URL" in store_env:
+        return _postgres_dump(ledger) + _postgres_key_pages(ledger)
+    return _sqlite_files(Path(store_env["LEDGER_DATA_DIR"]))
+
+
+def test_personal_data_is_not_in_the_database_files_or_logs(ledger, store_env, caplog):
+    caplog.set_level(logging.DEBUG)
+
+    _seed(ledger)
+    raw = _raw_store(ledger, store_env)
+
+    assert len(raw) > 10_000  # the scan really read the store (and, on SQLite, its WAL)
+    assert _occurrences(raw) == []
+    assert _occurrences(caplog.text.encode()) == []
+
+
+def test_the_sqlite_wal_is_scanned_while_it_holds_the_latest_writes(tmp_path):
+    ledger = Ledger({"LEDGER_DATA_DIR": str(tmp_path)})
+    ledger.init_study()
+    _seed(ledger)
+
+    wal = tmp_path / "ledger.sqlite3-wal"
+
+    assert wal.exists() and wal.stat().st_size > 0
+    assert _occurrences(wal.read_bytes()) == []
+    ledger.close()
+
+
+def test_after_erasure_the_name_cannot_be_recovered_even_with_the_master_key(ledger, store_env):
+    pid = _seed(ledger)
+    wrapped = bytes(ledger.sql.query(
+        "SELECT wrapped FROM {t}ledger_data_keys WHERE participant_id = %s", (pid.hex,)
+    )[0]["wrapped"])
+    data_key = ledger.keys.get(pid)
+
+    ledger.erase(pid, "participant asked", by="admin")
+
+    # 1. The data key is gone: not in the table, not in the raw store (files or dump).
+    assert ledger.keys.get(pid) is None
+    raw = _raw_store(ledger, store_env)
+    for form in (wrapped, wrapped.hex().encode(), data_key, data_key.hex().encode()):
+        assert form not in raw
+    # 2. With the master key, the at-rest layer opens, but what is inside stays sealed.
+    cipher = ledger.mapper.cipher
+    opened = b"".join(cipher.decrypt(n.state)
+                      for n in ledger.recorder.select_notifications(start=1, limit=1000))
+    assert b"sealed" in opened
+    assert _occurrences(opened) == []
+    # 3. Reading gives the redaction marker, never the data and never an exception.
+    assert ledger.participant(pid)["name"] == "[erased]"
+
+
+def test_other_participants_are_untouched_by_an_erasure(ledger):
+    keep = ledger.register_participant("Kept Person", "kept@example.invalid", by="t")["id"]
+    gone = _seed(ledger)
+
+    ledger.erase(gone, "asked", by="admin")
+
+    assert ledger.participant(keep)["name"] == "Kept Person"
+    assert ledger.participant(keep)["email"] == "kept@example.invalid"
+
+
+@pytest.mark.parametrize("field", ["name", "email"])
+def test_error_messages_never_repeat_personal_input(ledger, field):
+    from ledger.domain.errors import InvalidText
+
+    bad = {"name": "Quillfeather " * 30, "email": "Quillfeather no at sign"}[field]
+    kwargs = {"name": NAME, "email": None, field: bad}
+
+    with pytest.raises(InvalidText) as e:
+        ledger.register_participant(kwargs["name"], kwargs["email"], by="t")
+
+    assert "Quillfeather" not in str(e.value) and e.value.field == field

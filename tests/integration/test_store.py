@@ -1,0 +1,165 @@
+"""The event store on SQLite and PostgreSQL: durability settings, topics, keys, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from ledger.application import ConfigurationError, Ledger
+from ledger.domain import is_redacted
+from ledger.domain.errors import (
+    ConsentNotGiven,
+    InvalidAmount,
+    LedgerError,
+    ParticipantErased,
+    UnknownActivity,
+    UnknownScope,
+    UnregisteredFormVersion,
+    UnsupportedCurrency,
+)
+
+
+def _event_count(ledger: Ledger) -> int:
+    return ledger.recorder.max_notification_id() or 0
+
+
+def _key_count(ledger: Ledger) -> int:
+    return ledger.sql.query("SELECT COUNT(*) AS n FROM {t}ledger_data_keys")[0]["n"]
+
+
+def test_everything_recorded_is_read_back_by_a_new_process(ledger, store_env):
+    pid = ledger.register_participant("Rowan Restart", by="t")["id"]
+    ledger.grant_consent(pid, "record", "1.0", "online", by="t")
+    ledger.record_payment(pid, "conversation", "25.00", "cash", by="t")
+
+    again = Ledger(store_env)
+    view = again.participant(pid)
+    again.close()
+
+    assert view["name"] == "Rowan Restart"
+    assert view["consents"]["record"]["state"] == "given"
+    assert [p["amount"] for p in view["payments"]] == ["25.00"]
+
+
+def test_stored_topics_are_stable_names_not_module_paths(ledger):
+    pid = ledger.register_participant("Topic Person", by="t")["id"]
+    ledger.grant_consent(pid, "record", "1.0", "online", by="t")
+
+    topics = {n.topic for n in ledger.recorder.select_notifications(start=1, limit=100)}
+
+    assert topics and all(t.startswith("ledger:") for t in topics)
+    assert "ledger:Participant.ConsentGranted" in topics
+
+
+def test_event_state_is_encrypted_at_rest(ledger):
+    ledger.register_participant("Cipher Person", by="t")
+
+    for n in ledger.recorder.select_notifications(start=1, limit=100):
+        with pytest.raises((UnicodeDecodeError, json.JSONDecodeError)):
+            json.loads(n.state)
+
+
+def test_sqlite_keeps_wal_and_full_synchronous_commits(tmp_path):
+    ledger = Ledger({"LEDGER_DATA_DIR": str(tmp_path)})
+    ledger.init_study()
+
+    with ledger.factory.datastore.transaction(commit=False) as c:
+        c.execute("PRAGMA journal_mode")
+        journal = c.fetchone()[0]
+        c.execute("PRAGMA synchronous")
+        synchronous = c.fetchone()[0]
+    ledger.close()
+
+    assert (journal, synchronous) == ("wal", 2)  # 2 == FULL
+
+
+def test_key_files_and_database_are_readable_by_the_owner_only(tmp_path):
+    Ledger({"LEDGER_DATA_DIR": str(tmp_path)}).close()
+
+    for name in ("master.key", "signing.key", "ledger.sqlite3"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
+
+
+def test_a_master_key_that_does_not_belong_to_the_database_is_refused(store_env, tmp_path):
+    Ledger(store_env).close()
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    if "LEDGER_DATABASE_URL" not in store_env:  # same SQLite file, different key
+        Path(store_env["LEDGER_DATA_DIR"], "ledger.sqlite3").rename(other_dir / "ledger.sqlite3")
+
+    with pytest.raises(ConfigurationError):
+        Ledger({**store_env, "LEDGER_DATA_DIR": str(other_dir)})
+
+
+def _bad_inputs(ledger: Ledger, pid, erased_pid):
+    return {
+        "unknown scope": (UnknownScope, lambda: ledger.grant_consent(
+            pid, "tweet", "1.0", "online", by="t")),
+        "unregistered form version": (UnregisteredFormVersion, lambda: ledger.grant_consent(
+            pid, "record", "9.9", "online", by="t")),
+        "fraction of a penny": (InvalidAmount, lambda: ledger.record_payment(
+            pid, "conversation", "25.001", "cash", by="t")),
+        "negative amount": (InvalidAmount, lambda: ledger.record_payment(
+            pid, "conversation", "-25.00", "cash", by="t")),
+        "zero amount": (InvalidAmount, lambda: ledger.record_payment(
+            pid, "conversation", "0.00", "cash", by="t")),
+        "currency": (UnsupportedCurrency, lambda: ledger.record_payment(
+            pid, "conversation", "25.00", "cash", currency="USD", by="t")),
+        "unknown activity": (UnknownActivity, lambda: ledger.record_payment(
+            pid, "lunch", "25.00", "cash", by="t")),
+        "withdraw never given": (ConsentNotGiven, lambda: ledger.withdraw_consent(
+            pid, "publish", "phone", by="t")),
+        "pay erased": (ParticipantErased, lambda: ledger.record_payment(
+            erased_pid, "conversation", "25.00", "cash", by="t")),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "unknown scope", "unregistered form version", "fraction of a penny", "negative amount",
+    "zero amount", "currency", "unknown activity", "withdraw never given", "pay erased",
+])
+def test_bad_input_is_refused_by_name_and_writes_nothing(ledger, case):
+    pid = ledger.register_participant("Bad Input Person", by="t")["id"]
+    erased = ledger.register_participant("Erased Person", by="t")["id"]
+    ledger.erase(erased, "asked", by="admin")
+    error, command = _bad_inputs(ledger, pid, erased)[case]
+    before = (_event_count(ledger), _key_count(ledger))
+
+    with pytest.raises(error) as e:
+        command()
+
+    assert isinstance(e.value, LedgerError) and e.value.message
+    assert e.value.field or case == "pay erased"
+    assert (_event_count(ledger), _key_count(ledger)) == before
+
+
+def test_replay_after_erasure_reads_redacted_values_and_never_fails(ledger, store_env):
+    pid = ledger.register_participant("Erin Erasable", "erin@example.invalid", by="t")["id"]
+    need = ledger.request_access_need(pid, "captions", "Erin needs captions", by="t")
+    ledger.record_payment(pid, "conversation", "25.00", "cash", reference="ERIN-REF", by="t")
+    ledger.erase(pid, "participant asked", by="admin")
+
+    fresh = Ledger(store_env)  # nothing cached: every event decoded from the store
+    events = [fresh.mapper.to_domain_event(n)
+              for n in fresh.recorder.select_notifications(start=1, limit=1000)]
+    view = fresh.participant(pid)
+    fresh.close()
+
+    registered = [e for e in events if type(e).__name__ == "Registered" and e.originator_id == pid]
+    assert is_redacted(registered[0].name) and is_redacted(registered[0].email)
+    assert view["erased"] and view["name"] == "[erased]"
+    assert view["access_needs"][0]["id"] == need and view["access_needs"][0]["detail"] == "[erased]"
+    assert view["payments"][0]["reference"] == "[erased]"
+    assert view["payments"][0]["amount"] == "25.00"  # the facts stay
+
+
+def test_an_unknown_participant_is_not_found(ledger):
+    from ledger.domain.errors import ParticipantNotFound
+
+    with pytest.raises(ParticipantNotFound):
+        ledger.participant(uuid4())
