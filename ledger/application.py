@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, Repository
 from eventsourcing.persistence import InfrastructureFactory, IntegrityError, JSONTranscoder
 from eventsourcing.utils import Environment, EnvType
 
@@ -26,11 +28,12 @@ from .domain.money import check_currency, parse_pence
 from .privacy.keys import MasterKey, ensure_signing_key
 from .privacy.keystore import DataKeyStore
 from .privacy.mapper import PersonalDataMapper, SealedAsBase64
-from .store import Sql, eventsourcing_env
+from .store import Sql, VersionProbe, eventsourcing_env
 from .views import participant_view, study_view
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 20
+CACHE_SIZE = 1000
 REFERENCE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"  # no 0/O, 1/I/L, U: easy to read aloud
 
 
@@ -63,6 +66,28 @@ class Ledger(Application[UUID]):
         self.keys = DataKeyStore(self.sql, self.master_key.wrapping_key())
         assert isinstance(self.mapper, PersonalDataMapper)
         self.mapper.keys = self.keys
+        # Commands read the study but never change it: share one cached copy, brought up to date
+        # from the store on every read, instead of deep-copying it for each command.
+        self._study_reader = Repository(
+            event_store=self.events, cache_maxsize=4, fastforward=True, deepcopy_from_cache=False
+        )
+        self._study_cache: Study | None = None
+        self._probe = VersionProbe(
+            self.factory.datastore,  # type: ignore[attr-defined]
+            self.recorder.events_table_name,  # type: ignore[attr-defined]
+            str(self.settings.sqlite_path),
+        )
+        # Commands use self.repository, whose cache is neither fast-forwarded nor copied:
+        # - a decision taken on a stale copy can never be saved (its event collides on version),
+        #   and _change() then evicts and retries;
+        # - commands on one aggregate take its lock, and any failure evicts the cached object,
+        #   so no half-applied command is ever seen by the next one.
+        # Queries and checks on other aggregates read fresh (and copied) through this one.
+        self._locks: dict[UUID, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._reader = Repository(
+            event_store=self.events, cache_maxsize=CACHE_SIZE, fastforward=True
+        )
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -115,15 +140,24 @@ class Ledger(Application[UUID]):
 
     # -- loading -----------------------------------------------------------------------------
 
-    def _study(self) -> Study:
+    def _study(self, *, for_update: bool = False) -> Study:
+        """The study: a private copy to change, or the shared, up-to-date one to read."""
+        cached = self._study_cache
+        if not for_update and cached is not None:
+            if self._probe.latest(self.study_id) == cached.version:
+                return cached
+        repository = self.repository if for_update else self._study_reader
         try:
-            return self.repository.get(self.study_id)  # type: ignore[return-value]
+            study: Study = repository.get(self.study_id)  # type: ignore[assignment]
         except AggregateNotFoundError:
             raise StudyNotFound("no study is set up; run `ledger init`") from None
+        if not for_update:
+            self._study_cache = study
+        return study
 
-    def _participant(self, participant_id: UUID) -> Participant:
+    def _participant(self, participant_id: UUID, *, fresh: bool = True) -> Participant:
         try:
-            p = self.repository.get(participant_id)
+            p = (self._reader if fresh else self.repository).get(participant_id)
         except AggregateNotFoundError:
             p = None
         if not isinstance(p, Participant):
@@ -135,10 +169,31 @@ class Ledger(Application[UUID]):
         found: list[Payment] = []
         while True:
             try:
-                found.append(self.repository.get(  # type: ignore[arg-type]
+                found.append(self._reader.get(  # type: ignore[arg-type]
                     Payment.create_id(participant_id, activity, len(found))))
             except AggregateNotFoundError:
                 return found
+
+    def _evict(self, aggregate_id: UUID) -> None:
+        if self.repository.cache is not None:
+            try:
+                self.repository.cache.get(aggregate_id, evict=True)
+            except KeyError:
+                pass
+
+    @contextmanager
+    def _exclusive(self, aggregate_id: UUID) -> Iterator[None]:
+        """Serialise commands on one aggregate in this process; forget its cached copy on failure."""
+        with self._locks_guard:
+            lock = self._locks.setdefault(aggregate_id, threading.Lock())
+            if len(self._locks) > 10 * CACHE_SIZE:
+                self._locks = {aggregate_id: lock}
+        with lock:
+            try:
+                yield
+            except BaseException:
+                self._evict(aggregate_id)
+                raise
 
     def _change(self, participant_id: UUID, command: Callable[[Participant, Study], T]) -> T:
         """Run a command on a participant and save; on a lost race, reload and run it again.
@@ -147,13 +202,15 @@ class Ledger(Application[UUID]):
         own error (e.g. already withdrawn) rather than a silent second write.
         """
         for _ in range(MAX_ATTEMPTS):
-            participant = self._participant(participant_id)
-            result = command(participant, self._study())
-            try:
-                self.save(participant)
-            except IntegrityError:
-                continue
-            return result
+            with self._exclusive(participant_id):
+                participant = self._participant(participant_id, fresh=False)
+                result = command(participant, self._study())
+                try:
+                    self.save(participant)
+                except IntegrityError:
+                    self._evict(participant_id)
+                    continue
+                return result
         raise ConcurrentUpdate("the record changed repeatedly while saving; try again")
 
     # -- study -------------------------------------------------------------------------------
@@ -178,18 +235,33 @@ class Ledger(Application[UUID]):
             return False  # another process created it at the same moment
         return True
 
+    def _change_study(self, command: Callable[[Study], T]) -> T:
+        for _ in range(MAX_ATTEMPTS):
+            with self._exclusive(self.study_id):
+                study = self._study(for_update=True)
+                result = command(study)
+                try:
+                    self.save(study)
+                except IntegrityError:
+                    self._evict(self.study_id)
+                    continue
+                return result
+        raise ConcurrentUpdate("the study changed repeatedly while saving; try again")
+
     def register_form(self, version: str, text: str, *, by: str) -> str:
         """Register a new consent form version; returns its SHA-256."""
-        study = self._study()
-        form = study.register_form(version, text, at=self.clock(), by=by)
-        self.save(study)
-        return form.sha256
+        return self._change_study(
+            lambda s: s.register_form(version, text, at=self.clock(), by=by).sha256)
 
     def set_withdrawal_deadline(self, scope: str, deadline: datetime | None, *, by: str) -> None:
         """Set or clear a scope's withdrawal deadline."""
-        study = self._study()
-        study.set_withdrawal_deadline(scope, deadline, at=self.clock(), by=by)
-        self.save(study)
+        self._change_study(
+            lambda s: s.set_withdrawal_deadline(scope, deadline, at=self.clock(), by=by))
+
+    def set_rate(self, activity: str, amount: object, *, by: str) -> None:
+        """Change an activity's standard rate."""
+        pence = parse_pence(amount, field="rate")
+        self._change_study(lambda s: s.set_rate(activity, pence, at=self.clock(), by=by))
 
     def study(self) -> dict[str, Any]:
         """The study as a plain dict."""
@@ -213,6 +285,19 @@ class Ledger(Application[UUID]):
         self.keys.create(participant_id)
         self.save(participant)
         return {"id": participant_id, "reference": reference}
+
+    def participant_ids(self) -> list[UUID]:
+        """Every registered participant's id, in registration order (streamed from the log)."""
+        ids: list[UUID] = []
+        start = 1
+        while True:
+            page = self.recorder.select_notifications(
+                start=start, limit=500, topics=[Participant.Registered.TOPIC]
+            )
+            ids.extend(n.originator_id for n in page)  # type: ignore[misc]
+            if len(page) < 500:
+                return ids
+            start = page[-1].id + 1
 
     def participant(self, participant_id: UUID) -> dict[str, Any]:
         """Everything about one participant, as a plain dict."""
@@ -359,16 +444,18 @@ class Ledger(Application[UUID]):
         """Reverse a payment, with a reason."""
         self._participant(participant_id).check_not_erased()
         for _ in range(MAX_ATTEMPTS):
-            try:
-                payment = self.repository.get(payment_id)
-            except AggregateNotFoundError:
-                payment = None
-            if not isinstance(payment, Payment) or payment.participant_id != participant_id:
-                raise PaymentNotFound("no such payment for this participant")
-            payment.reverse(reason, at=self.clock(), by=by)
-            try:
-                self.save(payment)
-                return
-            except IntegrityError:
-                continue
+            with self._exclusive(payment_id):
+                try:
+                    payment = self.repository.get(payment_id)
+                except AggregateNotFoundError:
+                    payment = None
+                if not isinstance(payment, Payment) or payment.participant_id != participant_id:
+                    raise PaymentNotFound("no such payment for this participant")
+                payment.reverse(reason, at=self.clock(), by=by)
+                try:
+                    self.save(payment)
+                    return
+                except IntegrityError:
+                    self._evict(payment_id)
+                    continue
         raise ConcurrentUpdate("the payment changed repeatedly while saving; try again")

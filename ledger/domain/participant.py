@@ -12,7 +12,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from .access import AccessNeed, check_need_request
-from .base import REDACTED, derived_id, personal, topic
+from .base import FastCopy, REDACTED, derived_id, personal, topic
 from .consent import ConsentRecord, Obligation
 from .errors import (
     AccessNeedNotFound,
@@ -74,7 +74,7 @@ class PersonalDetails:
         return cls(n, e, p, cs, pc)
 
 
-class Participant(Aggregate):
+class Participant(FastCopy, Aggregate):
     """One storyteller's record."""
 
     TOPIC = topic("Participant")

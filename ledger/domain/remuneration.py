@@ -15,7 +15,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from .base import derived_id, personal, topic
+from .base import FastCopy, derived_id, personal, topic
 from .errors import (
     InvalidAmount,
     PaymentAlreadyDeclined,
@@ -82,7 +82,7 @@ class Arrangement:
             )
 
 
-class Payment(Aggregate):
+class Payment(FastCopy, Aggregate):
     """One payment to one participant for one activity, in its slot."""
 
     TOPIC = topic("Payment")

@@ -61,7 +61,7 @@ class PersonalDataMapper(Mapper[UUID]):
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         """Seal personal fields, then let the library encode and encrypt the whole state."""
         spec = personal_fields(type(domain_event))
-        if spec is None:
+        if spec is None or all(getattr(domain_event, f) is None for f in spec.fields):
             return super().to_stored_event(domain_event)
         assert self.keys is not None
         subject = self._subject(domain_event, spec.subject)

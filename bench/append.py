@@ -1,0 +1,152 @@
+"""Append throughput: the ledger's own commands (one save each) against a bare eventsourcing
+aggregate doing the same number of saves, in the same run, on SQLite and on PostgreSQL.
+
+    python bench/append.py [--commands 3000] [--postgres URL | --no-postgres]
+
+Ends with one JSON line: figures per store and the ledger/bare ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from itertools import cycle
+
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+
+from ledger.application import Ledger
+
+SCOPES = ["take_part", "record", "store", "analyse", "quote", "publish", "archive",
+          "contact_again"]
+
+
+class Tally(Aggregate):
+    """The bare baseline: one small event per save."""
+
+    @event("Counted")
+    def count(self, n: int) -> None:
+        self.n = n
+
+
+def bare(env: dict[str, str], saves: int) -> float:
+    """Saves per second for a bare aggregate held in memory: trigger one event, save."""
+    app: Application = Application(env=env)
+    tally = Tally()
+    app.save(tally)
+    start = time.perf_counter()
+    for i in range(saves):
+        tally.count(i)
+        app.save(tally)
+    elapsed = time.perf_counter() - start
+    app.close()
+    return saves / elapsed
+
+
+def ledger_commands(ledger: Ledger):
+    """An endless, realistic stream of single-save commands over fresh participants."""
+    while True:
+        pid = yield lambda: None
+        pid = ledger.register_participant("Bench Person", "bench@example.invalid",
+                                          communities=["Bench"], by="bench")["id"]
+        for scope in SCOPES:
+            yield lambda s=scope: ledger.grant_consent(pid, s, "1.0", "online", by="bench")
+        need_holder: list[uuid.UUID] = []
+        yield lambda: need_holder.append(
+            ledger.request_access_need(pid, "captions", "live captions", by="bench"))
+        yield lambda: ledger.record_access_outcome(pid, need_holder[0], "met", by="bench")
+        yield lambda: ledger.arrange_payment(pid, "conversation", "voucher", "self", True,
+                                             by="bench")
+        yield lambda: ledger.record_payment(pid, "conversation", "25.00", "voucher",
+                                            reference="B-1", by="bench")
+        yield lambda: ledger.withdraw_consent(pid, "publish", "phone", by="bench")
+
+
+def run_ledger(env: dict[str, str], commands: int) -> float:
+    """Commands per second through the Ledger (registration counts as one command)."""
+    ledger = Ledger(env)
+    ledger.init_study(by="bench")
+    stream = ledger_commands(ledger)
+    next(stream)
+    done = 0
+    start = time.perf_counter()
+    for _ in cycle([0]):
+        command = stream.send(None)
+        command()
+        done += 1
+        if done >= commands:
+            break
+    elapsed = time.perf_counter() - start
+    ledger.close()
+    return done / elapsed
+
+
+def bare_env_sqlite(path: str) -> dict[str, str]:
+    return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
+
+
+def bare_env_postgres(url: str, schema: str) -> dict[str, str]:
+    from ledger.store import ensure_postgres_schema, postgres_env
+
+    env = postgres_env(f"{url}?schema={schema}")
+    ensure_postgres_schema(env)
+    return env
+
+
+def drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def measure(store: str, commands: int, url: str | None, rounds: int) -> dict[str, float]:
+    """Alternate bare and ledger rounds on the same disk and take the median of each, so that
+    the fsync noise of one moment does not land on one side only."""
+    bare_rates, ledger_rates = [], []
+    per_round = commands // rounds
+    with tempfile.TemporaryDirectory() as d:
+        schemas = [f"bench_bare_{uuid.uuid4().hex[:8]}", f"bench_ledger_{uuid.uuid4().hex[:8]}"]
+        try:
+            for _ in range(rounds):
+                if store == "sqlite":
+                    bare_rates.append(bare(bare_env_sqlite(f"{d}/bare.sqlite3"), per_round))
+                    ledger_rates.append(run_ledger({"LEDGER_DATA_DIR": f"{d}/ledger"}, per_round))
+                else:
+                    assert url
+                    bare_rates.append(bare(bare_env_postgres(url, schemas[0]), per_round))
+                    ledger_rates.append(run_ledger(
+                        {"LEDGER_DATA_DIR": d,
+                         "LEDGER_DATABASE_URL": f"{url}?schema={schemas[1]}"}, per_round))
+        finally:
+            if store == "postgres":
+                for schema in schemas:
+                    drop_schema(url or "", schema)
+    bare_rate, ledger_rate = statistics.median(bare_rates), statistics.median(ledger_rates)
+    return {"bare_saves_per_s": round(bare_rate, 1), "ledger_commands_per_s": round(ledger_rate, 1),
+            "ratio": round(ledger_rate / bare_rate, 3), "rounds": rounds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--commands", type=int, default=5000)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    results = {"commands": args.commands}
+    stores = ["sqlite"] + ([] if args.no_postgres else ["postgres"])
+    for store in stores:
+        results[store] = measure(store, args.commands, args.postgres, args.rounds)
+        r = results[store]
+        print(f"{store:9} bare {r['bare_saves_per_s']:8.1f} saves/s   ledger "
+              f"{r['ledger_commands_per_s']:8.1f} commands/s   ratio {r['ratio']:.2f}")
+    print(json.dumps({"bench": "append", **results}))
+
+
+if __name__ == "__main__":
+    main()
