@@ -17,6 +17,7 @@ from eventsourcing.utils import Environment, EnvType
 from . import pilot
 from .config import Settings
 from .domain import Participant, Payment, PersonalDetails, Study, derived_id
+from .domain.base import topic
 from .domain.errors import (
     ConcurrentUpdate,
     ParticipantNotFound,
@@ -28,6 +29,7 @@ from .domain.money import check_currency, parse_pence
 from .privacy.keys import MasterKey, ensure_signing_key
 from .privacy.keystore import DataKeyStore
 from .privacy.mapper import PersonalDataMapper, SealedAsBase64
+from .privacy.tokens import TokenStore
 from .store import Sql, VersionProbe, eventsourcing_env
 from .views import participant_view, study_view
 
@@ -64,6 +66,7 @@ class Ledger(Application[UUID]):
         self.sql = Sql(self.factory.datastore)  # type: ignore[attr-defined]
         self._check_master_key()
         self.keys = DataKeyStore(self.sql, self.master_key.wrapping_key())
+        self.tokens = TokenStore(self.sql, self.master_key.derive("api-token-hmac/v1"))
         assert isinstance(self.mapper, PersonalDataMapper)
         self.mapper.keys = self.keys
         # Commands read the study but never change it: share one cached copy, brought up to date
@@ -156,10 +159,11 @@ class Ledger(Application[UUID]):
         return study
 
     def _participant(self, participant_id: UUID, *, fresh: bool = True) -> Participant:
+        p: object = None
         try:
             p = (self._reader if fresh else self.repository).get(participant_id)
         except AggregateNotFoundError:
-            p = None
+            pass
         if not isinstance(p, Participant):
             raise ParticipantNotFound("no participant with this id")
         return p
@@ -292,7 +296,7 @@ class Ledger(Application[UUID]):
         start = 1
         while True:
             page = self.recorder.select_notifications(
-                start=start, limit=500, topics=[Participant.Registered.TOPIC]
+                start=start, limit=500, topics=[topic("Participant.Registered")]
             )
             ids.extend(n.originator_id for n in page)  # type: ignore[misc]
             if len(page) < 500:
@@ -445,10 +449,11 @@ class Ledger(Application[UUID]):
         self._participant(participant_id).check_not_erased()
         for _ in range(MAX_ATTEMPTS):
             with self._exclusive(payment_id):
+                payment: object = None
                 try:
                     payment = self.repository.get(payment_id)
                 except AggregateNotFoundError:
-                    payment = None
+                    pass
                 if not isinstance(payment, Payment) or payment.participant_id != participant_id:
                     raise PaymentNotFound("no such payment for this participant")
                 payment.reverse(reason, at=self.clock(), by=by)

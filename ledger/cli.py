@@ -50,5 +50,59 @@ def demo() -> None:
                else "The demo participants are already loaded.", err=True)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the service under a production WSGI server (gunicorn)."""
+    from .api.server import serve as run
+
+    settings = Settings.from_env(load_environment())
+    with open_ledger() as ledger:
+        ledger.init_study(by="cli:serve")  # tables and study exist before workers start
+    store = "PostgreSQL" if settings.database_url else str(settings.sqlite_path)
+    click.echo(f"Serving the ledger on http://{host}:{port} ({store}); API docs at "
+               f"http://{host}:{port}/api/v1/docs", err=True)
+    run(host, port, workers)
+
+
+@main.group()
+def tokens() -> None:
+    """API tokens for staff, auditors and admins."""
+
+
+@tokens.command("create")
+@click.option("--role", required=True, type=click.Choice(["staff", "auditor", "admin"]))
+@click.option("--name", required=True, help="Who the token is for (kept in the token list).")
+def tokens_create(role: str, name: str) -> None:
+    """Print a new token (only the token, on stdout). It is shown once and stored as a hash."""
+    with open_ledger() as ledger:
+        try:
+            info, token = ledger.tokens.create(role, name)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--name") from None
+    click.echo(token)
+    click.echo(f"Token {info.id} for {role} created. It will not be shown again.", err=True)
+
+
+@tokens.command("list")
+def tokens_list() -> None:
+    """List tokens (id, role, name, created, revoked); never the tokens themselves."""
+    with open_ledger() as ledger:
+        for t in ledger.tokens.list():
+            click.echo(f"{t.id}\t{t.role}\t{t.name}\t{t.created_at}\t{t.revoked_at or '-'}")
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+def tokens_revoke(token_id: str) -> None:
+    """Revoke a token by its id (from `ledger tokens list`)."""
+    with open_ledger() as ledger:
+        if not ledger.tokens.revoke(token_id):
+            raise click.ClickException("no live token with that id")
+    click.echo(f"Revoked {token_id}.", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

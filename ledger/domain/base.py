@@ -56,9 +56,12 @@ class PersonalFields:
 _PERSONAL: dict[type, PersonalFields] = {}
 
 
-def personal(event_class: type, *fields: str, subject: str = "participant_id") -> None:
-    """Declare the personal fields of an event class; the store seals them with the subject's key."""
-    _PERSONAL[event_class] = PersonalFields(fields=tuple(fields), subject=subject)
+def personal(event_class: type | str, *fields: str, subject: str = "participant_id",
+             aggregate: type | None = None) -> None:
+    """Declare the personal fields of an event class (or of ``aggregate``'s event of that name);
+    the store seals them with the subject's key."""
+    cls = getattr(aggregate, event_class) if isinstance(event_class, str) else event_class
+    _PERSONAL[cls] = PersonalFields(fields=tuple(fields), subject=subject)
 
 
 def personal_fields(event_class: type) -> PersonalFields | None:

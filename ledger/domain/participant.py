@@ -12,7 +12,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from .access import AccessNeed, check_need_request
-from .base import FastCopy, REDACTED, derived_id, personal, topic
+from .base import REDACTED, FastCopy, derived_id, personal, topic
 from .consent import ConsentRecord, Obligation
 from .errors import (
     AccessNeedNotFound,
@@ -213,14 +213,14 @@ class Participant(FastCopy, Aggregate):
         record = self.consent(scope.name)
         record.check_can_withdraw()
         n = record.withdrawals + 1
-        obligations = [
+        obligations: list[dict[str, Any]] = [
             {"id": derived_id("obligation", self.id, scope.name, n, kind), "kind": kind}
             for kind in scope.obligations
         ]
         self._consent_withdrawn(
             scope.name, str(channel), why, scope.is_past_deadline(at), obligations, at, by
         )
-        return [self.obligations[o["id"]] for o in obligations]
+        return [self.obligations[o["id"]] for o in obligations]  # type: ignore[index]
 
     @event("ConsentWithdrawn", topic=topic("Participant.ConsentWithdrawn"))
     def _consent_withdrawn(
@@ -402,12 +402,12 @@ class Participant(FastCopy, Aggregate):
             e["description"] = REDACTED
 
 
-personal(Participant.Registered, "name", "email", "phone", "communities", "preferred_contact",
-         subject="originator_id")
-personal(Participant.ConsentWithdrawn, "reason", subject="originator_id")
-personal(Participant.ObligationDischarged, "note", subject="originator_id")
-personal(Participant.AccessNeedRequested, "category", "detail", subject="originator_id")
-personal(Participant.AccessNeedOutcomeRecorded, "note", subject="originator_id")
-personal(Participant.PaymentDeclined, "reason", subject="originator_id")
-personal(Participant.PaymentReduced, "reason", subject="originator_id")
-personal(Participant.ExpenseRecorded, "description", subject="originator_id")
+personal("Registered", "name", "email", "phone", "communities", "preferred_contact",
+         subject="originator_id", aggregate=Participant)
+personal("ConsentWithdrawn", "reason", subject="originator_id", aggregate=Participant)
+personal("ObligationDischarged", "note", subject="originator_id", aggregate=Participant)
+personal("AccessNeedRequested", "category", "detail", subject="originator_id", aggregate=Participant)
+personal("AccessNeedOutcomeRecorded", "note", subject="originator_id", aggregate=Participant)
+personal("PaymentDeclined", "reason", subject="originator_id", aggregate=Participant)
+personal("PaymentReduced", "reason", subject="originator_id", aggregate=Participant)
+personal("ExpenseRecorded", "description", subject="originator_id", aggregate=Participant)

@@ -106,8 +106,8 @@ class Payment(FastCopy, Aggregate):
         amount_pence: int,
         currency: str,
         method: object,
-        reference: str | None,
-        reason: str | None,
+        reference: object,
+        reason: object,
         at: datetime,
         by: str,
     ) -> Payment:
@@ -133,7 +133,7 @@ class Payment(FastCopy, Aggregate):
             )
         return cls(
             participant_id=participant_id, activity=activity.name, slot=slot,
-            amount_pence=amount_pence, currency=CURRENCY, method=method, reference=ref,
+            amount_pence=amount_pence, currency=CURRENCY, method=str(method), reference=ref,
             reason=why, expected_pence=expected, at=at, by=by,
         )
 
@@ -187,5 +187,5 @@ class Payment(FastCopy, Aggregate):
         self.reversal_reason = reason
 
 
-personal(Payment.Recorded, "reference", "reason")
-personal(Payment.Reversed, "reason")
+personal("Recorded", "reference", "reason", aggregate=Payment)
+personal("Reversed", "reason", aggregate=Payment)

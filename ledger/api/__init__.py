@@ -1,0 +1,75 @@
+"""The HTTP API: ``create_app`` builds one Flask app around one Ledger."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import swagger_ui_bundle
+from flask import Flask, Response, g, request, send_from_directory
+from flask_smorest import Api
+
+from ..application import Ledger
+from ..config import load_environment
+from . import errors, health, study
+
+log = logging.getLogger("ledger.access")
+MAX_BODY = 64 * 1024
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self'; "
+            "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """The app. ``config`` may hold ``LEDGER`` (a Ledger to use) or ``ENV`` (its environment)."""
+    config = dict(config or {})
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="Consent and remuneration ledger",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="/api/v1/docs/static/",
+        MAX_CONTENT_LENGTH=MAX_BODY,
+        JSON_SORT_KEYS=False,
+    )
+    ledger = config.pop("LEDGER", None) or Ledger(config.pop("ENV", None) or load_environment())
+    app.config.update(config)
+    app.extensions["ledger"] = ledger
+
+    api = Api(app, spec_kwargs={"info": {"description": "Consents, access needs and payments "
+                                                         "for participatory research."}})
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+    api.register_blueprint(study.blp)
+    app.register_blueprint(health.blp)
+    errors.register(app)
+
+    @app.get("/api/v1/docs/static/<path:filename>")
+    def swagger_static(filename: str) -> Response:
+        """Swagger UI's own files, served locally (no CDN)."""
+        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
+
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def secure_and_log(response: Response) -> Response:
+        is_docs = request.path.startswith("/api/v1/docs")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Content-Security-Policy"] = DOCS_CSP if is_docs else API_CSP
+        response.headers["Cache-Control"] = "no-store"
+        # The route's pattern, never the raw path or query: paths can carry tokens.
+        rule = request.url_rule.rule if request.url_rule else "<unmatched>"
+        log.info("%s %s %s %.1fms token=%s", request.method, rule, response.status_code,
+                 (time.perf_counter() - g.get("started", time.perf_counter())) * 1000,
+                 g.get("token_id", "-"))
+        return response
+
+    return app

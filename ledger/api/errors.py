@@ -1,0 +1,94 @@
+"""Errors as RFC 9457 problem+json. The one table from domain errors to HTTP statuses is here.
+
+Bodies carry a status, a title, a detail written by us, and for validation errors the offending
+fields; never a stack trace, SQL, or the submitted values.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+from ..domain.errors import (
+    ConcurrentUpdate,
+    InvalidInput,
+    InvalidTransition,
+    LedgerError,
+    NotFound,
+)
+
+log = logging.getLogger("ledger.api")
+
+STATUS_FOR = [  # first match wins
+    (NotFound, 404),
+    (InvalidInput, 422),
+    (InvalidTransition, 409),
+    (ConcurrentUpdate, 409),
+]
+TITLES = {
+    400: "Bad request", 401: "Authentication required", 403: "Not allowed for this role",
+    404: "Not found", 405: "Method not allowed", 409: "Conflict with the current state",
+    413: "Request too large", 415: "Unsupported media type", 422: "Invalid input",
+    429: "Too many requests", 500: "Internal error",
+}
+
+
+def problem(status: int, detail: str | None = None, errors: dict[str, Any] | None = None,
+            headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """An application/problem+json response."""
+    body: dict[str, Any] = {"type": "about:blank", "status": status,
+                            "title": TITLES.get(status, "Error")}
+    if detail:
+        body["detail"] = detail
+    if errors:
+        body["errors"] = errors
+    body.update(extra)
+    response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
+    for k, v in (headers or {}).items():
+        response.headers[k] = v
+    return response
+
+
+def _flatten(messages: Any) -> dict[str, Any]:
+    """flask-smorest nests messages by location ({"json": {"field": [...]}}); drop that level."""
+    flat: dict[str, Any] = {}
+    if isinstance(messages, dict):
+        for location, fields in messages.items():
+            if isinstance(fields, dict):
+                flat.update(fields)
+            else:
+                flat[location] = fields
+    return flat
+
+
+def ledger_error(error: LedgerError) -> Response:
+    """A domain error, by the table above."""
+    status = next((code for cls, code in STATUS_FOR if isinstance(error, cls)), 400)
+    errors = {error.field: [error.message]} if error.field else None
+    return problem(status, error.message, errors, code=type(error).__name__)
+
+
+def http_error(error: HTTPException) -> Response:
+    """Werkzeug/flask-smorest errors, including schema validation (422 with fields)."""
+    status = error.code or 500
+    data = getattr(error, "data", None) or {}
+    errors = _flatten(data.get("messages")) if "messages" in data else None
+    detail = "Check the fields listed in errors." if errors else TITLES.get(status)
+    headers = dict(data.get("headers", {}) or {})
+    return problem(status, detail, errors, headers=headers)
+
+
+def unexpected_error(error: Exception) -> Response:
+    """Anything else: logged by type only, answered with a bare 500."""
+    log.error("unhandled %s", type(error).__name__)
+    return problem(500, "Something went wrong on our side. Nothing was recorded twice.")
+
+
+def register(app: Flask) -> None:
+    """Install the handlers on an app."""
+    app.register_error_handler(LedgerError, ledger_error)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected_error)

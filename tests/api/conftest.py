@@ -1,0 +1,38 @@
+"""A Flask test client around a real Ledger on a temp SQLite file, with one token per role."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ledger.api import create_app
+from ledger.application import Ledger
+
+
+@pytest.fixture
+def api_ledger(tmp_path) -> Iterator[Ledger]:
+    lg = Ledger({"LEDGER_DATA_DIR": str(tmp_path)})
+    lg.init_study(by="test")
+    yield lg
+    lg.close()
+
+
+@pytest.fixture
+def app(api_ledger):
+    return create_app({"LEDGER": api_ledger, "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def tokens(api_ledger) -> dict[str, str]:
+    return {role: api_ledger.tokens.create(role, f"test {role}")[1]
+            for role in ("staff", "auditor", "admin")}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
