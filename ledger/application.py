@@ -26,12 +26,20 @@ from .domain.errors import (
     StudyNotFound,
 )
 from .domain.money import check_currency, parse_pence
+from .idempotency import IdempotencyStore
 from .privacy.keys import MasterKey, ensure_signing_key
 from .privacy.keystore import DataKeyStore
 from .privacy.mapper import PersonalDataMapper, SealedAsBase64
 from .privacy.tokens import TokenStore
 from .store import Sql, VersionProbe, eventsourcing_env
-from .views import participant_view, study_view
+from .views import (
+    arrangement_view,
+    consent_view,
+    need_view,
+    participant_view,
+    payment_view,
+    study_view,
+)
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 20
@@ -67,6 +75,7 @@ class Ledger(Application[UUID]):
         self._check_master_key()
         self.keys = DataKeyStore(self.sql, self.master_key.wrapping_key())
         self.tokens = TokenStore(self.sql, self.master_key.derive("api-token-hmac/v1"))
+        self.idempotency = IdempotencyStore(self.sql)
         assert isinstance(self.mapper, PersonalDataMapper)
         self.mapper.keys = self.keys
         # Commands read the study but never change it: share one cached copy, brought up to date
@@ -303,6 +312,19 @@ class Ledger(Application[UUID]):
                 return ids
             start = page[-1].id + 1
 
+    def participants_page(self, *, limit: int, after: UUID | None) -> dict[str, Any]:
+        """A page of participants in registration order, after the id ``after``."""
+        ids = self.participant_ids()
+        start = 0
+        if after is not None:
+            if after not in ids:
+                raise ParticipantNotFound("after must be the id of a listed participant")
+            start = ids.index(after) + 1
+        page = ids[start:start + limit]
+        more = start + limit < len(ids)
+        return {"items": [self.participant(pid) for pid in page],
+                "next_after": page[-1] if page and more else None}
+
     def participant(self, participant_id: UUID) -> dict[str, Any]:
         """Everything about one participant, as a plain dict."""
         p = self._participant(participant_id)
@@ -310,12 +332,14 @@ class Ledger(Application[UUID]):
         payments = [pay for a in study.activities for pay in self._payments(participant_id, a)]
         return participant_view(p, study, payments)
 
-    def erase(self, participant_id: UUID, reason: object, *, by: str) -> None:
+    def erase(self, participant_id: UUID, reason: object, *, by: str) -> dict[str, Any]:
         """Crypto-shred a participant: destroy their data key, then record the erasure."""
-        def command(p: Participant, _: Study) -> None:
+        def command(p: Participant, _: Study) -> dict[str, Any]:
             p.erase(reason, at=self.clock(), by=by)
             self.keys.destroy(participant_id)
-        self._change(participant_id, command)
+            return {"id": p.id, "reference": p.reference, "erased": True,
+                    "erased_at": p.erased_at}
+        return self._change(participant_id, command)
 
     # -- consent -----------------------------------------------------------------------------
 
@@ -328,10 +352,13 @@ class Ledger(Application[UUID]):
     def grant_consent(
         self, participant_id: UUID, scope: str, form_version: str, method: object,
         attribution: object = None, *, by: str,
-    ) -> None:
-        """Record consent given for a scope."""
-        self._change(participant_id, lambda p, s: p.grant_consent(
-            s.scope(scope), s.form(form_version), method, attribution, at=self.clock(), by=by))
+    ) -> dict[str, Any]:
+        """Record consent given for a scope; returns where that scope now stands."""
+        def command(p: Participant, s: Study) -> dict[str, Any]:
+            p.grant_consent(s.scope(scope), s.form(form_version), method, attribution,
+                            at=self.clock(), by=by)
+            return consent_view(p.consent(scope))
+        return self._change(participant_id, command)
 
     def refuse_consent(self, participant_id: UUID, scope: str, *, by: str) -> None:
         """Record that a requested consent was refused."""
@@ -359,10 +386,14 @@ class Ledger(Application[UUID]):
         return self._change(participant_id, command)
 
     def discharge_obligation(self, participant_id: UUID, obligation_id: UUID,
-                             note: object = None, *, by: str) -> None:
+                             note: object = None, *, by: str) -> dict[str, Any]:
         """Mark a follow-up obligation done."""
-        self._change(participant_id, lambda p, s: p.discharge_obligation(
-            obligation_id, note, at=self.clock(), by=by))
+        def command(p: Participant, s: Study) -> dict[str, Any]:
+            p.discharge_obligation(obligation_id, note, at=self.clock(), by=by)
+            o = p.obligations[obligation_id]
+            return {"id": o.id, "scope": o.scope, "kind": o.kind, "opened_at": o.opened_at,
+                    "done_at": o.done_at}
+        return self._change(participant_id, command)
 
     # -- access needs ------------------------------------------------------------------------
 
@@ -375,35 +406,45 @@ class Ledger(Application[UUID]):
         return need_id
 
     def record_access_outcome(self, participant_id: UUID, need_id: UUID, outcome: object,
-                              note: object = None, *, by: str) -> None:
-        """Record whether an access need was met."""
-        self._change(participant_id, lambda p, s: p.record_access_outcome(
-            need_id, outcome, note, at=self.clock(), by=by))
+                              note: object = None, *, by: str) -> dict[str, Any]:
+        """Record whether an access need was met; returns the need."""
+        def command(p: Participant, s: Study) -> dict[str, Any]:
+            p.record_access_outcome(need_id, outcome, note, at=self.clock(), by=by)
+            return need_view(p.needs[need_id])
+        return self._change(participant_id, command)
 
     # -- remuneration ------------------------------------------------------------------------
 
     def arrange_payment(self, participant_id: UUID, activity: str, method: object, payee: object,
-                        benefits_advice_offered: object, *, by: str) -> None:
+                        benefits_advice_offered: object, *, by: str) -> dict[str, Any]:
         """Record the payment method and payee agreed with the person."""
-        self._change(participant_id, lambda p, s: p.arrange_payment(
-            s.activity(activity), method, payee, benefits_advice_offered, at=self.clock(), by=by))
+        def command(p: Participant, s: Study) -> dict[str, Any]:
+            a = s.activity(activity)
+            p.arrange_payment(a, method, payee, benefits_advice_offered, at=self.clock(), by=by)
+            return arrangement_view(p.arrangement(a.name))
+        return self._change(participant_id, command)
 
     def decline_payment(self, participant_id: UUID, activity: str, reason: object = None, *,
-                        by: str) -> None:
+                        by: str) -> dict[str, Any]:
         """Record that the person declined payment for an activity."""
-        def command(p: Participant, s: Study) -> None:
+        def command(p: Participant, s: Study) -> dict[str, Any]:
             a = s.activity(activity)
             payments = self._payments(participant_id, a.name)
             paid = bool(payments) and not payments[-1].is_reversed
             p.decline_payment(a, reason, already_paid=paid, at=self.clock(), by=by)
-        self._change(participant_id, command)
+            return arrangement_view(p.arrangement(a.name))
+        return self._change(participant_id, command)
 
     def reduce_payment(self, participant_id: UUID, activity: str, amount: object,
-                       reason: object, *, by: str) -> None:
+                       reason: object, *, by: str) -> dict[str, Any]:
         """Record that the person asked to be paid less than the rate."""
         pence = parse_pence(amount)
-        self._change(participant_id, lambda p, s: p.reduce_payment(
-            s.activity(activity), pence, reason, at=self.clock(), by=by))
+
+        def command(p: Participant, s: Study) -> dict[str, Any]:
+            a = s.activity(activity)
+            p.reduce_payment(a, pence, reason, at=self.clock(), by=by)
+            return arrangement_view(p.arrangement(a.name))
+        return self._change(participant_id, command)
 
     def record_expense(self, participant_id: UUID, activity: str, amount: object, method: object,
                        description: object, *, by: str) -> UUID:
@@ -416,7 +457,7 @@ class Ledger(Application[UUID]):
     def record_payment(
         self, participant_id: UUID, activity: str, amount: object, method: object, *,
         currency: object = "GBP", reference: object = None, reason: object = None, by: str,
-    ) -> UUID:
+    ) -> dict[str, Any]:
         """Record a payment; at most one per participant and activity unless reversed.
 
         The payment's id is derived from (participant, activity, slot), so when two writers race
@@ -441,10 +482,10 @@ class Ledger(Application[UUID]):
             raise PaymentAlreadyRecorded(
                 "this participant has already been paid for this activity", field="activity"
             ) from None
-        return payment.id
+        return payment_view(payment, erased=False)
 
     def reverse_payment(self, participant_id: UUID, payment_id: UUID, reason: object, *,
-                        by: str) -> None:
+                        by: str) -> dict[str, Any]:
         """Reverse a payment, with a reason."""
         self._participant(participant_id).check_not_erased()
         for _ in range(MAX_ATTEMPTS):
@@ -459,7 +500,7 @@ class Ledger(Application[UUID]):
                 payment.reverse(reason, at=self.clock(), by=by)
                 try:
                     self.save(payment)
-                    return
+                    return payment_view(payment, erased=False)
                 except IntegrityError:
                     self._evict(payment_id)
                     continue

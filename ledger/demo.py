@@ -35,7 +35,7 @@ def _consent_all(ledger: Ledger, pid: UUID, method: str = "online",
 def _paid(ledger: Ledger, pid: UUID, method: str, payee: str = "self",
           activity: str = "conversation", amount: str = "25.00", **kw: Any) -> UUID:
     ledger.arrange_payment(pid, activity, method, payee, True, by=BY)
-    return ledger.record_payment(pid, activity, amount, method, by=BY, **kw)
+    return ledger.record_payment(pid, activity, amount, method, by=BY, **kw)["id"]
 
 
 def _stories() -> list[Callable[[Ledger], None]]:

@@ -6,7 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from .domain import Participant, Payment, Study, is_redacted
+from .domain.access import AccessNeed
+from .domain.consent import ConsentRecord
 from .domain.money import format_pence
+from .domain.remuneration import Arrangement
 
 
 def _text(value: Any) -> Any:
@@ -55,6 +58,29 @@ def payment_view(payment: Payment, erased: bool) -> dict[str, Any]:
     }
 
 
+def consent_view(c: ConsentRecord) -> dict[str, Any]:
+    """Where consent for one scope stands."""
+    return {"scope": c.scope, "state": c.state, "form_version": c.form_version,
+            "form_sha256": c.form_sha256, "method": c.method, "attribution": c.attribution,
+            "changed_at": c.changed_at,
+            "history": [{k: _text(v) for k, v in step.items()} for step in c.history]}
+
+
+def need_view(n: AccessNeed) -> dict[str, Any]:
+    """One access need and its outcome."""
+    return {"id": n.id, "category": _text(n.category), "detail": _text(n.detail),
+            "outcome": n.outcome, "note": _text(n.note), "requested_at": n.requested_at,
+            "outcome_at": n.outcome_at, "met_at": n.met_at}
+
+
+def arrangement_view(a: Arrangement) -> dict[str, Any]:
+    """How the person will be paid for one activity."""
+    return {"activity": a.activity, "method": a.method, "payee": a.payee,
+            "benefits_advice_offered": a.benefits_advice_offered, "declined": a.declined,
+            "reduced_to": None if a.reduced_to_pence is None else format_pence(a.reduced_to_pence),
+            "reason": _text(a.reason)}
+
+
 def participant_view(p: Participant, study: Study, payments: list[Payment]) -> dict[str, Any]:
     """Everything held about one participant."""
     erased = p.erased_at is not None
@@ -64,37 +90,22 @@ def participant_view(p: Participant, study: Study, payments: list[Payment]) -> d
         "name": _text(p.name),
         "email": _text(p.email),
         "phone": _text(p.phone),
-        "communities": "[erased]" if is_redacted(p.communities) else list(p.communities),
+        "communities": ["[erased]"] if is_redacted(p.communities) else list(p.communities),
         "preferred_contact": _text(p.preferred_contact),
         "registered_at": p.registered_at,
         "erased": erased,
         "erased_at": p.erased_at,
-        "consents": {
-            name: {"state": c.state, "form_version": c.form_version, "method": c.method,
-                   "attribution": c.attribution, "changed_at": c.changed_at,
-                   "history": [{k: _text(v) for k, v in step.items()} for step in c.history]}
-            for name, c in p.consents.items()
-        },
+        "consents": {name: consent_view(c) for name, c in p.consents.items()},
         "obligations": [
             {"id": o.id, "scope": o.scope, "kind": o.kind, "opened_at": o.opened_at,
              "done_at": o.done_at, "note": _text(o.note)}
             for o in p.obligations.values()
         ],
-        "access_needs": [
-            {"id": n.id, "category": _text(n.category), "detail": _text(n.detail),
-             "outcome": n.outcome, "note": _text(n.note), "requested_at": n.requested_at,
-             "met_at": n.met_at}
-            for n in p.needs.values()
-        ],
-        "arrangements": {
-            name: {"method": a.method, "payee": a.payee,
-                   "benefits_advice_offered": a.benefits_advice_offered, "declined": a.declined,
-                   "reduced_to": None if a.reduced_to_pence is None
-                   else format_pence(a.reduced_to_pence), "reason": _text(a.reason)}
-            for name, a in p.arrangements.items()
-        },
+        "access_needs": [need_view(n) for n in p.needs.values()],
+        "arrangements": {name: arrangement_view(a) for name, a in p.arrangements.items()},
         "expenses": [
-            {**e, "amount": format_pence(e["amount_pence"]), "description": _text(e["description"])}
+            {"id": e["id"], "activity": e["activity"], "amount": format_pence(e["amount_pence"]),
+             "method": e["method"], "description": _text(e["description"]), "at": e["at"]}
             for e in p.expenses
         ],
         "payments": [payment_view(pay, erased) for pay in payments],

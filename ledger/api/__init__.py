@@ -13,13 +13,33 @@ from flask_smorest import Api
 
 from ..application import Ledger
 from ..config import load_environment
-from . import errors, health, study
+from . import access_needs, consents, errors, health, participants, payments, study
+from .schemas import ProblemSchema
 
 log = logging.getLogger("ledger.access")
 MAX_BODY = 64 * 1024
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self'; "
             "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+class LedgerApi(Api):  # type: ignore[misc]
+    """flask-smorest's Api with errors documented as problem+json."""
+
+    ERROR_SCHEMA = ProblemSchema
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def _register_responses(self) -> None:
+        from http import HTTPStatus
+
+        from flask_smorest.utils import prepare_response
+
+        for status in HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if status >= 400:
+                response["schema"] = self.ERROR_SCHEMA
+                prepare_response(response, self.spec, "application/problem+json")
+            self.spec.components.response(status.name, response, lazy=True)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -41,10 +61,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(config)
     app.extensions["ledger"] = ledger
 
-    api = Api(app, spec_kwargs={"info": {"description": "Consents, access needs and payments "
+    api = LedgerApi(app, spec_kwargs={"info": {"description": "Consents, access needs and payments "
                                                          "for participatory research."}})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
-    api.register_blueprint(study.blp)
+    for module in (study, participants, consents, access_needs, payments):
+        api.register_blueprint(module.blp)
     app.register_blueprint(health.blp)
     errors.register(app)
 

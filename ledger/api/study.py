@@ -50,9 +50,9 @@ class StudySchema(Schema):
 
 @blp.route("/study")
 class StudyView(MethodView):
+    @require("staff", "auditor")
     @blp.doc(security=SECURITY)
     @blp.response(200, StudySchema)
-    @require("staff", "auditor")
     def get(self) -> dict[str, Any]:
         """The study: scopes with deadlines, activities with rates, forms, lawful bases."""
         return ledger().study()

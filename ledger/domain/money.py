@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 
 from .errors import InvalidAmount, UnsupportedCurrency
 
 CURRENCY = "GBP"
+# Digits with an optional decimal part ("25", "25.00"; "-25.00" and "25.001" are read so that the
+# error can say what is wrong with them). No exponents, currency signs, separators or spaces inside.
+NUMBER = re.compile(r"^-?[0-9]{1,12}(\.[0-9]{1,12})?$")
 MAX_PENCE = 10**9  # £10,000,000: far above any real line; guards against absurd input
 
 
@@ -16,10 +20,10 @@ def parse_pence(amount: object, *, field: str = "amount") -> int:
         raise InvalidAmount(f"{field} must be a string in pounds such as \"25.00\"", field=field)
     if isinstance(amount, int):
         amount = Decimal(amount)
-    try:
-        value = Decimal(amount.strip()) if isinstance(amount, str) else amount
-    except InvalidOperation:
-        value = None
+    value: object = amount
+    if isinstance(amount, str):
+        text = amount.strip()
+        value = Decimal(text) if NUMBER.match(text) else None
     if not isinstance(value, Decimal) or not value.is_finite():
         raise InvalidAmount(f"{field} must be an amount in pounds such as \"25.00\"", field=field)
     pence = value * 100

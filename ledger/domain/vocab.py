@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from .errors import InvalidChoice
@@ -29,8 +30,15 @@ def check_choice(field: str, value: object, allowed: Iterable[str]) -> str:
     return value
 
 
+# Text is plain text: no control characters (tabs and line breaks are fine) and nothing that reads
+# as markup. Apostrophes, quotes and semicolons are ordinary in names and notes, so text that merely
+# looks like SQL is kept as written; statements are always parameterised.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+MARKUP = re.compile(r"</?[A-Za-z!?]")  # what a browser would read as the start of a tag
+
+
 def check_text(field: str, value: object, *, max_length: int, required: bool = True) -> str | None:
-    """Return trimmed text of at most ``max_length`` characters; None when optional and empty."""
+    """Return trimmed plain text of at most ``max_length`` characters; None if optional and empty."""
     from .errors import InvalidText
 
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -42,4 +50,8 @@ def check_text(field: str, value: object, *, max_length: int, required: bool = T
     text = value.strip()
     if len(text) > max_length:
         raise InvalidText(f"{field} must be at most {max_length} characters", field=field)
+    if CONTROL.search(text):
+        raise InvalidText(f"{field} must not contain control characters", field=field)
+    if MARKUP.search(text):
+        raise InvalidText(f"{field} must be plain text, without HTML tags", field=field)
     return text

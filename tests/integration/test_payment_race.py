@@ -22,7 +22,7 @@ def _race(store_env, pid, activity):
         barrier.wait()
         try:
             outcome: object = ledger.record_payment(
-                pid, activity, "25.00", "bank_transfer", reference=f"R{i}", by=f"t{i}")
+                pid, activity, "25.00", "bank_transfer", reference=f"R{i}", by=f"t{i}")["id"]
         except Exception as e:  # noqa: BLE001 - every outcome is collected and checked
             outcome = e
         with lock:
@@ -57,7 +57,7 @@ def test_racing_payments_for_one_activity_let_exactly_one_through(ledger, store_
 
 def test_after_a_reversal_racing_payments_again_let_exactly_one_through(ledger, store_env):
     pid = ledger.register_participant("Race Again", by="t")["id"]
-    first = ledger.record_payment(pid, "conversation", "25.00", "cash", by="t")
+    first = ledger.record_payment(pid, "conversation", "25.00", "cash", by="t")["id"]
     ledger.reverse_payment(pid, first, "bounced", by="t")
     before = ledger.recorder.max_notification_id()
 

@@ -15,7 +15,8 @@ def test_amounts_in_pounds_become_whole_pence(text, pence):
 
 
 @pytest.mark.parametrize("bad", ["0", "0.00", "-25.00", "25.001", "abc", "", "NaN", "Infinity",
-                                 25.0, True, None, "1e20", [], "25,00"])
+                                 25.0, True, None, "1e20", [], "25,00", "1e3", "GBP 25",
+                                 "£25", "+25", "25.", ".5", "0x19", "2_500"])
 def test_amounts_that_are_not_positive_whole_pence_are_refused(bad):
     with pytest.raises(InvalidAmount) as e:
         parse_pence(bad)

@@ -1,0 +1,178 @@
+"""Participants: register, list, view one, and (admin) erase."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from .auth import SECURITY, actor, require
+from .common import ledger
+from .schemas import PaginationQuery, document_errors
+
+blp = Blueprint("participants", __name__, url_prefix="/api/v1",
+                description="Participants and what is held about them")
+
+
+class RegisterIn(Schema):
+    name = fields.String(required=True, validate=validate.Length(1, 200))
+    email = fields.String(validate=validate.Length(max=254), allow_none=True)
+    phone = fields.String(validate=validate.Length(max=40), allow_none=True)
+    communities = fields.List(fields.String(validate=validate.Length(1, 80)),
+                              validate=validate.Length(max=20))
+    preferred_contact = fields.String(validate=validate.Length(max=200), allow_none=True)
+
+
+class RegisteredOut(Schema):
+    id = fields.UUID(dump_only=True)
+    reference = fields.String(dump_only=True, metadata={"example": "ST-7K3Q9XW2"})
+
+
+class ConsentOut(Schema):
+    scope = fields.String()
+    state = fields.String(allow_none=True)
+    form_version = fields.String(allow_none=True)
+    form_sha256 = fields.String(allow_none=True)
+    method = fields.String(allow_none=True)
+    attribution = fields.String(allow_none=True)
+    changed_at = fields.DateTime(allow_none=True)
+    history = fields.List(fields.Dict())
+
+
+class ObligationOut(Schema):
+    id = fields.UUID()
+    scope = fields.String()
+    kind = fields.String()
+    opened_at = fields.DateTime()
+    done_at = fields.DateTime(allow_none=True)
+    note = fields.String(allow_none=True)
+
+
+class NeedOut(Schema):
+    id = fields.UUID()
+    category = fields.String()
+    detail = fields.String()
+    outcome = fields.String(allow_none=True)
+    note = fields.String(allow_none=True)
+    requested_at = fields.DateTime()
+    outcome_at = fields.DateTime(allow_none=True)
+    met_at = fields.DateTime(allow_none=True)
+
+
+class ArrangementOut(Schema):
+    activity = fields.String()
+    method = fields.String(allow_none=True)
+    payee = fields.String(allow_none=True)
+    benefits_advice_offered = fields.Boolean(allow_none=True)
+    declined = fields.Boolean()
+    reduced_to = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+
+
+class PaymentOut(Schema):
+    id = fields.UUID()
+    activity = fields.String()
+    amount = fields.String(metadata={"example": "25.00"})
+    currency = fields.String()
+    method = fields.String()
+    expected = fields.String()
+    status = fields.String(metadata={"description": "paid or reversed"})
+    paid_at = fields.DateTime()
+    reversed_at = fields.DateTime(allow_none=True)
+
+
+class PaymentDetailOut(PaymentOut):
+    reference = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+    reversal_reason = fields.String(allow_none=True)
+
+
+class ExpenseOut(Schema):
+    id = fields.UUID()
+    activity = fields.String()
+    amount = fields.String()
+    method = fields.String()
+    description = fields.String()
+    at = fields.DateTime()
+
+
+class ParticipantOut(Schema):
+    id = fields.UUID(dump_only=True)
+    reference = fields.String()
+    name = fields.String()
+    email = fields.String(allow_none=True)
+    phone = fields.String(allow_none=True)
+    communities = fields.List(fields.String())
+    preferred_contact = fields.String(allow_none=True)
+    registered_at = fields.DateTime()
+    erased = fields.Boolean()
+    erased_at = fields.DateTime(allow_none=True)
+    consents = fields.Dict(keys=fields.String(), values=fields.Nested(ConsentOut))
+    obligations = fields.List(fields.Nested(ObligationOut))
+    access_needs = fields.List(fields.Nested(NeedOut))
+    arrangements = fields.Dict(keys=fields.String(), values=fields.Nested(ArrangementOut))
+    expenses = fields.List(fields.Nested(ExpenseOut))
+    payments = fields.List(fields.Nested(PaymentDetailOut))
+
+
+class ParticipantPage(Schema):
+    items = fields.List(fields.Nested(ParticipantOut))
+    next_after = fields.UUID(allow_none=True)
+
+
+class ErasureIn(Schema):
+    reason = fields.String(required=True, validate=validate.Length(1, 500))
+
+
+class ErasureOut(Schema):
+    id = fields.UUID()
+    reference = fields.String()
+    erased = fields.Boolean()
+    erased_at = fields.DateTime()
+
+
+@blp.route("/participants")
+class Participants(MethodView):
+    @require("staff")
+    @blp.doc(security=SECURITY)
+    @blp.arguments(PaginationQuery, location="query")
+    @blp.response(200, ParticipantPage)
+    @document_errors(blp)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List participants, oldest first, a page at a time."""
+        return ledger().participants_page(limit=query["limit"], after=query["after"])
+
+    @require("staff")
+    @blp.doc(security=SECURITY)
+    @blp.arguments(RegisterIn)
+    @blp.response(201, RegisteredOut)
+    @document_errors(blp, 404)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Register a participant; returns their id and short reference."""
+        return ledger().register_participant(**body, by=actor())
+
+
+@blp.route("/participants/<uuid:participant_id>")
+class ParticipantItem(MethodView):
+    @require("staff")
+    @blp.doc(security=SECURITY)
+    @blp.response(200, ParticipantOut)
+    @document_errors(blp, 404)
+    def get(self, participant_id: UUID) -> dict[str, Any]:
+        """Everything about one participant: consents, needs, arrangements, payments, history."""
+        return ledger().participant(participant_id)
+
+
+@blp.route("/participants/<uuid:participant_id>/erasure")
+class Erasure(MethodView):
+    @require("admin")
+    @blp.doc(security=SECURITY)
+    @blp.arguments(ErasureIn)
+    @blp.response(200, ErasureOut)
+    @document_errors(blp, 404, 409)
+    def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
+        """Erase the person's personal data (crypto-shredding); the facts stay, unreadable."""
+        return ledger().erase(participant_id, body["reason"], by=actor())

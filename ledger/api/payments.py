@@ -1,0 +1,197 @@
+"""Remuneration: arrangements agreed with the person, reductions, payments, reversals, expenses.
+
+``POST .../payments`` needs an ``Idempotency-Key``: the first response to a (token, key) pair is
+kept and replayed byte for byte; the same key with a different request is 422.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from flask import Response, g, json, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from ..domain.errors import LedgerError
+from ..domain.vocab import PAYEES, PAYMENT_METHODS
+from . import errors
+from .auth import SECURITY, actor, require
+from .common import ledger
+from .participants import ArrangementOut, PaymentOut
+from .schemas import document_errors
+
+blp = Blueprint("payments", __name__, url_prefix="/api/v1", description="Remuneration")
+
+KEY_HEADER = {"in": "header", "name": "Idempotency-Key", "required": True,
+              "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+              "description": "a unique value per intended payment (e.g. a UUID)"}
+
+
+def amount_field() -> fields.String:
+    """An amount in pounds as a string ("25.00"); the domain checks its value."""
+    return fields.String(required=True, validate=validate.Length(1, 20),
+                         metadata={"example": "25.00"})
+
+
+class ArrangementIn(Schema):
+    activity = fields.String(required=True, validate=validate.Length(1, 40))
+    method = fields.String(validate=validate.OneOf(PAYMENT_METHODS))
+    payee = fields.String(validate=validate.OneOf(PAYEES))
+    benefits_advice_offered = fields.Boolean()
+    declined = fields.Boolean(load_default=False)
+    reason = fields.String(validate=validate.Length(max=2000), allow_none=True)
+
+    @validates_schema
+    def arranged_or_declined(self, data: dict[str, Any], **_: Any) -> None:
+        """Either the person declined, or method, payee and advice were agreed."""
+        if data.get("declined"):
+            extra = [f for f in ("method", "payee", "benefits_advice_offered") if f in data]
+            if extra:
+                raise ValidationError({f: ["not used when declined is true"] for f in extra})
+            return
+        missing = [f for f in ("method", "payee", "benefits_advice_offered") if f not in data]
+        if missing:
+            raise ValidationError({f: ["Missing data for required field."] for f in missing})
+
+
+class ReductionIn(Schema):
+    activity = fields.String(required=True, validate=validate.Length(1, 40))
+    amount = amount_field()
+    reason = fields.String(required=True, validate=validate.Length(1, 2000))
+
+
+class PaymentIn(Schema):
+    activity = fields.String(required=True, validate=validate.Length(1, 40))
+    amount = amount_field()
+    currency = fields.String(load_default="GBP", validate=validate.Length(1, 10))
+    method = fields.String(required=True, validate=validate.OneOf(PAYMENT_METHODS))
+    reference = fields.String(validate=validate.Length(max=200), allow_none=True)
+    reason = fields.String(validate=validate.Length(max=2000), allow_none=True)
+
+
+class ReversalIn(Schema):
+    reason = fields.String(required=True, validate=validate.Length(1, 2000))
+
+
+class ExpenseIn(Schema):
+    activity = fields.String(required=True, validate=validate.Length(1, 40))
+    amount = amount_field()
+    method = fields.String(required=True, validate=validate.OneOf(PAYMENT_METHODS))
+    description = fields.String(required=True, validate=validate.Length(1, 2000))
+
+
+class ExpenseCreated(Schema):
+    expense_id = fields.UUID(dump_only=True)
+
+
+def idempotent(status: int, schema: Schema, run: Callable[[], Any]) -> Response:
+    """Run ``run`` once per (token, Idempotency-Key); replay its first response after that."""
+    key = request.headers.get("Idempotency-Key", "")
+    if not key or len(key) > 200 or not key.isprintable() or not key.isascii():
+        return errors.problem(400, "Idempotency-Key header is required (1 to 200 characters).",
+                              {"Idempotency-Key": ["required, 1 to 200 printable characters"]})
+    store, token = ledger().idempotency, str(g.token_id)
+    fingerprint = hashlib.sha256(json.dumps(
+        {"path": request.path, "body": request.get_json(silent=True)}, sort_keys=True
+    ).encode()).hexdigest()
+    stored = store.claim(token, key, fingerprint)
+    if stored is not None:
+        if stored.request_hash != fingerprint:
+            return errors.problem(
+                422, "This Idempotency-Key was already used for a different request.",
+                {"Idempotency-Key": ["already used with a different body"]})
+        if stored.status is None:
+            stored = store.wait(token, key)
+        if stored is None or stored.status is None or stored.body is None:
+            return errors.problem(409, "A request with this Idempotency-Key is still running.")
+        return _replay(stored.status, stored.body)
+    try:
+        body, code = json.dumps(schema.dump(run())).encode(), status
+    except LedgerError as e:
+        failure = errors.ledger_error(e)
+        body, code = failure.get_data(), failure.status_code
+    except BaseException:
+        store.release(token, key)
+        raise
+    store.complete(token, key, code, body)
+    return _replay(code, body)
+
+
+def _replay(status: int, body: bytes) -> Response:
+    mimetype = "application/json" if status < 400 else "application/problem+json"
+    return Response(body, status=status, mimetype=mimetype)
+
+
+@blp.route("/participants/<uuid:participant_id>/payment-arrangements")
+class Arrangements(MethodView):
+    @require("staff")
+    @blp.doc(security=SECURITY)
+    @blp.arguments(ArrangementIn)
+    @blp.response(201, ArrangementOut)
+    @document_errors(blp, 404, 409)
+    def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
+        """Record how the person wants to be paid for an activity, or that they declined."""
+        if body["declined"]:
+            return ledger().decline_payment(participant_id, body["activity"], body.get("reason"),
+                                            by=actor())
+        return ledger().arrange_payment(participant_id, body["activity"], body["method"],
+                                        body["payee"], body["benefits_advice_offered"],
+                                        by=actor())
+
+
+@blp.route("/participants/<uuid:participant_id>/payment-reductions")
+class Reductions(MethodView):
+    @require("staff")
+    @blp.doc(security=SECURITY)
+    @blp.arguments(ReductionIn)
+    @blp.response(201, ArrangementOut)
+    @document_errors(blp, 404, 409)
+    def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
+        """Record that the person asked to be paid less than the rate, and why."""
+        return ledger().reduce_payment(participant_id, body["activity"], body["amount"],
+                                       body["reason"], by=actor())
+
+
+@blp.route("/participants/<uuid:participant_id>/payments")
+class Payments(MethodView):
+    @require("staff")
+    @blp.doc(security=SECURITY, parameters=[KEY_HEADER])
+    @blp.arguments(PaymentIn)
+    @blp.response(201, PaymentOut)
+    @document_errors(blp, 400, 404, 409)
+    def post(self, body: dict[str, Any], participant_id: UUID) -> Response:
+        """Record a payment (needs Idempotency-Key); one per participant and activity."""
+        return idempotent(201, PaymentOut(), lambda: ledger().record_payment(
+            participant_id, body["activity"], body["amount"], body["method"],
+            currency=body["currency"], reference=body.get("reference"),
+            reason=body.get("reason"), by=actor()))
+
+
+@blp.route("/participants/<uuid:participant_id>/payments/<uuid:payment_id>/reversal")
+class Reversal(MethodView):
+    @require("staff")
+    @blp.doc(security=SECURITY)
+    @blp.arguments(ReversalIn)
+    @blp.response(201, PaymentOut)
+    @document_errors(blp, 404, 409)
+    def post(self, body: dict[str, Any], participant_id: UUID, payment_id: UUID) -> dict[str, Any]:
+        """Reverse a payment (e.g. the transfer bounced); the activity can then be paid again."""
+        return ledger().reverse_payment(participant_id, payment_id, body["reason"], by=actor())
+
+
+@blp.route("/participants/<uuid:participant_id>/expenses")
+class Expenses(MethodView):
+    @require("staff")
+    @blp.doc(security=SECURITY)
+    @blp.arguments(ExpenseIn)
+    @blp.response(201, ExpenseCreated)
+    @document_errors(blp, 404, 409)
+    def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
+        """Record an expense (travel, care, data) as its own line, separate from the fee."""
+        expense_id = ledger().record_expense(participant_id, body["activity"], body["amount"],
+                                             body["method"], body["description"], by=actor())
+        return {"expense_id": expense_id}

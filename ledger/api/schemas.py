@@ -1,0 +1,38 @@
+"""Schemas shared by several resources: the problem body, and the documented error responses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+
+class ProblemSchema(Schema):
+    """RFC 9457 problem details."""
+
+    type = fields.String(metadata={"example": "about:blank"})
+    title = fields.String()
+    status = fields.Integer()
+    detail = fields.String()
+    errors = fields.Dict(keys=fields.String(), values=fields.Raw(),
+                         metadata={"description": "offending fields and what is wrong with each"})
+    code = fields.String(metadata={"description": "the ledger's error name, when it has one"})
+
+
+def document_errors(blp: Blueprint, *codes: int) -> Callable[[Any], Any]:
+    """Document the problem responses a view can give (plus 401/403, which every view can)."""
+    def decorate(view: Any) -> Any:
+        for code in sorted({401, 403, *codes}):
+            view = blp.alt_response(code, response=HTTPStatus(code).name)(view)
+        return view
+    return decorate
+
+
+class PaginationQuery(Schema):
+    """?limit=&after= (keyset pagination by registration order)."""
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
+    after = fields.UUID(load_default=None, metadata={"description": "last id of the previous page"})

@@ -1,0 +1,179 @@
+"""Every staff and admin endpoint through the Flask test client, with the state checked after."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from .conftest import bearer
+
+
+@pytest.fixture
+def staff(tokens):
+    return bearer(tokens["staff"])
+
+
+@pytest.fixture
+def pid(client, staff):
+    response = client.post("/api/v1/participants", headers=staff, json={
+        "name": "Ada Example", "email": "ada@example.invalid", "communities": ["Black British"],
+        "preferred_contact": "email"})
+    assert response.status_code == 201
+    return response.json["id"]
+
+
+def _get(client, staff, pid):
+    return client.get(f"/api/v1/participants/{pid}", headers=staff).json
+
+
+def test_register_returns_a_random_id_and_a_short_reference(client, staff, pid):
+    view = _get(client, staff, pid)
+
+    assert view["name"] == "Ada Example" and view["communities"] == ["Black British"]
+    assert view["reference"].startswith("ST-") and len(view["reference"]) == 11
+    uuid.UUID(pid)
+
+
+def test_the_list_is_paginated_in_registration_order(client, staff):
+    ids = [client.post("/api/v1/participants", headers=staff, json={"name": f"P{i}"}).json["id"]
+           for i in range(5)]
+
+    first = client.get("/api/v1/participants?limit=2", headers=staff).json
+    second = client.get(f"/api/v1/participants?limit=2&after={first['next_after']}",
+                        headers=staff).json
+    last = client.get(f"/api/v1/participants?limit=2&after={second['next_after']}",
+                      headers=staff).json
+
+    assert [p["id"] for p in first["items"] + second["items"] + last["items"]] == ids
+    assert last["next_after"] is None
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=201", "limit=x", "after=nope",
+                                   f"after={uuid.UUID(int=7)}"])
+def test_bad_pagination_is_refused(client, staff, query):
+    response = client.get(f"/api/v1/participants?{query}", headers=staff)
+
+    assert response.status_code in (404, 422)
+    assert response.content_type == "application/problem+json"
+
+
+def test_consent_grant_and_withdrawal_with_obligations_done(client, staff, pid):
+    grant = client.post(f"/api/v1/participants/{pid}/consents", headers=staff, json={
+        "scope": "quote", "form_version": "1.0", "method": "bsl", "attribution": "named"})
+    withdrawal = client.post(f"/api/v1/participants/{pid}/consents/quote/withdrawal",
+                             headers=staff, json={"channel": "email", "reason": "changed mind"})
+    [obligation] = withdrawal.json["obligations"]
+    done = client.post(f"/api/v1/participants/{pid}/obligations/{obligation['id']}/done",
+                       headers=staff, json={"note": "quotes removed from the draft"})
+    again = client.post(f"/api/v1/participants/{pid}/consents/quote/withdrawal",
+                        headers=staff, json={"channel": "email"})
+
+    assert (grant.status_code, grant.json["state"], grant.json["attribution"]) == (
+        201, "given", "named")
+    assert withdrawal.status_code == 201 and obligation["kind"] == "remove_quotes"
+    assert done.status_code == 200 and done.json["done_at"]
+    assert again.status_code == 409 and again.json["code"] == "ConsentAlreadyWithdrawn"
+    view = _get(client, staff, pid)
+    assert view["consents"]["quote"]["state"] == "withdrawn"
+    assert view["obligations"][0]["done_at"] is not None
+
+
+def test_access_need_and_its_outcome(client, staff, pid):
+    need = client.post(f"/api/v1/participants/{pid}/access-needs", headers=staff,
+                       json={"category": "BSL interpreter", "detail": "two interpreters"})
+    outcome = client.post(
+        f"/api/v1/participants/{pid}/access-needs/{need.json['need_id']}/outcome",
+        headers=staff, json={"outcome": "met", "note": "booked"})
+
+    assert need.status_code == 201 and outcome.status_code == 201
+    assert _get(client, staff, pid)["access_needs"][0]["outcome"] == "met"
+
+
+def test_arrangement_decline_and_reduction(client, staff, pid):
+    arranged = client.post(f"/api/v1/participants/{pid}/payment-arrangements", headers=staff,
+                           json={"activity": "conversation", "method": "voucher",
+                                 "payee": "self", "benefits_advice_offered": True})
+    reduced = client.post(f"/api/v1/participants/{pid}/payment-reductions", headers=staff,
+                          json={"activity": "conversation", "amount": "10.00",
+                                "reason": "benefits"})
+    declined = client.post(f"/api/v1/participants/{pid}/payment-arrangements", headers=staff,
+                           json={"activity": "workshop", "declined": True})
+
+    assert arranged.status_code == reduced.status_code == declined.status_code == 201
+    assert reduced.json["reduced_to"] == "10.00" and declined.json["declined"] is True
+    view = _get(client, staff, pid)
+    assert view["arrangements"]["conversation"]["method"] == "voucher"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"activity": "conversation"}, "method"),
+    ({"activity": "conversation", "declined": True, "method": "cash"}, "method"),
+])
+def test_an_arrangement_is_either_agreed_or_declined(client, staff, pid, body, field):
+    response = client.post(f"/api/v1/participants/{pid}/payment-arrangements", headers=staff,
+                           json=body)
+
+    assert response.status_code == 422 and field in response.json["errors"]
+
+
+def test_payment_reversal_and_payment_again(client, staff, pid):
+    pay = client.post(f"/api/v1/participants/{pid}/payments",
+                      headers={**staff, "Idempotency-Key": "a"},
+                      json={"activity": "conversation", "amount": "25.00",
+                            "method": "bank_transfer", "reference": "REF-1"})
+    reversal = client.post(f"/api/v1/participants/{pid}/payments/{pay.json['id']}/reversal",
+                           headers=staff, json={"reason": "bank returned it"})
+    again = client.post(f"/api/v1/participants/{pid}/payments",
+                        headers={**staff, "Idempotency-Key": "b"},
+                        json={"activity": "conversation", "amount": "25.00", "method": "cash"})
+
+    assert pay.status_code == 201 and "reference" not in pay.json
+    assert reversal.status_code == 201 and reversal.json["status"] == "reversed"
+    assert again.status_code == 201
+    assert [p["status"] for p in _get(client, staff, pid)["payments"]] == ["reversed", "paid"]
+
+
+def test_a_payment_of_another_participant_is_not_found(client, staff, pid):
+    other = client.post("/api/v1/participants", headers=staff, json={"name": "Other"}).json["id"]
+    pay = client.post(f"/api/v1/participants/{other}/payments",
+                      headers={**staff, "Idempotency-Key": "x"},
+                      json={"activity": "conversation", "amount": "25.00", "method": "cash"})
+
+    response = client.post(f"/api/v1/participants/{pid}/payments/{pay.json['id']}/reversal",
+                           headers=staff, json={"reason": "wrong person"})
+
+    assert response.status_code == 404
+
+
+def test_expenses_are_separate_lines(client, staff, pid):
+    response = client.post(f"/api/v1/participants/{pid}/expenses", headers=staff, json={
+        "activity": "workshop", "amount": "7.40", "method": "cash", "description": "bus"})
+
+    assert response.status_code == 201
+    assert [e["amount"] for e in _get(client, staff, pid)["expenses"]] == ["7.40"]
+    assert _get(client, staff, pid)["payments"] == []
+
+
+def test_admin_erasure_then_nothing_more_can_be_recorded(client, staff, tokens, pid):
+    erased = client.post(f"/api/v1/participants/{pid}/erasure", headers=bearer(tokens["admin"]),
+                         json={"reason": "participant asked"})
+    pay = client.post(f"/api/v1/participants/{pid}/payments",
+                      headers={**staff, "Idempotency-Key": "e"},
+                      json={"activity": "conversation", "amount": "25.00", "method": "cash"})
+    twice = client.post(f"/api/v1/participants/{pid}/erasure", headers=bearer(tokens["admin"]),
+                        json={"reason": "again"})
+
+    assert erased.status_code == 200 and erased.json["erased"] is True
+    assert pay.status_code == 409 and pay.json["code"] == "ParticipantErased"
+    assert twice.status_code == 409
+    view = _get(client, staff, pid)
+    assert view["name"] == "[erased]" and view["email"] == "[erased]"
+    assert "Ada" not in str(view)
+
+
+def test_an_erasure_needs_a_reason(client, tokens, pid):
+    response = client.post(f"/api/v1/participants/{pid}/erasure",
+                           headers=bearer(tokens["admin"]), json={})
+
+    assert response.status_code == 422 and "reason" in response.json["errors"]

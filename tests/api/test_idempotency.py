@@ -1,0 +1,124 @@
+"""Idempotency-Key on POST payments: required, replayed byte for byte, tied to the body."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from .conftest import bearer
+
+BODY = {"activity": "conversation", "amount": "25.00", "method": "voucher"}
+
+
+@pytest.fixture
+def staff(tokens):
+    return bearer(tokens["staff"])
+
+
+@pytest.fixture
+def pid(client, staff):
+    return client.post("/api/v1/participants", headers=staff, json={"name": "Idem"}).json["id"]
+
+
+def _pay(client, headers, pid, body=BODY, key="key-1"):
+    h = dict(headers)
+    if key is not None:
+        h["Idempotency-Key"] = key
+    return client.post(f"/api/v1/participants/{pid}/payments", headers=h, json=body)
+
+
+def _events(api_ledger):
+    return api_ledger.recorder.max_notification_id()
+
+
+@pytest.mark.parametrize("key", [None, "", "x" * 201, "caf\u00e9"])
+def test_a_payment_without_a_usable_key_is_400_and_writes_nothing(client, staff, pid,
+                                                                   api_ledger, key):
+    before = _events(api_ledger)
+
+    response = _pay(client, staff, pid, key=key)
+
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json["errors"]
+    assert _events(api_ledger) == before
+
+
+def test_the_same_key_and_body_replays_the_first_response_byte_for_byte(client, staff, pid,
+                                                                        api_ledger):
+    first = _pay(client, staff, pid)
+    after_first = _events(api_ledger)
+
+    second = _pay(client, staff, pid)
+    reordered = _pay(client, staff, pid, body=dict(reversed(list(BODY.items()))))
+
+    assert first.status_code == second.status_code == reordered.status_code == 201
+    assert first.data == second.data == reordered.data
+    assert _events(api_ledger) == after_first
+
+
+def test_the_same_key_with_a_different_body_is_422_and_writes_nothing(client, staff, pid,
+                                                                      api_ledger):
+    _pay(client, staff, pid)
+    before = _events(api_ledger)
+
+    response = _pay(client, staff, pid, body={**BODY, "amount": "20.00", "reason": "part"})
+
+    assert response.status_code == 422 and "Idempotency-Key" in response.json["errors"]
+    assert _events(api_ledger) == before
+
+
+def test_a_second_payment_with_a_new_key_is_409(client, staff, pid):
+    _pay(client, staff, pid, key="one")
+
+    response = _pay(client, staff, pid, key="two")
+
+    assert response.status_code == 409 and response.json["code"] == "PaymentAlreadyRecorded"
+
+
+def test_keys_belong_to_the_token_that_used_them(client, api_ledger, staff, pid):
+    _, other = api_ledger.tokens.create("staff", "second desk")
+    _pay(client, staff, pid, key="shared")
+
+    response = _pay(client, bearer(other), pid, key="shared")
+
+    assert response.status_code == 409  # its own attempt, not the first token's replay
+
+
+def test_a_refusal_is_replayed_too(client, staff, pid, api_ledger):
+    first = _pay(client, staff, pid, body={**BODY, "activity": "lunch"}, key="bad")
+    before = _events(api_ledger)
+
+    second = _pay(client, staff, pid, body={**BODY, "activity": "lunch"}, key="bad")
+
+    assert first.status_code == second.status_code == 422 and first.data == second.data
+    assert _events(api_ledger) == before
+
+
+def test_keys_are_kept_in_the_same_database_as_the_events(client, staff, pid, api_ledger):
+    _pay(client, staff, pid, key="kept")
+
+    rows = api_ledger.sql.query("SELECT idem_key, status FROM ledger_idempotency")
+
+    assert [(r["idem_key"], r["status"]) for r in rows] == [("kept", 201)]
+
+
+def test_concurrent_requests_with_one_key_write_once_and_agree(app, staff, pid, api_ledger):
+    before = _events(api_ledger)
+    barrier = threading.Barrier(12)
+    responses = []
+
+    def pay():
+        client = app.test_client()
+        barrier.wait()
+        responses.append(_pay(client, staff, pid, key="racing"))
+
+    threads = [threading.Thread(target=pay) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.data for r in responses}) == 1
+    assert _events(api_ledger) == before + 1
