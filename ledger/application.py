@@ -20,6 +20,7 @@ from .domain import Participant, Payment, PersonalDetails, Study, derived_id
 from .domain.base import topic
 from .domain.errors import (
     ConcurrentUpdate,
+    InvalidInput,
     ParticipantNotFound,
     PaymentAlreadyRecorded,
     PaymentNotFound,
@@ -318,7 +319,7 @@ class Ledger(Application[UUID]):
         start = 0
         if after is not None:
             if after not in ids:
-                raise ParticipantNotFound("after must be the id of a listed participant")
+                raise InvalidInput("after must be the id of a listed participant", field="after")
             start = ids.index(after) + 1
         page = ids[start:start + limit]
         more = start + limit < len(ids)

@@ -14,6 +14,7 @@ from flask_smorest import Api
 from ..application import Ledger
 from ..config import load_environment
 from . import access_needs, consents, errors, health, participants, payments, study
+from .ratelimit import FailureLimiter
 from .schemas import ProblemSchema
 
 log = logging.getLogger("ledger.access")
@@ -60,6 +61,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     ledger = config.pop("LEDGER", None) or Ledger(config.pop("ENV", None) or load_environment())
     app.config.update(config)
     app.extensions["ledger"] = ledger
+    app.extensions["auth_failures"] = FailureLimiter()
 
     api = LedgerApi(app, spec_kwargs={"info": {"description": "Consents, access needs and payments "
                                                          "for participatory research."}})

@@ -7,7 +7,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from flask import current_app, g, request
-from werkzeug.exceptions import Forbidden, Unauthorized
+from werkzeug.exceptions import Forbidden, TooManyRequests, Unauthorized
 
 from ..privacy.tokens import TokenInfo
 
@@ -16,12 +16,20 @@ SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
 def _caller() -> TokenInfo:
+    limiter = current_app.extensions["auth_failures"]
+    client = request.remote_addr or "unknown"
+    wait = limiter.retry_after(client)
+    if wait:
+        too_many = TooManyRequests("Too many failed sign-ins from here; try again later.")
+        too_many.data = {"headers": {"Retry-After": str(wait)}}  # type: ignore[attr-defined]
+        raise too_many
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     info = None
     if scheme.lower() == "bearer" and token.strip():
         info = current_app.extensions["ledger"].tokens.lookup(token.strip())
     if info is None:
+        limiter.record(client)
         error = Unauthorized()
         error.data = {"headers": {"WWW-Authenticate": 'Bearer realm="ledger"'}}  # type: ignore[attr-defined]
         raise error

@@ -72,3 +72,30 @@ def test_tokens_are_stored_only_as_keyed_hashes(api_ledger):
 
     assert token not in rows and info.id in rows
     assert len(token) >= 43 and api_ledger.tokens.lookup(token).role == "staff"
+
+
+def test_repeated_failed_sign_ins_are_slowed_down_with_429(client, tokens):
+    from ledger.api.ratelimit import FAILURES
+
+    statuses = [client.get("/api/v1/study", headers=bearer("lgr_guess")).status_code
+                for _ in range(FAILURES + 3)]
+    blocked = client.get("/api/v1/study", headers=bearer(tokens["staff"]))
+
+    assert statuses[:FAILURES] == [401] * FAILURES and set(statuses[FAILURES:]) == {429}
+    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) >= 1
+    assert blocked.content_type == "application/problem+json"
+
+
+def test_the_failure_window_slides(monkeypatch):
+    from ledger.api import ratelimit
+
+    clock = [1000.0]
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: clock[0])
+    limiter = ratelimit.FailureLimiter(limit=2, window=10)
+
+    limiter.record("a")
+    limiter.record("a")
+    blocked = limiter.retry_after("a")
+    clock[0] += 11
+
+    assert blocked > 0 and limiter.retry_after("a") == 0 and limiter.retry_after("b") == 0
