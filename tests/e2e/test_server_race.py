@@ -1,0 +1,52 @@
+"""Fifty concurrent payment requests against four worker processes: exactly one is paid."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from ledger.application import Ledger
+from ledger.domain import Payment
+from ledger.domain.base import topic
+
+NAME = "Quentin Racecondition-Example"
+
+
+def test_fifty_concurrent_payments_across_four_workers_pay_once(server, store_env):
+    setup = Ledger(store_env)
+    _, token = setup.tokens.create("staff", "e2e")
+    setup.close()
+    auth = {"Authorization": f"Bearer {token}"}
+    status, _, body = server.request("POST", "/api/v1/participants", {"name": NAME}, auth)
+    assert status == 201
+    pid = uuid.UUID(__import__("json").loads(body)["id"])
+    barrier = threading.Barrier(50)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def pay(i: int) -> None:
+        barrier.wait()
+        code, _, _ = server.request(
+            "POST", f"/api/v1/participants/{pid}/payments",
+            {"activity": "conversation", "amount": "25.00", "method": "bank_transfer",
+             "reference": f"E2E-{i}"},
+            {**auth, "Idempotency-Key": f"race-{i}"})
+        with lock:
+            statuses.append(code)
+
+    threads = [threading.Thread(target=pay, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+    assert len(statuses) == 50
+    assert statuses.count(201) == 1 and statuses.count(409) == 49, sorted(set(statuses))
+    check = Ledger(store_env)
+    recorded = [n for n in check.recorder.select_notifications(
+        start=1, limit=10_000, topics=[topic("Payment.Recorded")])]
+    check.close()
+    assert [n.originator_id for n in recorded] == [Payment.create_id(pid, "conversation", 0)]
+    log = server.log.read_text()
+    assert "ledger.access POST /api/v1/participants/<uuid:participant_id>/payments 201" in log
+    assert NAME not in log and token not in log and "E2E-" not in log
