@@ -6,11 +6,13 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, Repository
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import InfrastructureFactory, IntegrityError, JSONTranscoder
 from eventsourcing.utils import Environment, EnvType
 
@@ -21,8 +23,8 @@ from .domain.base import topic
 from .domain.errors import (
     ConcurrentUpdate,
     InvalidInput,
+    LedgerError,
     ParticipantNotFound,
-    PaymentAlreadyRecorded,
     PaymentNotFound,
     StudyNotFound,
 )
@@ -44,8 +46,17 @@ from .views import (
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 20
+LOCK_STRIPES = 64
 CACHE_SIZE = 1000
 REFERENCE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"  # no 0/O, 1/I/L, U: easy to read aloud
+
+
+@dataclass(frozen=True)
+class Also(Generic[T]):
+    """A command's result, plus other aggregates to save atomically with the participant."""
+
+    result: T
+    aggregates: tuple[Aggregate, ...]
 
 
 class ConfigurationError(Exception):
@@ -79,11 +90,8 @@ class Ledger(Application[UUID]):
         self.idempotency = IdempotencyStore(self.sql)
         assert isinstance(self.mapper, PersonalDataMapper)
         self.mapper.keys = self.keys
-        # Commands read the study but never change it: share one cached copy, brought up to date
-        # from the store on every read, instead of deep-copying it for each command.
-        self._study_reader = Repository(
-            event_store=self.events, cache_maxsize=4, fastforward=True, deepcopy_from_cache=False
-        )
+        # Commands read the study but never change it: they share one copy, replaced (never
+        # changed in place) when the version probe shows the stored study has moved on.
         self._study_cache: Study | None = None
         self._probe = VersionProbe(
             self.factory.datastore,  # type: ignore[attr-defined]
@@ -96,11 +104,16 @@ class Ledger(Application[UUID]):
         # - commands on one aggregate take its lock, and any failure evicts the cached object,
         #   so no half-applied command is ever seen by the next one.
         # Queries and checks on other aggregates read fresh (and copied) through this one.
-        self._locks: dict[UUID, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._reader = Repository(
             event_store=self.events, cache_maxsize=CACHE_SIZE, fastforward=True
         )
+        self.finish_erasures()  # complete any erasure a crash interrupted
+
+    def close(self) -> None:
+        """Close connections."""
+        self._probe.close()
+        super().close()
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -159,7 +172,7 @@ class Ledger(Application[UUID]):
         if not for_update and cached is not None:
             if self._probe.latest(self.study_id) == cached.version:
                 return cached
-        repository = self.repository if for_update else self._study_reader
+        repository = self.repository if for_update else self._reader  # the reader copies
         try:
             study: Study = repository.get(self.study_id)  # type: ignore[assignment]
         except AggregateNotFoundError:
@@ -178,15 +191,15 @@ class Ledger(Application[UUID]):
             raise ParticipantNotFound("no participant with this id")
         return p
 
-    def _payments(self, participant_id: UUID, activity: str) -> list[Payment]:
-        """Every payment slot used so far for a participant and activity, in order."""
-        found: list[Payment] = []
-        while True:
-            try:
-                found.append(self._reader.get(  # type: ignore[arg-type]
-                    Payment.create_id(participant_id, activity, len(found))))
-            except AggregateNotFoundError:
-                return found
+    def _payment(self, payment_id: UUID, *, fresh: bool = True) -> Payment:
+        payment: object = None
+        try:
+            payment = (self._reader if fresh else self.repository).get(payment_id)
+        except AggregateNotFoundError:
+            pass
+        if not isinstance(payment, Payment):
+            raise PaymentNotFound("no such payment for this participant")
+        return payment
 
     def _evict(self, aggregate_id: UUID) -> None:
         if self.repository.cache is not None:
@@ -196,33 +209,45 @@ class Ledger(Application[UUID]):
                 pass
 
     @contextmanager
-    def _exclusive(self, aggregate_id: UUID) -> Iterator[None]:
-        """Serialise commands on one aggregate in this process; forget its cached copy on failure."""
-        with self._locks_guard:
-            lock = self._locks.setdefault(aggregate_id, threading.Lock())
-            if len(self._locks) > 10 * CACHE_SIZE:
-                self._locks = {aggregate_id: lock}
-        with lock:
+    def _exclusive(self, aggregate_id: UUID) -> Iterator[list[UUID]]:
+        """Serialise commands on one aggregate in this process (striped locks); on any failure,
+        forget the cached copies of it and of whatever else the command touched."""
+        touched = [aggregate_id]
+        with self._locks[aggregate_id.int % LOCK_STRIPES]:
             try:
-                yield
+                yield touched
             except BaseException:
-                self._evict(aggregate_id)
+                for aggregate in touched:
+                    self._evict(aggregate)
                 raise
 
-    def _change(self, participant_id: UUID, command: Callable[[Participant, Study], T]) -> T:
-        """Run a command on a participant and save; on a lost race, reload and run it again.
+    def _change(self, participant_id: UUID,
+                command: Callable[[Participant, Study], T | Also[T]]) -> T:
+        """Run a command on a participant and save it (with any other aggregate it returns in
+        ``Also``) in one atomic save; on a lost race, reload and run it again.
 
-        The domain decides again on the fresh state, so a retried duplicate gets the domain's
-        own error (e.g. already withdrawn) rather than a silent second write.
+        The domain decides again on fresh state, so a retried duplicate gets the domain's own
+        error (e.g. already withdrawn) rather than a silent second write. A refusal decided on a
+        cached copy is only reported once the copy is known to be current.
         """
         for _ in range(MAX_ATTEMPTS):
-            with self._exclusive(participant_id):
+            with self._exclusive(participant_id) as touched:
                 participant = self._participant(participant_id, fresh=False)
-                result = command(participant, self._study())
                 try:
-                    self.save(participant)
+                    outcome = command(participant, self._study())
+                except LedgerError:
+                    if self._probe.latest(participant_id) != participant.version:
+                        self._evict(participant_id)  # decided on a stale copy: decide again
+                        continue
+                    raise
+                result, others = (outcome.result, outcome.aggregates) if isinstance(
+                    outcome, Also) else (outcome, ())
+                touched.extend(a.id for a in others)
+                try:
+                    self.save(participant, *others)
                 except IntegrityError:
-                    self._evict(participant_id)
+                    for aggregate in touched:
+                        self._evict(aggregate)
                     continue
                 return result
         raise ConcurrentUpdate("the record changed repeatedly while saving; try again")
@@ -300,18 +325,19 @@ class Ledger(Application[UUID]):
         self.save(participant)
         return {"id": participant_id, "reference": reference}
 
-    def participant_ids(self) -> list[UUID]:
-        """Every registered participant's id, in registration order (streamed from the log)."""
-        ids: list[UUID] = []
+    def _notifications(self, *topics: str) -> Iterator[Any]:
+        """Notifications of the given topics, in log order, read a page at a time."""
         start = 1
         while True:
-            page = self.recorder.select_notifications(
-                start=start, limit=500, topics=[topic("Participant.Registered")]
-            )
-            ids.extend(n.originator_id for n in page)  # type: ignore[misc]
+            page = self.recorder.select_notifications(start=start, limit=500, topics=topics)
+            yield from page
             if len(page) < 500:
-                return ids
+                return
             start = page[-1].id + 1
+
+    def participant_ids(self) -> list[UUID]:
+        """Every registered participant's id, in registration order (streamed from the log)."""
+        return [n.originator_id for n in self._notifications(topic("Participant.Registered"))]
 
     def participants_page(self, *, limit: int, after: UUID | None) -> dict[str, Any]:
         """A page of participants in registration order, after the id ``after``."""
@@ -329,18 +355,41 @@ class Ledger(Application[UUID]):
     def participant(self, participant_id: UUID) -> dict[str, Any]:
         """Everything about one participant, as a plain dict."""
         p = self._participant(participant_id)
-        study = self._study()
-        payments = [pay for a in study.activities for pay in self._payments(participant_id, a)]
-        return participant_view(p, study, payments)
+        payments = [self._payment(pid) for pid in p.payment_ids()]
+        return participant_view(p, self._study(), payments)
 
     def erase(self, participant_id: UUID, reason: object, *, by: str) -> dict[str, Any]:
-        """Crypto-shred a participant: destroy their data key, then record the erasure."""
+        """Crypto-shred a participant: record the erasure, then destroy their data key.
+
+        In that order, an interruption leaves a person marked erased (so nothing more is
+        recorded and every view shows the marker) whose key ``finish_erasures`` then destroys;
+        never a person whose data is gone but who is not marked erased.
+        """
         def command(p: Participant, _: Study) -> dict[str, Any]:
             p.erase(reason, at=self.clock(), by=by)
-            self.keys.destroy(participant_id)
             return {"id": p.id, "reference": p.reference, "erased": True,
                     "erased_at": p.erased_at}
-        return self._change(participant_id, command)
+        try:
+            result = self._change(participant_id, command)
+        finally:
+            self.finish_erasures([participant_id])
+        return result
+
+    def finish_erasures(self, participant_ids: list[UUID] | None = None) -> int:
+        """Destroy the data key of every erased participant that still has one (after an
+        interrupted erasure), and retry a scrub of the database files that could not complete.
+        Returns how many keys were destroyed. Runs at start-up and after every erasure."""
+        if participant_ids is None:
+            participant_ids = [n.originator_id for n in self._notifications(  # type: ignore[misc]
+                topic("Participant.Erased"))]
+        destroyed = 0
+        for pid in participant_ids:
+            p = self._participant(pid)
+            if p.erased_at is not None and self.keys.exists(pid):
+                self.keys.destroy(pid)
+                destroyed += 1
+        self.keys.scrub_if_pending()
+        return destroyed
 
     # -- consent -----------------------------------------------------------------------------
 
@@ -430,9 +479,7 @@ class Ledger(Application[UUID]):
         """Record that the person declined payment for an activity."""
         def command(p: Participant, s: Study) -> dict[str, Any]:
             a = s.activity(activity)
-            payments = self._payments(participant_id, a.name)
-            paid = bool(payments) and not payments[-1].is_reversed
-            p.decline_payment(a, reason, already_paid=paid, at=self.clock(), by=by)
+            p.decline_payment(a, reason, at=self.clock(), by=by)
             return arrangement_view(p.arrangement(a.name))
         return self._change(participant_id, command)
 
@@ -461,48 +508,25 @@ class Ledger(Application[UUID]):
     ) -> dict[str, Any]:
         """Record a payment; at most one per participant and activity unless reversed.
 
-        The payment's id is derived from (participant, activity, slot), so when two writers race
-        for the same slot the store's primary key lets exactly one in; the other gets
-        ``PaymentAlreadyRecorded``, the same error the domain gives when it sees the payment.
+        The Payment is saved with a note on the participant in one atomic save: decline, reduce
+        and erase are decided against that note, and the Payment's id is derived from
+        (participant, activity, slot) so the store's primary key admits one payment per slot
+        whatever happens above it. A writer that loses a race gets ``PaymentAlreadyRecorded``.
         """
         pence = parse_pence(amount)
         check_currency(currency)
-        participant = self._participant(participant_id)
-        participant.check_not_erased()
-        act = self._study().activity(activity)
-        payments = self._payments(participant_id, act.name)
-        payment = Payment.record(
-            participant_id=participant_id, activity=act,
-            arrangement=participant.arrangement(act.name),
-            previous=payments[-1] if payments else None, amount_pence=pence, currency="GBP",
-            method=method, reference=reference, reason=reason, at=self.clock(), by=by,
-        )
-        try:
-            self.save(payment)
-        except IntegrityError:
-            raise PaymentAlreadyRecorded(
-                "this participant has already been paid for this activity", field="activity"
-            ) from None
-        return payment_view(payment, erased=False)
+
+        def command(p: Participant, s: Study) -> Also[dict[str, Any]]:
+            payment = p.pay(s.activity(activity), pence, currency, method, reference, reason,
+                            at=self.clock(), by=by)
+            return Also(payment_view(payment, erased=False), (payment,))
+        return self._change(participant_id, command)
 
     def reverse_payment(self, participant_id: UUID, payment_id: UUID, reason: object, *,
                         by: str) -> dict[str, Any]:
         """Reverse a payment, with a reason."""
-        self._participant(participant_id).check_not_erased()
-        for _ in range(MAX_ATTEMPTS):
-            with self._exclusive(payment_id):
-                payment: object = None
-                try:
-                    payment = self.repository.get(payment_id)
-                except AggregateNotFoundError:
-                    pass
-                if not isinstance(payment, Payment) or payment.participant_id != participant_id:
-                    raise PaymentNotFound("no such payment for this participant")
-                payment.reverse(reason, at=self.clock(), by=by)
-                try:
-                    self.save(payment)
-                    return payment_view(payment, erased=False)
-                except IntegrityError:
-                    self._evict(payment_id)
-                    continue
-        raise ConcurrentUpdate("the payment changed repeatedly while saving; try again")
+        def command(p: Participant, s: Study) -> Also[dict[str, Any]]:
+            payment = self._payment(payment_id, fresh=False)
+            p.reverse_payment(payment, reason, at=self.clock(), by=by)
+            return Also(payment_view(payment, erased=False), (payment,))
+        return self._change(participant_id, command)

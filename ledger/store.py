@@ -17,6 +17,8 @@ from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool, SQLiteF
 from .config import Settings
 from .privacy.keys import write_secret_file
 
+SQLITE_LOCK_TIMEOUT_S = 30
+
 
 class DurableSQLiteConnectionPool(SQLiteConnectionPool):
     """Connections that fsync every commit (synchronous=FULL) and zero deleted content."""
@@ -98,7 +100,7 @@ def eventsourcing_env(settings: Settings, cipher_key: str) -> dict[str, str]:
         env.update({
             "PERSISTENCE_MODULE": "ledger.store:LedgerSQLiteFactory",
             "SQLITE_DBNAME": str(settings.sqlite_path),
-            "SQLITE_LOCK_TIMEOUT": "30",
+            "SQLITE_LOCK_TIMEOUT": str(SQLITE_LOCK_TIMEOUT_S),
         })
     return env
 
@@ -130,7 +132,15 @@ class VersionProbe:
             conn = sqlite3.connect(self._uri, uri=True, isolation_level=None,
                                    check_same_thread=True)
             self._local.conn = conn
-        return conn.execute(self._statement, (aggregate_id.hex,)).fetchone()[0]
+        rows = conn.execute(self._statement, (aggregate_id.hex,)).fetchall()  # no open cursor
+        return rows[0][0]
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
 
 class Sql:
@@ -169,14 +179,30 @@ class Sql:
         with self.transaction() as cursor:
             cursor.execute(statement, params)
 
-    def maintenance(self, statement: str) -> None:
-        """Run a statement outside any transaction (VACUUM, wal_checkpoint)."""
-        if self.is_postgres:
-            with self.datastore.get_connection() as conn:
+    def maintenance(self, statement: str, *, lock_timeout_ms: int = 0) -> None:
+        """Run a PostgreSQL statement outside any transaction (VACUUM), waiting for locks at most
+        ``lock_timeout_ms`` (0: the server's default)."""
+        with self.datastore.get_connection() as conn:
+            if lock_timeout_ms:
+                conn.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
+            try:
                 conn.execute(self._sql(statement))
-        else:
-            with self.datastore.get_connection(commit=True) as conn:
-                conn.cursor().execute(statement)
+            finally:
+                if lock_timeout_ms:
+                    conn.execute("RESET lock_timeout")
+
+    def checkpoint(self, busy_timeout_ms: int = 200) -> tuple[int, int, int]:
+        """SQLite: a TRUNCATE checkpoint that waits for readers at most ``busy_timeout_ms``;
+        returns (busy, wal frames, frames checkpointed)."""
+        with self.datastore.get_connection(commit=True) as conn:
+            cursor = conn.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            try:
+                cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                row = cursor.fetchall()[0]
+            finally:
+                cursor.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_TIMEOUT_S * 1000}")
+        return int(row[0]), int(row[1]), int(row[2])
 
 
 class _PortableCursor:

@@ -9,7 +9,7 @@
     ├── InvalidInput                   the request itself is wrong (HTTP 422)
     │   ├── UnknownScope, UnknownActivity, UnregisteredFormVersion
     │   ├── InvalidAmount, UnsupportedCurrency, InvalidChoice, InvalidText
-    │   └── ReasonRequired, AttributionNotApplicable
+    │   └── ReasonRequired, AttributionRequired, AttributionNotApplicable
     ├── InvalidTransition              not allowed in the current state (HTTP 409)
     │   ├── ConsentAlreadyGiven, ConsentAlreadyRequested, ConsentNotGiven,
     │   │   ConsentAlreadyWithdrawn, ConsentNotRequested
@@ -107,6 +107,12 @@ class ReasonRequired(InvalidInput):
     """A reason must be given (e.g. when a payment differs from the rate)."""
 
     field = "reason"
+
+
+class AttributionRequired(InvalidInput):
+    """Consent to be quoted says whether the person is named or anonymous."""
+
+    field = "attribution"
 
 
 class AttributionNotApplicable(InvalidInput):

@@ -17,13 +17,15 @@ from .consent import ConsentRecord, Obligation
 from .errors import (
     AccessNeedNotFound,
     AttributionNotApplicable,
+    AttributionRequired,
     DuplicateId,
     InvalidText,
     ObligationNotFound,
     ParticipantErased,
+    PaymentNotFound,
 )
 from .money import check_pence
-from .remuneration import REASON_MAX, Arrangement
+from .remuneration import REASON_MAX, Arrangement, Payment
 from .study import Activity, ConsentForm, Scope
 from .vocab import (
     ATTRIBUTIONS,
@@ -35,6 +37,7 @@ from .vocab import (
 )
 
 NAME_MAX = 200
+IMPLIED_PAYEE = {"charity_donation": "charity", "third_party": "third_party"}
 EMAIL_MAX = 254
 PHONE_MAX = 40
 COMMUNITY_MAX = 80
@@ -113,7 +116,6 @@ class Participant(FastCopy, Aggregate):
         self.arrangements: dict[str, Arrangement] = {}
         self.expenses: list[dict[str, Any]] = []
         self.erased_at: datetime | None = None
-        self.erasure_reason: str | None = None
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -160,7 +162,10 @@ class Participant(FastCopy, Aggregate):
         self.check_not_erased()
         check_choice("method", method, CONSENT_METHODS)
         if scope.takes_attribution:
-            attribution = "anonymous" if attribution is None else attribution
+            if attribution is None:  # the person chooses; the ledger does not choose for them
+                raise AttributionRequired(
+                    f"attribution (named or anonymous) is required for {scope.name}",
+                    field="attribution")
             check_choice("attribution", attribution, ATTRIBUTIONS)
         elif attribution is not None:
             raise AttributionNotApplicable(
@@ -318,12 +323,11 @@ class Participant(FastCopy, Aggregate):
                           "payee": payee})
 
     def decline_payment(
-        self, activity: Activity, reason: object = None, *, already_paid: bool,
-        at: datetime, by: str,
+        self, activity: Activity, reason: object = None, *, at: datetime, by: str,
     ) -> None:
-        """Record that the person declined payment for an activity."""
+        """Record that the person declined payment for an activity (before being paid)."""
         self.check_not_erased()
-        self.arrangement(activity.name).check_can_decline(already_paid)
+        self.arrangement(activity.name).check_can_decline()
         why = check_text("reason", reason, max_length=REASON_MAX, required=False)
         self._payment_declined(activity.name, why, at, by)
 
@@ -348,6 +352,54 @@ class Participant(FastCopy, Aggregate):
         a = self._arrangement_for_update(activity)
         a.reduced_to_pence, a.reason = amount_pence, reason
         a.history.append({"event": "reduced", "at": at, "by": by, "amount_pence": amount_pence})
+
+    def pay(
+        self, activity: Activity, amount_pence: int, currency: object, method: object,
+        reference: object = None, reason: object = None, *, at: datetime, by: str,
+    ) -> Payment:
+        """Record a payment: the new Payment, noted here too. Save both together."""
+        self.check_not_erased()
+        payment = Payment.record(
+            participant_id=self.id, activity=activity, arrangement=self.arrangement(activity.name),
+            amount_pence=amount_pence, currency=currency, method=method, reference=reference,
+            reason=reason, at=at, by=by,
+        )
+        self._payment_noted(activity.name, payment.id, payment.slot, payment.method, at, by)
+        return payment
+
+    @event("PaymentNoted", topic=topic("Participant.PaymentNoted"))
+    def _payment_noted(
+        self, activity: str, payment_id: UUID, slot: int, method: str, at: datetime, by: str
+    ) -> None:
+        a = self._arrangement_for_update(activity)
+        a.payments.append(payment_id)
+        a.paid = payment_id
+        if a.method is None:  # a payment without an arrangement implies one
+            a.method = method
+            a.payee = IMPLIED_PAYEE.get(method, "self")
+        a.history.append({"event": "paid", "at": at, "by": by, "payment_id": payment_id})
+
+    def reverse_payment(self, payment: Payment, reason: object, *, at: datetime, by: str) -> None:
+        """Reverse one of this person's payments; the activity can then be paid again."""
+        self.check_not_erased()
+        if payment.participant_id != self.id or payment.id not in self.arrangement(
+                payment.activity).payments:
+            raise PaymentNotFound("no such payment for this participant")
+        payment.reverse(reason, at=at, by=by)
+        self._payment_reversal_noted(payment.activity, payment.id, at, by)
+
+    @event("PaymentReversalNoted", topic=topic("Participant.PaymentReversalNoted"))
+    def _payment_reversal_noted(
+        self, activity: str, payment_id: UUID, at: datetime, by: str
+    ) -> None:
+        a = self._arrangement_for_update(activity)
+        if a.paid == payment_id:
+            a.paid = None
+        a.history.append({"event": "reversed", "at": at, "by": by, "payment_id": payment_id})
+
+    def payment_ids(self) -> list[UUID]:
+        """Every payment recorded for this person, activity by activity."""
+        return [pid for a in self.arrangements.values() for pid in a.payments]
 
     def record_expense(
         self, expense_id: UUID, activity: Activity, amount_pence: int, method: object,
@@ -380,7 +432,7 @@ class Participant(FastCopy, Aggregate):
 
     @event("Erased", topic=topic("Participant.Erased"))
     def _erased(self, reason: str, at: datetime, by: str) -> None:
-        self.erased_at, self.erasure_reason = at, reason
+        self.erased_at = at
         # In memory too, forget what the store can no longer decrypt.
         self.name = REDACTED
         self.email = REDACTED if self.email is not None else None
@@ -411,3 +463,6 @@ personal("AccessNeedOutcomeRecorded", "note", subject="originator_id", aggregate
 personal("PaymentDeclined", "reason", subject="originator_id", aggregate=Participant)
 personal("PaymentReduced", "reason", subject="originator_id", aggregate=Participant)
 personal("ExpenseRecorded", "description", subject="originator_id", aggregate=Participant)
+# The erasure's reason is free text about the person, so it is erased with everything else; the
+# event keeps who erased and when.
+personal("Erased", "reason", subject="originator_id", aggregate=Participant)

@@ -18,6 +18,7 @@ from eventsourcing.domain import Aggregate, event
 from .base import FastCopy, derived_id, personal, topic
 from .errors import (
     InvalidAmount,
+    InvalidChoice,
     PaymentAlreadyDeclined,
     PaymentAlreadyRecorded,
     PaymentAlreadyReversed,
@@ -43,6 +44,8 @@ class Arrangement:
     declined: bool = False
     reduced_to_pence: int | None = None
     reason: str | None = None
+    payments: list[UUID] = field(default_factory=list)  # every slot used, in order
+    paid: UUID | None = None  # the payment not reversed, if any
     history: list[dict[str, object]] = field(default_factory=list)
 
     def expected_pence(self, activity: Activity) -> int:
@@ -54,28 +57,38 @@ class Arrangement:
         check_choice("method", method, PAYMENT_METHODS)
         check_choice("payee", payee, PAYEES)
         if not isinstance(advice, bool):
-            raise ReasonRequired(
-                "benefits_advice_offered must be true or false", field="benefits_advice_offered"
+            raise InvalidChoice("benefits_advice_offered must be true or false",
+                                field="benefits_advice_offered")
+
+    def check_not_paid(self) -> None:
+        """Refuse while a payment for this activity stands (it must be reversed first)."""
+        if self.paid is not None:
+            raise PaymentAlreadyRecorded(
+                "this participant has already been paid for this activity", field="activity"
             )
 
-    def check_can_decline(self, already_paid: bool) -> None:
+    def check_can_decline(self) -> None:
         """A person can decline until they have been paid."""
         if self.declined:
             raise PaymentAlreadyDeclined("payment for this activity is already declined")
-        if already_paid:
-            raise PaymentAlreadyRecorded(
-                "this activity has been paid; reverse the payment first", field="activity"
-            )
+        self.check_not_paid()
 
     def check_can_reduce(self, activity: Activity, pence: int, reason: object) -> str:
-        """A reduction, at the person's request, is below the rate and has a reason."""
+        """A reduction, at the person's request, is below the rate, has a reason, and comes
+        before payment (and not after the person declined)."""
+        self.check_not_paid()
+        if self.declined:
+            raise PaymentDeclinedByParticipant(
+                "the participant declined payment for this activity", field="activity"
+            )
         check_pence(pence)
         if pence >= activity.rate_pence:
             raise InvalidAmount("a reduced amount must be less than the rate", field="amount")
         return check_text("reason", reason, max_length=REASON_MAX) or ""
 
     def check_can_pay(self) -> None:
-        """A declined activity is not paid unless the person arranges payment again."""
+        """Not twice, and not after the person declined (unless they arranged payment again)."""
+        self.check_not_paid()
         if self.declined:
             raise PaymentDeclinedByParticipant(
                 "the participant declined payment for this activity", field="activity"
@@ -102,25 +115,22 @@ class Payment(FastCopy, Aggregate):
         participant_id: UUID,
         activity: Activity,
         arrangement: Arrangement,
-        previous: Payment | None,
         amount_pence: int,
-        currency: str,
+        currency: object,
         method: object,
         reference: object,
         reason: object,
         at: datetime,
         by: str,
     ) -> Payment:
-        """Check and record a payment in the slot after ``previous``, which must be reversed.
+        """Check and record a payment in the arrangement's next slot.
 
         The amount differs from what is due (the rate, or the agreed reduction) only with a reason.
+        Call through ``Participant.pay``, which notes the payment on the participant in the same
+        save, so that declining, reducing and erasing are decided against it.
         """
-        if previous is not None and not previous.is_reversed:
-            raise PaymentAlreadyRecorded(
-                "this participant has already been paid for this activity", field="activity"
-            )
-        slot = 0 if previous is None else previous.slot + 1
         arrangement.check_can_pay()
+        slot = len(arrangement.payments)
         check_pence(amount_pence)
         check_currency(currency)
         check_choice("method", method, PAYMENT_METHODS)
@@ -144,7 +154,7 @@ class Payment(FastCopy, Aggregate):
         activity: str,
         slot: int,
         amount_pence: int,
-        currency: str,
+        currency: object,
         method: str,
         reference: str | None,
         reason: str | None,

@@ -6,15 +6,20 @@ events, their order and their hashes stay exactly as they were (crypto-shredding
 
 from __future__ import annotations
 
+import logging
 import secrets
+import time
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from eventsourcing.persistence import PersistenceError
 
 from ..store import Sql
 
 TABLE = "ledger_data_keys"
+SCRUB_PENDING = "erasure_scrub_pending"
+log = logging.getLogger("ledger.privacy")
 
 
 class KeyStoreError(Exception):
@@ -59,14 +64,49 @@ class DataKeyStore:
         except InvalidTag:
             raise KeyStoreError("a data key does not unwrap with this master key") from None
 
-    def destroy(self, participant_id: UUID) -> None:
-        """Delete the key and scrub the freed bytes from the database files where the engine allows."""
+    def exists(self, participant_id: UUID) -> bool:
+        """True while the participant's key has not been destroyed."""
+        return bool(self.sql.query(
+            f"SELECT 1 AS one FROM {{t}}{TABLE} WHERE participant_id = %s", (participant_id.hex,)))
+
+    def destroy(self, participant_id: UUID) -> bool:
+        """Delete the key, then scrub the freed bytes from the database files. Returns whether the
+        scrub completed; if not, it is remembered and retried by ``scrub_if_pending``."""
         self.sql.execute(
             f"DELETE FROM {{t}}{TABLE} WHERE participant_id = %s", (participant_id.hex,)
         )
+        self.sql.execute(
+            "INSERT INTO {t}ledger_meta (name, value) VALUES (%s, %s) ON CONFLICT (name) "
+            "DO NOTHING", (SCRUB_PENDING, "1"))
+        return self.scrub_if_pending()
+
+    def scrub_if_pending(self) -> bool:
+        """Finish scrubbing deleted keys from the files: True when nothing is left pending."""
+        if not self.sql.query("SELECT 1 AS one FROM {t}ledger_meta WHERE name = %s",
+                              (SCRUB_PENDING,)):
+            return True
+        if not self._scrub():
+            log.warning("erasure: deleted keys not yet scrubbed from the database files; "
+                        "will retry")
+            return False
+        self.sql.execute("DELETE FROM {t}ledger_meta WHERE name = %s", (SCRUB_PENDING,))
+        return True
+
+    def _scrub(self) -> bool:
         if self.sql.is_postgres:
-            # Rewrite the (small) table so the deleted tuple is not left in a dead heap page.
-            self.sql.maintenance(f"VACUUM FULL {{t}}{TABLE}")
-        else:
-            # secure_delete zeroed the row; truncating the WAL drops the old page images.
-            self.sql.maintenance("PRAGMA wal_checkpoint(TRUNCATE)")
+            # Rewrite the (small) table so no dead tuple keeps the old bytes in a heap page.
+            # Bounded wait: a long reader must not stall every other request behind this lock.
+            try:
+                self.sql.maintenance(f"VACUUM FULL {{t}}{TABLE}", lock_timeout_ms=2000)
+            except PersistenceError:
+                return False
+            return True
+        # secure_delete zeroed the row in its page; a completed TRUNCATE checkpoint copies
+        # that page into the database file and empties the WAL, which held the old images.
+        deadline = time.monotonic() + 2  # then leave it pending rather than hold the request
+        while time.monotonic() < deadline:
+            busy, _, _ = self.sql.checkpoint()
+            if busy == 0:
+                return True
+            time.sleep(0.1)
+        return False

@@ -149,3 +149,150 @@ def test_error_messages_never_repeat_personal_input(ledger, field):
         ledger.register_participant(kwargs["name"], kwargs["email"], by="t")
 
     assert "Quillfeather" not in str(e.value) and e.value.field == field
+
+
+EVERY_FIELD = {
+    "name": NAME, "email": EMAIL, "phone": PHONE, "community": COMMUNITY,
+    "preferred": "Quillfeather-contact-by-owl", "need_category": "Quillfeather-category",
+    "need_detail": NEED, "outcome_note": "Quillfeather-outcome-note",
+    "withdraw_reason": REASON, "obligation_note": "Quillfeather-obligation-note",
+    "decline_reason": "Quillfeather-decline-reason", "reduce_reason": "Quillfeather-reduce-why",
+    "expense": "Quillfeather-expense-description", "reference": REFERENCE,
+    "pay_reason": "Quillfeather-pay-reason", "reversal": "Quillfeather-reversal-reason",
+    "erasure_reason": "Quillfeather-erasure-reason",
+}
+
+
+def _seed_every_personal_field(ledger: Ledger):
+    f = EVERY_FIELD
+    pid = ledger.register_participant(f["name"], f["email"], f["phone"], [f["community"]],
+                                      f["preferred"], by="t")["id"]
+    need = ledger.request_access_need(pid, f["need_category"], f["need_detail"], by="t")
+    ledger.record_access_outcome(pid, need, "partly_met", f["outcome_note"], by="t")
+    ledger.grant_consent(pid, "record", "1.0", "online", by="t")
+    withdrawal = ledger.withdraw_consent(pid, "record", "phone", f["withdraw_reason"], by="t")
+    ledger.discharge_obligation(pid, withdrawal["obligations"][0]["id"], f["obligation_note"],
+                                by="t")
+    ledger.decline_payment(pid, "workshop", f["decline_reason"], by="t")
+    ledger.reduce_payment(pid, "conversation", "10.00", f["reduce_reason"], by="t")
+    ledger.record_expense(pid, "conversation", "3.20", "cash", f["expense"], by="t")
+    pay = ledger.record_payment(pid, "conversation", "9.00", "cash", reference=f["reference"],
+                                reason=f["pay_reason"], by="t")
+    ledger.reverse_payment(pid, pay["id"], f["reversal"], by="t")
+    return pid
+
+
+def _opened_states(ledger: Ledger) -> bytes:
+    """Every event's state with the at-rest layer removed, as the master key allows."""
+    return b"".join(ledger.mapper.cipher.decrypt(n.state)
+                    for n in ledger.recorder.select_notifications(start=1, limit=10_000))
+
+
+def test_every_personal_field_is_sealed_under_the_at_rest_layer(ledger):
+    pid = _seed_every_personal_field(ledger)
+    ledger.erase(pid, EVERY_FIELD["erasure_reason"], by="admin")
+
+    opened = _opened_states(ledger)
+
+    assert [k for k, v in EVERY_FIELD.items() if v.encode() in opened] == []
+
+
+def test_every_personal_field_reads_back_until_erasure(ledger):
+    pid = _seed_every_personal_field(ledger)
+
+    text = repr(ledger.participant(pid))
+
+    missing = [k for k, v in EVERY_FIELD.items() if k != "erasure_reason" and v not in text]
+    assert missing == []
+
+
+def test_the_declared_personal_fields_are_exactly_these():
+    from ledger.domain import Participant, Payment
+    from ledger.domain.base import personal_fields
+
+    declared = {f"{cls.__qualname__}": personal_fields(cls).fields
+                for agg in (Participant, Payment) for cls in vars(agg).values()
+                if isinstance(cls, type) and personal_fields(cls) is not None}
+
+    assert declared == {
+        "Participant.Registered": ("name", "email", "phone", "communities", "preferred_contact"),
+        "Participant.ConsentWithdrawn": ("reason",),
+        "Participant.ObligationDischarged": ("note",),
+        "Participant.AccessNeedRequested": ("category", "detail"),
+        "Participant.AccessNeedOutcomeRecorded": ("note",),
+        "Participant.PaymentDeclined": ("reason",),
+        "Participant.PaymentReduced": ("reason",),
+        "Participant.ExpenseRecorded": ("description",),
+        "Participant.Erased": ("reason",),
+        "Payment.Recorded": ("reference", "reason"),
+        "Payment.Reversed": ("reason",),
+    }
+
+
+def test_the_at_rest_layer_opens_only_with_this_master_key(ledger):
+    import base64
+
+    from eventsourcing.cryptography import AESCipher
+    from eventsourcing.utils import Environment
+
+    ledger.register_participant("Key Check", by="t")
+    state = ledger.recorder.select_notifications(start=1, limit=1)[0].state
+    wrong = AESCipher(Environment(env={"CIPHER_KEY": base64.b64encode(b"k" * 32).decode()}))
+
+    assert ledger.mapper.cipher.decrypt(state).startswith(b"{")
+    with pytest.raises(ValueError):
+        wrong.decrypt(state)
+
+
+def test_an_erasure_with_a_reader_open_finishes_its_scrub_once_the_reader_leaves(tmp_path):
+    import sqlite3
+
+    ledger = Ledger({"LEDGER_DATA_DIR": str(tmp_path)})
+    ledger.init_study()
+    pid = _seed(ledger)
+    wrapped = bytes(ledger.sql.query(
+        "SELECT wrapped FROM ledger_data_keys WHERE participant_id = %s", (pid.hex,)
+    )[0]["wrapped"])
+    reader = sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM stored_events").fetchall()  # holds a snapshot open
+
+    ledger.erase(pid, "asked", by="admin")
+    pending = ledger.sql.query("SELECT name FROM ledger_meta WHERE name = %s",
+                               ("erasure_scrub_pending",))
+    reader.execute("COMMIT")
+    reader.close()
+    finished = ledger.keys.scrub_if_pending()
+
+    assert pending and finished
+    assert wrapped not in _sqlite_files(tmp_path)
+    ledger.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_erasure_does_not_hang_behind_a_reader_and_scrubs_later(pg_schema, tmp_path):
+    import time
+
+    import psycopg
+
+    from tests.conftest import PG_URL
+
+    env = {"LEDGER_DATA_DIR": str(tmp_path),
+           "LEDGER_DATABASE_URL": f"{PG_URL.split('?')[0]}?schema={pg_schema}"}
+    ledger = Ledger(env)
+    ledger.init_study()
+    pid = _seed(ledger)
+    wrapped = bytes(ledger.sql.query(
+        "SELECT wrapped FROM {t}ledger_data_keys WHERE participant_id = %s", (pid.hex,)
+    )[0]["wrapped"])
+    with psycopg.connect(PG_URL.split("?")[0]) as reader:
+        reader.execute(f'SELECT COUNT(*) FROM "{pg_schema}".ledger_data_keys').fetchall()
+        started = time.monotonic()
+        ledger.erase(pid, "asked", by="admin")  # the reader's transaction is still open
+        took = time.monotonic() - started
+        pending = not ledger.keys.scrub_if_pending()
+    finished = ledger.keys.scrub_if_pending()
+
+    assert took < 10 and pending and finished
+    assert wrapped not in _postgres_key_pages(ledger)
+    ledger.close()

@@ -4,6 +4,7 @@ import pytest
 
 from ledger.domain.errors import (
     AttributionNotApplicable,
+    AttributionRequired,
     ConsentAlreadyGiven,
     ConsentAlreadyRequested,
     ConsentAlreadyWithdrawn,
@@ -111,12 +112,16 @@ def test_consent_methods_come_from_the_vocabulary(person, study, method):
     assert e.value.field == "method"
 
 
-def test_quoting_defaults_to_anonymous_and_takes_named(person, study):
-    person.grant_consent(study.scope("quote"), study.form("1.0"), "online", at=at(1), by="t")
+def test_consent_to_be_quoted_records_the_persons_choice_of_attribution(person, study):
+    with pytest.raises(AttributionRequired) as missing:
+        person.grant_consent(study.scope("quote"), study.form("1.0"), "online", at=at(1), by="t")
+    person.grant_consent(study.scope("quote"), study.form("1.0"), "online", "anonymous",
+                         at=at(1), by="t")
     person.withdraw_consent(study.scope("quote"), "email", at=at(2), by="t")
     person.grant_consent(study.scope("quote"), study.form("1.0"), "online", "named",
                          at=at(3), by="t")
 
+    assert missing.value.field == "attribution"
     assert [h.get("attribution") for h in person.consent("quote").history
             if h["state"] == "given"] == ["anonymous", "named"]
 

@@ -15,7 +15,7 @@ from ledger.domain.errors import (
     ParticipantErased,
     PaymentAlreadyDeclined,
     PaymentAlreadyRecorded,
-    ReasonRequired,
+    PaymentDeclinedByParticipant,
 )
 
 from .conftest import at
@@ -91,29 +91,48 @@ def test_payment_is_arranged_with_the_person(person, study):
         "voucher", "self", True, False)
 
 
-@pytest.mark.parametrize("method, payee, advice", [
-    ("paypal", "self", True), ("cash", "friend", True), ("cash", "self", "yes"),
+@pytest.mark.parametrize("method, payee, advice, field", [
+    ("paypal", "self", True, "method"), ("cash", "friend", True, "payee"),
+    ("cash", "self", "yes", "benefits_advice_offered"),
 ])
-def test_an_arrangement_uses_the_vocabularies(person, study, method, payee, advice):
-    with pytest.raises((InvalidChoice, ReasonRequired)):
+def test_an_arrangement_uses_the_vocabularies(person, study, method, payee, advice, field):
+    with pytest.raises(InvalidChoice) as e:
         person.arrange_payment(study.activity("conversation"), method, payee, advice,
                                at=at(1), by="t")
+
+    assert e.value.field == field
 
 
 def test_declining_is_recorded_once_and_undone_by_a_new_arrangement(person, study):
     conv = study.activity("conversation")
-    person.decline_payment(conv, "does not want paying", already_paid=False, at=at(1), by="t")
+    person.decline_payment(conv, "does not want paying", at=at(1), by="t")
 
     with pytest.raises(PaymentAlreadyDeclined):
-        person.decline_payment(conv, already_paid=False, at=at(2), by="t")
+        person.decline_payment(conv, at=at(2), by="t")
     person.arrange_payment(conv, "cash", "self", False, at=at(3), by="t")
     assert person.arrangement("conversation").declined is False
 
 
-def test_a_paid_activity_cannot_be_declined(person, study):
+def test_a_paid_activity_cannot_be_declined_or_reduced_until_reversed(person, study):
+    conv = study.activity("conversation")
+    payment = person.pay(conv, 2500, "GBP", "cash", at=at(1), by="t")
+
     with pytest.raises(PaymentAlreadyRecorded):
-        person.decline_payment(study.activity("conversation"), already_paid=True,
-                               at=at(1), by="t")
+        person.decline_payment(conv, at=at(2), by="t")
+    with pytest.raises(PaymentAlreadyRecorded):
+        person.reduce_payment(conv, 1000, "benefits", at=at(2), by="t")
+    person.reverse_payment(payment, "bounced", at=at(3), by="t")
+    person.decline_payment(conv, at=at(4), by="t")
+
+    assert person.arrangement("conversation").declined
+
+
+def test_a_declined_activity_cannot_be_reduced(person, study):
+    conv = study.activity("conversation")
+    person.decline_payment(conv, at=at(1), by="t")
+
+    with pytest.raises(PaymentDeclinedByParticipant):
+        person.reduce_payment(conv, 1000, "benefits", at=at(2), by="t")
 
 
 def test_a_reduction_is_below_the_rate_and_has_a_reason(person, study):

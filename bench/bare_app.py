@@ -1,0 +1,48 @@
+"""The bare baseline for bench/api.py: Flask endpoints doing one plain eventsourcing save or read.
+
+Served by gunicorn with the same workers and threads as `ledger serve`. Storage from BARE_SQLITE
+(a file) or BARE_POSTGRES_SCHEMA (a schema in the test database).
+"""
+
+from __future__ import annotations
+
+import os
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+from flask import Flask, jsonify, request
+
+
+class Note(Aggregate):
+    """One small aggregate per request, like one payment."""
+
+    @event("Written")
+    def __init__(self, activity: str, amount: str) -> None:
+        self.activity, self.amount = activity, amount
+
+
+def create() -> Flask:
+    if os.environ.get("BARE_POSTGRES_SCHEMA"):
+        env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": "test",
+               "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "5432", "POSTGRES_USER": "postgres",
+               "POSTGRES_PASSWORD": "", "POSTGRES_SCHEMA": os.environ["BARE_POSTGRES_SCHEMA"]}
+    else:
+        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
+               "SQLITE_DBNAME": os.environ["BARE_SQLITE"], "SQLITE_LOCK_TIMEOUT": "30"}
+    app_es: Application = Application(env=env)
+    app = Flask(__name__)
+
+    @app.post("/save")
+    def save():  # type: ignore[no-untyped-def]
+        body = request.get_json()
+        note = Note(body["activity"], body["amount"])
+        app_es.save(note)
+        return jsonify(id=str(note.id)), 201
+
+    @app.get("/read/<uuid:note_id>")
+    def read(note_id: UUID):  # type: ignore[no-untyped-def]
+        note = app_es.repository.get(note_id)
+        return jsonify(id=str(note.id), activity=note.activity, amount=note.amount)
+
+    return app

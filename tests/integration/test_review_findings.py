@@ -1,0 +1,135 @@
+"""Races and interruptions across processes: each test stands for a way the ledger could go wrong
+with several workers, found in review. Separate Ledger instances stand for separate workers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ledger.application import Ledger
+from ledger.domain import Payment
+from ledger.domain.base import topic
+
+
+@pytest.fixture
+def two_workers(ledger, store_env):
+    other = Ledger(store_env)
+    yield ledger, other
+    other.close()
+
+
+def test_a_stale_cached_copy_never_refuses_a_valid_withdrawal(two_workers):
+    a, b = two_workers
+    pid = a.register_participant("Stale Cache", by="t")["id"]
+    a.grant_consent(pid, "publish", "1.0", "online", by="t")
+    a.withdraw_consent(pid, "publish", "phone", by="t")  # a now caches "withdrawn"
+
+    b.grant_consent(pid, "publish", "1.0", "online", by="t")  # the person consents again
+    result = a.withdraw_consent(pid, "publish", "email", by="t")
+
+    assert result["scope"] == "publish"
+    assert a.participant(pid)["consents"]["publish"]["state"] == "withdrawn"
+
+
+def test_a_need_recorded_by_one_worker_can_be_met_through_another(two_workers):
+    a, b = two_workers
+    pid = a.register_participant("Two Workers", by="t")["id"]
+    a.grant_consent(pid, "record", "1.0", "online", by="t")  # a caches the participant
+
+    need = b.request_access_need(pid, "captions", "", by="t")
+    met = a.record_access_outcome(pid, need, "met", by="t")
+
+    assert met["outcome"] == "met"
+
+
+def _race(*commands):
+    barrier = threading.Barrier(len(commands))
+    outcomes: list[object] = [None] * len(commands)
+
+    def run(i, command):
+        barrier.wait()
+        try:
+            outcomes[i] = command()
+        except Exception as e:  # noqa: BLE001 - the outcome is inspected by the test
+            outcomes[i] = e
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(commands)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return outcomes
+
+
+def test_decline_and_payment_racing_never_leave_a_person_both_declined_and_paid(two_workers):
+    a, b = two_workers
+    for trial in range(8):
+        pid = a.register_participant(f"Decline Race {trial}", by="t")["id"]
+        a.participant(pid), b.participant(pid)  # both workers have it cached
+
+        _race(lambda pid=pid: a.decline_payment(pid, "conversation", by="t"),
+              lambda pid=pid: b.record_payment(pid, "conversation", "25.00", "cash", by="t"))
+
+        view = a.participant(pid)
+        declined = view["arrangements"]["conversation"]["declined"]
+        paid = [p for p in view["payments"] if p["status"] == "paid"]
+        assert declined != bool(paid), view["arrangements"]
+
+
+def test_no_payment_is_recorded_after_an_erasure_even_when_they_race(two_workers, ledger):
+    a, b = two_workers
+    for trial in range(6):
+        pid = a.register_participant(f"Erase Race {trial}", by="t")["id"]
+        a.participant(pid), b.participant(pid)
+
+        _race(lambda pid=pid: a.erase(pid, "asked", by="admin"),
+              lambda pid=pid: b.record_payment(pid, "conversation", "25.00", "cash", by="t"))
+
+        log = ledger.recorder.select_notifications(start=1, limit=100_000)
+        erased = next(n.id for n in log
+                      if n.originator_id == pid and n.topic == topic("Participant.Erased"))
+        payments = {Payment.create_id(pid, "conversation", slot) for slot in range(3)}
+        assert [n for n in log if n.originator_id in payments and n.id > erased] == []
+        assert not ledger.keys.exists(pid)
+
+
+def test_reading_the_study_while_forms_are_registered_never_fails(two_workers):
+    a, b = two_workers
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def read():
+        while not stop.is_set():
+            try:
+                a.study()
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for t in readers:
+        t.start()
+    for i in range(30):
+        b.register_form(f"2.{i}", f"text {i}", by="t")
+        a.register_form(f"3.{i}", f"text {i}", by="t")
+    stop.set()
+    for t in readers:
+        t.join()
+
+    assert errors == []
+    assert len(a.study()["consent_forms"]) == 61
+
+
+def test_an_interrupted_erasure_is_finished_when_a_worker_starts(ledger, store_env):
+    pid = ledger.register_participant("Half Erased", by="t")["id"]
+    p = ledger._participant(pid, fresh=True)
+    p.erase("asked", at=ledger.clock(), by="admin")
+    ledger.save(p)  # the process "dies" here, before the key is destroyed
+    assert ledger.keys.exists(pid)
+
+    restarted = Ledger(store_env)
+    view = restarted.participant(pid)
+    restarted.close()
+
+    assert not ledger.keys.exists(pid)
+    assert view["erased"] and view["name"] == "[erased]"
