@@ -45,8 +45,8 @@ def wait_ready(port: int, path: str) -> None:
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             c.request("GET", path)
-            if c.getresponse().status < 500:
-                return
+            c.getresponse().read()
+            return  # any answer means it is listening
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"server on {port} not ready")
@@ -135,8 +135,9 @@ def ledger_side(env: dict[str, str], n: int, connections: int, log: Path) -> dic
 def bare_side(env: dict[str, str], n: int, connections: int, log: Path) -> dict[str, dict]:
     port = free_port()
     cmd = [str(BIN / "gunicorn"), "--workers", str(WORKERS), "--threads", str(THREADS),
-           "-k", "gthread", "--bind", f"127.0.0.1:{port}", "bare_app:create()"]
-    proc = start(cmd, env, port, f"/read/{uuid.uuid4()}", log)
+           "-k", "gthread", "--bind", f"127.0.0.1:{port}", "--chdir", str(HERE),
+           "bare_app:create()"]
+    proc = start(cmd, env, port, "/", log)
     headers = {"Content-Type": "application/json"}
     try:
         body = json.dumps({"activity": "conversation", "amount": "25.00"}).encode()

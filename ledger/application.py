@@ -22,6 +22,7 @@ from .domain import Participant, Payment, PersonalDetails, Study, derived_id
 from .domain.base import topic
 from .domain.errors import (
     ConcurrentUpdate,
+    IdempotencyKeyUsed,
     InvalidInput,
     LedgerError,
     ParticipantNotFound,
@@ -29,7 +30,7 @@ from .domain.errors import (
     StudyNotFound,
 )
 from .domain.money import check_currency, parse_pence
-from .idempotency import IdempotencyStore
+from .idempotency import IdempotencyStore, IdempotentRequest
 from .privacy.keys import MasterKey, ensure_signing_key
 from .privacy.keystore import DataKeyStore
 from .privacy.mapper import PersonalDataMapper, SealedAsBase64
@@ -57,6 +58,7 @@ class Also(Generic[T]):
 
     result: T
     aggregates: tuple[Aggregate, ...]
+    idempotent: IdempotentRequest | None = None
 
 
 class ConfigurationError(Exception):
@@ -87,7 +89,7 @@ class Ledger(Application[UUID]):
         self._check_master_key()
         self.keys = DataKeyStore(self.sql, self.master_key.wrapping_key())
         self.tokens = TokenStore(self.sql, self.master_key.derive("api-token-hmac/v1"))
-        self.idempotency = IdempotencyStore(self.sql)
+        self.idempotency = IdempotencyStore(self.sql, self.master_key.derive("idempotency/v1"))
         assert isinstance(self.mapper, PersonalDataMapper)
         self.mapper.keys = self.keys
         # Commands read the study but never change it: they share one copy, replaced (never
@@ -240,14 +242,18 @@ class Ledger(Application[UUID]):
                         self._evict(participant_id)  # decided on a stale copy: decide again
                         continue
                     raise
-                result, others = (outcome.result, outcome.aggregates) if isinstance(
-                    outcome, Also) else (outcome, ())
+                result, others, once = (
+                    (outcome.result, outcome.aggregates, outcome.idempotent)
+                    if isinstance(outcome, Also) else (outcome, (), None))
                 touched.extend(a.id for a in others)
+                extra = {"idempotency": once.record(result)} if once is not None else {}
                 try:
-                    self.save(participant, *others)
+                    self.save(participant, *others, **extra)
                 except IntegrityError:
                     for aggregate in touched:
                         self._evict(aggregate)
+                    if once is not None and self.idempotency.lookup(once.token_id, once.key):
+                        raise IdempotencyKeyUsed("this Idempotency-Key has been used") from None
                     continue
                 return result
         raise ConcurrentUpdate("the record changed repeatedly while saving; try again")
@@ -505,8 +511,12 @@ class Ledger(Application[UUID]):
     def record_payment(
         self, participant_id: UUID, activity: str, amount: object, method: object, *,
         currency: object = "GBP", reference: object = None, reason: object = None, by: str,
+        idempotent: IdempotentRequest | None = None,
     ) -> dict[str, Any]:
         """Record a payment; at most one per participant and activity unless reversed.
+
+        With ``idempotent``, the rendered response is kept under its key in the same
+        transaction as the payment.
 
         The Payment is saved with a note on the participant in one atomic save: decline, reduce
         and erase are decided against that note, and the Payment's id is derived from
@@ -519,7 +529,7 @@ class Ledger(Application[UUID]):
         def command(p: Participant, s: Study) -> Also[dict[str, Any]]:
             payment = p.pay(s.activity(activity), pence, currency, method, reference, reason,
                             at=self.clock(), by=by)
-            return Also(payment_view(payment, erased=False), (payment,))
+            return Also(payment_view(payment, erased=False), (payment,), idempotent)
         return self._change(participant_id, command)
 
     def reverse_payment(self, participant_id: UUID, payment_id: UUID, reason: object, *,

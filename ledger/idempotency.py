@@ -1,100 +1,88 @@
-"""Idempotency keys: the first response to (token, key) is kept and replayed byte for byte.
+"""Idempotency keys: the first response to a (token, key) pair is kept and replayed byte for byte.
 
-A key is claimed by inserting its row (the primary key makes the claim atomic across workers and
-hosts); the claimant runs the command and stores the response; anyone else with the same key waits
-for that response. Rows are kept for at least 24 hours.
+A successful request's response is written in the same transaction as its events (see
+``store.IDEMPOTENCY_INSERT`` and the recorders there), so a key and its effect can never
+disagree, and the race between two requests with one key is decided by the table's primary key.
+A refusal (a domain error) has no events; its response is kept by a plain insert. Rows are kept
+for at least 24 hours.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from eventsourcing.persistence import IntegrityError
-
-from .store import Sql
+from .store import IDEMPOTENCY_INSERT, Sql
 
 KEEP = timedelta(hours=48)
-ABANDONED = timedelta(seconds=120)  # a claim never completed (its process died) may be retaken
 
 
 @dataclass(frozen=True)
 class Stored:
-    """A completed request's fingerprint and response."""
+    """A kept response and the fingerprint of the request that produced it."""
 
     request_hash: str
-    status: int | None
-    body: bytes | None
+    status: int
+    body: bytes
+
+
+@dataclass
+class IdempotentRequest:
+    """A request to run once: who sent it, its key and fingerprint, and how to render its result."""
+
+    token_id: str
+    key: str
+    request_hash: str
+    status: int
+    render: Callable[[Any], bytes]
+    body: bytes | None = field(default=None)
+
+    def record(self, result: Any) -> tuple[Any, ...]:
+        """Render the result once and return the row to insert with the events."""
+        self.body = self.render(result)
+        return (self.token_id, self.key, self.request_hash, self.status, self.body,
+                datetime.now(UTC).isoformat())
 
 
 class IdempotencyStore:
-    """Claim, complete, release and look up idempotency keys."""
+    """Look up, keep and expire idempotency keys."""
 
-    def __init__(self, sql: Sql) -> None:
+    def __init__(self, sql: Sql, hmac_key: bytes) -> None:
         self.sql = sql
+        self._key = hmac_key
         blob = "BYTEA" if sql.is_postgres else "BLOB"
         sql.execute(
             "CREATE TABLE IF NOT EXISTS {t}ledger_idempotency (token_id TEXT NOT NULL, "
-            "idem_key TEXT NOT NULL, request_hash TEXT NOT NULL, status INTEGER, "
-            f"body {blob}, created_at TEXT NOT NULL, PRIMARY KEY (token_id, idem_key))"
+            "idem_key TEXT NOT NULL, request_hash TEXT NOT NULL, status INTEGER NOT NULL, "
+            f"body {blob} NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (token_id, idem_key))"
         )
-        self._claims = 0
+        self._lookups = 0
 
-    def claim(self, token_id: str, key: str, request_hash: str) -> Stored | None:
-        """None if this caller now owns the key; otherwise what the first request left."""
-        now = datetime.now(UTC)
-        self._claims += 1
-        if self._claims % 200 == 1:
+    def fingerprint(self, request: bytes) -> str:
+        """A keyed digest of a request: equal requests match, and the stored digest reveals
+        nothing about a body (such as a payment reference) to anyone without the master key."""
+        return hmac.new(self._key, request, hashlib.sha256).hexdigest()
+
+    def lookup(self, token_id: str, key: str) -> Stored | None:
+        """The kept response for a key, if any (and, now and then, forget expired keys)."""
+        self._lookups += 1
+        if self._lookups % 500 == 1:
             self.sql.execute("DELETE FROM {t}ledger_idempotency WHERE created_at < %s",
-                             ((now - KEEP).isoformat(),))
-        for _ in range(2):
-            try:
-                self.sql.execute(
-                    "INSERT INTO {t}ledger_idempotency (token_id, idem_key, request_hash, "
-                    "created_at) VALUES (%s, %s, %s, %s)",
-                    (token_id, key, request_hash, now.isoformat()))
-                return None
-            except IntegrityError:
-                # Retake a claim whose owner died before answering; otherwise report it.
-                self.sql.execute(
-                    "DELETE FROM {t}ledger_idempotency WHERE token_id = %s AND idem_key = %s "
-                    "AND status IS NULL AND created_at < %s",
-                    (token_id, key, (now - ABANDONED).isoformat()))
-                existing = self.get(token_id, key)
-                if existing is not None:
-                    return existing
-        return self.get(token_id, key)
-
-    def get(self, token_id: str, key: str) -> Stored | None:
-        """The row for a key, if any."""
+                             ((datetime.now(UTC) - KEEP).isoformat(),))
         rows = self.sql.query(
             "SELECT request_hash, status, body FROM {t}ledger_idempotency "
             "WHERE token_id = %s AND idem_key = %s", (token_id, key))
         if not rows:
             return None
         r = rows[0]
-        return Stored(r["request_hash"], r["status"],
-                      None if r["body"] is None else bytes(r["body"]))
+        return Stored(r["request_hash"], int(r["status"]), bytes(r["body"]))
 
-    def wait(self, token_id: str, key: str, seconds: float = 10.0) -> Stored | None:
-        """Wait for the owner of a key to store its response."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            stored = self.get(token_id, key)
-            if stored is None or stored.status is not None:
-                return stored
-            time.sleep(0.02)
-        return self.get(token_id, key)
-
-    def complete(self, token_id: str, key: str, status: int, body: bytes) -> None:
-        """Keep the response to replay."""
-        self.sql.execute(
-            "UPDATE {t}ledger_idempotency SET status = %s, body = %s "
-            "WHERE token_id = %s AND idem_key = %s", (status, body, token_id, key))
-
-    def release(self, token_id: str, key: str) -> None:
-        """Give the key up (the request failed unexpectedly, so a retry may run it)."""
-        self.sql.execute(
-            "DELETE FROM {t}ledger_idempotency WHERE token_id = %s AND idem_key = %s "
-            "AND status IS NULL", (token_id, key))
+    def keep(self, request: IdempotentRequest, status: int, body: bytes) -> None:
+        """Keep a response that wrote no events (a refusal). IntegrityError if already kept."""
+        self.sql.execute(IDEMPOTENCY_INSERT, (
+            request.token_id, request.key, request.request_hash, status, body,
+            datetime.now(UTC).isoformat()))

@@ -11,8 +11,13 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
-from eventsourcing.postgres import PostgresDatastore
-from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool, SQLiteFactory
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import (
+    SQLiteApplicationRecorder,
+    SQLiteConnection,
+    SQLiteConnectionPool,
+    SQLiteFactory,
+)
 
 from .config import Settings
 from .privacy.keys import write_secret_file
@@ -44,6 +49,33 @@ class LedgerSQLiteFactory(SQLiteFactory):
         old.close()
 
 
+IDEMPOTENCY_INSERT = (
+    "INSERT INTO {t}ledger_idempotency (token_id, idem_key, request_hash, status, body, "
+    "created_at) VALUES (%s, %s, %s, %s, %s, %s)"
+)
+
+
+class LedgerSQLiteApplicationRecorder(SQLiteApplicationRecorder):
+    """Also writes an ``idempotency=`` row passed to ``save()``, in the events' transaction."""
+
+    def _insert_events(self, c: Any, stored_events: Any, **kwargs: Any) -> Any:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        if kwargs.get("idempotency") is not None:
+            c.execute(IDEMPOTENCY_INSERT.replace("{t}", "").replace("%s", "?"),
+                      kwargs["idempotency"])
+        return ids
+
+
+class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
+    """Also writes an ``idempotency=`` row passed to ``save()``, in the events' transaction."""
+
+    def _insert_events(self, curs: Any, stored_events: Any, **kwargs: Any) -> None:
+        super()._insert_events(curs, stored_events, **kwargs)
+        if kwargs.get("idempotency") is not None:
+            curs.execute(IDEMPOTENCY_INSERT.replace("{t}", f'"{self.datastore.schema}".'),
+                         kwargs["idempotency"])
+
+
 def postgres_env(url: str) -> dict[str, str]:
     """Translate ``postgresql://user:pw@host:port/db?schema=s`` into eventsourcing's variables."""
     u = urlparse(url)
@@ -62,6 +94,7 @@ def postgres_env(url: str) -> dict[str, str]:
         "POSTGRES_MAX_OVERFLOW": "30",
         "POSTGRES_CONNECT_TIMEOUT": "10",
         "POSTGRES_LOCK_TIMEOUT": "30",
+        "APPLICATION_RECORDER_TOPIC": "ledger.store:LedgerPostgresApplicationRecorder",
     }
 
 
@@ -101,6 +134,7 @@ def eventsourcing_env(settings: Settings, cipher_key: str) -> dict[str, str]:
             "PERSISTENCE_MODULE": "ledger.store:LedgerSQLiteFactory",
             "SQLITE_DBNAME": str(settings.sqlite_path),
             "SQLITE_LOCK_TIMEOUT": str(SQLITE_LOCK_TIMEOUT_S),
+            "APPLICATION_RECORDER_TOPIC": "ledger.store:LedgerSQLiteApplicationRecorder",
         })
     return env
 

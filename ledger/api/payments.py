@@ -6,11 +6,10 @@ kept and replayed byte for byte; the same key with a different request is 422.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.persistence import IntegrityError
 from flask import Response, g, json, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -18,6 +17,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from ..domain.errors import LedgerError
 from ..domain.vocab import PAYEES, PAYMENT_METHODS
+from ..idempotency import IdempotentRequest, Stored
 from . import errors
 from .auth import SECURITY, actor, require
 from .common import ledger
@@ -88,37 +88,53 @@ class ExpenseCreated(Schema):
     expense_id = fields.UUID(dump_only=True)
 
 
-def idempotent(status: int, schema: Schema, run: Callable[[], Any]) -> Response:
-    """Run ``run`` once per (token, Idempotency-Key); replay its first response after that."""
+PAYMENT_OUT = PaymentOut()  # schemas are stateless once built; building one per request is slow
+
+
+def idempotent_payment(participant_id: UUID, body: dict[str, Any]) -> Response:
+    """Record a payment once per (token, Idempotency-Key); replay its first response after."""
     key = request.headers.get("Idempotency-Key", "")
     if not key or len(key) > 200 or not key.isprintable() or not key.isascii():
         return errors.problem(400, "Idempotency-Key header is required (1 to 200 characters).",
                               {"Idempotency-Key": ["required, 1 to 200 printable characters"]})
-    store, token = ledger().idempotency, str(g.token_id)
-    fingerprint = hashlib.sha256(json.dumps(
-        {"path": request.path, "body": request.get_json(silent=True)}, sort_keys=True
-    ).encode()).hexdigest()
-    stored = store.claim(token, key, fingerprint)
-    if stored is not None:
-        if stored.request_hash != fingerprint:
-            return errors.problem(
-                422, "This Idempotency-Key was already used for a different request.",
-                {"Idempotency-Key": ["already used with a different body"]})
-        if stored.status is None:
-            stored = store.wait(token, key)
-        if stored is None or stored.status is None or stored.body is None:
-            return errors.problem(409, "A request with this Idempotency-Key is still running.")
-        return _replay(stored.status, stored.body)
+    store = ledger().idempotency
+    once = IdempotentRequest(
+        token_id=str(g.token_id), key=key, status=201,
+        request_hash=store.fingerprint(json.dumps(
+            {"path": request.path, "body": request.get_json(silent=True)}, sort_keys=True
+        ).encode()),
+        render=lambda result: json.dumps(PAYMENT_OUT.dump(result)).encode(),
+    )
+    kept = store.lookup(once.token_id, key)
+    if kept is not None:
+        return _replay_or_refuse(kept, once)
     try:
-        body, code = json.dumps(schema.dump(run())).encode(), status
+        ledger().record_payment(
+            participant_id, body["activity"], body["amount"], body["method"],
+            currency=body["currency"], reference=body.get("reference"),
+            reason=body.get("reason"), by=actor(), idempotent=once)
     except LedgerError as e:
+        kept = store.lookup(once.token_id, key)  # a request with this key may have won
+        if kept is not None:
+            return _replay_or_refuse(kept, once)
         failure = errors.ledger_error(e)
-        body, code = failure.get_data(), failure.status_code
-    except BaseException:
-        store.release(token, key)
-        raise
-    store.complete(token, key, code, body)
-    return _replay(code, body)
+        try:
+            store.keep(once, failure.status_code, failure.get_data())
+        except IntegrityError:
+            return _replay_or_refuse(store.lookup(once.token_id, key), once)
+        return failure
+    assert once.body is not None
+    return _replay(once.status, once.body)
+
+
+def _replay_or_refuse(kept: Stored | None, once: IdempotentRequest) -> Response:
+    if kept is None:
+        return errors.problem(409, "A request with this Idempotency-Key is still running.")
+    if kept.request_hash != once.request_hash:
+        return errors.problem(
+            422, "This Idempotency-Key was already used for a different request.",
+            {"Idempotency-Key": ["already used with a different body"]})
+    return _replay(kept.status, kept.body)
 
 
 def _replay(status: int, body: bytes) -> Response:
@@ -165,10 +181,7 @@ class Payments(MethodView):
     @document_errors(blp, 400, 404, 409)
     def post(self, body: dict[str, Any], participant_id: UUID) -> Response:
         """Record a payment (needs Idempotency-Key); one per participant and activity."""
-        return idempotent(201, PaymentOut(), lambda: ledger().record_payment(
-            participant_id, body["activity"], body["amount"], body["method"],
-            currency=body["currency"], reference=body.get("reference"),
-            reason=body.get("reason"), by=actor()))
+        return idempotent_payment(participant_id, body)
 
 
 @blp.route("/participants/<uuid:participant_id>/payments/<uuid:payment_id>/reversal")

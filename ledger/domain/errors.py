@@ -16,7 +16,7 @@
     │   ├── NeedAlreadyMet, ObligationAlreadyDischarged
     │   ├── PaymentAlreadyRecorded, PaymentDeclinedByParticipant, PaymentAlreadyReversed,
     │   │   PaymentAlreadyDeclined
-    │   ├── ParticipantErased, FormVersionAlreadyRegistered, DuplicateId
+    │   ├── ParticipantErased, FormVersionAlreadyRegistered, DuplicateId, IdempotencyKeyUsed
     └── ConcurrentUpdate               lost a race with another writer too often (HTTP 409)
 
 Messages name fields and allowed values, never personal data: they reach HTTP error bodies.
@@ -199,6 +199,10 @@ class FormVersionAlreadyRegistered(InvalidTransition):
 
 class DuplicateId(InvalidTransition):
     """An id given for a new item is already in use."""
+
+
+class IdempotencyKeyUsed(InvalidTransition):
+    """Another request with the same Idempotency-Key was recorded first."""
 
 
 class ConcurrentUpdate(LedgerError):
