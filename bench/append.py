@@ -59,8 +59,9 @@ def person_commands(ledger: Ledger) -> list:
                                                    by="bench")
 
     commands = [register]
-    commands += [lambda s=scope: ledger.grant_consent(state["pid"], s, "1.0", "online", by="bench")
-                 for scope in SCOPES]
+    commands += [lambda s=scope: ledger.grant_consent(
+        state["pid"], s, "1.0", "online", "anonymous" if s == "quote" else None, by="bench")
+        for scope in SCOPES]
     commands += [
         need,
         lambda: ledger.record_access_outcome(state["pid"], state["need"], "met", by="bench"),

@@ -103,7 +103,7 @@ def idempotent_payment(participant_id: UUID, body: dict[str, Any]) -> Response:
         request_hash=store.fingerprint(json.dumps(
             {"path": request.path, "body": request.get_json(silent=True)}, sort_keys=True
         ).encode()),
-        render=lambda result: json.dumps(PAYMENT_OUT.dump(result)).encode(),
+        render=lambda result: json.dumps(PAYMENT_OUT.dump(result), separators=(",", ":")).encode(),
     )
     kept = store.lookup(once.token_id, key)
     if kept is not None:

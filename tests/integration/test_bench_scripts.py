@@ -1,0 +1,30 @@
+"""The benchmark scripts still run and end with their JSON line (tiny sizes; no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, *args: str) -> dict:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_append_benchmark_runs_and_reports_its_ratio():
+    figures = _run("append.py", "--commands", "40", "--rounds", "2", "--no-postgres")
+
+    assert figures["bench"] == "append" and figures["sqlite"]["ratio"] > 0
+
+
+def test_the_api_benchmark_runs_without_errors():
+    figures = _run("api.py", "--requests", "40", "--connections", "4", "--no-postgres")
+
+    assert figures["sqlite"]["ledger"]["write"]["errors"] == 0
+    assert figures["sqlite"]["ledger"]["read"]["errors"] == 0
