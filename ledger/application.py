@@ -46,6 +46,7 @@ from .views import (
 )
 
 T = TypeVar("T")
+A = TypeVar("A", bound=Aggregate)
 MAX_ATTEMPTS = 20
 LOCK_STRIPES = 64
 CACHE_SIZE = 1000
@@ -183,25 +184,25 @@ class Ledger(Application[UUID]):
             self._study_cache = study
         return study
 
-    def _participant(self, participant_id: UUID, *, fresh: bool = True) -> Participant:
-        p: object = None
+    def _load(self, aggregate_id: UUID, kind: type[A], missing: LedgerError, *, fresh: bool) -> A:
+        """An aggregate of ``kind``: a fresh copy to read, or the cached one a command may change.
+        Anything else under that id (or nothing) raises ``missing``."""
+        found: object = None
         try:
-            p = (self._reader if fresh else self.repository).get(participant_id)
+            found = (self._reader if fresh else self.repository).get(aggregate_id)
         except AggregateNotFoundError:
             pass
-        if not isinstance(p, Participant):
-            raise ParticipantNotFound("no participant with this id")
-        return p
+        if not isinstance(found, kind):
+            raise missing
+        return found
+
+    def _participant(self, participant_id: UUID, *, fresh: bool = True) -> Participant:
+        return self._load(participant_id, Participant,
+                          ParticipantNotFound("no participant with this id"), fresh=fresh)
 
     def _payment(self, payment_id: UUID, *, fresh: bool = True) -> Payment:
-        payment: object = None
-        try:
-            payment = (self._reader if fresh else self.repository).get(payment_id)
-        except AggregateNotFoundError:
-            pass
-        if not isinstance(payment, Payment):
-            raise PaymentNotFound("no such payment for this participant")
-        return payment
+        return self._load(payment_id, Payment,
+                          PaymentNotFound("no such payment for this participant"), fresh=fresh)
 
     def _evict(self, aggregate_id: UUID) -> None:
         if self.repository.cache is not None:

@@ -36,3 +36,19 @@ def tokens(api_ledger) -> dict[str, str]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def staff(tokens) -> dict[str, str]:
+    """Authorization header of a staff token."""
+    return bearer(tokens["staff"])
+
+
+@pytest.fixture
+def pid(client, staff) -> str:
+    """A registered participant's id."""
+    response = client.post("/api/v1/participants", headers=staff, json={
+        "name": "Ada Example", "email": "ada@example.invalid", "communities": ["Black British"],
+        "preferred_contact": "email"})
+    assert response.status_code == 201
+    return response.json["id"]

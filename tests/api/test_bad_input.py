@@ -6,19 +6,6 @@ import uuid
 
 import pytest
 
-from .conftest import bearer
-
-
-@pytest.fixture
-def staff(tokens):
-    return bearer(tokens["staff"])
-
-
-@pytest.fixture
-def pid(client, staff):
-    return client.post("/api/v1/participants", headers=staff, json={"name": "Bad Input"}).json["id"]
-
-
 PAY = {"activity": "conversation", "amount": "25.00", "method": "cash"}
 CASES = [
     # (name, path, body or raw bytes, expected status, field named)

@@ -9,20 +9,6 @@ import pytest
 from .conftest import bearer
 
 
-@pytest.fixture
-def staff(tokens):
-    return bearer(tokens["staff"])
-
-
-@pytest.fixture
-def pid(client, staff):
-    response = client.post("/api/v1/participants", headers=staff, json={
-        "name": "Ada Example", "email": "ada@example.invalid", "communities": ["Black British"],
-        "preferred_contact": "email"})
-    assert response.status_code == 201
-    return response.json["id"]
-
-
 def _get(client, staff, pid):
     return client.get(f"/api/v1/participants/{pid}", headers=staff).json
 

@@ -11,16 +11,6 @@ from .conftest import bearer
 BODY = {"activity": "conversation", "amount": "25.00", "method": "voucher"}
 
 
-@pytest.fixture
-def staff(tokens):
-    return bearer(tokens["staff"])
-
-
-@pytest.fixture
-def pid(client, staff):
-    return client.post("/api/v1/participants", headers=staff, json={"name": "Idem"}).json["id"]
-
-
 def _pay(client, headers, pid, body=BODY, key="key-1"):
     h = dict(headers)
     if key is not None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 from ledger.application import Ledger
 from ledger.domain import Payment
 from ledger.domain.errors import PaymentAlreadyRecorded
+from tests.concurrency import race
 
 WORKERS = 4  # separate Ledger instances, like separate server processes
 THREADS_PER_WORKER = 6
@@ -14,26 +13,10 @@ THREADS_PER_WORKER = 6
 
 def _race(store_env, pid, activity):
     ledgers = [Ledger(store_env) for _ in range(WORKERS)]
-    barrier = threading.Barrier(WORKERS * THREADS_PER_WORKER)
-    results: list[object] = []
-    lock = threading.Lock()
-
-    def pay(ledger: Ledger, i: int) -> None:
-        barrier.wait()
-        try:
-            outcome: object = ledger.record_payment(
-                pid, activity, "25.00", "bank_transfer", reference=f"R{i}", by=f"t{i}")["id"]
-        except Exception as e:  # noqa: BLE001 - every outcome is collected and checked
-            outcome = e
-        with lock:
-            results.append(outcome)
-
-    threads = [threading.Thread(target=pay, args=(ledgers[i % WORKERS], i))
-               for i in range(WORKERS * THREADS_PER_WORKER)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    results = race([
+        lambda i=i: ledgers[i % WORKERS].record_payment(
+            pid, activity, "25.00", "bank_transfer", reference=f"R{i}", by=f"t{i}")["id"]
+        for i in range(WORKERS * THREADS_PER_WORKER)])
     for lg in ledgers:
         lg.close()
     return results
@@ -77,25 +60,13 @@ def test_racing_withdrawals_of_one_scope_record_one_withdrawal(ledger, store_env
     pid = ledger.register_participant("Withdraw Race", by="t")["id"]
     ledger.grant_consent(pid, "publish", "1.0", "online", by="t")
     ledgers = [Ledger(store_env) for _ in range(4)]
-    barrier = threading.Barrier(20)
-    outcomes: list[str] = []
 
-    def withdraw(lg: Ledger) -> None:
-        barrier.wait()
-        try:
-            lg.withdraw_consent(pid, "publish", "phone", by="t")
-            outcomes.append("ok")
-        except Exception as e:  # noqa: BLE001
-            outcomes.append(type(e).__name__)
-
-    threads = [threading.Thread(target=withdraw, args=(ledgers[i % 4],)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    results = race([lambda i=i: ledgers[i % 4].withdraw_consent(pid, "publish", "phone", by="t")
+                    for i in range(20)])
     for lg in ledgers:
         lg.close()
 
+    outcomes = ["ok" if isinstance(r, dict) else type(r).__name__ for r in results]
     assert sorted(set(outcomes)) == ["ConsentAlreadyWithdrawn", "ok"]
     assert outcomes.count("ok") == 1
     history = ledger.participant(pid)["consents"]["publish"]["history"]

@@ -10,6 +10,7 @@ import pytest
 from ledger.application import Ledger
 from ledger.domain import Payment
 from ledger.domain.base import topic
+from tests.concurrency import race
 
 
 @pytest.fixture
@@ -44,22 +45,7 @@ def test_a_need_recorded_by_one_worker_can_be_met_through_another(two_workers):
 
 
 def _race(*commands):
-    barrier = threading.Barrier(len(commands))
-    outcomes: list[object] = [None] * len(commands)
-
-    def run(i, command):
-        barrier.wait()
-        try:
-            outcomes[i] = command()
-        except Exception as e:  # noqa: BLE001 - the outcome is inspected by the test
-            outcomes[i] = e
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(commands)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    return outcomes
+    return race(list(commands), timeout=60)
 
 
 def test_decline_and_payment_racing_never_leave_a_person_both_declined_and_paid(two_workers):
