@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -90,9 +91,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         response.headers["Cache-Control"] = "no-store"
         # The route's pattern, never the raw path or query: paths can carry tokens.
         rule = request.url_rule.rule if request.url_rule else "<unmatched>"
-        log.info("%s %s %s %.1fms token=%s", request.method, rule, response.status_code,
-                 (time.perf_counter() - g.get("started", time.perf_counter())) * 1000,
-                 g.get("token_id", "-"))
+        log.info(json.dumps({
+            "method": request.method, "route": rule, "status": response.status_code,
+            "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 1),
+            "token": g.get("token_id"), "bytes": response.calculate_content_length(),
+        }))
         return response
 
     return app

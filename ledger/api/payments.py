@@ -105,9 +105,8 @@ def idempotent_payment(participant_id: UUID, body: dict[str, Any]) -> Response:
         ).encode()),
         render=lambda result: json.dumps(PAYMENT_OUT.dump(result), separators=(",", ":")).encode(),
     )
-    kept = store.lookup(once.token_id, key)
-    if kept is not None:
-        return _replay_or_refuse(kept, once)
+    # No look-up first: a repeat is refused by the domain (already paid) or collides with the
+    # kept row inside the payment's own transaction, and only then is the key looked up.
     try:
         ledger().record_payment(
             participant_id, body["activity"], body["amount"], body["method"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 
@@ -14,12 +15,13 @@ NAME = "Quentin Racecondition-Example"
 
 def test_fifty_concurrent_payments_across_four_workers_pay_once(server, store_env):
     setup = Ledger(store_env)
-    _, token = setup.tokens.create("staff", "e2e")
+    info, token = setup.tokens.create("staff", "e2e")
+    token_id = info.id
     setup.close()
     auth = {"Authorization": f"Bearer {token}"}
     status, _, body = server.request("POST", "/api/v1/participants", {"name": NAME}, auth)
     assert status == 201
-    pid = uuid.UUID(__import__("json").loads(body)["id"])
+    pid = uuid.UUID(json.loads(body)["id"])
     barrier = threading.Barrier(50)
     statuses: list[int] = []
     lock = threading.Lock()
@@ -48,5 +50,10 @@ def test_fifty_concurrent_payments_across_four_workers_pay_once(server, store_en
     check.close()
     assert [n.originator_id for n in recorded] == [Payment.create_id(pid, "conversation", 0)]
     log = server.log.read_text()
-    assert "ledger.access POST /api/v1/participants/<uuid:participant_id>/payments 201" in log
+    access = [json.loads(line.split("ledger.access ", 1)[1]) for line in log.splitlines()
+              if "ledger.access " in line]
+    payments = [a for a in access
+                if a["route"] == "/api/v1/participants/<uuid:participant_id>/payments"]
+    assert sorted(a["status"] for a in payments) == [201] + [409] * 49
+    assert {a["token"] for a in payments} == {token_id}
     assert NAME not in log and token not in log and "E2E-" not in log
