@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 PG = "postgresql://postgres@127.0.0.1:5432/test"
-WORKERS, THREADS = 2, 4
+WORKERS, THREADS = int(os.environ.get("BENCH_WORKERS", 2)), int(os.environ.get("BENCH_THREADS", 4))
 
 
 def free_port() -> int:
@@ -116,7 +116,8 @@ def ledger_side(env: dict[str, str], n: int, connections: int, log: Path) -> dic
     pids = [setup.register_participant("Bench Person", by="bench")["id"] for _ in range(n)]
     setup.close()
     port = free_port()
-    proc = start([str(BIN / "ledger"), "serve", "--port", str(port), "--workers", str(WORKERS)],
+    proc = start([str(BIN / "ledger"), "serve", "--port", str(port), "--workers", str(WORKERS),
+                  "--threads", str(THREADS)],
                  env, port, "/readyz", log)
     auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     try:

@@ -54,7 +54,9 @@ def demo() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
-def serve(host: str, port: int, workers: int) -> None:
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Threads per worker process.")
+def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Run the service under a production WSGI server (gunicorn)."""
     from .api.server import serve as run
 
@@ -64,7 +66,7 @@ def serve(host: str, port: int, workers: int) -> None:
     store = "PostgreSQL" if settings.database_url else str(settings.sqlite_path)
     click.echo(f"Serving the ledger on http://{host}:{port} ({store}); API docs at "
                f"http://{host}:{port}/api/v1/docs", err=True)
-    run(host, port, workers)
+    run(host, port, workers, threads)
 
 
 @main.group()

@@ -36,7 +36,7 @@ class OutcomeIn(Schema):
 class Needs(MethodView):
     @require("staff")
     @blp.doc(security=SECURITY)
-    @blp.arguments(NeedIn)
+    @blp.arguments(NeedIn())
     @blp.response(201, NeedCreated)
     @document_errors(blp, 404, 409)
     def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
@@ -50,7 +50,7 @@ class Needs(MethodView):
 class Outcome(MethodView):
     @require("staff")
     @blp.doc(security=SECURITY)
-    @blp.arguments(OutcomeIn)
+    @blp.arguments(OutcomeIn())
     @blp.response(201, NeedOut)
     @document_errors(blp, 404, 409)
     def post(self, body: dict[str, Any], participant_id: UUID, need_id: UUID) -> dict[str, Any]:

@@ -49,7 +49,7 @@ class DoneIn(Schema):
 class Consents(MethodView):
     @require("staff")
     @blp.doc(security=SECURITY)
-    @blp.arguments(GrantIn)
+    @blp.arguments(GrantIn())
     @blp.response(201, ConsentOut)
     @document_errors(blp, 404, 409)
     def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
@@ -62,7 +62,7 @@ class Consents(MethodView):
 class Withdrawal(MethodView):
     @require("staff")
     @blp.doc(security=SECURITY)
-    @blp.arguments(WithdrawIn)
+    @blp.arguments(WithdrawIn())
     @blp.response(201, WithdrawalOut)
     @document_errors(blp, 404, 409)
     def post(self, body: dict[str, Any], participant_id: UUID, scope: str) -> dict[str, Any]:
@@ -75,7 +75,7 @@ class Withdrawal(MethodView):
 class ObligationDone(MethodView):
     @require("staff")
     @blp.doc(security=SECURITY)
-    @blp.arguments(DoneIn)
+    @blp.arguments(DoneIn())
     @blp.response(200, ObligationOut)
     @document_errors(blp, 404, 409)
     def post(self, body: dict[str, Any], participant_id: UUID,

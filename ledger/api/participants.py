@@ -138,7 +138,7 @@ class ErasureOut(Schema):
 class Participants(MethodView):
     @require("staff")
     @blp.doc(security=SECURITY)
-    @blp.arguments(PaginationQuery, location="query")
+    @blp.arguments(PaginationQuery(), location="query")
     @blp.response(200, ParticipantPage)
     @document_errors(blp)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +147,7 @@ class Participants(MethodView):
 
     @require("staff")
     @blp.doc(security=SECURITY)
-    @blp.arguments(RegisterIn)
+    @blp.arguments(RegisterIn())
     @blp.response(201, RegisteredOut)
     @document_errors(blp, 404)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +170,7 @@ class ParticipantItem(MethodView):
 class Erasure(MethodView):
     @require("admin")
     @blp.doc(security=SECURITY)
-    @blp.arguments(ErasureIn)
+    @blp.arguments(ErasureIn())
     @blp.response(200, ErasureOut)
     @document_errors(blp, 404, 409)
     def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:

@@ -145,7 +145,7 @@ def _replay(status: int, body: bytes) -> Response:
 class Arrangements(MethodView):
     @require("staff")
     @blp.doc(security=SECURITY)
-    @blp.arguments(ArrangementIn)
+    @blp.arguments(ArrangementIn())
     @blp.response(201, ArrangementOut)
     @document_errors(blp, 404, 409)
     def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
@@ -162,7 +162,7 @@ class Arrangements(MethodView):
 class Reductions(MethodView):
     @require("staff")
     @blp.doc(security=SECURITY)
-    @blp.arguments(ReductionIn)
+    @blp.arguments(ReductionIn())
     @blp.response(201, ArrangementOut)
     @document_errors(blp, 404, 409)
     def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
@@ -175,7 +175,7 @@ class Reductions(MethodView):
 class Payments(MethodView):
     @require("staff")
     @blp.doc(security=SECURITY, parameters=[KEY_HEADER])
-    @blp.arguments(PaymentIn)
+    @blp.arguments(PaymentIn())
     @blp.response(201, PaymentOut)
     @document_errors(blp, 400, 404, 409)
     def post(self, body: dict[str, Any], participant_id: UUID) -> Response:
@@ -187,7 +187,7 @@ class Payments(MethodView):
 class Reversal(MethodView):
     @require("staff")
     @blp.doc(security=SECURITY)
-    @blp.arguments(ReversalIn)
+    @blp.arguments(ReversalIn())
     @blp.response(201, PaymentOut)
     @document_errors(blp, 404, 409)
     def post(self, body: dict[str, Any], participant_id: UUID, payment_id: UUID) -> dict[str, Any]:
@@ -199,7 +199,7 @@ class Reversal(MethodView):
 class Expenses(MethodView):
     @require("staff")
     @blp.doc(security=SECURITY)
-    @blp.arguments(ExpenseIn)
+    @blp.arguments(ExpenseIn())
     @blp.response(201, ExpenseCreated)
     @document_errors(blp, 404, 409)
     def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
