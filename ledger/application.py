@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
@@ -22,6 +22,7 @@ from .domain import Participant, Payment, PersonalDetails, Study, derived_id
 from .domain.base import topic
 from .domain.errors import (
     ConcurrentUpdate,
+    LinkNotFound,
     IdempotencyKeyUsed,
     InvalidInput,
     LedgerError,
@@ -30,10 +31,13 @@ from .domain.errors import (
     StudyNotFound,
 )
 from .domain.money import check_currency, parse_pence
+from .domain.vocab import PARTICIPANT_LINK
+from .receipts import consent_receipt, my_consents_view
 from .idempotency import IdempotencyStore, IdempotentRequest
 from .privacy.keys import MasterKey, ensure_signing_key
 from .privacy.keystore import DataKeyStore
 from .privacy.mapper import PersonalDataMapper, SealedAsBase64
+from .privacy.links import LinkRef, LinkStore
 from .privacy.tokens import TokenStore
 from .store import Sql, VersionProbe, eventsourcing_env
 from .views import (
@@ -90,6 +94,7 @@ class Ledger(Application[UUID]):
         self._check_master_key()
         self.keys = DataKeyStore(self.sql, self.master_key.wrapping_key())
         self.tokens = TokenStore(self.sql, self.master_key.derive("api-token-hmac/v1"))
+        self.links = LinkStore(self.sql, self.master_key.derive("withdrawal-link/v1"))
         self.idempotency = IdempotencyStore(self.sql, self.master_key.derive("idempotency/v1"))
         assert isinstance(self.mapper, PersonalDataMapper)
         self.mapper.keys = self.keys
@@ -397,6 +402,67 @@ class Ledger(Application[UUID]):
                 destroyed += 1
         self.keys.scrub_if_pending()
         return destroyed
+
+    # -- the personal withdrawal link ---------------------------------------------------------
+
+    def issue_withdrawal_link(self, participant_id: UUID, *, by: str) -> dict[str, Any]:
+        """A new personal link (the old one stops working): ``{url, expires_at}``."""
+        now = self.clock()
+        link_id, expires_at = uuid4(), now + timedelta(days=self.settings.link_days)
+        self._participant(participant_id).check_not_erased()
+        token = self.links.create(participant_id, link_id, expires_at)
+        self._change(participant_id, lambda p, s: p.issue_withdrawal_link(
+            link_id, expires_at, at=self.clock(), by=by))
+        return {"url": f"{self.settings.base_url}/my/{token}", "expires_at": expires_at}
+
+    def revoke_withdrawal_link(self, participant_id: UUID, *, by: str) -> dict[str, Any]:
+        """Stop the participant's current link."""
+        def command(p: Participant, s: Study) -> dict[str, Any]:
+            p.revoke_withdrawal_link(at=self.clock(), by=by)
+            return {"revoked": True}
+        return self._change(participant_id, command)
+
+    def open_link(self, token: str) -> tuple[LinkRef, dict[str, Any]]:
+        """What a personal link shows: the person's consents in the study's words."""
+        ref = self.links.find(token)
+        if ref is None:
+            raise LinkNotFound("no such link")
+        p = self._participant(ref.participant_id)
+        p.check_link(ref.link_id, self.clock())
+        return ref, my_consents_view(p, self._study())
+
+    def withdraw_by_link(self, token: str, scopes: list[str]) -> dict[str, list[str]]:
+        """Withdraw the given scopes for the link's owner, all in one save; scopes already
+        withdrawn are reported, not withdrawn again."""
+        ref = self.links.find(token)
+        if ref is None:
+            raise LinkNotFound("no such link")
+        by = f"participant:link:{ref.link_id.hex[:12]}"
+
+        def command(p: Participant, s: Study) -> dict[str, list[str]]:
+            p.check_link(ref.link_id, self.clock())
+            done: dict[str, list[str]] = {"withdrawn": [], "already": [], "not_given": []}
+            for name in dict.fromkeys(scopes):
+                scope, state = s.scope(name), p.consent(name).state
+                if state == "withdrawn":
+                    done["already"].append(name)
+                elif state == "given":
+                    p.withdraw_consent(scope, PARTICIPANT_LINK, at=self.clock(), by=by)
+                    done["withdrawn"].append(name)
+                else:
+                    done["not_given"].append(name)
+            return done
+        return self._change(ref.participant_id, command)
+
+    def consent_receipt(self, token: str) -> dict[str, Any]:
+        """The person's consent record as a machine-readable receipt (ISO/IEC TS 27560 shape)."""
+        ref = self.links.find(token)
+        if ref is None:
+            raise LinkNotFound("no such link")
+        p = self._participant(ref.participant_id)
+        p.check_link(ref.link_id, self.clock())
+        return consent_receipt(p, self._study(), issued_at=self.clock(),
+                               withdraw_url=f"{self.settings.base_url}/my/{token}")
 
     # -- consent -----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ class Settings:
     data_dir: Path
     database_url: str | None
     base_url: str
+    link_days: int = DEFAULT_LINK_DAYS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -27,6 +28,7 @@ class Settings:
             data_dir=Path(env.get("LEDGER_DATA_DIR") or "./var"),
             database_url=env.get("LEDGER_DATABASE_URL") or None,
             base_url=(env.get("LEDGER_BASE_URL") or "http://127.0.0.1:8000").rstrip("/"),
+            link_days=int(env.get("LEDGER_LINK_DAYS") or DEFAULT_LINK_DAYS),
         )
 
     @property

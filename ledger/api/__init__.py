@@ -14,13 +14,15 @@ from flask_smorest import Api
 
 from ..application import Ledger
 from ..config import load_environment
-from . import access_needs, consents, errors, health, participants, payments, study
+from . import access_needs, consents, errors, health, links, pages, participants, payments, study
 from .ratelimit import FailureLimiter
 from .schemas import ProblemSchema
 
 log = logging.getLogger("ledger.access")
 MAX_BODY = 64 * 1024
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+PAGES_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+             "frame-ancestors 'none'; base-uri 'none'")
 DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self'; "
             "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
 
@@ -63,13 +65,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(config)
     app.extensions["ledger"] = ledger
     app.extensions["auth_failures"] = FailureLimiter()
+    app.extensions["link_failures"] = FailureLimiter()
 
     api = LedgerApi(app, spec_kwargs={"info": {"description": "Consents, access needs and payments "
                                                          "for participatory research."}})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
-    for module in (study, participants, consents, access_needs, payments):
+    for module in (study, participants, consents, access_needs, payments, links):
         api.register_blueprint(module.blp)
     app.register_blueprint(health.blp)
+    app.register_blueprint(pages.blp)
     errors.register(app)
 
     @app.get("/api/v1/docs/static/<path:filename>")
@@ -84,10 +88,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.after_request
     def secure_and_log(response: Response) -> Response:
         is_docs = request.path.startswith("/api/v1/docs")
+        is_page = request.blueprint == "pages"
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Content-Security-Policy"] = DOCS_CSP if is_docs else API_CSP
+        response.headers["Content-Security-Policy"] = (
+            DOCS_CSP if is_docs else PAGES_CSP if is_page else API_CSP)
         response.headers["Cache-Control"] = "no-store"
         # The route's pattern, never the raw path or query: paths can carry tokens.
         rule = request.url_rule.rule if request.url_rule else "<unmatched>"

@@ -5,7 +5,8 @@
     LedgerError
     ├── NotFound                       the thing named does not exist (HTTP 404)
     │   ├── StudyNotFound, ParticipantNotFound, AccessNeedNotFound,
-    │   └── PaymentNotFound, ObligationNotFound
+    │   ├── PaymentNotFound, ObligationNotFound, LinkNotFound
+    │   └── LinkNoLongerWorks          (410 on the participant pages)
     ├── InvalidInput                   the request itself is wrong (HTTP 422)
     │   ├── UnknownScope, UnknownActivity, UnregisteredFormVersion
     │   ├── InvalidAmount, UnsupportedCurrency, InvalidChoice, InvalidText
@@ -16,7 +17,8 @@
     │   ├── NeedAlreadyMet, ObligationAlreadyDischarged
     │   ├── PaymentAlreadyRecorded, PaymentDeclinedByParticipant, PaymentAlreadyReversed,
     │   │   PaymentAlreadyDeclined
-    │   ├── ParticipantErased, FormVersionAlreadyRegistered, DuplicateId, IdempotencyKeyUsed
+    │   ├── ParticipantErased, FormVersionAlreadyRegistered, DuplicateId, IdempotencyKeyUsed,
+    │   │   NoLiveLink
     └── ConcurrentUpdate               lost a race with another writer too often (HTTP 409)
 
 Messages name fields and allowed values, never personal data: they reach HTTP error bodies.
@@ -59,6 +61,14 @@ class PaymentNotFound(NotFound):
 
 class ObligationNotFound(NotFound):
     """No follow-up obligation with that id for this participant."""
+
+
+class LinkNotFound(NotFound):
+    """No withdrawal link with that token (or the token is malformed)."""
+
+
+class LinkNoLongerWorks(NotFound):
+    """The withdrawal link was replaced, revoked or has expired (HTTP 410 on the pages)."""
 
 
 class InvalidInput(LedgerError):
@@ -199,6 +209,10 @@ class FormVersionAlreadyRegistered(InvalidTransition):
 
 class DuplicateId(InvalidTransition):
     """An id given for a new item is already in use."""
+
+
+class NoLiveLink(InvalidTransition):
+    """There is no live withdrawal link to revoke."""
 
 
 class IdempotencyKeyUsed(InvalidTransition):

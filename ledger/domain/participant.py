@@ -20,6 +20,8 @@ from .errors import (
     AttributionRequired,
     DuplicateId,
     InvalidText,
+    LinkNoLongerWorks,
+    NoLiveLink,
     ObligationNotFound,
     ParticipantErased,
     PaymentNotFound,
@@ -42,6 +44,16 @@ EMAIL_MAX = 254
 PHONE_MAX = 40
 COMMUNITY_MAX = 80
 COMMUNITIES_MAX = 20
+
+
+@dataclass
+class WithdrawalLink:
+    """The person's current withdrawal link: when it was issued, when it expires."""
+
+    id: UUID
+    issued_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,7 @@ class Participant(FastCopy, Aggregate):
         self.arrangements: dict[str, Arrangement] = {}
         self.expenses: list[dict[str, Any]] = []
         self.erased_at: datetime | None = None
+        self.link: WithdrawalLink | None = None
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -421,6 +434,39 @@ class Participant(FastCopy, Aggregate):
     ) -> None:
         self.expenses.append({"id": expense_id, "activity": activity, "amount_pence": amount_pence,
                               "method": method, "description": description, "at": at})
+
+    # -- the personal withdrawal link ---------------------------------------------------------
+
+    def issue_withdrawal_link(self, link_id: UUID, expires_at: datetime, *, at: datetime,
+                              by: str) -> None:
+        """Issue a personal link (its token is never recorded here); any earlier link stops working."""
+        self.check_not_erased()
+        if expires_at <= at:
+            raise InvalidText("a link must expire in the future", field="expires_at")
+        self._link_issued(link_id, expires_at, at, by)
+
+    @event("WithdrawalLinkIssued", topic=topic("Participant.WithdrawalLinkIssued"))
+    def _link_issued(self, link_id: UUID, expires_at: datetime, at: datetime, by: str) -> None:
+        self.link = WithdrawalLink(link_id, at, expires_at)
+
+    def revoke_withdrawal_link(self, *, at: datetime, by: str) -> None:
+        """Stop the current link from working."""
+        if self.link is None or self.link.revoked_at is not None:
+            raise NoLiveLink("this participant has no link to revoke")
+        self._link_revoked(self.link.id, at, by)
+
+    @event("WithdrawalLinkRevoked", topic=topic("Participant.WithdrawalLinkRevoked"))
+    def _link_revoked(self, link_id: UUID, at: datetime, by: str) -> None:
+        if self.link is not None and self.link.id == link_id:
+            self.link.revoked_at = at
+
+    def check_link(self, link_id: UUID, now: datetime) -> None:
+        """The link opens this person's page only if it is their current, unexpired link."""
+        if self.erased_at is not None or self.link is None or self.link.id != link_id \
+                or self.link.revoked_at is not None:
+            raise LinkNoLongerWorks("this link has been replaced or stopped")
+        if now >= self.link.expires_at:
+            raise LinkNoLongerWorks("this link has expired")
 
     # -- erasure -----------------------------------------------------------------------------
 

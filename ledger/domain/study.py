@@ -32,6 +32,7 @@ class Scope:
     obligations: tuple[str, ...] = ()
     takes_attribution: bool = False
     withdrawal_deadline: datetime | None = None
+    if_withdrawn: str = ""  # what withdrawing means for the person, in plain words
 
     def is_past_deadline(self, at: datetime) -> bool:
         """True when a withdrawal at ``at`` comes after this scope's deadline."""

@@ -1,0 +1,165 @@
+"""The participant pages, reached only through a personal link: see your choices, stop any of
+them (with a check first), and keep a receipt. Server-rendered; no JavaScript; GET never changes
+anything (mail scanners follow links)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, Response, current_app, g, json, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+
+from ..domain.errors import LinkNoLongerWorks, LinkNotFound, UnknownScope
+from .common import ledger
+
+blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static")
+LONDON = ZoneInfo("Europe/London")
+STATE_WORDS = {"given": "Yes", "withdrawn": "You stopped this", "refused": "You said no",
+               "requested": "Not answered yet", "expired": "Ended"}
+
+
+@blp.app_template_filter("long_date")
+def long_date(value: Any) -> str:
+    """1 March 2027, in UK time."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        return ""
+    return value.astimezone(LONDON).strftime("%-d %B %Y")
+
+
+@blp.app_template_filter("state_words")
+def state_words(state: str) -> str:
+    """A consent state in everyday words."""
+    return STATE_WORDS.get(state, state)
+
+
+def _page(template: str, status: int = 200, **context: Any) -> Response:
+    study = ledger().study()
+    context.setdefault("study", study["name"])
+    context.setdefault("contact_email", study["controller"].get("email", ""))
+    return Response(render_template(template, **context), status=status,
+                    mimetype="text/html")
+
+
+def _limiter_check() -> Response | None:
+    wait = current_app.extensions["link_failures"].retry_after(request.remote_addr or "?")
+    if wait:
+        response = _page("my/gone.html", 429, heading="Please wait a moment",
+                         message="There have been too many tries from here. Try again in a "
+                                 "few minutes.")
+        response.headers["Retry-After"] = str(wait)
+        return response
+    return None
+
+
+@blp.before_request
+def note_link() -> Response | None:
+    """Log a prefix of the link's hash, never the link; slow down guessing."""
+    token = (request.view_args or {}).get("token")
+    if token:
+        g.token_id = "link:" + ledger().links.digest(token)[:10]
+    return _limiter_check()
+
+
+@blp.errorhandler(LinkNotFound)
+def not_found(_: Exception) -> Response:
+    """An unknown link: a kind page, and nothing about whether anyone exists."""
+    current_app.extensions["link_failures"].record(request.remote_addr or "?")
+    return _page("my/gone.html", 404, heading="We cannot find this page",
+                 message="The link may be mistyped, or it may be old.")
+
+
+@blp.errorhandler(LinkNoLongerWorks)
+def gone(_: Exception) -> Response:
+    """A replaced, stopped or expired link."""
+    return _page("my/gone.html", 410, heading="This link does not work any more",
+                 message="Links stop working after a while, or when we send you a new one.")
+
+
+def _chosen(view: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+    return [s for s in view["scopes"] if s["name"] in names]
+
+
+def _csrf_ok(token: str) -> bool:
+    ref = ledger().links.find(token)
+    return ref is not None and ledger().links.check_csrf(ref, request.form.get("csrf", ""))
+
+
+def _bad_form(token: str) -> Response:
+    return _page("my/gone.html", 400, heading="Please start again",
+                 message="This form was not sent from your page, or it is out of date. Go back "
+                         "to your link and try again. Nothing has changed.")
+
+
+@blp.get("/my/<token>")
+def choices(token: str) -> ResponseReturnValue:
+    """Your choices, scope by scope, with a way to stop any of them."""
+    ref, view = ledger().open_link(token)
+    return _page("my/choices.html", view=view, token=token, csrf=ledger().links.csrf_token(ref))
+
+
+@blp.post("/my/<token>/confirm")
+def confirm(token: str) -> ResponseReturnValue:
+    """Check before anything changes: what stopping each choice means."""
+    ref, view = ledger().open_link(token)
+    if not _csrf_ok(token):
+        return _bad_form(token)
+    names = view["can_withdraw"] if request.form.get("all") else request.form.getlist("scope")
+    chosen = [s for s in _chosen(view, names) if s["state"] == "given"]
+    if not chosen:
+        return _page("my/choices.html", 400, view=view, token=token,
+                     csrf=ledger().links.csrf_token(ref),
+                     error="Tick at least one thing you want us to stop.")
+    return _page("my/confirm.html", chosen=chosen, token=token,
+                 csrf=ledger().links.csrf_token(ref))
+
+
+@blp.post("/my/<token>/withdraw")
+def withdraw(token: str) -> ResponseReturnValue:
+    """Stop the confirmed choices, then show what happened (303 to a page that changes nothing)."""
+    ledger().open_link(token)
+    if not _csrf_ok(token):
+        return _bad_form(token)
+    names = request.form.getlist("scope")
+    try:
+        done = ledger().withdraw_by_link(token, names)
+    except UnknownScope:
+        return _bad_form(token)
+    return redirect(url_for("pages.done", token=token, stopped=",".join(done["withdrawn"]),
+                            already=",".join(done["already"])), code=303)
+
+
+@blp.get("/my/<token>/done")
+def done(token: str) -> ResponseReturnValue:
+    """What just changed, with the receipt (reading only)."""
+    _, view = ledger().open_link(token)
+    stopped = request.args.get("stopped", "").split(",")
+    already = request.args.get("already", "").split(",")
+    return _page("my/done.html", token=token,
+                 withdrawn=[s for s in _chosen(view, stopped) if s["state"] == "withdrawn"],
+                 already=[s for s in _chosen(view, already) if s["state"] == "withdrawn"])
+
+
+@blp.get("/my/<token>/receipt")
+def receipt(token: str) -> ResponseReturnValue:
+    """A printable receipt of your choices."""
+    return _page("my/receipt.html", token=token, receipt=ledger().consent_receipt(token))
+
+
+@blp.get("/my/<token>/receipt.json")
+def receipt_json(token: str) -> ResponseReturnValue:
+    """The same receipt as a file (ISO/IEC TS 27560 shape)."""
+    data = ledger().consent_receipt(token)
+    response = Response(json.dumps(data, indent=2), mimetype="application/json")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="consent-receipt-{data["piiPrincipalId"]}.json"')
+    return response
+
+
+@blp.get("/assets/ledger.css")
+def stylesheet() -> ResponseReturnValue:
+    """The pages' one stylesheet."""
+    return blp.send_static_file("ledger.css")

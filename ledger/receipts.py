@@ -1,0 +1,104 @@
+"""What a participant sees through their link, and the consent receipt they can keep.
+
+The receipt follows the fields of ISO/IEC TS 27560 consent records and the Kantara Consent
+Receipt (record id, subject pseudonym, controller, purposes, lawful basis, collection method,
+form version and hash, timestamps, state history, how to withdraw). It carries the person's
+reference, never their name.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from .domain import Participant, Study, derived_id
+
+SPECIAL_CATEGORIES = ["racial or ethnic origin", "health (disability, access needs)",
+                      "religious or philosophical beliefs"]
+
+
+def my_consents_view(p: Participant, study: Study) -> dict[str, Any]:
+    """The person's consents, scope by scope in the study's order, in the study's own words."""
+    scopes = []
+    for scope in study.scopes.values():
+        record = p.consents.get(scope.name)
+        if record is None or record.state is None:
+            continue
+        scopes.append({
+            "name": scope.name, "label": scope.label, "description": scope.description,
+            "if_withdrawn": scope.if_withdrawn, "state": record.state,
+            "since": record.changed_at, "deadline": scope.withdrawal_deadline,
+            "attribution": record.attribution,
+        })
+    return {
+        "study": study.name, "controller": study.controller, "reference": p.reference,
+        "scopes": scopes, "can_withdraw": [s["name"] for s in scopes if s["state"] == "given"],
+    }
+
+
+def consent_receipt(p: Participant, study: Study, *, issued_at: datetime,
+                    withdraw_url: str) -> dict[str, Any]:
+    """A machine-readable record of the person's consents as they stand."""
+    purposes = []
+    first_given: datetime | None = None
+    methods: set[str] = set()
+    for name, record in p.consents.items():
+        scope = study.scopes.get(name)
+        if scope is None or record.state is None:
+            continue
+        given = [h for h in record.history if h["state"] == "given"]
+        for h in given:
+            methods.add(str(h.get("method")))
+            when = h["at"]
+            if isinstance(when, datetime) and (first_given is None or when < first_given):
+                first_given = when
+        form = study.forms.get(record.form_version or "")
+        purposes.append({
+            "purpose": scope.label,
+            "purposeId": scope.name,
+            "description": scope.description,
+            "consentType": "EXPLICIT",
+            "state": record.state,
+            "stateSince": _iso(record.changed_at),
+            "lawfulBasis": [study.lawful_bases.get("research"),
+                            study.lawful_bases.get("special_category")],
+            "collectionMethod": record.method,
+            "formVersion": record.form_version,
+            "formSha256": form.sha256 if form else record.form_sha256,
+            "attribution": record.attribution,
+            "withdrawalDeadline": _iso(scope.withdrawal_deadline),
+            "termination": "when you withdraw, or at the end of the retention period",
+            "thirdPartyDisclosure": False,
+            "history": [{"state": h["state"], "at": _iso(h["at"]),
+                         "channel": h.get("channel"), "method": h.get("method"),
+                         "formVersion": h.get("form_version")} for h in record.history],
+        })
+    return {
+        "version": "ISO/IEC TS 27560:2023 consent record; Kantara Consent Receipt v1.1 fields",
+        "consentReceiptID": str(derived_id("receipt", p.id, p.version)),
+        "recordVersion": p.version,
+        "issuedAt": _iso(issued_at),
+        "jurisdiction": "GB",
+        "language": "en-GB",
+        "piiPrincipalId": p.reference,
+        "piiControllers": [{
+            "piiController": study.controller.get("name"),
+            "contact": study.controller.get("partner"),
+            "email": study.controller.get("email"),
+        }],
+        "consentTimestamp": _iso(first_given),
+        "collectionMethods": sorted(methods),
+        "services": [{"service": study.name, "purposes": purposes}],
+        "sensitive": True,
+        "spiCat": SPECIAL_CATEGORIES,
+        "retentionDays": study.retention_days,
+        "howToWithdraw": {
+            "online": withdraw_url,
+            "email": study.controller.get("email"),
+            "note": "You can withdraw at any time. Withdrawing never costs you your payment.",
+        },
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else None
