@@ -24,6 +24,8 @@ MATRIX = {
     ("POST", "/api/v1/participants/{id}/payments/{id}/reversal"): {"staff"},
     ("POST", "/api/v1/participants/{id}/expenses"): {"staff"},
     ("POST", "/api/v1/participants/{id}/erasure"): {"admin"},
+    ("POST", "/api/v1/participants/{id}/withdrawal-link"): {"staff"},
+    ("POST", "/api/v1/participants/{id}/withdrawal-link/revocation"): {"staff"},
 }
 CALLERS = ["staff", "auditor", "admin", "no token", "revoked", "malformed", "unknown"]
 PUBLIC = {"/api/v1/openapi.json", "/api/v1/docs", "/api/v1/docs/static/<path:filename>"}

@@ -1,0 +1,272 @@
+"""The participant pages through the Flask test client: links, forms, receipts, refusals."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ledger.api import create_app
+from ledger.application import Ledger
+
+from .conftest import bearer
+
+
+class Clock:
+    """A clock the test moves forward (the link's expiry is checked against it)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def api_ledger(tmp_path, clock):
+    lg = Ledger({"LEDGER_DATA_DIR": str(tmp_path), "LEDGER_BASE_URL": "https://ledger.example"},
+                clock=clock)
+    lg.init_study(by="test")
+    yield lg
+    lg.close()
+
+
+@pytest.fixture
+def app(api_ledger):
+    return create_app({"LEDGER": api_ledger, "TESTING": True})
+
+
+@pytest.fixture
+def person(client, staff, pid):
+    for scope, extra in [("take_part", {}), ("record", {}), ("analyse", {}),
+                         ("quote", {"attribution": "anonymous"})]:
+        response = client.post(f"/api/v1/participants/{pid}/consents", headers=staff,
+                               json={"scope": scope, "form_version": "1.0", "method": "online",
+                                     **extra})
+        assert response.status_code == 201
+    return pid
+
+
+def _link(client, staff, pid) -> str:
+    response = client.post(f"/api/v1/participants/{pid}/withdrawal-link", headers=staff, json={})
+    assert response.status_code == 201
+    assert response.json["url"].startswith("https://ledger.example/my/")
+    return response.json["url"].removeprefix("https://ledger.example")
+
+
+def _csrf(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def _events(api_ledger) -> int:
+    return api_ledger.recorder.max_notification_id()
+
+
+def test_a_link_expires_after_180_days_and_lives_only_as_a_hash(client, staff, person,
+                                                               api_ledger, clock):
+    response = client.post(f"/api/v1/participants/{person}/withdrawal-link", headers=staff,
+                           json={})
+    token = response.json["url"].rsplit("/", 1)[1]
+    expires = datetime.fromisoformat(response.json["expires_at"])
+
+    stored = repr([tuple(r) for r in api_ledger.sql.query("SELECT * FROM ledger_links")])
+    events = b"".join(api_ledger.mapper.cipher.decrypt(n.state)
+                      for n in api_ledger.recorder.select_notifications(start=1, limit=1000))
+    assert expires - clock.now == timedelta(days=180)
+    assert len(token) == 43 and token not in stored and token.encode() not in events
+    assert b"WithdrawalLinkIssued" not in events  # topics stay outside the state...
+    assert any(n.topic == "ledger:Participant.WithdrawalLinkIssued"
+               for n in api_ledger.recorder.select_notifications(start=1, limit=1000))
+
+
+def test_the_page_shows_each_choice_in_plain_words(client, staff, person):
+    html = client.get(_link(client, staff, person)).get_data(as_text=True)
+
+    assert '<html lang="en-GB">' in html and html.count("<h1>") == 1
+    for label in ("Stop: Take part", "Stop: Record the talk", "Stop: Quote your words"):
+        assert label in html
+    assert "It never costs you your payment" in html and "Ada" not in html
+
+
+def test_ten_gets_and_heads_change_nothing(client, staff, person, api_ledger):
+    path = _link(client, staff, person)
+    before = _events(api_ledger)
+
+    for _ in range(5):
+        assert client.get(path).status_code == 200
+        assert client.head(path).status_code == 200
+    for suffix in ("/receipt", "/receipt.json", "/done?stopped=record"):
+        client.get(path + suffix)
+
+    assert _events(api_ledger) == before
+
+
+def test_withdrawing_one_choice_after_checking_it(client, staff, person, api_ledger):
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+    before = _events(api_ledger)
+
+    check = client.post(path + "/confirm", data={"csrf": csrf, "scope": "analyse"})
+    unchanged = _events(api_ledger)
+    done = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "analyse"})
+    page = client.get(done.headers["Location"]).get_data(as_text=True)
+
+    assert "We will not use your story in the workshop. You keep your £25." in check.get_data(
+        as_text=True)
+    assert unchanged == before
+    assert done.status_code == 303 and "We have stopped" in page
+    view = client.get(f"/api/v1/participants/{person}", headers=staff).json
+    assert view["consents"]["analyse"]["state"] == "withdrawn"
+    assert view["consents"]["analyse"]["history"][-1]["channel"] == "participant_link"
+    assert [o["kind"] for o in view["obligations"]] == ["remove_from_analysis"]
+
+
+def test_a_repeated_post_writes_nothing_and_says_it_is_done(client, staff, person, api_ledger):
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+    client.post(path + "/withdraw", data={"csrf": csrf, "scope": "record"})
+    before = _events(api_ledger)
+
+    again = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "record"})
+    page = client.get(again.headers["Location"]).get_data(as_text=True)
+
+    assert _events(api_ledger) == before
+    assert "You had already stopped: Record the talk" in page
+
+
+def test_stop_everything(client, staff, person):
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+
+    check = client.post(path + "/confirm", data={"csrf": csrf, "all": "yes"}).get_data(
+        as_text=True)
+    scopes = re.findall(r'name="scope" value="([a-z_]+)"', check)
+    client.post(path + "/withdraw", data={"csrf": csrf, "scope": scopes})
+
+    states = client.get(f"/api/v1/participants/{person}", headers=staff).json["consents"]
+    assert sorted(scopes) == ["analyse", "quote", "record", "take_part"]
+    assert {s["state"] for s in states.values()} == {"withdrawn"}
+
+
+@pytest.mark.parametrize("form", [{}, {"csrf": ""}, {"csrf": "0" * 64}])
+def test_a_post_without_a_valid_form_token_is_refused(client, staff, person, api_ledger, form):
+    path = _link(client, staff, person)
+    before = _events(api_ledger)
+
+    response = client.post(path + "/withdraw", data={**form, "scope": "record"})
+
+    assert response.status_code == 400 and "Nothing has changed" in response.get_data(
+        as_text=True)
+    assert _events(api_ledger) == before
+
+
+def test_another_links_form_token_is_refused(client, staff, person, api_ledger):
+    other = client.post("/api/v1/participants", headers=staff, json={"name": "Other"}).json["id"]
+    client.post(f"/api/v1/participants/{other}/consents", headers=staff,
+                json={"scope": "record", "form_version": "1.0", "method": "online"})
+    foreign = _csrf(client.get(_link(client, staff, other)).get_data(as_text=True))
+    path = _link(client, staff, person)
+    before = _events(api_ledger)
+
+    response = client.post(path + "/withdraw", data={"csrf": foreign, "scope": "record"})
+
+    assert response.status_code == 400 and _events(api_ledger) == before
+
+
+def test_nothing_ticked_asks_again(client, staff, person):
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+
+    response = client.post(path + "/confirm", data={"csrf": csrf})
+
+    assert response.status_code == 400
+    assert "Tick at least one thing" in response.get_data(as_text=True)
+
+
+def test_forged_expired_replaced_and_revoked_links_change_nothing(client, staff, person,
+                                                                   api_ledger, clock):
+    first = _link(client, staff, person)
+    csrf = _csrf(client.get(first).get_data(as_text=True))
+    second = _link(client, staff, person)  # replaces the first
+    before = _events(api_ledger)
+
+    replaced = client.post(first + "/withdraw", data={"csrf": csrf, "scope": "record"})
+    forged = client.get("/my/" + "A" * 43)
+    malformed = client.get("/my/not-a-token")
+    clock.now += timedelta(days=181)
+    expired = client.get(second)
+    clock.now -= timedelta(days=181)
+    client.post(f"/api/v1/participants/{person}/withdrawal-link/revocation", headers=staff,
+                json={})
+    revoked = client.get(second)
+
+    assert (replaced.status_code, forged.status_code, malformed.status_code,
+            expired.status_code, revoked.status_code) == (410, 404, 404, 410, 410)
+    assert _events(api_ledger) == before + 1  # only the revocation itself
+    for r in (forged, expired):
+        text = r.get_data(as_text=True)
+        assert "coproduction@ucl.ac.uk" in text and "Ada" not in text
+
+
+def test_an_erased_persons_link_stops_working(client, staff, tokens, person):
+    path = _link(client, staff, person)
+    client.post(f"/api/v1/participants/{person}/erasure", headers=bearer(tokens["admin"]),
+                json={"reason": "asked"})
+
+    assert client.get(path).status_code == 410
+
+
+def test_the_receipt_has_the_consent_record_fields(client, staff, person, api_ledger):
+    path = _link(client, staff, person)
+
+    receipt = client.get(path + "/receipt.json")
+    data = receipt.json
+    purposes = {p["purposeId"]: p for p in data["services"][0]["purposes"]}
+
+    assert receipt.headers["Content-Disposition"].startswith("attachment")
+    assert data["piiPrincipalId"].startswith("ST-") and "Ada" not in receipt.get_data(
+        as_text=True)
+    assert data["piiControllers"][0]["email"] == "coproduction@ucl.ac.uk"
+    assert set(purposes) == {"take_part", "record", "analyse", "quote"}
+    assert purposes["record"]["formSha256"] == api_ledger.study()["consent_forms"][0]["sha256"]
+    assert purposes["record"]["lawfulBasis"][0].startswith("UK GDPR Art 6(1)(e)")
+    assert purposes["quote"]["attribution"] == "anonymous"
+    assert purposes["record"]["history"][0]["state"] == "given"
+    assert data["howToWithdraw"]["online"].endswith(path)
+    assert data["consentTimestamp"] and data["consentReceiptID"]
+
+
+def test_pages_send_no_referrer_no_store_and_a_strict_csp(client, staff, person):
+    response = client.get(_link(client, staff, person))
+
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Cache-Control"] == "no-store"
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "form-action 'self'" in csp and "script" not in csp
+
+
+def test_the_link_token_never_reaches_the_log(client, staff, person, caplog):
+    caplog.set_level(logging.INFO, logger="ledger.access")
+    path = _link(client, staff, person)
+    token = path.rsplit("/", 1)[1]
+
+    client.get(path)
+    client.get(path + "/receipt")
+
+    assert token not in caplog.text and "/my/<token>" in caplog.text
+    assert '"token": "link:' in caplog.text
+
+
+def test_guessing_links_is_slowed_down(client):
+    from ledger.api.ratelimit import FAILURES
+
+    codes = [client.get("/my/" + f"{i:043d}").status_code for i in range(FAILURES + 2)]
+
+    assert codes[:FAILURES] == [404] * FAILURES and codes[FAILURES:] == [429, 429]
