@@ -52,6 +52,7 @@ def start_server(env: dict[str, str], log: Path, workers: int = 4) -> tuple[subp
     """Start `ledger serve` and wait until it is ready."""
     port = _free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    full_env["LEDGER_BASE_URL"] = f"http://127.0.0.1:{port}"  # links point at this server
     full_env.update(env)
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen([LEDGER, "serve", "--port", str(port), "--workers", str(workers)],

@@ -1,0 +1,195 @@
+"""The participant pages in a real browser (Debian's Chromium, driven by Playwright): withdraw
+one choice with the keyboard alone, keep the receipt, see the change through the staff API, and
+run axe-core (WCAG 2.0/2.1/2.2 A and AA) on every page: zero violations."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger.application import Ledger
+
+from .conftest import Server, start_server
+
+CHROMIUM = "/usr/bin/chromium"
+WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22a", "wcag22aa"]
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+# Screenshots for the README are refreshed only when asked: LEDGER_SCREENSHOTS=1.
+SCREENSHOTS = os.environ.get("LEDGER_SCREENSHOTS") == "1"
+
+if not shutil.which(CHROMIUM) and os.environ.get("CI", "").lower() != "true":
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("browser")
+    proc, srv = start_server({"LEDGER_DATA_DIR": str(data)}, data / "server.log", workers=2)
+    yield srv
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def staff(server) -> dict[str, str]:
+    lg = Ledger({"LEDGER_DATA_DIR": server.env["LEDGER_DATA_DIR"]})
+    _, token = lg.tokens.create("staff", "browser test")
+    lg.close()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _participant_with_link(server: Server, staff: dict[str, str]) -> tuple[str, str]:
+    code, _, body = server.request("POST", "/api/v1/participants",
+                                   {"name": "Bianca Browsertest"}, staff)
+    pid = json.loads(body)["id"]
+    for scope, extra in [("take_part", {}), ("record", {}), ("store", {}), ("analyse", {}),
+                         ("quote", {"attribution": "anonymous"}), ("publish", {})]:
+        server.request("POST", f"/api/v1/participants/{pid}/consents",
+                       {"scope": scope, "form_version": "1.0", "method": "online", **extra},
+                       staff)
+    _, _, body = server.request("POST", f"/api/v1/participants/{pid}/withdrawal-link", {},
+                                staff)
+    return pid, json.loads(body)["url"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    # bypass_csp only lets the test inject axe-core; the pages themselves run no script.
+    context = browser.new_context(bypass_csp=True, viewport={"width": 1024, "height": 900})
+    yield context.new_page()
+    context.close()
+
+
+def _axe(page) -> list[dict]:
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": WCAG}})
+    return [{"id": v["id"], "nodes": [n["target"] for n in v["nodes"]]}
+            for v in results.response["violations"]]
+
+
+def _shot(page, name: str) -> None:
+    if SCREENSHOTS:
+        DOCS.mkdir(exist_ok=True)
+        page.screenshot(path=str(DOCS / f"{name}.png"), full_page=True)
+
+
+def _tab_to(page, predicate_js: str, limit: int = 40) -> None:
+    """Press Tab until the focused element matches; fail if it never does."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate(f"(() => {{ const e = document.activeElement; return {predicate_js}; }})()"):
+            return
+    raise AssertionError(f"keyboard focus never reached: {predicate_js}")
+
+
+def _focus_is_visible(page) -> bool:
+    return page.evaluate("""(() => { const s = getComputedStyle(document.activeElement);
+        return s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2; })()""")
+
+
+def test_withdraw_one_choice_by_keyboard_alone_and_keep_the_receipt(server, staff, page):
+    pid, url = _participant_with_link(server, staff)
+
+    page.goto(url)
+    assert _axe(page) == []
+    _shot(page, "1-choices")
+    _tab_to(page, "e.id === 'scope-publish'")
+    assert _focus_is_visible(page)
+    page.keyboard.press("Space")
+    _tab_to(page, "e.tagName === 'BUTTON' && e.textContent.trim() === 'Continue'")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.locator("h1").inner_text() == "Check before you stop"
+    assert "We will take your story down where we can. You keep your £25." in page.content()
+    assert _axe(page) == []
+    _shot(page, "2-check")
+    _tab_to(page, "e.tagName === 'BUTTON' && e.textContent.includes('Yes, stop')")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.locator("h1").inner_text() == "Done. We have your choice"
+    assert _axe(page) == []
+    _shot(page, "3-done")
+    _tab_to(page, "e.textContent.trim() === 'See and print your choices'")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.locator("h1").inner_text() == "Your consent receipt"
+    assert "You stopped this" in page.content() and "Bianca" not in page.content()
+    assert _axe(page) == []
+    _shot(page, "4-receipt")
+
+    _, _, body = server.request("GET", f"/api/v1/participants/{pid}", headers=staff)
+    view = json.loads(body)
+    assert view["consents"]["publish"]["state"] == "withdrawn"
+    assert view["consents"]["publish"]["history"][-1]["channel"] == "participant_link"
+    assert view["consents"]["record"]["state"] == "given"
+    assert [o["kind"] for o in view["obligations"]] == ["unpublish_story"]
+
+
+def test_the_page_reflows_at_200_percent_zoom_without_losing_anything(server, staff, browser):
+    _, url = _participant_with_link(server, staff)
+    context = browser.new_context(bypass_csp=True, viewport={"width": 640, "height": 900},
+                                  device_scale_factor=2)  # 1280 CSS px at 200 %
+    page = context.new_page()
+
+    page.goto(url)
+    overflow = page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
+    labels_visible = page.locator("label").evaluate_all(
+        "ls => ls.every(l => l.getBoundingClientRect().right <= window.innerWidth)")
+    problems = _axe(page)
+    context.close()
+
+    assert not overflow and labels_visible and problems == []
+
+
+def test_link_pages_that_do_not_work_are_kind_and_accessible(server, staff, page):
+    pid, url = _participant_with_link(server, staff)
+    server.request("POST", f"/api/v1/participants/{pid}/withdrawal-link/revocation", {}, staff)
+
+    page.goto(url)
+    revoked_heading = page.locator("h1").inner_text()
+    revoked_problems = _axe(page)
+    _shot(page, "5-link-stopped")
+    response = page.goto(server.url + "/my/" + uuid.uuid4().hex[:43].ljust(43, "x"))
+
+    assert revoked_heading == "This link does not work any more" and revoked_problems == []
+    assert response.status == 404 and _axe(page) == []
+    assert "coproduction@ucl.ac.uk" in page.content()
+
+
+def test_withdrawing_needs_no_javascript(server, staff, browser):
+    pid, url = _participant_with_link(server, staff)
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+
+    page.goto(url)
+    page.check("#scope-record")
+    with page.expect_navigation():
+        page.click("text=Continue")
+    with page.expect_navigation():
+        page.click("text=Yes, stop this")
+    heading = page.locator("h1").inner_text()
+    context.close()
+
+    _, _, body = server.request("GET", f"/api/v1/participants/{pid}", headers=staff)
+    assert heading == "Done. We have your choice"
+    assert json.loads(body)["consents"]["record"]["state"] == "withdrawn"
