@@ -270,3 +270,29 @@ def test_guessing_links_is_slowed_down(client):
     codes = [client.get("/my/" + f"{i:043d}").status_code for i in range(FAILURES + 2)]
 
     assert codes[:FAILURES] == [404] * FAILURES and codes[FAILURES:] == [429, 429]
+
+
+def test_the_page_says_which_deadlines_apply(client, staff, person, api_ledger):
+    api_ledger.set_withdrawal_deadline("analyse", datetime(2027, 3, 1, 17, 0, tzinfo=UTC),
+                                       by="test")
+
+    html = client.get(_link(client, staff, person)).get_data(as_text=True)
+    analyse = html[html.index('id="scope-analyse"'):html.index('id="scope-quote"')]
+    record = html[html.index('id="scope-record"'):html.index('id="scope-analyse"')]
+
+    assert "After 1 March 2027 we may already have" in analyse
+    assert "After" not in record
+
+
+def test_a_late_withdrawal_by_link_is_recorded_and_flagged(client, staff, person, api_ledger,
+                                                            clock):
+    api_ledger.set_withdrawal_deadline("analyse", clock.now + timedelta(days=1), by="test")
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+    clock.now += timedelta(days=2)
+
+    client.post(path + "/withdraw", data={"csrf": csrf, "scope": "analyse"})
+
+    history = client.get(f"/api/v1/participants/{person}", headers=staff).json[
+        "consents"]["analyse"]["history"]
+    assert history[-1]["state"] == "withdrawn" and history[-1]["past_deadline"] is True
