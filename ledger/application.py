@@ -22,23 +22,22 @@ from .domain import Participant, Payment, PersonalDetails, Study, derived_id
 from .domain.base import topic
 from .domain.errors import (
     ConcurrentUpdate,
-    LinkNotFound,
     IdempotencyKeyUsed,
     InvalidInput,
     LedgerError,
+    LinkNotFound,
     ParticipantNotFound,
     PaymentNotFound,
     StudyNotFound,
 )
 from .domain.money import check_currency, parse_pence
-from .domain.vocab import PARTICIPANT_LINK
-from .receipts import consent_receipt, my_consents_view
 from .idempotency import IdempotencyStore, IdempotentRequest
 from .privacy.keys import MasterKey, ensure_signing_key
 from .privacy.keystore import DataKeyStore
-from .privacy.mapper import PersonalDataMapper, SealedAsBase64
 from .privacy.links import LinkRef, LinkStore
+from .privacy.mapper import PersonalDataMapper, SealedAsBase64
 from .privacy.tokens import TokenStore
+from .receipts import consent_receipt, my_consents_view
 from .store import Sql, VersionProbe, eventsourcing_env
 from .views import (
     arrangement_view,
@@ -440,18 +439,8 @@ class Ledger(Application[UUID]):
         by = f"participant:link:{ref.link_id.hex[:12]}"
 
         def command(p: Participant, s: Study) -> dict[str, list[str]]:
-            p.check_link(ref.link_id, self.clock())
-            done: dict[str, list[str]] = {"withdrawn": [], "already": [], "not_given": []}
-            for name in dict.fromkeys(scopes):
-                scope, state = s.scope(name), p.consent(name).state
-                if state == "withdrawn":
-                    done["already"].append(name)
-                elif state == "given":
-                    p.withdraw_consent(scope, PARTICIPANT_LINK, at=self.clock(), by=by)
-                    done["withdrawn"].append(name)
-                else:
-                    done["not_given"].append(name)
-            return done
+            return p.withdraw_through_link(ref.link_id, [s.scope(name) for name in scopes],
+                                           at=self.clock(), by=by)
         return self._change(ref.participant_id, command)
 
     def consent_receipt(self, token: str) -> dict[str, Any]:

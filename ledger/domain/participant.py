@@ -32,6 +32,7 @@ from .study import Activity, ConsentForm, Scope
 from .vocab import (
     ATTRIBUTIONS,
     CONSENT_METHODS,
+    PARTICIPANT_LINK,
     PAYMENT_METHODS,
     WITHDRAWAL_CHANNELS,
     check_choice,
@@ -459,6 +460,21 @@ class Participant(FastCopy, Aggregate):
     def _link_revoked(self, link_id: UUID, at: datetime, by: str) -> None:
         if self.link is not None and self.link.id == link_id:
             self.link.revoked_at = at
+
+    def withdraw_through_link(self, link_id: UUID, scopes: list[Scope], *, at: datetime,
+                              by: str) -> dict[str, list[str]]:
+        """The person stops the given scopes themselves. Withdrawing is never blocked: a scope
+        already withdrawn is reported as done (nothing is written again), one never given as such."""
+        self.check_link(link_id, at)
+        done: dict[str, list[str]] = {"withdrawn": [], "already": [], "not_given": []}
+        for scope in {s.name: s for s in scopes}.values():
+            state = self.consent(scope.name).state
+            if state == "given":
+                self.withdraw_consent(scope, PARTICIPANT_LINK, at=at, by=by)
+                done["withdrawn"].append(scope.name)
+            else:
+                done["already" if state == "withdrawn" else "not_given"].append(scope.name)
+        return done
 
     def check_link(self, link_id: UUID, now: datetime) -> None:
         """The link opens this person's page only if it is their current, unexpired link."""

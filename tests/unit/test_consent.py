@@ -193,3 +193,42 @@ def test_a_second_withdrawal_after_reconsenting_opens_new_obligations(person, st
     [second] = person.withdraw_consent(scope, "phone", at=at(4), by="t")
 
     assert first.id != second.id and len(person.obligations) == 2
+
+
+def test_withdrawing_through_the_link_reports_what_was_already_done(person, study):
+    from uuid import uuid4
+
+    link = uuid4()
+    person.issue_withdrawal_link(link, at(1000), at=at(0), by="t")
+    for scope in ("record", "publish"):
+        person.grant_consent(study.scope(scope), study.form("1.0"), "online", at=at(1), by="t")
+    person.withdraw_consent(study.scope("publish"), "phone", at=at(2), by="t")
+    version = person.version
+
+    done = person.withdraw_through_link(
+        link, [study.scope(s) for s in ("record", "publish", "archive", "record")],
+        at=at(3), by="participant")
+
+    assert done == {"withdrawn": ["record"], "already": ["publish"], "not_given": ["archive"]}
+    assert person.version == version + 1
+    assert person.consent("record").history[-1]["channel"] == "participant_link"
+
+
+def test_a_stale_or_expired_link_cannot_withdraw(person, study):
+    from uuid import uuid4
+
+    from ledger.domain.errors import LinkNoLongerWorks
+
+    old, new = uuid4(), uuid4()
+    person.issue_withdrawal_link(old, at(100), at=at(0), by="t")
+    person.issue_withdrawal_link(new, at(100), at=at(1), by="t")
+    person.grant_consent(study.scope("record"), study.form("1.0"), "online", at=at(1), by="t")
+
+    with pytest.raises(LinkNoLongerWorks):
+        person.withdraw_through_link(old, [study.scope("record")], at=at(2), by="p")
+    with pytest.raises(LinkNoLongerWorks):
+        person.withdraw_through_link(new, [study.scope("record")], at=at(100), by="p")
+    person.revoke_withdrawal_link(at=at(3), by="t")
+    with pytest.raises(LinkNoLongerWorks):
+        person.withdraw_through_link(new, [study.scope("record")], at=at(4), by="p")
+    assert person.consent("record").state == "given"
