@@ -38,7 +38,7 @@ from .privacy.links import LinkRef, LinkStore
 from .privacy.mapper import PersonalDataMapper, SealedAsBase64
 from .privacy.tokens import TokenStore
 from .receipts import consent_receipt, my_consents_view
-from .store import Sql, VersionProbe, eventsourcing_env
+from .store import Sql, VersionProbe, eventsourcing_env, schema_lock
 from .views import (
     arrangement_view,
     consent_view,
@@ -88,13 +88,16 @@ class Ledger(Application[UUID]):
         ensure_signing_key(self.settings.data_dir)
         self.clock = clock
         self.study_id = derived_id("study", study_slug)
-        super().__init__(eventsourcing_env(self.settings, self.master_key.at_rest_cipher_key()))
-        self.sql = Sql(self.factory.datastore)  # type: ignore[attr-defined]
-        self._check_master_key()
-        self.keys = DataKeyStore(self.sql, self.master_key.wrapping_key())
-        self.tokens = TokenStore(self.sql, self.master_key.derive("api-token-hmac/v1"))
-        self.links = LinkStore(self.sql, self.master_key.derive("withdrawal-link/v1"))
-        self.idempotency = IdempotencyStore(self.sql, self.master_key.derive("idempotency/v1"))
+        es_env = eventsourcing_env(self.settings, self.master_key.at_rest_cipher_key())
+        with schema_lock(es_env, self.settings):  # workers starting together must not race to create tables
+            super().__init__(es_env)
+            self.sql = Sql(self.factory.datastore)  # type: ignore[attr-defined]
+            self._check_master_key()
+            self.keys = DataKeyStore(self.sql, self.master_key.wrapping_key())
+            self.tokens = TokenStore(self.sql, self.master_key.derive("api-token-hmac/v1"))
+            self.links = LinkStore(self.sql, self.master_key.derive("withdrawal-link/v1"))
+            self.idempotency = IdempotencyStore(self.sql,
+                                                self.master_key.derive("idempotency/v1"))
         assert isinstance(self.mapper, PersonalDataMapper)
         self.mapper.keys = self.keys
         # Commands read the study but never change it: they share one copy, replaced (never
@@ -333,7 +336,11 @@ class Ledger(Application[UUID]):
             at=self.clock(), by=by,
         )
         self.keys.create(participant_id)
-        self.save(participant)
+        try:
+            self.save(participant)
+        except BaseException:
+            self.keys.discard(participant_id)  # it never sealed anything that was kept
+            raise
         return {"id": participant_id, "reference": reference}
 
     def _notifications(self, *topics: str) -> Iterator[Any]:

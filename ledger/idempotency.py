@@ -3,8 +3,7 @@
 A successful request's response is written in the same transaction as its events (see
 ``store.IDEMPOTENCY_INSERT`` and the recorders there), so a key and its effect can never
 disagree, and the race between two requests with one key is decided by the table's primary key.
-A refusal (a domain error) has no events; its response is kept by a plain insert. Rows are kept
-for at least 24 hours.
+A refusal writes nothing, not even its key. Rows are kept for at least 24 hours (48).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .store import IDEMPOTENCY_INSERT, Sql
+from .store import Sql
 
 KEEP = timedelta(hours=48)
 
@@ -60,19 +59,22 @@ class IdempotencyStore:
             "idem_key TEXT NOT NULL, request_hash TEXT NOT NULL, status INTEGER NOT NULL, "
             f"body {blob} NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (token_id, idem_key))"
         )
-        self._lookups = 0
+        self._calls = 0
 
     def fingerprint(self, request: bytes) -> str:
         """A keyed digest of a request: equal requests match, and the stored digest reveals
         nothing about a body (such as a payment reference) to anyone without the master key."""
         return hmac.new(self._key, request, hashlib.sha256).hexdigest()
 
-    def lookup(self, token_id: str, key: str) -> Stored | None:
-        """The kept response for a key, if any (and, now and then, forget expired keys)."""
-        self._lookups += 1
-        if self._lookups % 500 == 1:
+    def maybe_purge(self) -> None:
+        """Now and then (every 500th call, and the first), forget keys older than ``KEEP``."""
+        self._calls += 1
+        if self._calls % 500 == 1:
             self.sql.execute("DELETE FROM {t}ledger_idempotency WHERE created_at < %s",
                              ((datetime.now(UTC) - KEEP).isoformat(),))
+
+    def lookup(self, token_id: str, key: str) -> Stored | None:
+        """The kept response for a key, if any."""
         rows = self.sql.query(
             "SELECT request_hash, status, body FROM {t}ledger_idempotency "
             "WHERE token_id = %s AND idem_key = %s", (token_id, key))
@@ -80,9 +82,3 @@ class IdempotencyStore:
             return None
         r = rows[0]
         return Stored(r["request_hash"], int(r["status"]), bytes(r["body"]))
-
-    def keep(self, request: IdempotentRequest, status: int, body: bytes) -> None:
-        """Keep a response that wrote no events (a refusal). IntegrityError if already kept."""
-        self.sql.execute(IDEMPOTENCY_INSERT, (
-            request.token_id, request.key, request.request_hash, status, body,
-            datetime.now(UTC).isoformat()))

@@ -114,6 +114,43 @@ def ensure_postgres_schema(env: dict[str, str]) -> None:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
 
 
+@contextmanager
+def schema_lock(env: dict[str, str], settings: Settings) -> Iterator[None]:
+    """Let one process at a time set up the store. Workers starting together would otherwise
+    race: on SQLite to switch a new file to WAL ("database is locked"), on PostgreSQL on CREATE
+    OR REPLACE FUNCTION ("tuple concurrently updated"). SQLite: an exclusive flock on a file in
+    the data directory. PostgreSQL: a session advisory lock keyed by schema (works across hosts)."""
+    if env.get("PERSISTENCE_MODULE") != "eventsourcing.postgres":
+        import fcntl
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(settings.data_dir / "setup.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return
+    import hashlib
+
+    import psycopg
+
+    key = int.from_bytes(hashlib.sha256(
+        f"ledger-schema|{env.get('POSTGRES_SCHEMA') or 'public'}".encode()).digest()[:8],
+        "big", signed=True)
+    with psycopg.connect(
+        dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
+        user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None, autocommit=True,
+        connect_timeout=10,
+    ) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            ensure_postgres_schema(env)
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
 def eventsourcing_env(settings: Settings, cipher_key: str) -> dict[str, str]:
     """The complete environment for the eventsourcing library (nothing from os.environ)."""
     env = {
@@ -124,8 +161,7 @@ def eventsourcing_env(settings: Settings, cipher_key: str) -> dict[str, str]:
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",  # see Ledger.__init__: commands lock and evict
     }
     if settings.database_url:
-        env.update(postgres_env(settings.database_url))
-        ensure_postgres_schema(env)
+        env.update(postgres_env(settings.database_url))  # the schema is created in schema_lock
     else:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Create the file ourselves so it (and the -wal/-shm files SQLite copies it from) is 0600.

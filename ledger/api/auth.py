@@ -16,20 +16,23 @@ SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
 def _caller() -> TokenInfo:
-    limiter = current_app.extensions["auth_failures"]
-    client = request.remote_addr or "unknown"
-    wait = limiter.retry_after(client)
-    if wait:
-        too_many = TooManyRequests("Too many failed sign-ins from here; try again later.")
-        too_many.data = {"headers": {"Retry-After": str(wait)}}  # type: ignore[attr-defined]
-        raise too_many
+    """The token's owner. A valid token always gets in; once an address has failed too often,
+    its further failures get 429 instead of 401 (so staff behind a shared proxy are never
+    locked out by someone else's guessing)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     info = None
     if scheme.lower() == "bearer" and token.strip():
         info = current_app.extensions["ledger"].tokens.lookup(token.strip())
     if info is None:
+        limiter = current_app.extensions["auth_failures"]
+        client = request.remote_addr or "unknown"
+        wait = limiter.retry_after(client)
         limiter.record(client)
+        if wait:
+            too_many = TooManyRequests("Too many failed sign-ins from here; try again later.")
+            too_many.data = {"headers": {"Retry-After": str(wait)}}  # type: ignore[attr-defined]
+            raise too_many
         error = Unauthorized()
         error.data = {"headers": {"WWW-Authenticate": 'Bearer realm="ledger"'}}  # type: ignore[attr-defined]
         raise error

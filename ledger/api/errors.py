@@ -78,17 +78,28 @@ def http_error(error: HTTPException) -> Response:
     errors = _flatten(data.get("messages")) if "messages" in data else None
     detail = "Check the fields listed in errors." if errors else TITLES.get(status)
     headers = dict(data.get("headers", {}) or {})
+    allowed = getattr(error, "valid_methods", None)
+    if allowed:
+        headers["Allow"] = ", ".join(sorted(allowed))
     return problem(status, detail, errors, headers=headers)
+
+
+def too_deep(error: RecursionError) -> Response:
+    """JSON nested beyond what any request needs."""
+    return problem(400, "The request body is nested too deeply.",
+                   {"json": ["nested too deeply"]})
 
 
 def unexpected_error(error: Exception) -> Response:
     """Anything else: logged by type only, answered with a bare 500."""
     log.error("unhandled %s", type(error).__name__)
-    return problem(500, "Something went wrong on our side. Nothing was recorded twice.")
+    return problem(500, "Something went wrong on our side. Please try again; if it keeps "
+                        "happening, tell the people who run this ledger.")
 
 
 def register(app: Flask) -> None:
     """Install the handlers on an app."""
     app.register_error_handler(LedgerError, ledger_error)
     app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(RecursionError, too_deep)
     app.register_error_handler(Exception, unexpected_error)

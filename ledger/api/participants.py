@@ -31,6 +31,18 @@ class RegisteredOut(Schema):
     reference = fields.String(dump_only=True, metadata={"example": "ST-7K3Q9XW2"})
 
 
+class HistoryStep(Schema):
+    state = fields.String()
+    at = fields.DateTime()
+    by = fields.String()
+    method = fields.String(allow_none=True)
+    form_version = fields.String(allow_none=True)
+    attribution = fields.String(allow_none=True)
+    channel = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+    past_deadline = fields.Boolean(allow_none=True)
+
+
 class ConsentOut(Schema):
     scope = fields.String()
     state = fields.String(allow_none=True)
@@ -39,7 +51,7 @@ class ConsentOut(Schema):
     method = fields.String(allow_none=True)
     attribution = fields.String(allow_none=True)
     changed_at = fields.DateTime(allow_none=True)
-    history = fields.List(fields.Dict())
+    history = fields.List(fields.Nested(HistoryStep))
 
 
 class ObligationOut(Schema):

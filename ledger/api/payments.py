@@ -6,10 +6,11 @@ kept and replayed byte for byte; the same key with a different request is 422.
 
 from __future__ import annotations
 
+import re
+from functools import wraps
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError
 from flask import Response, g, json, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -27,14 +28,15 @@ from .schemas import document_errors
 blp = Blueprint("payments", __name__, url_prefix="/api/v1", description="Remuneration")
 
 KEY_HEADER = {"in": "header", "name": "Idempotency-Key", "required": True,
-              "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+              "schema": {"type": "string", "minLength": 1, "maxLength": 200,
+                         "pattern": "^[\\x20-\\x7e]{1,200}$"},
               "description": "a unique value per intended payment (e.g. a UUID)"}
 
 
 def amount_field() -> fields.String:
     """An amount in pounds as a string ("25.00"); the domain checks its value."""
     return fields.String(required=True, validate=validate.Length(1, 20),
-                         metadata={"example": "25.00"})
+                         metadata={"example": "25.00", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,2})?$"})
 
 
 class ArrangementIn(Schema):
@@ -67,7 +69,7 @@ class ReductionIn(Schema):
 class PaymentIn(Schema):
     activity = fields.String(required=True, validate=validate.Length(1, 40))
     amount = amount_field()
-    currency = fields.String(load_default="GBP", validate=validate.Length(1, 10))
+    currency = fields.String(load_default="GBP", validate=validate.OneOf(["GBP"]))
     method = fields.String(required=True, validate=validate.OneOf(PAYMENT_METHODS))
     reference = fields.String(validate=validate.Length(max=200), allow_none=True)
     reason = fields.String(validate=validate.Length(max=2000), allow_none=True)
@@ -89,46 +91,53 @@ class ExpenseCreated(Schema):
 
 
 PAYMENT_OUT = PaymentOut()  # schemas are stateless once built; building one per request is slow
+KEY = re.compile(r"^[\x20-\x7e]{1,200}$")
+
+
+def require_idempotency_key(view: Any) -> Any:
+    """400 before anything else is read when the Idempotency-Key header is missing or unusable."""
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not KEY.match(request.headers.get("Idempotency-Key", "")):
+            return errors.problem(
+                400, "Idempotency-Key header is required (1 to 200 printable ASCII characters).",
+                {"Idempotency-Key": ["required, 1 to 200 printable ASCII characters"]})
+        return view(*args, **kwargs)
+    return wrapper
 
 
 def idempotent_payment(participant_id: UUID, body: dict[str, Any]) -> Response:
-    """Record a payment once per (token, Idempotency-Key); replay its first response after."""
-    key = request.headers.get("Idempotency-Key", "")
-    if not key or len(key) > 200 or not key.isprintable() or not key.isascii():
-        return errors.problem(400, "Idempotency-Key header is required (1 to 200 characters).",
-                              {"Idempotency-Key": ["required, 1 to 200 printable characters"]})
+    """Record a payment once per (token, Idempotency-Key); replay its first response after.
+
+    Only a recorded payment keeps its response (in the payment's own transaction). A refusal
+    is not kept: it wrote nothing, and the same request may succeed once the world has changed
+    (a reversal, a new arrangement), or when a transient conflict has passed.
+    """
     store = ledger().idempotency
+    store.maybe_purge()
     once = IdempotentRequest(
-        token_id=str(g.token_id), key=key, status=201,
+        token_id=str(g.token_id), key=request.headers["Idempotency-Key"], status=201,
+        # The validated request, so equivalent requests match (defaults filled in, ids normalised).
         request_hash=store.fingerprint(json.dumps(
-            {"path": request.path, "body": request.get_json(silent=True)}, sort_keys=True
+            {"participant": str(participant_id), "body": body}, sort_keys=True, default=str
         ).encode()),
         render=lambda result: json.dumps(PAYMENT_OUT.dump(result), separators=(",", ":")).encode(),
     )
-    # No look-up first: a repeat is refused by the domain (already paid) or collides with the
-    # kept row inside the payment's own transaction, and only then is the key looked up.
     try:
         ledger().record_payment(
             participant_id, body["activity"], body["amount"], body["method"],
             currency=body["currency"], reference=body.get("reference"),
             reason=body.get("reason"), by=actor(), idempotent=once)
     except LedgerError as e:
-        kept = store.lookup(once.token_id, key)  # a request with this key may have won
+        kept = store.lookup(once.token_id, once.key)  # a request with this key may have won
         if kept is not None:
             return _replay_or_refuse(kept, once)
-        failure = errors.ledger_error(e)
-        try:
-            store.keep(once, failure.status_code, failure.get_data())
-        except IntegrityError:
-            return _replay_or_refuse(store.lookup(once.token_id, key), once)
-        return failure
+        return errors.ledger_error(e)
     assert once.body is not None
     return _replay(once.status, once.body)
 
 
-def _replay_or_refuse(kept: Stored | None, once: IdempotentRequest) -> Response:
-    if kept is None:
-        return errors.problem(409, "A request with this Idempotency-Key is still running.")
+def _replay_or_refuse(kept: Stored, once: IdempotentRequest) -> Response:
     if kept.request_hash != once.request_hash:
         return errors.problem(
             422, "This Idempotency-Key was already used for a different request.",
@@ -174,6 +183,7 @@ class Reductions(MethodView):
 @blp.route("/participants/<uuid:participant_id>/payments")
 class Payments(MethodView):
     @require("staff")
+    @require_idempotency_key
     @blp.doc(security=SECURITY, parameters=[KEY_HEADER])
     @blp.arguments(PaymentIn())
     @blp.response(201, PaymentOut)

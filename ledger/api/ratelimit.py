@@ -1,4 +1,10 @@
-"""A per-client limit on failed authentications (per worker process, in memory)."""
+"""A per-client limit on failed authentications and link guesses.
+
+It is kept in memory in each worker process, so with N workers an address may fail up to N times
+the limit before every worker answers 429. That is enough to make guessing 256-bit secrets
+pointless and noisy; it is not a defence against a flood (put the server behind a proxy that
+limits connections for that).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ class FailureLimiter:
         self.limit, self.window = limit, window
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+        self._records = 0
 
     def _recent(self, client: str, now: float) -> deque[float]:
         q = self._failures.setdefault(client, deque())
@@ -38,6 +45,8 @@ class FailureLimiter:
         now = time.monotonic()
         with self._lock:
             self._recent(client, now).append(now)
-            if len(self._failures) > 10_000:  # forget idle clients rather than grow forever
-                for key in [k for k, v in self._failures.items() if not v]:
+            self._records += 1
+            if self._records % 1000 == 0:  # forget clients whose failures have all aged out
+                stale = [k for k, q in self._failures.items() if not q or q[-1] <= now - self.window]
+                for key in stale:
                     del self._failures[key]

@@ -23,9 +23,10 @@ class ProblemSchema(Schema):
 
 
 def document_errors(blp: Blueprint, *codes: int) -> Callable[[Any], Any]:
-    """Document the problem responses a view can give (plus 401/403, which every view can)."""
+    """Document the problem responses a view can give, plus those every view can: 400
+    (malformed JSON), 401, 403, 413 (body too large) and 429 (too many failed sign-ins)."""
     def decorate(view: Any) -> Any:
-        for code in sorted({401, 403, *codes}):
+        for code in sorted({400, 401, 403, 413, 429, *codes}):
             view = blp.alt_response(code, response=HTTPStatus(code).name)(view)
         return view
     return decorate

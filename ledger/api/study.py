@@ -10,6 +10,7 @@ from marshmallow import Schema, fields
 
 from .auth import SECURITY, require
 from .common import ledger
+from .schemas import document_errors
 
 blp = Blueprint("study", __name__, url_prefix="/api/v1", description="The study")
 
@@ -53,6 +54,7 @@ class StudyView(MethodView):
     @require("staff", "auditor")
     @blp.doc(security=SECURITY)
     @blp.response(200, StudySchema)
+    @document_errors(blp)
     def get(self) -> dict[str, Any]:
         """The study: scopes with deadlines, activities with rates, forms, lawful bases."""
         return ledger().study()

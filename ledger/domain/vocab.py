@@ -33,7 +33,12 @@ def check_choice(field: str, value: object, allowed: Iterable[str]) -> str:
 # Text is plain text: no control characters (tabs and line breaks are fine) and nothing that reads
 # as markup. Apostrophes, quotes and semicolons are ordinary in names and notes, so text that merely
 # looks like SQL is kept as written; statements are always parameterised.
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CONTROL = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"  # C0 and C1 controls (tab and line breaks allowed)
+    r"\ud800-\udfff"  # lone surrogates: not text, and cannot be stored as UTF-8
+    r"\u202a-\u202e\u2066-\u2069]"  # bidirectional overrides, which can disguise text
+)
+INVISIBLE = " \t\r\n\u00a0\u200b\ufeff"  # trimmed; a value of only these is empty
 MARKUP = re.compile(r"</?[A-Za-z!?]")  # what a browser would read as the start of a tag
 
 
@@ -41,13 +46,13 @@ def check_text(field: str, value: object, *, max_length: int, required: bool = T
     """Return trimmed plain text of at most ``max_length`` characters; None if optional and empty."""
     from .errors import InvalidText
 
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None or (isinstance(value, str) and not value.strip(INVISIBLE)):
         if required:
             raise InvalidText(f"{field} is required", field=field)
         return None
     if not isinstance(value, str):
         raise InvalidText(f"{field} must be text", field=field)
-    text = value.strip()
+    text = value.strip(INVISIBLE)
     if len(text) > max_length:
         raise InvalidText(f"{field} must be at most {max_length} characters", field=field)
     if CONTROL.search(text):

@@ -15,16 +15,25 @@ SIGNING_KEY_FILE = "signing.key"
 
 
 def write_secret_file(path: Path, data: bytes) -> bool:
-    """Create ``path`` with mode 0600 holding ``data``; False if it already exists."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    """Create ``path`` with mode 0600 holding ``data``, all at once: written and synced under a
+    temporary name, then hard-linked into place, so nobody ever reads a half-written key, and a
+    file that already exists is never replaced. False if it already existed."""
+    if path.exists():
         return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return True
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class MasterKey:

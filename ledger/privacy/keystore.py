@@ -64,6 +64,11 @@ class DataKeyStore:
         except InvalidTag:
             raise KeyStoreError("a data key does not unwrap with this master key") from None
 
+    def discard(self, participant_id: UUID) -> None:
+        """Remove a key that was created for a registration that was then not saved."""
+        self.sql.execute(
+            f"DELETE FROM {{t}}{TABLE} WHERE participant_id = %s", (participant_id.hex,))
+
     def exists(self, participant_id: UUID) -> bool:
         """True while the participant's key has not been destroyed."""
         return bool(self.sql.query(

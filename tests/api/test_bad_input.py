@@ -7,6 +7,14 @@ import uuid
 import pytest
 
 PAY = {"activity": "conversation", "amount": "25.00", "method": "cash"}
+
+
+def _written(api_ledger) -> tuple[int, ...]:
+    """Everything a request could write: events, data keys, idempotency rows, links."""
+    counts = [api_ledger.recorder.max_notification_id()]
+    for table in ("ledger_data_keys", "ledger_idempotency", "ledger_links"):
+        counts.append(api_ledger.sql.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"])
+    return tuple(counts)
 CASES = [
     # (name, path, body or raw bytes, expected status, field named)
     ("malformed json", "/participants", b'{"name": ', 400, "json"),
@@ -18,6 +26,12 @@ CASES = [
     ("oversized string", "/participants", {"name": "x" * 201}, 422, "name"),
     ("html in a name", "/participants", {"name": "<script>alert(1)</script>"}, 422, "name"),
     ("control characters", "/participants", {"name": "A\x00B"}, 422, "name"),
+    ("lone surrogate", "/participants", b'{"name": "\\ud800"}', 422, "name"),
+    ("surrogate in a reference", "/participants/{pid}/payments",
+     b'{"activity": "conversation", "amount": "25.00", "method": "cash", '
+     b'"reference": "\\udfff"}', 422, "reference"),
+    ("bidi override", "/participants", {"name": "abc\u202edef"}, 422, "name"),
+    ("only a byte-order mark", "/participants", {"name": "\ufeff"}, 422, "name"),
     ("bad email", "/participants", {"name": "A", "email": "not an email"}, 422, "email"),
     ("communities not a list", "/participants", {"name": "A", "communities": "x"}, 422,
      "communities"),
@@ -61,7 +75,7 @@ def test_bad_input_gets_a_clear_problem_and_writes_nothing(client, staff, pid, a
                                                            name, path, body, status, field):
     url = "/api/v1" + path.replace("{pid}", pid)
     headers = {**staff, "Idempotency-Key": str(uuid.uuid4()), "Content-Type": "application/json"}
-    before = api_ledger.recorder.max_notification_id()
+    before = _written(api_ledger)
 
     if isinstance(body, bytes):
         response = client.post(url, data=body, headers=headers)
@@ -74,7 +88,7 @@ def test_bad_input_gets_a_clear_problem_and_writes_nothing(client, staff, pid, a
     if field:
         assert field in response.json["errors"], response.json
     assert "Traceback" not in response.get_data(as_text=True)
-    assert api_ledger.recorder.max_notification_id() == before
+    assert _written(api_ledger) == before
 
 
 def test_a_body_over_the_size_limit_is_413(client, staff, api_ledger):

@@ -22,7 +22,7 @@ def _events(api_ledger):
     return api_ledger.recorder.max_notification_id()
 
 
-@pytest.mark.parametrize("key", [None, "", "x" * 201, "caf\u00e9"])
+@pytest.mark.parametrize("key", [None, "", "x" * 201, "caf\u00e9", "tab\there"])
 def test_a_payment_without_a_usable_key_is_400_and_writes_nothing(client, staff, pid,
                                                                    api_ledger, key):
     before = _events(api_ledger)
@@ -75,14 +75,37 @@ def test_keys_belong_to_the_token_that_used_them(client, api_ledger, staff, pid)
     assert response.status_code == 409  # its own attempt, not the first token's replay
 
 
-def test_a_refusal_is_replayed_too(client, staff, pid, api_ledger):
+def test_a_refusal_keeps_nothing_not_even_its_key(client, staff, pid, api_ledger):
     first = _pay(client, staff, pid, body={**BODY, "activity": "lunch"}, key="bad")
-    before = _events(api_ledger)
 
-    second = _pay(client, staff, pid, body={**BODY, "activity": "lunch"}, key="bad")
+    rows = api_ledger.sql.query("SELECT COUNT(*) AS n FROM ledger_idempotency")[0]["n"]
 
-    assert first.status_code == second.status_code == 422 and first.data == second.data
-    assert _events(api_ledger) == before
+    assert first.status_code == 422 and rows == 0
+
+
+def test_a_refused_key_succeeds_once_the_world_has_changed(client, staff, pid):
+    paid = _pay(client, staff, pid, key="first")
+    refused = _pay(client, staff, pid, key="second")
+    client.post(f"/api/v1/participants/{pid}/payments/{paid.json['id']}/reversal",
+                headers=staff, json={"reason": "bounced"})
+
+    retried = _pay(client, staff, pid, key="second")
+
+    assert refused.status_code == 409 and retried.status_code == 201
+
+
+def test_equivalent_requests_with_one_key_match(client, staff, pid):
+    first = _pay(client, staff, pid, key="eq")
+
+    explicit = _pay(client, staff, pid.upper(), body={**BODY, "currency": "GBP"}, key="eq")
+
+    assert explicit.status_code == 201 and explicit.data == first.data
+
+
+def test_a_missing_key_is_400_even_when_the_body_is_bad_too(client, staff, pid):
+    response = _pay(client, staff, pid, body={"amount": 7}, key=None)
+
+    assert response.status_code == 400 and "Idempotency-Key" in response.json["errors"]
 
 
 def test_keys_are_kept_in_the_same_database_as_the_events(client, staff, pid, api_ledger):

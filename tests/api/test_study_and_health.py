@@ -77,13 +77,15 @@ def test_tokens_are_stored_only_as_keyed_hashes(api_ledger):
 def test_repeated_failed_sign_ins_are_slowed_down_with_429(client, tokens):
     from ledger.api.ratelimit import FAILURES
 
-    statuses = [client.get("/api/v1/study", headers=bearer("lgr_guess")).status_code
-                for _ in range(FAILURES + 3)]
-    blocked = client.get("/api/v1/study", headers=bearer(tokens["staff"]))
+    responses = [client.get("/api/v1/study", headers=bearer("lgr_guess"))
+                 for _ in range(FAILURES + 3)]
+    valid = client.get("/api/v1/study", headers=bearer(tokens["staff"]))
 
+    statuses = [r.status_code for r in responses]
     assert statuses[:FAILURES] == [401] * FAILURES and set(statuses[FAILURES:]) == {429}
-    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) >= 1
-    assert blocked.content_type == "application/problem+json"
+    assert int(responses[-1].headers["Retry-After"]) >= 1
+    assert responses[-1].content_type == "application/problem+json"
+    assert valid.status_code == 200  # someone else's guessing never locks out a real token
 
 
 def test_the_failure_window_slides(monkeypatch):
@@ -99,3 +101,31 @@ def test_the_failure_window_slides(monkeypatch):
     clock[0] += 11
 
     assert blocked > 0 and limiter.retry_after("a") == 0 and limiter.retry_after("b") == 0
+
+
+def test_a_wrong_method_is_405_with_allow(client, tokens):
+    response = client.delete("/api/v1/study", headers=bearer(tokens["staff"]))
+
+    assert response.status_code == 405 and "GET" in response.headers["Allow"]
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(client, tokens):
+    body = '{"name": ' + "[" * 30000 + "]" * 30000 + "}"
+
+    response = client.post("/api/v1/participants", headers=bearer(tokens["staff"]),
+                           data=body, content_type="application/json")
+
+    assert response.status_code == 400 and response.content_type == "application/problem+json"
+
+
+def test_timestamps_in_the_history_are_iso_8601_with_an_offset(client, tokens):
+    staff = bearer(tokens["staff"])
+    pid = client.post("/api/v1/participants", headers=staff, json={"name": "T"}).json["id"]
+    client.post(f"/api/v1/participants/{pid}/consents", headers=staff,
+                json={"scope": "record", "form_version": "1.0", "method": "online"})
+
+    at = client.get(f"/api/v1/participants/{pid}", headers=staff).json[
+        "consents"]["record"]["history"][0]["at"]
+
+    from datetime import datetime
+    assert datetime.fromisoformat(at).utcoffset() is not None

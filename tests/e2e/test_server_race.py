@@ -9,6 +9,7 @@ import uuid
 from ledger.application import Ledger
 from ledger.domain import Payment
 from ledger.domain.base import topic
+from tests.concurrency import race
 
 NAME = "Quentin Racecondition-Example"
 
@@ -57,3 +58,27 @@ def test_fifty_concurrent_payments_across_four_workers_pay_once(server, store_en
     assert sorted(a["status"] for a in payments) == [201] + [409] * 49
     assert {a["token"] for a in payments} == {token_id}
     assert NAME not in log and token not in log and "E2E-" not in log
+
+
+def test_twenty_concurrent_requests_with_one_key_across_workers_pay_once_and_agree(server,
+                                                                                  store_env):
+    setup = Ledger(store_env)
+    _, token = setup.tokens.create("staff", "e2e same key")
+    setup.close()
+    auth = {"Authorization": f"Bearer {token}"}
+    _, _, body = server.request("POST", "/api/v1/participants", {"name": "Same Key"}, auth)
+    pid = uuid.UUID(json.loads(body)["id"])
+    payment = {"activity": "conversation", "amount": "25.00", "method": "cash"}
+
+    results = race([
+        lambda: server.request("POST", f"/api/v1/participants/{pid}/payments", payment,
+                               {**auth, "Idempotency-Key": "one-key"})
+        for _ in range(20)])
+
+    assert {r[0] for r in results} == {201}, sorted(r[0] for r in results)
+    assert len({r[2] for r in results}) == 1  # byte for byte
+    check = Ledger(store_env)
+    recorded = check.recorder.select_notifications(start=1, limit=10_000,
+                                                   topics=[topic("Payment.Recorded")])
+    check.close()
+    assert [n.originator_id for n in recorded] == [Payment.create_id(pid, "conversation", 0)]

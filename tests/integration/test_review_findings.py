@@ -119,3 +119,15 @@ def test_an_interrupted_erasure_is_finished_when_a_worker_starts(ledger, store_e
 
     assert not ledger.keys.exists(pid)
     assert view["erased"] and view["name"] == "[erased]"
+
+
+def test_workers_starting_together_on_a_fresh_store_all_start(store_env):
+    def start():
+        lg = Ledger(store_env)
+        lg.init_study(by="t")
+        lg.close()
+        return "started"
+
+    outcomes = race([start for _ in range(8)])
+
+    assert outcomes == ["started"] * 8, [repr(o) for o in outcomes if o != "started"]
