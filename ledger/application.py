@@ -211,6 +211,11 @@ class Ledger(Application[UUID]):
         return self._load(payment_id, Payment,
                           PaymentNotFound("no such payment for this participant"), fresh=fresh)
 
+    def _revealer(self) -> Callable[[Any], Any]:
+        """Opens sealed personal values for one view (see PersonalDataMapper.revealer)."""
+        assert isinstance(self.mapper, PersonalDataMapper)
+        return self.mapper.revealer()
+
     def _evict(self, aggregate_id: UUID) -> None:
         if self.repository.cache is not None:
             try:
@@ -374,7 +379,7 @@ class Ledger(Application[UUID]):
         """Everything about one participant, as a plain dict."""
         p = self._participant(participant_id)
         payments = [self._payment(pid) for pid in p.payment_ids()]
-        return participant_view(p, self._study(), payments)
+        return participant_view(p, self._study(), payments, self._revealer())
 
     def erase(self, participant_id: UUID, reason: object, *, by: str) -> dict[str, Any]:
         """Crypto-shred a participant: record the erasure, then destroy their data key.
@@ -476,7 +481,7 @@ class Ledger(Application[UUID]):
         def command(p: Participant, s: Study) -> dict[str, Any]:
             p.grant_consent(s.scope(scope), s.form(form_version), method, attribution,
                             at=self.clock(), by=by)
-            return consent_view(p.consent(scope))
+            return consent_view(p.consent(scope), self._revealer())
         return self._change(participant_id, command)
 
     def refuse_consent(self, participant_id: UUID, scope: str, *, by: str) -> None:
@@ -529,7 +534,7 @@ class Ledger(Application[UUID]):
         """Record whether an access need was met; returns the need."""
         def command(p: Participant, s: Study) -> dict[str, Any]:
             p.record_access_outcome(need_id, outcome, note, at=self.clock(), by=by)
-            return need_view(p.needs[need_id])
+            return need_view(p.needs[need_id], self._revealer())
         return self._change(participant_id, command)
 
     # -- remuneration ------------------------------------------------------------------------
@@ -540,7 +545,7 @@ class Ledger(Application[UUID]):
         def command(p: Participant, s: Study) -> dict[str, Any]:
             a = s.activity(activity)
             p.arrange_payment(a, method, payee, benefits_advice_offered, at=self.clock(), by=by)
-            return arrangement_view(p.arrangement(a.name))
+            return arrangement_view(p.arrangement(a.name), self._revealer())
         return self._change(participant_id, command)
 
     def decline_payment(self, participant_id: UUID, activity: str, reason: object = None, *,
@@ -549,7 +554,7 @@ class Ledger(Application[UUID]):
         def command(p: Participant, s: Study) -> dict[str, Any]:
             a = s.activity(activity)
             p.decline_payment(a, reason, at=self.clock(), by=by)
-            return arrangement_view(p.arrangement(a.name))
+            return arrangement_view(p.arrangement(a.name), self._revealer())
         return self._change(participant_id, command)
 
     def reduce_payment(self, participant_id: UUID, activity: str, amount: object,
@@ -560,7 +565,7 @@ class Ledger(Application[UUID]):
         def command(p: Participant, s: Study) -> dict[str, Any]:
             a = s.activity(activity)
             p.reduce_payment(a, pence, reason, at=self.clock(), by=by)
-            return arrangement_view(p.arrangement(a.name))
+            return arrangement_view(p.arrangement(a.name), self._revealer())
         return self._change(participant_id, command)
 
     def record_expense(self, participant_id: UUID, activity: str, amount: object, method: object,
@@ -592,7 +597,8 @@ class Ledger(Application[UUID]):
         def command(p: Participant, s: Study) -> Also[dict[str, Any]]:
             payment = p.pay(s.activity(activity), pence, currency, method, reference, reason,
                             at=self.clock(), by=by)
-            return Also(payment_view(payment, erased=False), (payment,), idempotent)
+            view = payment_view(payment, erased=False, reveal=self._revealer())
+            return Also(view, (payment,), idempotent)
         return self._change(participant_id, command)
 
     def reverse_payment(self, participant_id: UUID, payment_id: UUID, reason: object, *,
@@ -601,5 +607,6 @@ class Ledger(Application[UUID]):
         def command(p: Participant, s: Study) -> Also[dict[str, Any]]:
             payment = self._payment(payment_id, fresh=False)
             p.reverse_payment(payment, reason, at=self.clock(), by=by)
-            return Also(payment_view(payment, erased=False), (payment,))
+            view = payment_view(payment, erased=False, reveal=self._revealer())
+            return Also(view, (payment,))
         return self._change(participant_id, command)

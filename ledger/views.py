@@ -3,6 +3,7 @@ projections). Personal fields pass through as stored: after erasure they are ``R
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .domain import Participant, Payment, Study, is_redacted
@@ -11,8 +12,15 @@ from .domain.consent import ConsentRecord
 from .domain.money import format_pence
 from .domain.remuneration import Arrangement
 
+Reveal = Callable[[Any], Any]  # opens a sealed personal value (see PersonalDataMapper.revealer)
 
-def _text(value: Any) -> Any:
+
+def _plain(value: Any) -> Any:
+    return value
+
+
+def _text(value: Any, reveal: Reveal = _plain) -> Any:
+    value = reveal(value)
     return "[erased]" if is_redacted(value) else value
 
 
@@ -43,10 +51,10 @@ def study_view(study: Study) -> dict[str, Any]:
     }
 
 
-def payment_view(payment: Payment, erased: bool) -> dict[str, Any]:
+def payment_view(payment: Payment, erased: bool, reveal: Reveal = _plain) -> dict[str, Any]:
     """One payment; its personal fields are hidden once the participant is erased."""
     def personal(value: Any) -> Any:
-        return None if value is None else ("[erased]" if erased else _text(value))
+        return None if value is None else ("[erased]" if erased else _text(value, reveal))
     return {
         "id": payment.id, "activity": payment.activity, "amount": format_pence(payment.amount_pence),
         "currency": payment.currency, "method": payment.method,
@@ -58,55 +66,59 @@ def payment_view(payment: Payment, erased: bool) -> dict[str, Any]:
     }
 
 
-def consent_view(c: ConsentRecord) -> dict[str, Any]:
+def consent_view(c: ConsentRecord, reveal: Reveal = _plain) -> dict[str, Any]:
     """Where consent for one scope stands."""
     return {"scope": c.scope, "state": c.state, "form_version": c.form_version,
             "form_sha256": c.form_sha256, "method": c.method, "attribution": c.attribution,
             "changed_at": c.changed_at,
-            "history": [{k: _text(v) for k, v in step.items()} for step in c.history]}
+            "history": [{k: _text(v, reveal) for k, v in step.items()} for step in c.history]}
 
 
-def need_view(n: AccessNeed) -> dict[str, Any]:
+def need_view(n: AccessNeed, reveal: Reveal = _plain) -> dict[str, Any]:
     """One access need and its outcome."""
-    return {"id": n.id, "category": _text(n.category), "detail": _text(n.detail),
-            "outcome": n.outcome, "note": _text(n.note), "requested_at": n.requested_at,
+    return {"id": n.id, "category": _text(n.category, reveal),
+            "detail": _text(n.detail, reveal), "outcome": n.outcome,
+            "note": _text(n.note, reveal), "requested_at": n.requested_at,
             "outcome_at": n.outcome_at, "met_at": n.met_at}
 
 
-def arrangement_view(a: Arrangement) -> dict[str, Any]:
+def arrangement_view(a: Arrangement, reveal: Reveal = _plain) -> dict[str, Any]:
     """How the person will be paid for one activity."""
     return {"activity": a.activity, "method": a.method, "payee": a.payee,
             "benefits_advice_offered": a.benefits_advice_offered, "declined": a.declined,
             "reduced_to": None if a.reduced_to_pence is None else format_pence(a.reduced_to_pence),
-            "reason": _text(a.reason)}
+            "reason": _text(a.reason, reveal)}
 
 
-def participant_view(p: Participant, study: Study, payments: list[Payment]) -> dict[str, Any]:
-    """Everything held about one participant."""
+def participant_view(p: Participant, study: Study, payments: list[Payment],
+                     reveal: Reveal = _plain) -> dict[str, Any]:
+    """Everything held about one participant (``reveal`` opens their sealed fields)."""
     erased = p.erased_at is not None
+    communities = reveal(p.communities)
     return {
         "id": p.id,
         "reference": p.reference,
-        "name": _text(p.name),
-        "email": _text(p.email),
-        "phone": _text(p.phone),
-        "communities": ["[erased]"] if is_redacted(p.communities) else list(p.communities),
-        "preferred_contact": _text(p.preferred_contact),
+        "name": _text(p.name, reveal),
+        "email": _text(p.email, reveal),
+        "phone": _text(p.phone, reveal),
+        "communities": ["[erased]"] if is_redacted(communities) else list(communities),
+        "preferred_contact": _text(p.preferred_contact, reveal),
         "registered_at": p.registered_at,
         "erased": erased,
         "erased_at": p.erased_at,
-        "consents": {name: consent_view(c) for name, c in p.consents.items()},
+        "consents": {name: consent_view(c, reveal) for name, c in p.consents.items()},
         "obligations": [
             {"id": o.id, "scope": o.scope, "kind": o.kind, "opened_at": o.opened_at,
-             "done_at": o.done_at, "note": _text(o.note)}
+             "done_at": o.done_at, "note": _text(o.note, reveal)}
             for o in p.obligations.values()
         ],
-        "access_needs": [need_view(n) for n in p.needs.values()],
-        "arrangements": {name: arrangement_view(a) for name, a in p.arrangements.items()},
+        "access_needs": [need_view(n, reveal) for n in p.needs.values()],
+        "arrangements": {name: arrangement_view(a, reveal) for name, a in p.arrangements.items()},
         "expenses": [
             {"id": e["id"], "activity": e["activity"], "amount": format_pence(e["amount_pence"]),
-             "method": e["method"], "description": _text(e["description"]), "at": e["at"]}
+             "method": e["method"], "description": _text(e["description"], reveal),
+             "at": e["at"]}
             for e in p.expenses
         ],
-        "payments": [payment_view(pay, erased) for pay in payments],
+        "payments": [payment_view(pay, erased, reveal) for pay in payments],
     }

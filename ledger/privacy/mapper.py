@@ -2,8 +2,9 @@
 
 Layering on the way to the store: personal fields -> AES-GCM with the participant's data key
 (bound to participant, topic and field) -> JSON -> AES-GCM of the whole state with the at-rest key.
-On the way back, a field whose key was destroyed reads as ``REDACTED``: replay never fails because
-someone was erased.
+On the way back the fields stay sealed: commands never need personal data, so replaying and caching
+aggregates never opens it. A view that shows a field opens it with ``revealer()``; a field whose key
+was destroyed reads as ``REDACTED``, so replay and views never fail because someone was erased.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import copy
 import secrets
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -25,12 +27,17 @@ from .keystore import DataKeyStore
 
 
 class Sealed:
-    """A personal field's ciphertext as it sits inside a stored event."""
+    """A personal field's ciphertext, as stored and as held by aggregates read from the store;
+    once read, it also knows whose it is and where it came from (needed to open it)."""
 
-    __slots__ = ("ciphertext",)
+    __slots__ = ("ciphertext", "subject", "topic", "field")
 
-    def __init__(self, ciphertext: bytes) -> None:
-        self.ciphertext = ciphertext
+    def __init__(self, ciphertext: bytes, subject: UUID | None = None, topic: str = "",
+                 field: str = "") -> None:
+        self.ciphertext, self.subject, self.topic, self.field = ciphertext, subject, topic, field
+
+    def __repr__(self) -> str:
+        return "SEALED"
 
 
 class SealedAsBase64(Transcoding):
@@ -81,24 +88,35 @@ class PersonalDataMapper(Mapper[UUID]):
         return super().to_stored_event(sealed)
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
-        """Decrypt and decode, then unseal personal fields (``REDACTED`` if the key is gone)."""
+        """Decrypt and decode; personal fields stay sealed, labelled so a view can open them."""
         event = super().to_domain_event(stored_event)
         spec = personal_fields(type(event))
         if spec is None:
             return event
-        assert self.keys is not None
         subject = self._subject(event, spec.subject)
-        key = self.keys.get(subject)
-        aead = AESGCM(key) if key is not None else None
         for field in spec.fields:
             value = getattr(event, field)
-            if not isinstance(value, Sealed):
-                continue
-            if aead is None:
-                plain: Any = REDACTED
-            else:
-                c = value.ciphertext
-                data = aead.decrypt(c[:12], c[12:], _aad(subject, stored_event.topic, field))
-                plain = self.transcoder.decode(data)
-            object.__setattr__(event, field, plain)
+            if isinstance(value, Sealed):
+                value.subject, value.topic, value.field = subject, stored_event.topic, field
         return event
+
+    def revealer(self) -> Callable[[Any], Any]:
+        """A function that opens sealed values (anything else passes through), looking each
+        person's key up once: use one per view."""
+        assert self.keys is not None
+        keys, transcoder, aeads = self.keys, self.transcoder, {}
+
+        def reveal(value: Any) -> Any:
+            if not isinstance(value, Sealed):
+                return value
+            assert value.subject is not None
+            if value.subject not in aeads:
+                key = keys.get(value.subject)
+                aeads[value.subject] = AESGCM(key) if key is not None else None
+            aead = aeads[value.subject]
+            if aead is None:
+                return REDACTED
+            c = value.ciphertext
+            return transcoder.decode(
+                aead.decrypt(c[:12], c[12:], _aad(value.subject, value.topic, value.field)))
+        return reveal

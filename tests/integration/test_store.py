@@ -147,11 +147,13 @@ def test_replay_after_erasure_reads_redacted_values_and_never_fails(ledger, stor
     fresh = Ledger(store_env)  # nothing cached: every event decoded from the store
     events = [fresh.mapper.to_domain_event(n)
               for n in fresh.recorder.select_notifications(start=1, limit=1000)]
+    reveal = fresh.mapper.revealer()
+    registered = [e for e in events if type(e).__name__ == "Registered" and e.originator_id == pid]
+    name, email = reveal(registered[0].name), reveal(registered[0].email)
     view = fresh.participant(pid)
     fresh.close()
 
-    registered = [e for e in events if type(e).__name__ == "Registered" and e.originator_id == pid]
-    assert is_redacted(registered[0].name) and is_redacted(registered[0].email)
+    assert is_redacted(name) and is_redacted(email)
     assert view["erased"] and view["name"] == "[erased]"
     assert view["access_needs"][0]["id"] == need and view["access_needs"][0]["detail"] == "[erased]"
     assert view["payments"][0]["reference"] == "[erased]"
@@ -163,3 +165,17 @@ def test_an_unknown_participant_is_not_found(ledger):
 
     with pytest.raises(ParticipantNotFound):
         ledger.participant(uuid4())
+
+
+def test_personal_fields_stay_sealed_until_a_view_opens_them(ledger, store_env):
+    from ledger.privacy.mapper import Sealed
+
+    pid = ledger.register_participant("Sealed Sally", "sally@example.invalid", by="t")["id"]
+    fresh = Ledger(store_env)  # rebuilds from the store, as a command in another worker would
+
+    aggregate = fresh._participant(pid, fresh=False)
+    view = fresh.participant(pid)
+    fresh.close()
+
+    assert isinstance(aggregate.name, Sealed) and "Sally" not in repr(vars(aggregate))
+    assert view["name"] == "Sealed Sally" and view["email"] == "sally@example.invalid"
