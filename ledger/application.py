@@ -17,6 +17,7 @@ from eventsourcing.persistence import InfrastructureFactory, IntegrityError, JSO
 from eventsourcing.utils import Environment, EnvType
 
 from . import pilot
+from .audit import audit_item
 from .config import Settings
 from .domain import Participant, Payment, PersonalDetails, Study, derived_id
 from .domain.base import topic
@@ -413,6 +414,15 @@ class Ledger(Application[UUID]):
                 destroyed += 1
         self.keys.scrub_if_pending()
         return destroyed
+
+    # -- the audit feed ------------------------------------------------------------------------
+
+    def audit_events(self, *, after: int, limit: int) -> dict[str, Any]:
+        """The log in order after notification ``after``: what happened, when, by whom. Personal
+        fields are never opened here: they read as "[personal data]"."""
+        page = self.recorder.select_notifications(start=after + 1, limit=limit)
+        items = [audit_item(n.id, n.topic, self.mapper.to_domain_event(n)) for n in page]
+        return {"items": items, "next_after": page[-1].id if len(page) == limit else None}
 
     # -- the personal withdrawal link ---------------------------------------------------------
 

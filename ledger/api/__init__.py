@@ -14,7 +14,18 @@ from flask_smorest import Api
 
 from ..application import Ledger
 from ..config import load_environment
-from . import access_needs, consents, errors, health, links, pages, participants, payments, study
+from . import (
+    access_needs,
+    audit,
+    consents,
+    errors,
+    health,
+    links,
+    pages,
+    participants,
+    payments,
+    study,
+)
 from .ratelimit import FailureLimiter
 from .schemas import ProblemSchema
 
@@ -70,7 +81,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api = LedgerApi(app, spec_kwargs={"info": {"description": "Consents, access needs and payments "
                                                          "for participatory research."}})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
-    for module in (study, participants, consents, access_needs, payments, links):
+    for module in (study, participants, consents, access_needs, payments, links, audit):
         api.register_blueprint(module.blp)
     app.register_blueprint(health.blp)
     app.register_blueprint(pages.blp)

@@ -10,6 +10,7 @@ import pytest
 # From the HTTP contract (ledger.md), plus the extensions listed in the README.
 MATRIX = {
     ("GET", "/api/v1/study"): {"staff", "auditor"},
+    ("GET", "/api/v1/audit/events"): {"auditor"},
     ("GET", "/api/v1/participants"): {"staff"},
     ("POST", "/api/v1/participants"): {"staff"},
     ("GET", "/api/v1/participants/{id}"): {"staff"},
