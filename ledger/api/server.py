@@ -3,10 +3,53 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
+
+TOKEN_PATH = re.compile(r"/my/[^/\s?]+")
+IP = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|\b[0-9a-fA-F]*:[0-9a-fA-F:]{2,}\b")
+
+
+def scrub(text: str) -> str:
+    """No link tokens and no client addresses in the server's own log lines."""
+    return IP.sub("<address>", TOKEN_PATH.sub("/my/<token>", text))
+
+
+class ScrubbingLogger(Logger):  # type: ignore[misc]
+    """gunicorn's error log, minus link tokens and client IP addresses (it logs both for
+    malformed requests)."""
+
+    def _clean(self, msg: object, args: tuple[Any, ...]) -> str:
+        text = str(msg)
+        if args:
+            try:
+                text = text % args
+            except (TypeError, ValueError):
+                text = " ".join([text, *map(str, args)])
+        return scrub(text)
+
+    def critical(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().critical(self._clean(msg, args), **kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().error(self._clean(msg, args), **kwargs)
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().warning(self._clean(msg, args), **kwargs)
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().info(self._clean(msg, args), **kwargs)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().debug(self._clean(msg, args), **kwargs)
+
+    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        # The traceback could quote the request too: log the cleaned line without it.
+        super().error(self._clean(msg, args))
 
 
 class LedgerServer(BaseApplication):  # type: ignore[misc]
@@ -46,5 +89,6 @@ def serve(host: str, port: int, workers: int, threads: int = 4) -> None:
         "limit_request_line": 4094,
         "limit_request_fields": 50,
         "post_fork": _post_fork,
+        "logger_class": "ledger.api.server.ScrubbingLogger",
         "preload_app": False,
     }).run()

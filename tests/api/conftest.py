@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,9 +11,25 @@ from ledger.api import create_app
 from ledger.application import Ledger
 
 
+class Clock:
+    """The ledger's clock, which a test may move forward (link expiry, deadlines)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 @pytest.fixture
-def api_ledger(tmp_path) -> Iterator[Ledger]:
-    lg = Ledger({"LEDGER_DATA_DIR": str(tmp_path)})
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def api_ledger(tmp_path, clock) -> Iterator[Ledger]:
+    lg = Ledger({"LEDGER_DATA_DIR": str(tmp_path), "LEDGER_BASE_URL": "https://ledger.example"},
+                clock=clock)
     lg.init_study(by="test")
     yield lg
     lg.close()

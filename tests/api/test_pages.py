@@ -8,39 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ledger.api import create_app
-from ledger.application import Ledger
-
 from .conftest import bearer
-
-
-class Clock:
-    """A clock the test moves forward (the link's expiry is checked against it)."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def api_ledger(tmp_path, clock):
-    lg = Ledger({"LEDGER_DATA_DIR": str(tmp_path), "LEDGER_BASE_URL": "https://ledger.example"},
-                clock=clock)
-    lg.init_study(by="test")
-    yield lg
-    lg.close()
-
-
-@pytest.fixture
-def app(api_ledger):
-    return create_app({"LEDGER": api_ledger, "TESTING": True})
 
 
 @pytest.fixture

@@ -82,3 +82,20 @@ def test_twenty_concurrent_requests_with_one_key_across_workers_pay_once_and_agr
                                                    topics=[topic("Payment.Recorded")])
     check.close()
     assert [n.originator_id for n in recorded] == [Payment.create_id(pid, "conversation", 0)]
+
+
+def test_the_server_log_keeps_no_link_token_or_client_address(server):
+    import socket
+    import time
+
+    token = "Q" * 43
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:  # a malformed request line
+        s.sendall(f"GET /my/{token} HTTP/1.1 junk\r\nHost: x\r\n\r\n".encode())
+        s.recv(1000)
+    server.request("GET", f"/my/{token}")
+    time.sleep(0.5)
+
+    log = server.log.read_text()
+    assert "Invalid request from ip=<address>" in log  # logged, without the client's address
+    assert token not in log
