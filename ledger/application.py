@@ -450,7 +450,7 @@ class Ledger(Application[UUID]):
             raise LinkNotFound("no such link")
         p = self._participant(ref.participant_id)
         p.check_link(ref.link_id, self.clock())
-        return ref, my_consents_view(p, self._study())
+        return ref, my_consents_view(p, self._study(), self.clock())
 
     def withdraw_by_link(self, token: str, scopes: list[str]) -> dict[str, list[str]]:
         """Withdraw the given scopes for the link's owner, all in one save; scopes already
@@ -472,8 +472,7 @@ class Ledger(Application[UUID]):
             raise LinkNotFound("no such link")
         p = self._participant(ref.participant_id)
         p.check_link(ref.link_id, self.clock())
-        return consent_receipt(p, self._study(), issued_at=self.clock(),
-                               withdraw_url=f"{self.settings.base_url}/my/{token}")
+        return consent_receipt(p, self._study(), issued_at=self.clock())
 
     # -- consent -----------------------------------------------------------------------------
 

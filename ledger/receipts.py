@@ -17,8 +17,9 @@ SPECIAL_CATEGORIES = ["racial or ethnic origin", "health (disability, access nee
                       "religious or philosophical beliefs"]
 
 
-def my_consents_view(p: Participant, study: Study) -> dict[str, Any]:
-    """The person's consents, scope by scope in the study's order, in the study's own words."""
+def my_consents_view(p: Participant, study: Study, now: datetime) -> dict[str, Any]:
+    """The person's consents, scope by scope in the study's order, in the study's own words;
+    ``past_deadline`` says when we may already have used what they would stop."""
     scopes = []
     for scope in study.scopes.values():
         record = p.consents.get(scope.name)
@@ -28,7 +29,7 @@ def my_consents_view(p: Participant, study: Study) -> dict[str, Any]:
             "name": scope.name, "label": scope.label, "description": scope.description,
             "if_withdrawn": scope.if_withdrawn, "state": record.state,
             "since": record.changed_at, "deadline": scope.withdrawal_deadline,
-            "attribution": record.attribution,
+            "past_deadline": scope.is_past_deadline(now), "attribution": record.attribution,
         })
     return {
         "study": study.name, "controller": study.controller, "reference": p.reference,
@@ -36,15 +37,15 @@ def my_consents_view(p: Participant, study: Study) -> dict[str, Any]:
     }
 
 
-def consent_receipt(p: Participant, study: Study, *, issued_at: datetime,
-                    withdraw_url: str) -> dict[str, Any]:
-    """A machine-readable record of the person's consents as they stand."""
+def consent_receipt(p: Participant, study: Study, *, issued_at: datetime) -> dict[str, Any]:
+    """A machine-readable record of the person's consents as they stand. It holds no working
+    link: whoever is given a copy of the file cannot change the person's choices."""
     purposes = []
     first_given: datetime | None = None
     methods: set[str] = set()
-    for name, record in p.consents.items():
-        scope = study.scopes.get(name)
-        if scope is None or record.state is None:
+    for scope in study.scopes.values():
+        record = p.consents.get(scope.name)
+        if record is None or record.state is None:
             continue
         given = [h for h in record.history if h["state"] == "given"]
         for h in given:
@@ -62,6 +63,7 @@ def consent_receipt(p: Participant, study: Study, *, issued_at: datetime,
             "stateSince": _iso(record.changed_at),
             "lawfulBasis": [study.lawful_bases.get("research"),
                             study.lawful_bases.get("special_category")],
+            "ethicsConsent": study.lawful_bases.get("research_ethics_consent"),
             "collectionMethod": record.method,
             "formVersion": record.form_version,
             "formSha256": form.sha256 if form else record.form_sha256,
@@ -71,10 +73,13 @@ def consent_receipt(p: Participant, study: Study, *, issued_at: datetime,
             "thirdPartyDisclosure": False,
             "history": [{"state": h["state"], "at": _iso(h["at"]),
                          "channel": h.get("channel"), "method": h.get("method"),
-                         "formVersion": h.get("form_version")} for h in record.history],
+                         "formVersion": h.get("form_version"),
+                         "formSha256": _form_hash(study, h.get("form_version")),
+                         "pastDeadline": h.get("past_deadline")} for h in record.history],
         })
     return {
         "version": "ISO/IEC TS 27560:2023 consent record; Kantara Consent Receipt v1.1 fields",
+        "consentRecordId": str(derived_id("consent-record", p.id)),
         "consentReceiptID": str(derived_id("receipt", p.id, p.version)),
         "recordVersion": p.version,
         "issuedAt": _iso(issued_at),
@@ -83,8 +88,9 @@ def consent_receipt(p: Participant, study: Study, *, issued_at: datetime,
         "piiPrincipalId": p.reference,
         "piiControllers": [{
             "piiController": study.controller.get("name"),
-            "contact": study.controller.get("partner"),
+            "contact": study.controller.get("name"),
             "email": study.controller.get("email"),
+            "partner": study.controller.get("partner"),
         }],
         "consentTimestamp": _iso(first_given),
         "collectionMethods": sorted(methods),
@@ -93,11 +99,17 @@ def consent_receipt(p: Participant, study: Study, *, issued_at: datetime,
         "spiCat": SPECIAL_CATEGORIES,
         "retentionDays": study.retention_days,
         "howToWithdraw": {
-            "online": withdraw_url,
+            "online": "the personal link we sent you (not included here, so that this file "
+                      "cannot be used to change your choices)",
             "email": study.controller.get("email"),
             "note": "You can withdraw at any time. Withdrawing never costs you your payment.",
         },
     }
+
+
+def _form_hash(study: Study, version: object) -> str | None:
+    form = study.forms.get(version) if isinstance(version, str) else None
+    return form.sha256 if form else None
 
 
 def _iso(value: Any) -> str | None:

@@ -30,6 +30,14 @@ def long_date(value: Any) -> str:
     return value.astimezone(LONDON).strftime("%-d %B %Y")
 
 
+@blp.app_template_filter("long_datetime")
+def long_datetime(value: Any) -> str:
+    """1 March 2027 at 17:00, in UK time."""
+    if not isinstance(value, datetime):
+        return ""
+    return value.astimezone(LONDON).strftime("%-d %B %Y at %H:%M")
+
+
 @blp.app_template_filter("state_words")
 def state_words(state: str) -> str:
     """A consent state in everyday words."""
@@ -44,30 +52,27 @@ def _page(template: str, status: int = 200, **context: Any) -> Response:
                     mimetype="text/html")
 
 
-def _limiter_check() -> Response | None:
-    wait = current_app.extensions["link_failures"].retry_after(request.remote_addr or "?")
+@blp.before_request
+def note_link() -> None:
+    """Log a prefix of the link's hash, never the link."""
+    token = (request.view_args or {}).get("token")
+    if token:
+        g.token_id = "link:" + ledger().links.digest(token)[:10]
+
+
+@blp.errorhandler(LinkNotFound)
+def not_found(_: Exception) -> Response:
+    """An unknown link: a kind page, and nothing about whether anyone exists. An address that
+    keeps guessing gets 429 instead; a real link always works, whoever shares the address."""
+    limiter, client = current_app.extensions["link_failures"], request.remote_addr or "?"
+    wait = limiter.retry_after(client)
+    limiter.record(client)
     if wait:
         response = _page("my/gone.html", 429, heading="Please wait a moment",
                          message="There have been too many tries from here. Try again in a "
                                  "few minutes.")
         response.headers["Retry-After"] = str(wait)
         return response
-    return None
-
-
-@blp.before_request
-def note_link() -> Response | None:
-    """Log a prefix of the link's hash, never the link; slow down guessing."""
-    token = (request.view_args or {}).get("token")
-    if token:
-        g.token_id = "link:" + ledger().links.digest(token)[:10]
-    return _limiter_check()
-
-
-@blp.errorhandler(LinkNotFound)
-def not_found(_: Exception) -> Response:
-    """An unknown link: a kind page, and nothing about whether anyone exists."""
-    current_app.extensions["link_failures"].record(request.remote_addr or "?")
     return _page("my/gone.html", 404, heading="We cannot find this page",
                  message="The link may be mistyped, or it may be old.")
 
@@ -112,7 +117,8 @@ def confirm(token: str) -> ResponseReturnValue:
     if not chosen:
         return _page("my/choices.html", 400, view=view, token=token,
                      csrf=ledger().links.csrf_token(ref),
-                     error="Tick at least one thing you want us to stop.")
+                     error="Tick at least one thing you want us to stop.",
+                     first=view["can_withdraw"][0] if view["can_withdraw"] else "")
     return _page("my/confirm.html", chosen=chosen, token=token,
                  csrf=ledger().links.csrf_token(ref))
 
@@ -129,7 +135,9 @@ def withdraw(token: str) -> ResponseReturnValue:
     except UnknownScope:
         return _bad_form(token)
     return redirect(url_for("pages.done", token=token, stopped=",".join(done["withdrawn"]),
-                            already=",".join(done["already"])), code=303)
+                            already=",".join(done["already"]),
+                            nothing="1" if not done["withdrawn"] and not done["already"] else ""),
+                    code=303)
 
 
 @blp.get("/my/<token>/done")
@@ -138,7 +146,7 @@ def done(token: str) -> ResponseReturnValue:
     _, view = ledger().open_link(token)
     stopped = request.args.get("stopped", "").split(",")
     already = request.args.get("already", "").split(",")
-    return _page("my/done.html", token=token,
+    return _page("my/done.html", token=token, nothing=bool(request.args.get("nothing")),
                  withdrawn=[s for s in _chosen(view, stopped) if s["state"] == "withdrawn"],
                  already=[s for s in _chosen(view, already) if s["state"] == "withdrawn"])
 

@@ -71,7 +71,7 @@ def test_ten_gets_and_heads_change_nothing(client, staff, person, api_ledger):
         assert client.get(path).status_code == 200
         assert client.head(path).status_code == 200
     for suffix in ("/receipt", "/receipt.json", "/done?stopped=record"):
-        client.get(path + suffix)
+        assert client.get(path + suffix).status_code == 200
 
     assert _events(api_ledger) == before
 
@@ -86,10 +86,10 @@ def test_withdrawing_one_choice_after_checking_it(client, staff, person, api_led
     done = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "analyse"})
     page = client.get(done.headers["Location"]).get_data(as_text=True)
 
-    assert "We will not use your story in the workshop. You keep your £25." in check.get_data(
+    assert "We will not use your story in the workshop. You keep your payment." in check.get_data(
         as_text=True)
     assert unchanged == before
-    assert done.status_code == 303 and "We have stopped" in page
+    assert done.status_code == 303 and "These are now stopped" in page
     view = client.get(f"/api/v1/participants/{person}", headers=staff).json
     assert view["consents"]["analyse"]["state"] == "withdrawn"
     assert view["consents"]["analyse"]["history"][-1]["channel"] == "participant_link"
@@ -207,8 +207,24 @@ def test_the_receipt_has_the_consent_record_fields(client, staff, person, api_le
     assert purposes["record"]["lawfulBasis"][0].startswith("UK GDPR Art 6(1)(e)")
     assert purposes["quote"]["attribution"] == "anonymous"
     assert purposes["record"]["history"][0]["state"] == "given"
-    assert data["howToWithdraw"]["online"].endswith(path)
-    assert data["consentTimestamp"] and data["consentReceiptID"]
+    token = path.rsplit("/", 1)[1]
+    assert token not in receipt.get_data(as_text=True)  # a copy of the file cannot act
+    assert data["piiControllers"][0]["contact"] == data["piiControllers"][0]["piiController"]
+    assert list(purposes) == ["take_part", "record", "analyse", "quote"]  # the study's order
+    assert purposes["record"]["history"][0]["formSha256"] == purposes["record"]["formSha256"]
+    assert data["consentTimestamp"] and data["consentReceiptID"] and data["consentRecordId"]
+
+
+def test_the_record_id_stays_while_the_receipt_id_follows_changes(client, staff, person):
+    path = _link(client, staff, person)
+    first = client.get(path + "/receipt.json").json
+    client.post(f"/api/v1/participants/{person}/consents", headers=staff,
+                json={"scope": "archive", "form_version": "1.0", "method": "online"})
+
+    second = client.get(path + "/receipt.json").json
+
+    assert first["consentRecordId"] == second["consentRecordId"]
+    assert first["consentReceiptID"] != second["consentReceiptID"]
 
 
 def test_pages_send_no_referrer_no_store_and_a_strict_csp(client, staff, person):
@@ -248,8 +264,8 @@ def test_the_page_says_which_deadlines_apply(client, staff, person, api_ledger):
     analyse = html[html.index('id="scope-analyse"'):html.index('id="scope-quote"')]
     record = html[html.index('id="scope-record"'):html.index('id="scope-analyse"')]
 
-    assert "After 1 March 2027 we may already have" in analyse
-    assert "After" not in record
+    assert "You can stop this fully until 1 March 2027 at 17:00" in analyse
+    assert "until" not in record
 
 
 def test_a_late_withdrawal_by_link_is_recorded_and_flagged(client, staff, person, api_ledger,
@@ -264,3 +280,69 @@ def test_a_late_withdrawal_by_link_is_recorded_and_flagged(client, staff, person
     history = client.get(f"/api/v1/participants/{person}", headers=staff).json[
         "consents"]["analyse"]["history"]
     assert history[-1]["state"] == "withdrawn" and history[-1]["past_deadline"] is True
+
+
+def test_after_the_deadline_the_check_page_promises_only_what_can_still_be_done(
+        client, staff, person, api_ledger, clock):
+    api_ledger.set_withdrawal_deadline("analyse", clock.now - timedelta(days=3), by="test")
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+
+    page = client.post(path + "/confirm", data={"csrf": csrf, "scope": "analyse"}).get_data(
+        as_text=True)
+
+    assert "We will stop what we still can" in page
+    assert "We will not use your story in the workshop" not in page
+
+
+def test_when_nothing_could_be_stopped_the_page_says_so(client, staff, person):
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+
+    done = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "archive"})
+    page = client.get(done.headers["Location"]).get_data(as_text=True)
+
+    assert "Nothing has changed" in page and "These are now stopped" not in page
+
+
+def test_someone_elses_guessing_never_blocks_a_real_link(client, staff, person):
+    from ledger.api.ratelimit import FAILURES
+
+    path = _link(client, staff, person)
+    for i in range(FAILURES + 2):
+        client.get("/my/" + f"{i:043d}")
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+
+    withdraw = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "record"})
+
+    assert client.get("/my/" + "9" * 43).status_code == 429
+    assert withdraw.status_code == 303
+
+
+@pytest.mark.parametrize("route, method", [
+    ("", "get"), ("/confirm", "post"), ("/withdraw", "post"), ("/receipt", "get"),
+    ("/receipt.json", "get"), ("/done", "get")])
+def test_stopped_and_forged_links_refuse_every_route_and_write_nothing(
+        client, staff, person, api_ledger, route, method):
+    old = _link(client, staff, person)
+    csrf = _csrf(client.get(old).get_data(as_text=True))
+    _link(client, staff, person)  # the old link is replaced
+    before = _events(api_ledger), api_ledger.sql.query("SELECT COUNT(*) AS n FROM ledger_links")
+
+    replaced = getattr(client, method)(old + route, data={"csrf": csrf, "scope": "record"})
+    forged = getattr(client, method)("/my/" + "F" * 43 + route,
+                                     data={"csrf": csrf, "scope": "record"})
+
+    assert (replaced.status_code, forged.status_code) == (410, 404)
+    assert (_events(api_ledger),
+            api_ledger.sql.query("SELECT COUNT(*) AS n FROM ledger_links")) == before
+    for r in (replaced, forged):
+        assert r.headers["Referrer-Policy"] == "no-referrer"
+        assert r.headers["Cache-Control"] == "no-store"
+        assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+
+
+def test_the_choices_page_shows_the_persons_quoting_choice(client, staff, person):
+    html = client.get(_link(client, staff, person)).get_data(as_text=True)
+
+    assert "You chose: do not use my name." in html
