@@ -28,13 +28,26 @@ class Settings:
             data_dir=Path(env.get("LEDGER_DATA_DIR") or "./var"),
             database_url=env.get("LEDGER_DATABASE_URL") or None,
             base_url=(env.get("LEDGER_BASE_URL") or "http://127.0.0.1:8000").rstrip("/"),
-            link_days=int(env.get("LEDGER_LINK_DAYS") or DEFAULT_LINK_DAYS),
+            link_days=_link_days(env.get("LEDGER_LINK_DAYS")),
         )
 
     @property
     def sqlite_path(self) -> Path:
         """The SQLite database file used when no LEDGER_DATABASE_URL is set."""
         return self.data_dir / "ledger.sqlite3"
+
+
+def _link_days(value: str | None) -> int:
+    """LEDGER_LINK_DAYS: a whole number of days from 1 to 3650 (ten years)."""
+    if not value:
+        return DEFAULT_LINK_DAYS
+    try:
+        days = int(value)
+    except ValueError:
+        days = 0
+    if not 1 <= days <= 3650:
+        raise ValueError("LEDGER_LINK_DAYS must be a whole number of days from 1 to 3650")
+    return days
 
 
 def load_environment(env_file: str | Path = ".env") -> dict[str, str]:
