@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
 from ..domain.errors import (
@@ -72,8 +72,13 @@ def ledger_error(error: LedgerError) -> Response:
 
 
 def http_error(error: HTTPException) -> Response:
-    """Werkzeug/flask-smorest errors, including schema validation (422 with fields)."""
+    """Werkzeug/flask-smorest errors, including schema validation (422 with fields). Under the
+    participant pages' /my/ they get the pages' kind HTML instead."""
     status = error.code or 500
+    if request.path.startswith("/my/") and status < 500:
+        from .pages import kind_http_error
+
+        return kind_http_error(status)
     data = getattr(error, "data", None) or {}
     errors = _flatten(data.get("messages")) if "messages" in data else None
     detail = "Check the fields listed in errors." if errors else TITLES.get(status)

@@ -84,6 +84,16 @@ def gone(_: Exception) -> Response:
                  message="Links stop working after a while, or when we send you a new one.")
 
 
+def kind_http_error(status: int) -> Response:
+    """404/405 and the like under /my/: the kind page, not an API problem document."""
+    if status == 405:
+        return _page("my/gone.html", 405, heading="Please start again",
+                     message="This page cannot be used like that. Go back to your link.")
+    return _page("my/gone.html", status if status in (404, 410) else 400,
+                 heading="We cannot find this page",
+                 message="The link may be mistyped, or it may be old.")
+
+
 def _chosen(view: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
     return [s for s in view["scopes"] if s["name"] in names]
 

@@ -346,3 +346,15 @@ def test_the_choices_page_shows_the_persons_quoting_choice(client, staff, person
     html = client.get(_link(client, staff, person)).get_data(as_text=True)
 
     assert "You chose: do not use my name." in html
+
+
+@pytest.mark.parametrize("how", ["trailing slash", "post to the page", "too deep"])
+def test_odd_addresses_under_my_get_the_kind_page(client, staff, person, how):
+    path = _link(client, staff, person)
+    response = {"trailing slash": lambda: client.get(path + "/"),
+                "post to the page": lambda: client.post(path),
+                "too deep": lambda: client.get(path + "/a/b")}[how]()
+
+    assert response.status_code in (404, 405)
+    assert response.content_type.startswith("text/html")
+    assert "coproduction@ucl.ac.uk" in response.get_data(as_text=True)
