@@ -17,7 +17,7 @@ from eventsourcing.persistence import InfrastructureFactory, IntegrityError, JSO
 from eventsourcing.utils import Environment, EnvType
 
 from . import pilot
-from .audit import audit_item
+from .audit.feed import audit_item
 from .config import Settings
 from .domain import Participant, Payment, PersonalDetails, Study, derived_id
 from .domain.base import topic
@@ -31,7 +31,7 @@ from .domain.errors import (
     PaymentNotFound,
     StudyNotFound,
 )
-from .domain.money import check_currency, parse_pence
+from .domain.money import parse_pence
 from .idempotency import IdempotencyStore, IdempotentRequest
 from .privacy.keys import MasterKey, ensure_signing_key
 from .privacy.keystore import DataKeyStore
@@ -601,7 +601,6 @@ class Ledger(Application[UUID]):
         whatever happens above it. A writer that loses a race gets ``PaymentAlreadyRecorded``.
         """
         pence = parse_pence(amount)
-        check_currency(currency)
 
         def command(p: Participant, s: Study) -> Also[dict[str, Any]]:
             payment = p.pay(s.activity(activity), pence, currency, method, reference, reason,

@@ -1,5 +1,6 @@
-"""Plain-dict views of single records, read from their aggregates (lists and reports come from
-projections). Personal fields pass through as stored: after erasure they are ``REDACTED``."""
+"""Plain-dict views of single records, read from their aggregates (lists and reports will come from
+projections). Personal fields arrive sealed and are opened by the caller's ``reveal`` (one per view,
+from ``PersonalDataMapper.revealer``); once a person's key is destroyed they read "[erased]"."""
 
 from __future__ import annotations
 
@@ -15,11 +16,7 @@ from .domain.remuneration import Arrangement
 Reveal = Callable[[Any], Any]  # opens a sealed personal value (see PersonalDataMapper.revealer)
 
 
-def _plain(value: Any) -> Any:
-    return value
-
-
-def _text(value: Any, reveal: Reveal = _plain) -> Any:
+def _text(value: Any, reveal: Reveal) -> Any:
     value = reveal(value)
     return "[erased]" if is_redacted(value) else value
 
@@ -51,7 +48,7 @@ def study_view(study: Study) -> dict[str, Any]:
     }
 
 
-def payment_view(payment: Payment, erased: bool, reveal: Reveal = _plain) -> dict[str, Any]:
+def payment_view(payment: Payment, erased: bool, reveal: Reveal) -> dict[str, Any]:
     """One payment; its personal fields are hidden once the participant is erased."""
     def personal(value: Any) -> Any:
         return None if value is None else ("[erased]" if erased else _text(value, reveal))
@@ -66,7 +63,7 @@ def payment_view(payment: Payment, erased: bool, reveal: Reveal = _plain) -> dic
     }
 
 
-def consent_view(c: ConsentRecord, reveal: Reveal = _plain) -> dict[str, Any]:
+def consent_view(c: ConsentRecord, reveal: Reveal) -> dict[str, Any]:
     """Where consent for one scope stands."""
     return {"scope": c.scope, "state": c.state, "form_version": c.form_version,
             "form_sha256": c.form_sha256, "method": c.method, "attribution": c.attribution,
@@ -74,7 +71,7 @@ def consent_view(c: ConsentRecord, reveal: Reveal = _plain) -> dict[str, Any]:
             "history": [{k: _text(v, reveal) for k, v in step.items()} for step in c.history]}
 
 
-def need_view(n: AccessNeed, reveal: Reveal = _plain) -> dict[str, Any]:
+def need_view(n: AccessNeed, reveal: Reveal) -> dict[str, Any]:
     """One access need and its outcome."""
     return {"id": n.id, "category": _text(n.category, reveal),
             "detail": _text(n.detail, reveal), "outcome": n.outcome,
@@ -82,7 +79,7 @@ def need_view(n: AccessNeed, reveal: Reveal = _plain) -> dict[str, Any]:
             "outcome_at": n.outcome_at, "met_at": n.met_at}
 
 
-def arrangement_view(a: Arrangement, reveal: Reveal = _plain) -> dict[str, Any]:
+def arrangement_view(a: Arrangement, reveal: Reveal) -> dict[str, Any]:
     """How the person will be paid for one activity."""
     return {"activity": a.activity, "method": a.method, "payee": a.payee,
             "benefits_advice_offered": a.benefits_advice_offered, "declined": a.declined,
@@ -91,7 +88,7 @@ def arrangement_view(a: Arrangement, reveal: Reveal = _plain) -> dict[str, Any]:
 
 
 def participant_view(p: Participant, study: Study, payments: list[Payment],
-                     reveal: Reveal = _plain) -> dict[str, Any]:
+                     reveal: Reveal) -> dict[str, Any]:
     """Everything held about one participant (``reveal`` opens their sealed fields)."""
     erased = p.erased_at is not None
     communities = reveal(p.communities)

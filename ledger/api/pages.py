@@ -12,6 +12,7 @@ from flask import Blueprint, Response, current_app, g, json, redirect, render_te
 from flask.typing import ResponseReturnValue
 
 from ..domain.errors import LinkNoLongerWorks, LinkNotFound, UnknownScope
+from ..privacy.links import LinkRef
 from .common import ledger
 
 blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static")
@@ -98,12 +99,11 @@ def _chosen(view: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
     return [s for s in view["scopes"] if s["name"] in names]
 
 
-def _csrf_ok(token: str) -> bool:
-    ref = ledger().links.find(token)
-    return ref is not None and ledger().links.check_csrf(ref, request.form.get("csrf", ""))
+def _csrf_ok(ref: LinkRef) -> bool:
+    return ledger().links.check_csrf(ref, request.form.get("csrf", ""))
 
 
-def _bad_form(token: str) -> Response:
+def _bad_form() -> Response:
     return _page("my/gone.html", 400, heading="Please start again",
                  message="This form was not sent from your page, or it is out of date. Go back "
                          "to your link and try again. Nothing has changed.")
@@ -120,8 +120,8 @@ def choices(token: str) -> ResponseReturnValue:
 def confirm(token: str) -> ResponseReturnValue:
     """Check before anything changes: what stopping each choice means."""
     ref, view = ledger().open_link(token)
-    if not _csrf_ok(token):
-        return _bad_form(token)
+    if not _csrf_ok(ref):
+        return _bad_form()
     names = view["can_withdraw"] if request.form.get("all") else request.form.getlist("scope")
     chosen = [s for s in _chosen(view, names) if s["state"] == "given"]
     if not chosen:
@@ -136,14 +136,14 @@ def confirm(token: str) -> ResponseReturnValue:
 @blp.post("/my/<token>/withdraw")
 def withdraw(token: str) -> ResponseReturnValue:
     """Stop the confirmed choices, then show what happened (303 to a page that changes nothing)."""
-    ledger().open_link(token)
-    if not _csrf_ok(token):
-        return _bad_form(token)
+    ref, _ = ledger().open_link(token)
+    if not _csrf_ok(ref):
+        return _bad_form()
     names = request.form.getlist("scope")
     try:
         done = ledger().withdraw_by_link(token, names)
     except UnknownScope:
-        return _bad_form(token)
+        return _bad_form()
     return redirect(url_for("pages.done", token=token, stopped=",".join(done["withdrawn"]),
                             already=",".join(done["already"]),
                             nothing="1" if not done["withdrawn"] and not done["already"] else ""),

@@ -8,8 +8,8 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from .domain import is_redacted
-from .privacy.mapper import Sealed
+from ..domain import is_redacted
+from ..privacy.mapper import Sealed
 
 PERSONAL = "[personal data]"
 ENVELOPE = {"originator_id", "originator_version", "timestamp", "originator_topic"}
