@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .domain.errors import (
     ParticipantNotFound,
     PaymentNotFound,
     StudyNotFound,
+    ViewsBehind,
 )
 from .domain.money import parse_pence
 from .idempotency import IdempotencyStore, IdempotentRequest
@@ -38,6 +40,8 @@ from .privacy.keystore import DataKeyStore
 from .privacy.links import LinkRef, LinkStore
 from .privacy.mapper import PersonalDataMapper, SealedAsBase64
 from .privacy.tokens import TokenStore
+from .projections.follower import Follower
+from .projections.projector import Projector
 from .receipts import consent_receipt, my_consents_view
 from .store import Sql, VersionProbe, eventsourcing_env, schema_lock
 from .views import (
@@ -54,6 +58,7 @@ A = TypeVar("A", bound=Aggregate)
 MAX_ATTEMPTS = 20
 LOCK_STRIPES = 64
 CACHE_SIZE = 1000
+VIEW_WAIT_S = 5.0
 REFERENCE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"  # no 0/O, 1/I/L, U: easy to read aloud
 
 
@@ -99,6 +104,7 @@ class Ledger(Application[UUID]):
             self.links = LinkStore(self.sql, self.master_key.derive("withdrawal-link/v1"))
             self.idempotency = IdempotencyStore(self.sql,
                                                 self.master_key.derive("idempotency/v1"))
+            self.projector = Projector(self)
         assert isinstance(self.mapper, PersonalDataMapper)
         self.mapper.keys = self.keys
         # Commands read the study but never change it: they share one copy, replaced (never
@@ -120,9 +126,14 @@ class Ledger(Application[UUID]):
             event_store=self.events, cache_maxsize=CACHE_SIZE, fastforward=True
         )
         self.finish_erasures()  # complete any erasure a crash interrupted
+        self._saved = threading.local()
+        self._follower = Follower(self.projector)
+        if self.settings.projections == "inline":
+            self.projector.catch_up()  # what a crash left behind, or a first build
 
     def close(self) -> None:
-        """Close connections."""
+        """Stop following the log, then close connections."""
+        self._follower.stop()
         self._probe.close()
         super().close()
 
@@ -174,6 +185,38 @@ class Ledger(Application[UUID]):
         except IntegrityError:
             return False
         return True
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        """Save atomically; then (views kept inline) wake this process's view follower."""
+        recordings = super().save(*objs, **kwargs)
+        if recordings:
+            self._saved.position = recordings[-1].notification.id
+        if self.settings.projections == "inline":
+            self._follower.wake()
+        return recordings
+
+    def last_saved_position(self) -> int | None:
+        """The notification id of this thread's latest save (for read-your-writes)."""
+        return getattr(self._saved, "position", None)
+
+    def forget_saved_position(self) -> None:
+        """Start a new request: nothing saved yet."""
+        self._saved.position = None
+
+    def views_at_least(self, position: int | None = None) -> int:
+        """Make the views include ``position`` (default: everything saved so far) and return
+        their position. Inline, this process catches them up itself; external, it waits for
+        ``ledger projections run`` (``ViewsBehind`` after ``VIEW_WAIT_S``)."""
+        if self.settings.projections == "inline":
+            return self.projector.catch_up()
+        deadline = time.monotonic() + VIEW_WAIT_S
+        while True:
+            current = self.projector.views.position()
+            if position is None or current >= position:
+                return current
+            if time.monotonic() > deadline:
+                raise ViewsBehind("the views have not caught up yet; try again shortly")
+            time.sleep(0.05)
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -363,18 +406,23 @@ class Ledger(Application[UUID]):
         """Every registered participant's id, in registration order (streamed from the log)."""
         return [n.originator_id for n in self._notifications(topic("Participant.Registered"))]
 
-    def participants_page(self, *, limit: int, after: UUID | None) -> dict[str, Any]:
-        """A page of participants in registration order, after the id ``after``."""
-        ids = self.participant_ids()
-        start = 0
+    def participants_page(self, *, limit: int, after: UUID | None,
+                          min_position: int | None = None) -> dict[str, Any]:
+        """A page of participants in registration order, after the id ``after``, read from the
+        views (which include at least notification ``min_position``)."""
+        self.views_at_least(min_position)
+        views = self.projector.views
+        after_seq = 0
         if after is not None:
-            if after not in ids:
+            found = views.seq_of(str(after))
+            if found is None:
                 raise InvalidInput("after must be the id of a listed participant", field="after")
-            start = ids.index(after) + 1
-        page = ids[start:start + limit]
-        more = start + limit < len(ids)
-        return {"items": [self.participant(pid) for pid in page],
-                "next_after": page[-1] if page and more else None}
+            after_seq = found
+        rows = views.page(after_seq=after_seq, limit=limit + 1)
+        reveal = self._revealer()
+        items = [self.projector.read_doc(doc, reveal) for _, _, doc in rows[:limit]]
+        return {"items": items, "next_after": UUID(rows[limit - 1][0]) if len(rows) > limit
+                else None}
 
     def participant(self, participant_id: UUID) -> dict[str, Any]:
         """Everything about one participant, as a plain dict."""
@@ -526,6 +574,16 @@ class Ledger(Application[UUID]):
             o = p.obligations[obligation_id]
             return {"id": o.id, "scope": o.scope, "kind": o.kind, "opened_at": o.opened_at,
                     "done_at": o.done_at}
+        return self._change(participant_id, command)
+
+    def record_use(self, participant_id: UUID, scope: str, purpose: object, *,
+                   by: str) -> dict[str, Any]:
+        """Record a use of the person's story under ``scope``; never refused for want of consent
+        (it is a fact), but the answer and the reports say whether consent was given."""
+        def command(p: Participant, s: Study) -> dict[str, Any]:
+            state = p.record_use(s.scope(scope), purpose, at=self.clock(), by=by)
+            return {"scope": scope, "consent_state": state, "at": p.uses[-1]["at"],
+                    "without_consent": state != "given"}
         return self._change(participant_id, command)
 
     # -- access needs ------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from .config import Settings, load_environment
 
 
 @contextmanager
-def open_ledger() -> Iterator[Ledger]:
+def open_ledger(**overrides: str) -> Iterator[Ledger]:
     """A Ledger configured from the environment (and .env), closed afterwards."""
-    ledger = Ledger(load_environment())
+    ledger = Ledger({**load_environment(), **overrides})
     try:
         yield ledger
     finally:
@@ -104,6 +104,73 @@ def tokens_revoke(token_id: str) -> None:
         if not ledger.tokens.revoke(token_id):
             raise click.ClickException("no live token with that id")
     click.echo(f"Revoked {token_id}.", err=True)
+
+
+@main.command()
+@click.option("--as-of", "as_of", default=None, metavar="T",
+              help="The moment, ISO 8601 with offset (default: now).")
+@click.option("--format", "fmt", default="json", show_default=True,
+              type=click.Choice(["json", "csv", "html", "pdf"]))
+@click.option("--outstanding-days", default=30, show_default=True, type=click.IntRange(0, 3650),
+              help="List payments agreed this many days ago and not yet made.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to FILE (default: standard output).")
+def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | None) -> None:
+    """The compliance report (the same as GET /api/v1/reports/compliance)."""
+    from datetime import datetime
+
+    from .domain.errors import LedgerError
+    from .reports import report_data
+    from .reports.render import render
+
+    moment = None
+    if as_of is not None:
+        try:
+            moment = datetime.fromisoformat(as_of)
+        except ValueError:
+            raise click.BadParameter("not an ISO 8601 date and time", param_hint="--as-of") from None
+    with open_ledger() as ledger:
+        try:
+            data = render(report_data(ledger, moment, outstanding_days), fmt)
+        except LedgerError as e:
+            raise click.BadParameter(e.message, param_hint=f"--{(e.field or 'as-of').replace('_', '-')}"
+                                     ) from None
+    if output:
+        with open(output, "wb") as f:
+            f.write(data)
+        click.echo(f"Wrote the {fmt} report to {output}.", err=True)
+    else:
+        sys.stdout.buffer.write(data)
+
+
+@main.group()
+def projections() -> None:
+    """The views the staff list and the reports read."""
+
+
+@projections.command("rebuild")
+def projections_rebuild() -> None:
+    """Empty every view and rebuild it from the log, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with open_ledger(LEDGER_PROJECTIONS="external") as ledger:
+        total = ledger.recorder.max_notification_id() or 0
+        with Progress("[progress.description]{task.description}", BarColumn(),
+                      MofNCompleteColumn(), TimeRemainingColumn(), transient=False,
+                      console=__import__("rich.console").console.Console(stderr=True)) as bar:
+            task = bar.add_task("Rebuilding the views", total=total)
+            position = ledger.projector.rebuild(progress=lambda n: bar.advance(task, n))
+            bar.update(task, completed=total)
+    click.echo(f"Rebuilt the views up to position {position}.", err=True)
+
+
+@projections.command("run")
+@click.option("--until-idle", is_flag=True, help="Stop once the views have caught up (tests).")
+def projections_run(until_idle: bool) -> None:
+    """Follow the log and keep the views up to date (with LEDGER_PROJECTIONS=external)."""
+    from .projections.runner import run_views
+
+    run_views(load_environment(), until_idle=until_idle)
 
 
 if __name__ == "__main__":  # pragma: no cover

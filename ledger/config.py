@@ -20,6 +20,7 @@ class Settings:
     database_url: str | None
     base_url: str
     link_days: int = DEFAULT_LINK_DAYS
+    projections: str = "inline"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -29,6 +30,7 @@ class Settings:
             database_url=env.get("LEDGER_DATABASE_URL") or None,
             base_url=(env.get("LEDGER_BASE_URL") or "http://127.0.0.1:8000").rstrip("/"),
             link_days=_link_days(env.get("LEDGER_LINK_DAYS")),
+            projections=_projections(env.get("LEDGER_PROJECTIONS")),
         )
 
     @property
@@ -48,6 +50,15 @@ def _link_days(value: str | None) -> int:
     if not 1 <= days <= 3650:
         raise ValueError("LEDGER_LINK_DAYS must be a whole number of days from 1 to 3650")
     return days
+
+
+def _projections(value: str | None) -> str:
+    """LEDGER_PROJECTIONS: ``inline`` (each process keeps the views up to date after its own
+    saves) or ``external`` (``ledger projections run`` does, e.g. beside several PostgreSQL hosts)."""
+    value = (value or "inline").strip().lower()
+    if value not in ("inline", "external"):
+        raise ValueError("LEDGER_PROJECTIONS must be inline or external")
+    return value
 
 
 def load_environment(env_file: str | Path = ".env") -> dict[str, str]:

@@ -98,7 +98,8 @@ def participant_view(p: Participant, study: Study, payments: list[Payment],
         "name": _text(p.name, reveal),
         "email": _text(p.email, reveal),
         "phone": _text(p.phone, reveal),
-        "communities": ["[erased]"] if is_redacted(communities) else list(communities),
+        "communities": (["[erased]"] if is_redacted(communities) else list(communities)
+                        if isinstance(communities, list | tuple) else communities),  # or sealed
         "preferred_contact": _text(p.preferred_contact, reveal),
         "registered_at": p.registered_at,
         "erased": erased,
@@ -118,4 +119,6 @@ def participant_view(p: Participant, study: Study, payments: list[Payment],
             for e in p.expenses
         ],
         "payments": [payment_view(pay, erased, reveal) for pay in payments],
+        "uses": [{"scope": u["scope"], "purpose": _text(u["purpose"], reveal),
+                  "consent_state": u["consent_state"], "at": u["at"]} for u in p.uses],
     }

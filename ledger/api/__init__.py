@@ -24,7 +24,9 @@ from . import (
     pages,
     participants,
     payments,
+    reports,
     study,
+    uses,
 )
 from .ratelimit import FailureLimiter
 from .schemas import ProblemSchema
@@ -81,7 +83,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api = LedgerApi(app, spec_kwargs={"info": {"description": "Consents, access needs and payments "
                                                          "for participatory research."}})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
-    for module in (study, participants, consents, access_needs, payments, links, audit):
+    for module in (study, participants, consents, uses, access_needs, payments, links, audit,
+                   reports):
         api.register_blueprint(module.blp)
     app.register_blueprint(health.blp)
     app.register_blueprint(pages.blp)
@@ -95,6 +98,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()
+        ledger.forget_saved_position()
 
     @app.after_request
     def secure_and_log(response: Response) -> Response:
@@ -106,6 +110,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         response.headers["Content-Security-Policy"] = (
             DOCS_CSP if is_docs else PAGES_CSP if is_page else API_CSP)
         response.headers["Cache-Control"] = "no-store"
+        position = ledger.last_saved_position()
+        if position is not None:  # read-your-writes: GET /participants?min_position=
+            response.headers["Ledger-Position"] = str(position)
         # The route's pattern, never the raw path or query: paths can carry tokens.
         rule = request.url_rule.rule if request.url_rule else "<unmatched>"
         log.info(json.dumps({

@@ -18,6 +18,7 @@ from ..domain.errors import (
     InvalidTransition,
     LedgerError,
     NotFound,
+    ViewsBehind,
 )
 
 log = logging.getLogger("ledger.api")
@@ -27,12 +28,13 @@ STATUS_FOR = [  # first match wins
     (InvalidInput, 422),
     (InvalidTransition, 409),
     (ConcurrentUpdate, 409),
+    (ViewsBehind, 503),
 ]
 TITLES = {
     400: "Bad request", 401: "Authentication required", 403: "Not allowed for this role",
     404: "Not found", 405: "Method not allowed", 409: "Conflict with the current state",
     413: "Request too large", 415: "Unsupported media type", 422: "Invalid input",
-    429: "Too many requests", 500: "Internal error",
+    429: "Too many requests", 500: "Internal error", 503: "Not ready yet",
 }
 
 

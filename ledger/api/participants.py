@@ -111,6 +111,14 @@ class ExpenseOut(Schema):
     at = fields.DateTime()
 
 
+class UseOut(Schema):
+    scope = fields.String()
+    purpose = fields.String()
+    consent_state = fields.String(allow_none=True, metadata={
+        "description": "the consent state the use met; anything but given is flagged"})
+    at = fields.DateTime()
+
+
 class ParticipantOut(Schema):
     id = fields.UUID(dump_only=True)
     reference = fields.String()
@@ -128,6 +136,13 @@ class ParticipantOut(Schema):
     arrangements = fields.Dict(keys=fields.String(), values=fields.Nested(ArrangementOut))
     expenses = fields.List(fields.Nested(ExpenseOut))
     payments = fields.List(fields.Nested(PaymentDetailOut))
+    uses = fields.List(fields.Nested(UseOut))
+
+
+class ParticipantListQuery(PaginationQuery):
+    min_position = fields.Integer(load_default=None, validate=validate.Range(1), metadata={
+        "description": "read-your-writes: answer only once the views include this position "
+                       "(the Ledger-Position header of a write); 503 if they do not soon"})
 
 
 class ParticipantPage(Schema):
@@ -150,12 +165,12 @@ class ErasureOut(Schema):
 class Participants(MethodView):
     @require("staff")
     @blp.doc(security=SECURITY)
-    @blp.arguments(PaginationQuery(), location="query")
+    @blp.arguments(ParticipantListQuery(), location="query")
     @blp.response(200, ParticipantPage)
-    @document_errors(blp)
+    @document_errors(blp, 503)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
-        """List participants, oldest first, a page at a time."""
-        return ledger().participants_page(limit=query["limit"], after=query["after"])
+        """List participants, oldest first, a page at a time (read from the views)."""
+        return ledger().participants_page(**query)
 
     @require("staff")
     @blp.doc(security=SECURITY)

@@ -19,7 +19,8 @@
     │   │   PaymentAlreadyDeclined
     │   ├── ParticipantErased, FormVersionAlreadyRegistered, DuplicateId, IdempotencyKeyUsed,
     │   │   NoLiveLink
-    └── ConcurrentUpdate               lost a race with another writer too often (HTTP 409)
+    ├── ConcurrentUpdate               lost a race with another writer too often (HTTP 409)
+    └── ViewsBehind                    the views have not caught up with a write yet (HTTP 503)
 
 Messages name fields and allowed values, never personal data: they reach HTTP error bodies.
 """
@@ -221,3 +222,7 @@ class IdempotencyKeyUsed(InvalidTransition):
 
 class ConcurrentUpdate(LedgerError):
     """Another writer changed the same record at the same moment too many times in a row."""
+
+
+class ViewsBehind(LedgerError):
+    """The views do not include a write the client asked to see yet (try again shortly)."""

@@ -45,6 +45,7 @@ EMAIL_MAX = 254
 PHONE_MAX = 40
 COMMUNITY_MAX = 80
 COMMUNITIES_MAX = 20
+USE_PURPOSE_MAX = 500
 
 
 @dataclass
@@ -130,6 +131,7 @@ class Participant(FastCopy, Aggregate):
         self.expenses: list[dict[str, Any]] = []
         self.erased_at: datetime | None = None
         self.link: WithdrawalLink | None = None
+        self.uses: list[dict[str, Any]] = []
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -200,7 +202,7 @@ class Participant(FastCopy, Aggregate):
         c.form_version, c.form_sha256 = form_version, form_sha256
         c.method, c.attribution = method, attribution
         c.record("given", at, by=by, method=method, form_version=form_version,
-                 attribution=attribution)
+                 form_sha256=form_sha256, attribution=attribution)
 
     def refuse_consent(self, scope: Scope, *, at: datetime, by: str) -> None:
         """Record that the person said no to a requested consent."""
@@ -438,6 +440,24 @@ class Participant(FastCopy, Aggregate):
 
     # -- the personal withdrawal link ---------------------------------------------------------
 
+    def record_use(self, scope: Scope, purpose: object, *, at: datetime, by: str) -> str | None:
+        """Record that the person's story was used under ``scope`` (e.g. quoted in a report).
+
+        A use is a fact, so it is never refused for want of consent: it is recorded with the
+        consent state it met, and reports flag any use made without consent given. Returns
+        that state."""
+        self.check_not_erased()
+        what = check_text("purpose", purpose, max_length=USE_PURPOSE_MAX) or ""
+        state = self.consent(scope.name).state
+        self._used(scope.name, what, state, at, by)
+        return state
+
+    @event("StoryUsed", topic=topic("Participant.StoryUsed"))
+    def _used(self, scope: str, purpose: str, consent_state: str | None, at: datetime,
+              by: str) -> None:
+        self.uses.append({"scope": scope, "purpose": purpose, "consent_state": consent_state,
+                     "at": at, "by": by})
+
     def issue_withdrawal_link(self, link_id: UUID, expires_at: datetime, *, at: datetime,
                               by: str) -> None:
         """Issue a personal link (its token is never recorded here); any earlier link stops working."""
@@ -514,6 +534,8 @@ class Participant(FastCopy, Aggregate):
             a.reason = REDACTED if a.reason is not None else None
         for e in self.expenses:
             e["description"] = REDACTED
+        for u in self.uses:
+            u["purpose"] = REDACTED
 
 
 personal("Registered", "name", "email", "phone", "communities", "preferred_contact",
@@ -527,4 +549,5 @@ personal("PaymentReduced", "reason", subject="originator_id", aggregate=Particip
 personal("ExpenseRecorded", "description", subject="originator_id", aggregate=Participant)
 # The erasure's reason is free text about the person, so it is erased with everything else; the
 # event keeps who erased and when.
+personal("StoryUsed", "purpose", subject="originator_id", aggregate=Participant)
 personal("Erased", "reason", subject="originator_id", aggregate=Participant)

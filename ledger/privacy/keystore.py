@@ -77,12 +77,15 @@ class DataKeyStore:
     def destroy(self, participant_id: UUID) -> bool:
         """Delete the key, then scrub the freed bytes from the database files. Returns whether the
         scrub completed; if not, it is remembered and retried by ``scrub_if_pending``."""
-        self.sql.execute(
-            f"DELETE FROM {{t}}{TABLE} WHERE participant_id = %s", (participant_id.hex,)
-        )
-        self.sql.execute(
-            "INSERT INTO {t}ledger_meta (name, value) VALUES (%s, %s) ON CONFLICT (name) "
-            "DO NOTHING", (SCRUB_PENDING, "1"))
+        with self.sql.transaction() as c:
+            c.execute(f"DELETE FROM {{t}}{TABLE} WHERE participant_id = %s",
+                      (participant_id.hex,))
+            xid = "1"
+            if self.sql.is_postgres:  # the deleting transaction: see _scrub
+                c.execute("SELECT mod(txid_current(), 4294967296) AS xid")
+                xid = str(c.fetchone()["xid"])
+            c.execute("INSERT INTO {t}ledger_meta (name, value) VALUES (%s, %s) ON CONFLICT "
+                      "(name) DO UPDATE SET value = excluded.value", (SCRUB_PENDING, xid))
         return self.scrub_if_pending()
 
     def scrub_if_pending(self) -> bool:
@@ -99,6 +102,17 @@ class DataKeyStore:
 
     def _scrub(self) -> bool:
         if self.sql.is_postgres:
+            # VACUUM FULL copies a deleted row that a transaction older than the delete could
+            # still see: wait (stay pending) until no such transaction is open.
+            pending = self.sql.query("SELECT value FROM {t}ledger_meta WHERE name = %s",
+                                     (SCRUB_PENDING,))
+            xid = int(pending[0]["value"]) if pending else 0
+            older = self.sql.query(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND (backend_xmin::text::bigint <= %s "
+                "OR backend_xid::text::bigint < %s)", (xid, xid))
+            if older[0]["n"]:
+                return False
             # Rewrite the (small) table so no dead tuple keeps the old bytes in a heap page.
             # Bounded wait: a long reader must not stall every other request behind this lock.
             try:

@@ -85,9 +85,12 @@ def _raw_store(ledger: Ledger, store_env) -> bytes:
 def test_personal_data_is_not_in_the_database_files_or_logs(ledger, store_env, caplog):
     caplog.set_level(logging.DEBUG)
 
-    _seed(ledger)
+    pid = _seed(ledger)
+    ledger.views_at_least()  # the views (same database) hold this person's rows too
+    listed = ledger.participants_page(limit=10, after=None)["items"]
     raw = _raw_store(ledger, store_env)
 
+    assert [p["name"] for p in listed if p["id"] == pid] == [NAME]  # sealed in the view, opened here
     assert len(raw) > 10_000  # the scan really read the store (and, on SQLite, its WAL)
     assert _occurrences(raw) == []
     assert _occurrences(caplog.text.encode()) == []
@@ -162,7 +165,7 @@ EVERY_FIELD = {
     "decline_reason": "Quillfeather-decline-reason", "reduce_reason": "Quillfeather-reduce-why",
     "expense": "Quillfeather-expense-description", "reference": REFERENCE,
     "pay_reason": "Quillfeather-pay-reason", "reversal": "Quillfeather-reversal-reason",
-    "erasure_reason": "Quillfeather-erasure-reason",
+    "erasure_reason": "Quillfeather-erasure-reason", "use_purpose": "Quillfeather-use-purpose",
 }
 
 
@@ -182,6 +185,7 @@ def _seed_every_personal_field(ledger: Ledger):
     pay = ledger.record_payment(pid, "conversation", "9.00", "cash", reference=f["reference"],
                                 reason=f["pay_reason"], by="t")
     ledger.reverse_payment(pid, pay["id"], f["reversal"], by="t")
+    ledger.record_use(pid, "record", f["use_purpose"], by="t")
     return pid
 
 
@@ -227,6 +231,7 @@ def test_the_declared_personal_fields_are_exactly_these():
         "Participant.PaymentReduced": ("reason",),
         "Participant.ExpenseRecorded": ("description",),
         "Participant.Erased": ("reason",),
+        "Participant.StoryUsed": ("purpose",),
         "Payment.Recorded": ("reference", "reason"),
         "Payment.Reversed": ("reason",),
     }

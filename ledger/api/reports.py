@@ -1,0 +1,58 @@
+"""Auditors: the compliance report, at any moment, in JSON, CSV (zip), HTML or PDF."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from ..reports import DEFAULT_OUTSTANDING_DAYS, report_data
+from ..reports.render import EXTENSIONS, FORMATS, render
+from .auth import SECURITY, require
+from .common import ledger
+from .schemas import document_errors
+
+blp = Blueprint("reports", __name__, url_prefix="/api/v1", description="For auditors")
+
+
+class ReportQuery(Schema):
+    as_of = fields.AwareDateTime(load_default=None, metadata={
+        "description": "the moment to report on, ISO 8601 with offset (default: now); "
+                       "not in the future, not before the study was set up"})
+    format = fields.String(load_default="json", validate=validate.OneOf(list(FORMATS)))
+    outstanding_days = fields.Integer(
+        load_default=DEFAULT_OUTSTANDING_DAYS, validate=validate.Range(0, 3650),
+        metadata={"description": "a payment agreed this many days ago and not made is listed "
+                                 "as outstanding"})
+
+
+REPORT_DOC = {"responses": {"200": {
+    "description": "the report (format=json: this object; csv: a zip of one CSV per section; "
+                   "html: a page; pdf: the page printed)",
+    "content": {
+        "application/json": {"schema": {"type": "object", "required": [
+            "report", "as_of", "consent", "payments", "access_needs", "log"]}},
+        "application/zip": {"schema": {"type": "string", "format": "binary"}},
+        "text/html": {"schema": {"type": "string"}},
+        "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+    }}}}
+
+
+@blp.route("/reports/compliance")
+class Compliance(MethodView):
+    @require("auditor")
+    @blp.doc(security=SECURITY, **REPORT_DOC)
+    @blp.arguments(ReportQuery(), location="query")
+    @document_errors(blp, 422, 503)
+    def get(self, query: dict[str, Any]) -> Response:
+        """The compliance report at a moment (default now), in the format asked for."""
+        report = report_data(ledger(), query["as_of"], query["outstanding_days"])
+        fmt = query["format"]
+        response = Response(render(report, fmt), mimetype=None, content_type=FORMATS[fmt])
+        if fmt in ("csv", "pdf"):
+            name = f"compliance-{report['as_of'][:19].replace(':', '')}.{EXTENSIONS[fmt]}"
+            response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response

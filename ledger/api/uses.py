@@ -1,0 +1,43 @@
+"""Uses: record that a person's story was used under a scope (the reports check it had consent)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from .auth import SECURITY, actor, require
+from .common import ledger
+from .schemas import document_errors
+
+blp = Blueprint("uses", __name__, url_prefix="/api/v1",
+                description="Uses of a person's story, checked against their consent")
+
+
+class UseIn(Schema):
+    scope = fields.String(required=True, validate=validate.Length(1, 40))
+    purpose = fields.String(required=True, validate=validate.Length(1, 500), metadata={
+        "example": "quoted in the workshop summary"})
+
+
+class UseRecorded(Schema):
+    scope = fields.String()
+    consent_state = fields.String(allow_none=True)
+    without_consent = fields.Boolean(metadata={
+        "description": "true when consent for the scope was not given at the time"})
+    at = fields.DateTime()
+
+
+@blp.route("/participants/<uuid:participant_id>/uses")
+class Uses(MethodView):
+    @require("staff")
+    @blp.doc(security=SECURITY)
+    @blp.arguments(UseIn())
+    @blp.response(201, UseRecorded)
+    @document_errors(blp, 404, 409)
+    def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
+        """Record a use of the story; recorded even without consent, and flagged in reports."""
+        return ledger().record_use(participant_id, body["scope"], body["purpose"], by=actor())

@@ -1,0 +1,60 @@
+"""A thread that keeps this process's views up to date right after its own saves."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+log = logging.getLogger("ledger.projections")
+RETRY_S = 0.5
+
+
+class Follower:
+    """Woken after each save, catches the views up (batching saves that came meanwhile).
+
+    Started on the first wake in each process (gunicorn forks workers, and threads do not
+    survive a fork). A failure is logged by type only and retried: the views are derived data,
+    the next catch-up (here, on a read or at start-up) repairs them."""
+
+    def __init__(self, projector: Any) -> None:
+        self._projector = projector
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._start_lock = threading.Lock()
+
+    def wake(self) -> None:
+        """Ask for a catch-up soon."""
+        if self._stopping.is_set():
+            return
+        if self._thread is None or self._pid != os.getpid():
+            with self._start_lock:
+                if self._thread is None or self._pid != os.getpid():
+                    self._pid = os.getpid()
+                    self._thread = threading.Thread(target=self._run, name="ledger-views",
+                                                    daemon=True)
+                    self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self._projector.catch_up()
+            except Exception as error:  # noqa: BLE001 - logged by type; retried below
+                log.warning("views could not catch up (%s); retrying", type(error).__name__)
+                self._stopping.wait(RETRY_S)
+                self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the thread (after any catch-up in progress)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            self._thread.join(timeout=30)

@@ -1,0 +1,246 @@
+"""Apply the event log to private, in-memory aggregates, and turn them into view rows.
+
+``Replay`` is the whole state at a position of the log (every participant, payment and the
+study), built by applying stored events in notification order; the compliance report of a past
+moment is a replay stopped at that moment. ``Projector`` keeps the views in the database up to
+date with the same code: it reads notifications after the views' position, applies them, and
+writes the rows of every participant they touched, with the new position, in one transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Repository
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    Notification,
+    Transcoding,
+    UUIDAsHex,
+)
+
+from ..domain import Participant, Payment, Study, is_redacted
+from ..privacy.mapper import Sealed
+from ..views import participant_view
+from .rows import participant_rows, summary_row
+from .store import Stale, ViewStore
+
+PAGE = 500
+PARTICIPANT, PAYMENT, STUDY = "ledger:Participant", "ledger:Payment", "ledger:Study"
+
+
+class SealedRef(Transcoding):
+    """A sealed personal value in a stored view document: still ciphertext under the person's
+    own key, with what is needed to open it (erasing the person makes it unreadable here too)."""
+
+    type = Sealed
+    name = "sealed_ref"
+
+    def encode(self, obj: Sealed) -> list[str]:
+        import base64
+        return [base64.b64encode(obj.ciphertext).decode(), str(obj.subject), obj.topic, obj.field]
+
+    def decode(self, data: list[str]) -> Sealed:
+        import base64
+        return Sealed(base64.b64decode(data[0]), UUID(data[1]), data[2], data[3])
+
+
+def doc_transcoder() -> JSONTranscoder:
+    """The transcoder of stored view documents."""
+    t = JSONTranscoder()
+    for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), SealedRef()):
+        t.register(transcoding)
+    return t
+
+
+class Replay:
+    """Aggregates rebuilt in memory from notifications, in log order."""
+
+    def __init__(self, mapper: Any, events: Any, keep: int | None = None) -> None:
+        self.mapper = mapper
+        self._loader = Repository(event_store=events)  # for aggregates not held in memory
+        self.keep = keep  # None: hold everything (a rebuild or a report)
+        self.aggregates: OrderedDict[UUID, Aggregate] = OrderedDict()
+        self.seq: dict[UUID, int] = {}  # participant -> notification id of their registration
+        self.study: Study | None = None
+        self.position = 0
+        self.count = 0
+
+    def apply(self, n: Notification, event: Any | None = None) -> UUID | None:
+        """Apply one notification; returns the participant it concerns (None for the study)."""
+        event = event if event is not None else self.mapper.to_domain_event(n)
+        oid: UUID = n.originator_id  # type: ignore[assignment]
+        aggregate = self._current(oid, n.originator_version - 1)
+        if aggregate is None or aggregate.version < n.originator_version:
+            aggregate = event.mutate(aggregate)
+        assert aggregate is not None
+        self._hold(oid, aggregate)
+        self.position, self.count = n.id, self.count + 1
+        if n.topic.startswith(STUDY):
+            self.study = aggregate  # type: ignore[assignment]
+            return None
+        if n.topic.startswith(PAYMENT):
+            return getattr(aggregate, "participant_id")  # noqa: B009 - a Payment
+        if n.topic == f"{PARTICIPANT}.Registered":
+            self.seq[oid] = n.id
+        return oid
+
+    def _current(self, aggregate_id: UUID, version: int) -> Aggregate | None:
+        """The aggregate at ``version`` or later (None before its first event)."""
+        held = self.aggregates.get(aggregate_id)
+        if held is not None and held.version >= version:
+            self.aggregates.move_to_end(aggregate_id)
+            return held
+        if version == 0:
+            return None
+        return self._loader.get(aggregate_id, version=version)  # type: ignore[return-value]
+
+    def _hold(self, aggregate_id: UUID, aggregate: Aggregate) -> None:
+        self.aggregates[aggregate_id] = aggregate
+        self.aggregates.move_to_end(aggregate_id)
+        if self.keep is not None:
+            while len(self.aggregates) > self.keep:
+                self.aggregates.popitem(last=False)
+
+    def forget(self, aggregate_ids: Iterable[UUID]) -> None:
+        """Drop aggregates that were moved past what was written (a batch that lost a race)."""
+        for a in aggregate_ids:
+            self.aggregates.pop(a, None)
+
+    def participant(self, participant_id: UUID) -> Participant:
+        """A participant held in memory (or loaded at its latest version)."""
+        p = self.aggregates.get(participant_id)
+        if p is None:
+            p = self._loader.get(participant_id)
+            self._hold(participant_id, p)
+        return p  # type: ignore[return-value]
+
+    def payments(self, p: Participant) -> list[Payment]:
+        """The participant's payments, as held."""
+        out = []
+        for pid in p.payment_ids():
+            pay = self.aggregates.get(pid)
+            if pay is None:
+                pay = self._loader.get(pid)
+                self._hold(pid, pay)
+            out.append(pay)
+        return out  # type: ignore[return-value]
+
+    def participants(self) -> Iterator[Participant]:
+        """Every participant held, in registration order (a full replay holds them all)."""
+        for pid in sorted(self.seq, key=self.seq.__getitem__):
+            yield self.participant(pid)
+
+    def all_rows(self) -> dict[str, list[dict[str, Any]]]:
+        """The view rows of every participant held (for reports of a replayed moment)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for p in self.participants():
+            for name, rows in participant_rows(p, self.payments(p)).items():
+                out.setdefault(name, []).extend(rows)
+        return out
+
+
+class Projector:
+    """Keeps the view tables up to date from the log (any number of processes may run one)."""
+
+    def __init__(self, ledger: Any, keep: int | None = 10_000) -> None:
+        self.ledger = ledger
+        self.views = ViewStore(ledger.sql)
+        self.replay = Replay(ledger.mapper, ledger.events, keep=keep)
+        self.transcoder = doc_transcoder()
+        self._lock = threading.Lock()
+
+    def catch_up(self, *, limit: int | None = None, page_size: int = PAGE,
+                 progress: Callable[[int], None] | None = None) -> int:
+        """Apply everything after the views' position (or, with ``limit``, the pages up to
+        that notification id); returns the new position."""
+        with self._lock:
+            while True:
+                expected = self.views.position()
+                page = self.ledger.recorder.select_notifications(start=expected + 1, limit=page_size)
+                if not page:
+                    return expected
+                try:
+                    self._apply_batch(expected, page)
+                except Stale:
+                    continue
+                if progress is not None:
+                    progress(len(page))
+                if limit is not None and page[-1].id >= limit:
+                    return page[-1].id
+
+    def process_event(self, event: Any, notification_id: int) -> None:
+        """Apply one event already decoded, delivered with its notification id (the
+        ProjectionRunner's path); nothing happens if the views already include it."""
+        with self._lock:
+            while True:
+                expected = self.views.position()
+                if expected >= notification_id:
+                    return
+                n = Notification(id=notification_id, originator_id=event.originator_id,
+                                 originator_version=event.originator_version,
+                                 topic=type(event).TOPIC, state=b"")
+                try:
+                    self._apply_batch(expected, [n], {notification_id: event})
+                    return
+                except Stale:
+                    continue
+
+    def _apply_batch(self, expected: int, page: list[Notification],
+                     decoded: dict[int, Any] | None = None) -> None:
+        touched: dict[UUID, None] = {}
+        changed: list[UUID] = []
+        for n in page:
+            changed.append(n.originator_id)  # type: ignore[arg-type]
+            pid = self.replay.apply(n, (decoded or {}).get(n.id))
+            if pid is not None:
+                touched[pid] = None
+        try:
+            # Computed before the write transaction opens: computing may read the store.
+            entries = [self._entry(pid) for pid in touched]
+            self.views.write(expected, page[-1].id, entries)
+        except BaseException:
+            self.replay.forget(changed)  # re-read them next time, from the store
+            raise
+
+    def _entry(self, participant_id: UUID) -> tuple[dict[str, Any], str, dict[str, list[Any]]]:
+        p = self.replay.participant(participant_id)
+        payments = self.replay.payments(p)
+        seq = self.replay.seq.get(participant_id)
+        if seq is None:
+            seq = self.views.seq_of(str(participant_id))
+            assert seq is not None, "a participant is registered before anything else happens"
+            self.replay.seq[participant_id] = seq
+        doc = participant_view(p, self.ledger._study(), payments, reveal=lambda v: v)
+        return (summary_row(p, seq), self.transcoder.encode(doc).decode(),
+                participant_rows(p, payments))
+
+    def rebuild(self, progress: Callable[[int], None] | None = None) -> int:
+        """Empty the views and apply the whole log again, a page per transaction."""
+        with self._lock:
+            self.views.reset()
+            self.replay = Replay(self.ledger.mapper, self.ledger.events, keep=None)
+        return self.catch_up(progress=progress)
+
+    def read_doc(self, doc: str, reveal: Callable[[Any], Any]) -> dict[str, Any]:
+        """A stored participant document, with its sealed fields opened by ``reveal``."""
+        def walk(value: Any) -> Any:
+            if isinstance(value, Sealed):
+                opened = reveal(value)
+                return "[erased]" if is_redacted(opened) else opened
+            if isinstance(value, dict):
+                return {k: walk(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [walk(v) for v in value]
+            return value
+        view = walk(self.transcoder.decode(doc.encode()))
+        if not isinstance(view["communities"], list):
+            view["communities"] = [view["communities"]]
+        return view  # type: ignore[no-any-return]

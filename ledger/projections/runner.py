@@ -1,0 +1,83 @@
+"""``ledger projections run``: follow the log with eventsourcing's ProjectionRunner and keep the
+views up to date, for deployments where API processes leave that to one follower
+(``LEDGER_PROJECTIONS=external``, e.g. several hosts on one PostgreSQL database).
+
+The runner's subscription delivers each event with its notification id; the projector writes the
+rows and the new position in one transaction, so a follower killed at any moment resumes exactly
+where the views stand. On SQLite (no subscriptions) the same command polls the log instead.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.projection import BaseProjectionRunner, Projection
+
+from .store import ViewStore
+
+POLL_S = 0.2
+
+
+class ViewTracking(TrackingRecorder):
+    """The views' own position, as the runner reads it to know where to subscribe from."""
+
+    def __init__(self, views: ViewStore) -> None:
+        self.views = views
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        """Positions are written with the rows (``ViewStore.write``), never on their own."""
+        raise NotImplementedError("the projector writes positions together with the rows")
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """The last notification id the views include."""
+        return self.views.position() or None
+
+
+class ViewsProjection(Projection[ViewTracking]):
+    """Hands each event to the projector."""
+
+    name = "ledger_views"
+
+    def __init__(self, view: ViewTracking, projector: Any) -> None:
+        super().__init__(view)
+        self.projector = projector
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
+        """Apply one event and move the views to its notification id."""
+        self.projector.process_event(domain_event, tracking.notification_id)
+
+
+def run_views(env: Mapping[str, str], *, until_idle: bool = False,
+              stop: threading.Event | None = None) -> None:
+    """Follow the log until SIGTERM/SIGINT (or, with ``until_idle``, until caught up)."""
+    from ..application import Ledger
+
+    env = {**env, "LEDGER_PROJECTIONS": "external"}  # this process is the follower
+    ledger = Ledger(env)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        ledger.projector.catch_up()  # what is already there, in pages
+        if until_idle:
+            return
+        if not ledger.sql.is_postgres:  # SQLite has no subscriptions: poll
+            while not stop.wait(POLL_S):
+                ledger.projector.catch_up()
+            return
+        runner = BaseProjectionRunner(
+            projection=ViewsProjection(ViewTracking(ledger.projector.views), ledger.projector),
+            application_class=Ledger, tracking_recorder=ViewTracking(ledger.projector.views),
+            topics=(), env=env)
+        with runner:
+            while not stop.is_set():
+                runner.run_forever(timeout=POLL_S)  # re-raises the processing thread's error
+                if runner.is_interrupted.is_set():
+                    break
+    finally:
+        ledger.close()

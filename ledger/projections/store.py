@@ -1,0 +1,185 @@
+"""The view tables, in the same database as the events, and their tracking position.
+
+A batch of rows and the new position are written in one transaction, guarded by the position it
+was computed from: if another process moved the views on meanwhile, nothing is written and the
+caller starts again from the new position. So every notification is applied exactly once to the
+views, after any crash, whichever process (API worker or ``ledger projections run``) applies it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ..store import Sql
+from .rows import BOOLEAN_COLUMNS, INTEGER_COLUMNS, TABLES
+
+TRACKING = "ledger_view_tracking"
+NAME = "views"
+PARTICIPANTS = ("participant_id", "seq", "reference", "registered_at", "erased_at", "doc")
+
+
+def _table(name: str) -> str:
+    return f"ledger_view_{name}"
+
+
+class Stale(Exception):
+    """The views moved on while a batch was computed: start again from the stored position."""
+
+
+class ViewStore:
+    """Reads and writes the view tables."""
+
+    def __init__(self, sql: Sql) -> None:
+        self.sql = sql
+        self.create()
+
+    def create(self) -> None:
+        """Create the tables if missing (safe to run in many processes at once)."""
+        big = "BIGINT"
+        statements = [
+            f"CREATE TABLE IF NOT EXISTS {{t}}{TRACKING} (name TEXT PRIMARY KEY, "
+            f"position {big} NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {{t}}{_table('participants')} (participant_id TEXT "
+            f"PRIMARY KEY, seq {big} NOT NULL, reference TEXT NOT NULL, registered_at TEXT, "
+            "erased_at TEXT, doc TEXT NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS {_table('participants')}_seq ON "
+            f"{{t}}{_table('participants')} (seq)",
+        ]
+        for name, columns in TABLES.items():
+            cols = ", ".join(f"{c} {big if c in INTEGER_COLUMNS else 'TEXT'}" for c in columns)
+            statements.append(f"CREATE TABLE IF NOT EXISTS {{t}}{_table(name)} ({cols})")
+            statements.append(f"CREATE INDEX IF NOT EXISTS {_table(name)}_pid ON "
+                              f"{{t}}{_table(name)} (participant_id)")
+        with self.sql.transaction() as c:
+            # A write first, so SQLite takes its write lock (waiting for it) before reading
+            # anything; else a read-then-write transaction fails at once when another
+            # process wrote in between ("database is locked").
+            c.execute("UPDATE {t}ledger_meta SET value = value WHERE name = %s",
+                      ("master_key_id",))
+            for s in statements:
+                c.execute(s)
+            c.execute(f"INSERT INTO {{t}}{TRACKING} (name, position) SELECT %s, 0 WHERE NOT "
+                      f"EXISTS (SELECT 1 FROM {{t}}{TRACKING} WHERE name = %s)", (NAME, NAME))
+
+    def position(self) -> int:
+        """The last notification id the views include."""
+        rows = self.sql.query(f"SELECT position FROM {{t}}{TRACKING} WHERE name = %s", (NAME,))
+        return int(_first(rows[0])) if rows else 0
+
+    def write(self, expected: int, position: int,
+              participants: Iterable[tuple[dict[str, Any], str, dict[str, list[dict[str, Any]]]]]
+              ) -> None:
+        """Replace the rows of each given participant and move the position from ``expected`` to
+        ``position``, in one transaction; ``Stale`` if the position was no longer ``expected``."""
+        with self.sql.transaction() as c:
+            # The UPDATE first: it takes the write lock before anything is read (SQLite), and
+            # on PostgreSQL it locks the tracking row until commit.
+            c.execute(f"UPDATE {{t}}{TRACKING} SET position = %s WHERE name = %s AND position = %s",
+                      (position, NAME, expected))
+            c.execute(f"SELECT position FROM {{t}}{TRACKING} WHERE name = %s", (NAME,))
+            if int(_first(c.fetchone())) != position:
+                raise Stale
+            for summary, doc, rows in participants:
+                pid = summary["participant_id"]
+                for name in ("participants", *TABLES):
+                    c.execute(f"DELETE FROM {{t}}{_table(name)} WHERE participant_id = %s", (pid,))
+                c.execute(f"INSERT INTO {{t}}{_table('participants')} ({', '.join(PARTICIPANTS)})"
+                          " VALUES (%s, %s, %s, %s, %s, %s)",
+                          (*(summary[k] for k in PARTICIPANTS[:-1]), doc))
+                for name, table_rows in rows.items():
+                    columns = TABLES[name]
+                    marks = ", ".join(["%s"] * len(columns))
+                    for row in table_rows:
+                        c.execute(f"INSERT INTO {{t}}{_table(name)} ({', '.join(columns)}) "
+                                  f"VALUES ({marks})", tuple(_store(k, row[k]) for k in columns))
+
+    def reset(self) -> None:
+        """Empty every view and set the position to 0 (in one transaction)."""
+        with self.sql.transaction() as c:
+            for name in ("participants", *TABLES):
+                c.execute(f"DELETE FROM {{t}}{_table(name)}")
+            c.execute(f"UPDATE {{t}}{TRACKING} SET position = 0 WHERE name = %s", (NAME,))
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        """Every row of one view table, as JSON-ready dicts (the same as ``participant_rows``)."""
+        columns = TABLES[name]
+        result = self.sql.query(f"SELECT {', '.join(columns)} FROM {{t}}{_table(name)}")
+        return [{k: _load(k, v) for k, v in zip(columns, _values(r, columns), strict=True)}
+                for r in result]
+
+    def all_rows(self) -> dict[str, list[dict[str, Any]]]:
+        """Every view table's rows."""
+        return {name: self.rows(name) for name in TABLES}
+
+    def snapshot(self, events_table: str) -> tuple[int, int, dict[str, list[dict[str, Any]]],
+                                                   list[dict[str, Any]]]:
+        """(position, events up to it, every table's rows, summaries), read in one transaction
+        so they agree with each other even while writes go on."""
+        column = "notification_id" if self.sql.is_postgres else "rowid"
+        with self.sql.transaction() as c:
+            if self.sql.is_postgres:
+                c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            c.execute(f"SELECT position FROM {{t}}{TRACKING} WHERE name = %s", (NAME,))
+            position = int(_first(c.fetchone()))
+            c.execute(f"SELECT COUNT(*) FROM {{t}}{events_table} WHERE {column} <= %s",
+                      (position,))
+            count = int(_first(c.fetchone()))
+            tables = {}
+            for name, columns in TABLES.items():
+                c.execute(f"SELECT {', '.join(columns)} FROM {{t}}{_table(name)}")
+                tables[name] = [{k: _load(k, v) for k, v in
+                                 zip(columns, _values(r, columns), strict=True)}
+                                for r in c.fetchall()]
+            cols = PARTICIPANTS[:-1]
+            c.execute(f"SELECT {', '.join(cols)} FROM {{t}}{_table('participants')} ORDER BY seq")
+            people = [dict(zip(cols, _values(r, cols), strict=True)) for r in c.fetchall()]
+        return position, count, tables, people
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Every participant's summary row, in registration order."""
+        columns = PARTICIPANTS[:-1]
+        result = self.sql.query(f"SELECT {', '.join(columns)} FROM {{t}}{_table('participants')}"
+                                " ORDER BY seq")
+        return [dict(zip(columns, _values(r, columns), strict=True)) for r in result]
+
+    def page(self, *, after_seq: int, limit: int) -> list[tuple[str, int, str]]:
+        """(participant_id, seq, doc) of up to ``limit`` participants registered after ``after_seq``."""
+        result = self.sql.query(
+            f"SELECT participant_id, seq, doc FROM {{t}}{_table('participants')} WHERE seq > %s "
+            "ORDER BY seq LIMIT %s", (after_seq, limit))
+        return [tuple(_values(r, ("participant_id", "seq", "doc"))) for r in result]  # type: ignore[misc]
+
+    def seq_of(self, participant_id: str) -> int | None:
+        """The registration position of a listed participant."""
+        result = self.sql.query(
+            f"SELECT seq FROM {{t}}{_table('participants')} WHERE participant_id = %s",
+            (participant_id,))
+        return int(_first(result[0])) if result else None
+
+
+def _first(row: Any) -> Any:
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+
+def _values(row: Any, columns: tuple[str, ...]) -> Iterator[Any]:
+    if isinstance(row, dict):
+        return (row[c] for c in columns)
+    return iter(row)
+
+
+def _store(column: str, value: Any) -> Any:
+    if column in BOOLEAN_COLUMNS and value is not None:
+        return int(bool(value))
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return value
+
+
+def _load(column: str, value: Any) -> Any:
+    if column in BOOLEAN_COLUMNS and value is not None:
+        return bool(value)
+    if column in INTEGER_COLUMNS and value is not None:
+        return int(value)
+    return value
