@@ -66,3 +66,72 @@ def test_commands_print_nothing_personal(store_env):
     result = _run(store_env, "demo")
 
     assert "Example-" not in result.stdout + result.stderr
+
+
+def test_the_report_command_gives_the_same_bytes_as_the_api(store_env, tmp_path):
+    from datetime import UTC, datetime
+
+    from ledger.api import create_app
+    from ledger.reports.render import EXTENSIONS
+
+    _run(store_env, "init")
+    _run(store_env, "demo")
+    moment = datetime.now(UTC).isoformat()
+    ledger = Ledger(store_env)
+    auditor = ledger.tokens.create("auditor", "cli test")[1]
+    client = create_app({"LEDGER": ledger}).test_client()
+    try:
+        for fmt in ("json", "csv", "html"):
+            out = tmp_path / f"report.{EXTENSIONS[fmt]}"
+            done = _run(store_env, "report", "--as-of", moment, "--format", fmt, "-o", str(out))
+            api = client.get("/api/v1/reports/compliance", query_string={
+                "as_of": moment, "format": fmt}, headers={"Authorization": f"Bearer {auditor}"})
+            assert done.returncode == 0, done.stderr
+            assert api.status_code == 200 and out.read_bytes() == api.data
+        bad = _run(store_env, "report", "--as-of", "not-a-date")
+    finally:
+        ledger.close()
+    assert bad.returncode == 2 and "--as-of" in bad.stderr
+
+
+def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env):
+    import signal
+    import time
+
+    from ledger.projections.rows import rows_key
+
+    _run(store_env, "init")
+    writer = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    for i in range(300):
+        pid = writer.register_participant(f"Kill Test {i}", by="t")["id"]
+        writer.grant_consent(pid, "take_part", "1.0", "online", by="t")
+        writer.record_payment(pid, "conversation", "25.00", "cash", by="t")
+    last = writer.recorder.max_notification_id()
+    env = {**os.environ, **store_env}
+    proc = subprocess.Popen([LEDGER, "projections", "rebuild"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while writer.projector.views.position() < 600 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = writer.projector.views.position()
+
+    def rows(lg: Ledger) -> dict[str, list[tuple[str, ...]]]:
+        return {k: sorted(map(rows_key, v)) for k, v in lg.projector.views.all_rows().items()}
+
+    from ledger.projections.projector import Replay
+    replay = Replay(writer.mapper, writer.events, keep=None)
+    for n in writer.recorder.select_notifications(start=1, limit=stopped_at):
+        replay.apply(n)
+    at_kill = rows(writer)
+    reader = Ledger(store_env)  # start-up catches the views up from where they stopped
+    caught_up = rows(reader)
+    reader.projector.rebuild()
+    rebuilt = rows(reader)
+    reader.close()
+    writer.close()
+
+    assert 0 < stopped_at < last  # really killed midway
+    assert at_kill == {k: sorted(map(rows_key, v)) for k, v in replay.all_rows().items()}
+    assert caught_up == rebuilt

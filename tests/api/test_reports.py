@@ -1,0 +1,137 @@
+"""The compliance report: exact at past moments of a scripted history, the same numbers in JSON,
+CSV, HTML and PDF, and bad input refused without writing anything."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from datetime import timedelta
+
+import pytest
+from pypdf import PdfReader
+
+from ledger.reports import report_data
+from ledger.reports.render import _summary
+
+from .conftest import bearer
+
+
+@pytest.fixture
+def auditor(tokens):
+    return bearer(tokens["auditor"])
+
+
+def _script(ledger, clock):
+    """A history on a moving clock; returns the moments to report on."""
+    t0 = clock.now
+    moments = {}
+    clock.now = t0 + timedelta(days=1)
+    a = ledger.register_participant("Ada Script", by="t")["id"]
+    b = ledger.register_participant("Bo Script", by="t")["id"]
+    ledger.grant_consent(a, "analyse", "1.0", "online", by="t")
+    ledger.grant_consent(b, "analyse", "1.0", "bsl", by="t")
+    need = ledger.request_access_need(b, "BSL interpreter", "for the conversation", by="t")
+    ledger.arrange_payment(a, "conversation", "bank_transfer", "self", True, by="t")
+    moments["day1"] = clock.now + timedelta(hours=1)
+    clock.now = t0 + timedelta(days=3)
+    ledger.record_payment(a, "conversation", "25.00", "bank_transfer", by="t")
+    ledger.record_access_outcome(b, need, "met", None, by="t")
+    ledger.withdraw_consent(b, "analyse", "email", by="t")
+    moments["day3"] = clock.now + timedelta(hours=1)
+    clock.now = t0 + timedelta(days=5)
+    ledger.record_use(b, "analyse", "quoted in the workshop notes", by="t")
+    ledger.decline_payment(b, "conversation", None, by="t")
+    ledger.erase(a, "asked to be forgotten", by="admin")
+    moments["day5"] = clock.now + timedelta(hours=1)
+    clock.now = t0 + timedelta(days=6)
+    return moments
+
+
+def test_past_reports_show_exactly_what_the_history_says_at_each_moment(api_ledger, clock):
+    moments = _script(api_ledger, clock)
+
+    day1, day3, day5 = (report_data(api_ledger, moments[k]) for k in ("day1", "day3", "day5"))
+
+    assert day1["participants"] == {"registered": 2, "erased": 0}
+    assert day1["consent"]["totals"]["analyse"]["given"] == 2
+    assert (day1["payments"]["paid"], day1["access_needs"]["open"]) == (0, 1)
+    assert day3["consent"]["totals"]["analyse"] == {
+        "given": 1, "requested": 0, "withdrawn": 1, "refused": 0, "expired": 0}
+    assert (day3["payments"]["paid"], day3["payments"]["paid_total"]) == (1, "25.00")
+    assert (day3["access_needs"]["met"], day3["access_needs"]["median_days_to_meet"]) == (1, 2.0)
+    assert day3["obligations"]["open_count"] == 1 and day3["use_after_withdrawal"] == []
+    assert [u["scope"] for u in day5["use_after_withdrawal"]] == ["analyse"]
+    assert day5["payments"]["declined"] == 1
+    assert day5["participants"]["erased"] == 1 and len(day5["erasures"]) == 1
+    assert day1["log"]["events"] < day3["log"]["events"] < day5["log"]["events"]
+
+
+def test_the_current_report_from_the_views_equals_a_replay_of_the_whole_log(api_ledger, clock):
+    _script(api_ledger, clock)
+
+    from_views = report_data(api_ledger)
+    replayed = report_data(api_ledger, clock.now)
+
+    assert from_views == replayed
+
+
+def test_every_format_carries_the_same_numbers(client, auditor, api_ledger, clock):
+    moments = _script(api_ledger, clock)
+    q = f"/api/v1/reports/compliance?as_of={moments['day5'].isoformat().replace('+', '%2B')}"
+
+    as_json = client.get(q, headers=auditor)
+    as_csv = client.get(q + "&format=csv", headers=auditor)
+    as_html = client.get(q + "&format=html", headers=auditor)
+    as_pdf = client.get(q + "&format=pdf", headers=auditor)
+
+    assert [r.status_code for r in (as_json, as_csv, as_html, as_pdf)] == [200] * 4
+    assert as_csv.headers["Content-Type"] == "application/zip"
+    assert as_pdf.data.startswith(b"%PDF")
+    summary = {k: "" if v is None else str(v) for k, v in _summary(as_json.json).items()}
+    rows = csv.DictReader(io.StringIO(
+        zipfile.ZipFile(io.BytesIO(as_csv.data)).read("summary.csv").decode()))
+    assert {r["name"]: r["value"] for r in rows} == summary
+    html = as_html.data.decode()
+    pdf_text = " ".join(p.extract_text() for p in PdfReader(io.BytesIO(as_pdf.data)).pages)
+    for name, value in summary.items():
+        label = name.replace("_", " ")
+        assert f'<th scope="row">{label}</th><td class="n">{value}</td>' in html
+        if value:
+            assert f"{label} {value}" in " ".join(pdf_text.split())
+
+
+def test_the_report_names_no_one(client, auditor, api_ledger, clock):
+    _script(api_ledger, clock)
+
+    bodies = [client.get(f"/api/v1/reports/compliance?format={f}", headers=auditor).data
+              for f in ("json", "html")]
+
+    assert all(b"Script" not in body for body in bodies)
+    assert b"Bo Script" in repr(api_ledger.participants_page(limit=5, after=None)).encode()
+
+
+@pytest.mark.parametrize("query, field", [
+    ("as_of=yesterday", "as_of"),
+    ("as_of=2026-03-01T17:00:00", "as_of"),  # no offset
+    ("as_of=2999-01-01T00:00:00%2B00:00", "as_of"),
+    ("as_of=2001-01-01T00:00:00%2B00:00", "as_of"),  # before the study
+    ("format=docx", "format"),
+    ("outstanding_days=-1", "outstanding_days"),
+    ("outstanding_days=99999", "outstanding_days"),
+])
+def test_bad_report_requests_are_refused_and_write_nothing(client, auditor, api_ledger, query,
+                                                           field):
+    before = api_ledger.recorder.max_notification_id()
+
+    response = client.get(f"/api/v1/reports/compliance?{query}", headers=auditor)
+
+    assert response.status_code == 422
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert field in json.dumps(response.json)
+    assert api_ledger.recorder.max_notification_id() == before
+
+
+def test_staff_cannot_read_the_report(client, staff):
+    assert client.get("/api/v1/reports/compliance", headers=staff).status_code == 403
