@@ -1,5 +1,6 @@
-"""Read models built from the event log, each with its tracking position (the next stage).
+"""Read models built from the event log, each row set written with its tracking position.
 
-Single records are read from their aggregates today (``ledger.views``); lists and the compliance
-reports will be served from projections kept here.
+``projector`` applies notifications to in-memory aggregates and writes each touched participant's
+rows (``rows``) to the view tables (``store``); ``follower`` does it in each process right after its
+saves; ``runner`` is ``ledger projections run``, built on eventsourcing's ProjectionRunner.
 """
