@@ -9,6 +9,7 @@ from typing import Any
 
 log = logging.getLogger("ledger.projections")
 RETRY_S = 0.5
+BATCH_S = 0.05  # reads catch up themselves, so this delay never shows in an answer
 
 
 class Follower:
@@ -42,6 +43,7 @@ class Follower:
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._wake.wait()
+            self._stopping.wait(BATCH_S)  # let saves that follow closely share one catch-up
             self._wake.clear()
             if self._stopping.is_set():
                 return
