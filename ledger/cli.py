@@ -151,13 +151,14 @@ def projections() -> None:
 @projections.command("rebuild")
 def projections_rebuild() -> None:
     """Empty every view and rebuild it from the log, with a progress bar."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with open_ledger(LEDGER_PROJECTIONS="external") as ledger:
         total = ledger.recorder.max_notification_id() or 0
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeRemainingColumn(), transient=False,
-                      console=__import__("rich.console").console.Console(stderr=True)) as bar:
+                      console=Console(stderr=True)) as bar:
             task = bar.add_task("Rebuilding the views", total=total)
             position = ledger.projector.rebuild(progress=lambda n: bar.advance(task, n))
             bar.update(task, completed=total)

@@ -9,6 +9,7 @@ writes the rows of every participant they touched, with the new position, in one
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -44,11 +45,9 @@ class SealedRef(Transcoding):
     name = "sealed_ref"
 
     def encode(self, obj: Sealed) -> list[str]:
-        import base64
         return [base64.b64encode(obj.ciphertext).decode(), str(obj.subject), obj.topic, obj.field]
 
     def decode(self, data: list[str]) -> Sealed:
-        import base64
         return Sealed(base64.b64decode(data[0]), UUID(data[1]), data[2], data[3])
 
 

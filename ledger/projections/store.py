@@ -8,7 +8,6 @@ views, after any crash, whichever process (API worker or ``ledger projections ru
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -102,16 +101,10 @@ class ViewStore:
                 c.execute(f"DELETE FROM {{t}}{_table(name)}")
             c.execute(f"UPDATE {{t}}{TRACKING} SET position = 0 WHERE name = %s", (NAME,))
 
-    def rows(self, name: str) -> list[dict[str, Any]]:
-        """Every row of one view table, as JSON-ready dicts (the same as ``participant_rows``)."""
-        columns = TABLES[name]
-        result = self.sql.query(f"SELECT {', '.join(columns)} FROM {{t}}{_table(name)}")
-        return [{k: _load(k, v) for k, v in zip(columns, _values(r, columns), strict=True)}
-                for r in result]
-
     def all_rows(self) -> dict[str, list[dict[str, Any]]]:
-        """Every view table's rows."""
-        return {name: self.rows(name) for name in TABLES}
+        """Every view table's rows, as JSON-ready dicts (the same as ``participant_rows``)."""
+        with self.sql.transaction() as c:
+            return _read_tables(c)
 
     def snapshot(self, events_table: str) -> tuple[int, int, dict[str, list[dict[str, Any]]],
                                                    list[dict[str, Any]]]:
@@ -126,23 +119,11 @@ class ViewStore:
             c.execute(f"SELECT COUNT(*) FROM {{t}}{events_table} WHERE {column} <= %s",
                       (position,))
             count = int(_first(c.fetchone()))
-            tables = {}
-            for name, columns in TABLES.items():
-                c.execute(f"SELECT {', '.join(columns)} FROM {{t}}{_table(name)}")
-                tables[name] = [{k: _load(k, v) for k, v in
-                                 zip(columns, _values(r, columns), strict=True)}
-                                for r in c.fetchall()]
+            tables = _read_tables(c)
             cols = PARTICIPANTS[:-1]
             c.execute(f"SELECT {', '.join(cols)} FROM {{t}}{_table('participants')} ORDER BY seq")
             people = [dict(zip(cols, _values(r, cols), strict=True)) for r in c.fetchall()]
         return position, count, tables, people
-
-    def summaries(self) -> list[dict[str, Any]]:
-        """Every participant's summary row, in registration order."""
-        columns = PARTICIPANTS[:-1]
-        result = self.sql.query(f"SELECT {', '.join(columns)} FROM {{t}}{_table('participants')}"
-                                " ORDER BY seq")
-        return [dict(zip(columns, _values(r, columns), strict=True)) for r in result]
 
     def page(self, *, after_seq: int, limit: int) -> list[tuple[str, int, str]]:
         """(participant_id, seq, doc) of up to ``limit`` participants registered after ``after_seq``."""
@@ -159,6 +140,15 @@ class ViewStore:
         return int(_first(result[0])) if result else None
 
 
+def _read_tables(c: Any) -> dict[str, list[dict[str, Any]]]:
+    tables = {}
+    for name, columns in TABLES.items():
+        c.execute(f"SELECT {', '.join(columns)} FROM {{t}}{_table(name)}")
+        tables[name] = [{k: _load(k, v) for k, v in zip(columns, _values(r, columns), strict=True)}
+                        for r in c.fetchall()]
+    return tables
+
+
 def _first(row: Any) -> Any:
     return next(iter(row.values())) if isinstance(row, dict) else row[0]
 
@@ -172,8 +162,6 @@ def _values(row: Any, columns: tuple[str, ...]) -> Iterator[Any]:
 def _store(column: str, value: Any) -> Any:
     if column in BOOLEAN_COLUMNS and value is not None:
         return int(bool(value))
-    if isinstance(value, dict | list):
-        return json.dumps(value)
     return value
 
 
