@@ -24,6 +24,9 @@ SCOPES = ["take_part", "record", "store", "analyse", "quote", "publish", "archiv
           "contact_again"]
 
 
+PROJECTIONS = "inline"  # set by --projections
+
+
 class Tally(Aggregate):
     """The bare baseline: one small event per save."""
 
@@ -76,7 +79,7 @@ def person_commands(ledger: Ledger) -> list:
 
 def run_ledger(env: dict[str, str], commands: int) -> float:
     """Commands per second through the Ledger, over as many fresh participants as it takes."""
-    ledger = Ledger(env)
+    ledger = Ledger({**env, "LEDGER_PROJECTIONS": PROJECTIONS})
     ledger.init_study(by="bench")
     done = 0
     start = time.perf_counter()
@@ -143,8 +146,13 @@ def main() -> None:
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--projections", choices=["inline", "external"], default="inline",
+                        help="inline: this process keeps the views (the default); external: "
+                        "views left to `ledger projections run`, so only the saves are timed")
     args = parser.parse_args()
-    results = {"commands": args.commands}
+    global PROJECTIONS
+    PROJECTIONS = args.projections
+    results = {"commands": args.commands, "projections": args.projections}
     stores = ["sqlite"] + ([] if args.no_postgres else ["postgres"])
     for store in stores:
         results[store] = measure(store, args.commands, args.postgres, args.rounds)

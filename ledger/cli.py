@@ -149,7 +149,9 @@ def projections() -> None:
 
 
 @projections.command("rebuild")
-def projections_rebuild() -> None:
+@click.option("--page-size", type=click.IntRange(1, 100_000), default=5_000, show_default=True,
+              help="Events applied per transaction (larger: faster, more memory).")
+def projections_rebuild(page_size: int) -> None:
     """Empty every view and rebuild it from the log, with a progress bar."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -160,7 +162,8 @@ def projections_rebuild() -> None:
                       MofNCompleteColumn(), TimeRemainingColumn(), transient=False,
                       console=Console(stderr=True)) as bar:
             task = bar.add_task("Rebuilding the views", total=total)
-            position = ledger.projector.rebuild(progress=lambda n: bar.advance(task, n))
+            position = ledger.projector.rebuild(progress=lambda n: bar.advance(task, n),
+                                                page_size=page_size)
             bar.update(task, completed=total)
     click.echo(f"Rebuilt the views up to position {position}.", err=True)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
@@ -281,6 +281,23 @@ class _PortableCursor:
 
     def execute(self, statement: str, params: tuple[Any, ...] = ()) -> None:
         self._cursor.execute(self._translate(statement), params)
+
+    def executemany(self, statement: str, params: list[tuple[Any, ...]]) -> None:
+        self._cursor.executemany(self._translate(statement), params)
+
+    @property
+    def rowcount(self) -> int:
+        """Rows changed by the last statement."""
+        inner = getattr(self._cursor, "sqlite_cursor", self._cursor)
+        return int(inner.rowcount)
+
+    def pipeline(self) -> Any:
+        """PostgreSQL: send the statements inside without waiting for each one's answer (one
+        round trip for a batch; an error still aborts the transaction). SQLite: no-op."""
+        connection = getattr(self._cursor, "connection", None)
+        if connection is not None and hasattr(connection, "pipeline"):
+            return connection.pipeline()
+        return nullcontext()
 
     def fetchone(self) -> Any:
         return self._cursor.fetchone()

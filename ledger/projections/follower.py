@@ -9,7 +9,7 @@ from typing import Any
 
 log = logging.getLogger("ledger.projections")
 RETRY_S = 0.5
-BATCH_S = 0.05  # reads catch up themselves, so this delay never shows in an answer
+BATCH_S = 0.1  # reads catch up themselves, so this delay never shows in an answer
 
 
 class Follower:

@@ -31,9 +31,12 @@ from ..domain import Participant, Payment, Study, is_redacted
 from ..privacy.mapper import Sealed
 from ..views import participant_view
 from .rows import participant_rows, summary_row
-from .store import Stale, ViewStore
+from .store import Entry, Stale, ViewStore
 
 PAGE = 500
+REBUILD_PAGE = 5_000  # a participant's rows are rewritten once per page that touches them
+REBUILD_KEEP = 2_000  # aggregates held while rebuilding
+WRITTEN_KEEP = 1_000  # participants whose last written rows are remembered
 PARTICIPANT, PAYMENT, STUDY = "ledger:Participant", "ledger:Payment", "ledger:Study"
 
 
@@ -95,16 +98,15 @@ class Replay:
         """The aggregate at ``version`` or later (None before its first event)."""
         held = self.aggregates.get(aggregate_id)
         if held is not None and held.version >= version:
-            self.aggregates.move_to_end(aggregate_id)
-            return held
+            return held  # (``_hold`` marks it as recently used)
         if version == 0:
             return None
         return self._loader.get(aggregate_id, version=version)  # type: ignore[return-value]
 
     def _hold(self, aggregate_id: UUID, aggregate: Aggregate) -> None:
         self.aggregates[aggregate_id] = aggregate
-        self.aggregates.move_to_end(aggregate_id)
         if self.keep is not None:
+            self.aggregates.move_to_end(aggregate_id)
             while len(self.aggregates) > self.keep:
                 self.aggregates.popitem(last=False)
 
@@ -155,6 +157,12 @@ class Projector:
         self.replay = Replay(ledger.mapper, ledger.events, keep=keep)
         self.transcoder = doc_transcoder()
         self._lock = threading.Lock()
+        # What this process last wrote for recent participants, valid while the views are still
+        # at ``_written_at`` (no other process wrote since): lets a batch rewrite only the
+        # tables that changed. Bounded; a participant not in it gets all rows replaced.
+        self._written: OrderedDict[str, Entry] = OrderedDict()
+        self._written_at = -1
+        self._written_keep = WRITTEN_KEEP
 
     def catch_up(self, *, limit: int | None = None, page_size: int = PAGE,
                  progress: Callable[[int], None] | None = None) -> int:
@@ -172,8 +180,8 @@ class Projector:
                     continue
                 if progress is not None:
                     progress(len(page))
-                if limit is not None and page[-1].id >= limit:
-                    return page[-1].id
+                if (limit is not None and page[-1].id >= limit) or len(page) < page_size:
+                    return page[-1].id  # a short page was the end of the log just now
 
     def process_event(self, event: Any, notification_id: int) -> None:
         """Apply one event already decoded, delivered with its notification id (the
@@ -201,15 +209,26 @@ class Projector:
             pid = self.replay.apply(n, (decoded or {}).get(n.id))
             if pid is not None:
                 touched[pid] = None
+        if expected != self._written_at:
+            self._written.clear()  # another process wrote: what we wrote may be stale
         try:
             # Computed before the write transaction opens: computing may read the store.
             entries = [self._entry(pid) for pid in touched]
-            self.views.write(expected, page[-1].id, entries)
+            self.views.write(expected, page[-1].id, entries, self._written)
         except BaseException:
             self.replay.forget(changed)  # re-read them next time, from the store
+            self._written.clear()
+            self._written_at = -1
             raise
+        for entry in entries:
+            pid_key = entry[0]["participant_id"]
+            self._written[pid_key] = entry
+            self._written.move_to_end(pid_key)
+        while len(self._written) > self._written_keep:
+            self._written.popitem(last=False)
+        self._written_at = page[-1].id
 
-    def _entry(self, participant_id: UUID) -> tuple[dict[str, Any], str, dict[str, list[Any]]]:
+    def _entry(self, participant_id: UUID) -> Entry:
         p = self.replay.participant(participant_id)
         payments = self.replay.payments(p)
         seq = self.replay.seq.get(participant_id)
@@ -221,12 +240,18 @@ class Projector:
         return (summary_row(p, seq), self.transcoder.encode(doc).decode(),
                 participant_rows(p, payments))
 
-    def rebuild(self, progress: Callable[[int], None] | None = None) -> int:
-        """Empty the views and apply the whole log again, a page per transaction."""
+    def rebuild(self, progress: Callable[[int], None] | None = None,
+                page_size: int = REBUILD_PAGE) -> int:
+        """Empty the views and apply the whole log again, a page per transaction.
+
+        Memory stays flat in the size of the log: the aggregates held are bounded (those
+        dropped are read back from the store if the log comes back to them)."""
         with self._lock:
             self.views.reset()
-            self.replay = Replay(self.ledger.mapper, self.ledger.events, keep=None)
-        return self.catch_up(progress=progress)
+            self._written.clear()
+            self._written_at = -1
+            self.replay = Replay(self.ledger.mapper, self.ledger.events, keep=REBUILD_KEEP)
+        return self.catch_up(progress=progress, page_size=page_size)
 
     def read_doc(self, doc: str, reveal: Callable[[Any], Any]) -> dict[str, Any]:
         """A stored participant document, with its sealed fields opened by ``reveal``."""

@@ -8,7 +8,7 @@ views, after any crash, whichever process (API worker or ``ledger projections ru
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from ..store import Sql
@@ -21,6 +21,13 @@ PARTICIPANTS = ("participant_id", "seq", "reference", "registered_at", "erased_a
 
 def _table(name: str) -> str:
     return f"ledger_view_{name}"
+
+
+# A SQL condition (portable %s placeholders) and its parameters.
+Filter = tuple[str, tuple[Any, ...]]
+
+# What one participant contributes: their own row, their sealed view document, rows by table.
+Entry = tuple[dict[str, Any], str, dict[str, list[dict[str, Any]]]]
 
 
 class Stale(Exception):
@@ -67,32 +74,59 @@ class ViewStore:
         rows = self.sql.query(f"SELECT position FROM {{t}}{TRACKING} WHERE name = %s", (NAME,))
         return int(_first(rows[0])) if rows else 0
 
-    def write(self, expected: int, position: int,
-              participants: Iterable[tuple[dict[str, Any], str, dict[str, list[dict[str, Any]]]]]
-              ) -> None:
+    def write(self, expected: int, position: int, participants: Iterable[Entry],
+              previous: Mapping[str, Entry] | None = None) -> None:
         """Replace the rows of each given participant and move the position from ``expected`` to
-        ``position``, in one transaction; ``Stale`` if the position was no longer ``expected``."""
+        ``position``, in one transaction; ``Stale`` if the position was no longer ``expected``.
+
+        ``previous`` holds, for some participants, exactly what is stored for them now (what
+        this process wrote last, at ``expected``); only their tables that differ are rewritten.
+        Any participant not in it has all of their rows replaced."""
+        previous = previous or {}
         with self.sql.transaction() as c:
             # The UPDATE first: it takes the write lock before anything is read (SQLite), and
             # on PostgreSQL it locks the tracking row until commit.
             c.execute(f"UPDATE {{t}}{TRACKING} SET position = %s WHERE name = %s AND position = %s",
                       (position, NAME, expected))
-            c.execute(f"SELECT position FROM {{t}}{TRACKING} WHERE name = %s", (NAME,))
-            if int(_first(c.fetchone())) != position:
+            if c.rowcount != 1:
                 raise Stale
-            for summary, doc, rows in participants:
-                pid = summary["participant_id"]
-                for name in ("participants", *TABLES):
-                    c.execute(f"DELETE FROM {{t}}{_table(name)} WHERE participant_id = %s", (pid,))
-                c.execute(f"INSERT INTO {{t}}{_table('participants')} ({', '.join(PARTICIPANTS)})"
-                          " VALUES (%s, %s, %s, %s, %s, %s)",
-                          (*(summary[k] for k in PARTICIPANTS[:-1]), doc))
-                for name, table_rows in rows.items():
-                    columns = TABLES[name]
-                    marks = ", ".join(["%s"] * len(columns))
-                    for row in table_rows:
-                        c.execute(f"INSERT INTO {{t}}{_table(name)} ({', '.join(columns)}) "
-                                  f"VALUES ({marks})", tuple(_store(k, row[k]) for k in columns))
+            with c.pipeline():
+                self._replace(c, participants, previous)
+
+    @staticmethod
+    def _replace(c: Any, participants: Iterable[Entry], previous: Mapping[str, Entry]) -> None:
+        """Batched by table: one DELETE of the rows replaced, one INSERT of the new ones."""
+        stale: dict[str, list[str]] = {name: [] for name in ("participants", *TABLES)}
+        fresh: dict[str, list[tuple[Any, ...]]] = {name: [] for name in ("participants", *TABLES)}
+        updates = []
+        for summary, doc, rows in participants:
+            pid = summary["participant_id"]
+            before = previous.get(pid)
+            if before is None:
+                stale["participants"].append(pid)
+                fresh["participants"].append((*(summary[k] for k in PARTICIPANTS[:-1]), doc))
+            elif (summary, doc) != before[:2]:
+                updates.append((*(summary[k] for k in PARTICIPANTS[1:-1]), doc, pid))
+            for name, table_rows in rows.items():
+                if before is not None and before[2].get(name) == table_rows:
+                    continue
+                stale[name].append(pid)
+                columns = TABLES[name]
+                fresh[name] += [tuple(_store(k, row[k]) for k in columns) for row in table_rows]
+        for name, pids in stale.items():
+            for i in range(0, len(pids), 500):
+                chunk = pids[i:i + 500]
+                c.execute(f"DELETE FROM {{t}}{_table(name)} WHERE participant_id IN "
+                          f"({', '.join(['%s'] * len(chunk))})", tuple(chunk))
+        if updates:
+            c.executemany(f"UPDATE {{t}}{_table('participants')} SET seq = %s, reference = %s, "
+                          "registered_at = %s, erased_at = %s, doc = %s WHERE participant_id = %s",
+                          updates)
+        for name, values in fresh.items():
+            if values:
+                columns = PARTICIPANTS if name == "participants" else TABLES[name]
+                c.executemany(f"INSERT INTO {{t}}{_table(name)} ({', '.join(columns)}) VALUES "
+                              f"({', '.join(['%s'] * len(columns))})", values)
 
     def reset(self) -> None:
         """Empty every view and set the position to 0 (in one transaction)."""
@@ -106,10 +140,11 @@ class ViewStore:
         with self.sql.transaction() as c:
             return _read_tables(c)
 
-    def snapshot(self, events_table: str) -> tuple[int, int, dict[str, list[dict[str, Any]]],
-                                                   list[dict[str, Any]]]:
+    def snapshot(self, events_table: str, where: Mapping[str, Filter] | None = None
+                 ) -> tuple[int, int, dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
         """(position, events up to it, every table's rows, summaries), read in one transaction
-        so they agree with each other even while writes go on."""
+        so they agree with each other even while writes go on. ``where`` narrows the rows
+        read from some tables (the report reads only the rows its rules could pick)."""
         column = "notification_id" if self.sql.is_postgres else "rowid"
         with self.sql.transaction() as c:
             if self.sql.is_postgres:
@@ -119,7 +154,7 @@ class ViewStore:
             c.execute(f"SELECT COUNT(*) FROM {{t}}{events_table} WHERE {column} <= %s",
                       (position,))
             count = int(_first(c.fetchone()))
-            tables = _read_tables(c)
+            tables = _read_tables(c, where or {})
             cols = PARTICIPANTS[:-1]
             c.execute(f"SELECT {', '.join(cols)} FROM {{t}}{_table('participants')} ORDER BY seq")
             people = [dict(zip(cols, _values(r, cols), strict=True)) for r in c.fetchall()]
@@ -140,12 +175,22 @@ class ViewStore:
         return int(_first(result[0])) if result else None
 
 
-def _read_tables(c: Any) -> dict[str, list[dict[str, Any]]]:
+def _read_tables(c: Any, where: Mapping[str, Filter] | None = None
+                 ) -> dict[str, list[dict[str, Any]]]:
     tables = {}
     for name, columns in TABLES.items():
-        c.execute(f"SELECT {', '.join(columns)} FROM {{t}}{_table(name)}")
-        tables[name] = [{k: _load(k, v) for k, v in zip(columns, _values(r, columns), strict=True)}
-                        for r in c.fetchall()]
+        condition, params = (where or {}).get(name, ("1 = 1", ()))
+        c.execute(f"SELECT {', '.join(columns)} FROM {{t}}{_table(name)} WHERE {condition}",
+                  params)
+        convert = [(k, bool if k in BOOLEAN_COLUMNS else int)
+                   for k in columns if k in BOOLEAN_COLUMNS or k in INTEGER_COLUMNS]
+        rows = [r if isinstance(r, dict) else dict(zip(columns, r, strict=True))
+                for r in c.fetchall()]
+        for row in rows:
+            for k, to in convert:
+                if row[k] is not None:
+                    row[k] = to(row[k])
+        tables[name] = rows
     return tables
 
 
@@ -162,12 +207,4 @@ def _values(row: Any, columns: tuple[str, ...]) -> Iterator[Any]:
 def _store(column: str, value: Any) -> Any:
     if column in BOOLEAN_COLUMNS and value is not None:
         return int(bool(value))
-    return value
-
-
-def _load(column: str, value: Any) -> Any:
-    if column in BOOLEAN_COLUMNS and value is not None:
-        return bool(value)
-    if column in INTEGER_COLUMNS and value is not None:
-        return int(value)
     return value

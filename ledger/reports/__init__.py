@@ -7,6 +7,7 @@ from typing import Any
 
 from ..domain.errors import InvalidInput
 from ..projections.projector import Replay
+from ..projections.store import Filter
 from ..projections.rows import summary_row
 from .build import compliance_report
 
@@ -41,6 +42,28 @@ def replay_until(ledger: Any, as_of: datetime) -> Replay:
         start = page[-1].id + 1
 
 
+def report_filters(study: Any) -> dict[str, Filter]:
+    """SQL conditions that keep, from the views' log-like tables, every row the report's own
+    rules could pick (a superset: the report applies its exact rules to what is read). Without
+    them the current report would read every grant and every use ever recorded."""
+    registered = []
+    params: list[Any] = []
+    for version, form in study.forms.items():
+        # A grant on this version, with its text, recorded after the form was registered, is in
+        # order. Times are compared as ISO text, so the bound is a second late: a grant in that
+        # second is read and left to the exact rule.
+        registered.append("(form_version = %s AND (form_sha256 IS NULL OR form_sha256 = %s) "
+                          "AND at >= %s)")
+        params += [version, form.sha256, (form.registered_at + timedelta(seconds=1)).isoformat()]
+    grants = (f"(CASE WHEN {' OR '.join(registered)} THEN 0 ELSE 1 END) = 1", tuple(params)) \
+        if registered else ("1 = 1", ())
+    return {
+        "grants": grants,
+        "uses": ("consent_state IS NULL OR consent_state <> %s", ("given",)),
+        "withdrawals": ("past_deadline = %s", (1,)),
+    }
+
+
 def check_as_of(as_of: datetime, *, now: datetime, study_created: datetime) -> None:
     """A moment with an offset, not in the future, not before the study existed."""
     if as_of.tzinfo is None or as_of.utcoffset() is None:
@@ -70,7 +93,7 @@ def report_data(ledger: Any, as_of: datetime | None = None,
             outstanding_days=outstanding_days)
     ledger.views_at_least(None)
     position, count, rows, people = ledger.projector.views.snapshot(
-        ledger.recorder.events_table_name)
+        ledger.recorder.events_table_name, report_filters(study))
     return compliance_report(rows=rows, people=people, study=study, as_of=now,
                              log={"events": count, "position": position},
                              outstanding_days=outstanding_days)

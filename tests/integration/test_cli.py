@@ -108,7 +108,7 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env):
         writer.record_payment(pid, "conversation", "25.00", "cash", by="t")
     last = writer.recorder.max_notification_id()
     env = {**os.environ, **store_env}
-    proc = subprocess.Popen([LEDGER, "projections", "rebuild"], env=env,
+    proc = subprocess.Popen([LEDGER, "projections", "rebuild", "--page-size", "100"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while writer.projector.views.position() < 600 and time.monotonic() < deadline:
