@@ -35,6 +35,7 @@ from .domain.errors import (
 )
 from .domain.money import parse_pence
 from .idempotency import IdempotencyStore, IdempotentRequest
+from .audit.checkpoints import MerkleLog
 from .privacy.keys import MasterKey, ensure_signing_key
 from .privacy.keystore import DataKeyStore
 from .privacy.links import LinkRef, LinkStore
@@ -59,6 +60,7 @@ MAX_ATTEMPTS = 20
 LOCK_STRIPES = 64
 CACHE_SIZE = 1000
 VIEW_WAIT_S = 5.0
+CHECKPOINT_EVERY_S = 2.0  # while writes go on, a signed checkpoint at least this often
 REFERENCE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"  # no 0/O, 1/I/L, U: easy to read aloud
 
 
@@ -91,7 +93,7 @@ class Ledger(Application[UUID]):
     ) -> None:
         self.settings = Settings.from_env(env or {})
         self.master_key = MasterKey.load_or_create(self.settings.data_dir)
-        ensure_signing_key(self.settings.data_dir)
+        signing_key = ensure_signing_key(self.settings.data_dir)
         self.clock = clock
         self.study_id = derived_id("study", study_slug)
         es_env = eventsourcing_env(self.settings, self.master_key.at_rest_cipher_key())
@@ -105,6 +107,7 @@ class Ledger(Application[UUID]):
             self.idempotency = IdempotencyStore(self.sql,
                                                 self.master_key.derive("idempotency/v1"))
             self.projector = Projector(self)
+            self.merkle = MerkleLog(self.sql, self.recorder, signing_key, clock)
         assert isinstance(self.mapper, PersonalDataMapper)
         self.mapper.keys = self.keys
         # Commands read the study but never change it: they share one copy, replaced (never
@@ -127,7 +130,7 @@ class Ledger(Application[UUID]):
         )
         self.finish_erasures()  # complete any erasure a crash interrupted
         self._saved = threading.local()
-        self._follower = Follower(self.projector)
+        self._follower = Follower(self.projector.catch_up, self.checkpoint_if_due)
         if self.settings.projections == "inline":
             self.projector.catch_up()  # what a crash left behind, or a first build
 
@@ -202,6 +205,21 @@ class Ledger(Application[UUID]):
     def forget_saved_position(self) -> None:
         """Start a new request: nothing saved yet."""
         self._saved.position = None
+
+    def checkpoint_if_due(self) -> float | None:
+        """Hash new events into the Merkle log and, if the log grew and the latest signed
+        checkpoint is at least ``CHECKPOINT_EVERY_S`` old, sign a new one. Returns the seconds
+        until one will be due (the caller comes back then), or None if none is pending."""
+        size, _ = self.merkle.catch_up()
+        latest = self.merkle.latest()
+        if latest is not None and latest["size"] >= size:
+            return None
+        if latest is not None:
+            age = (self.clock() - datetime.fromisoformat(latest["time"])).total_seconds()
+            if 0 <= age < CHECKPOINT_EVERY_S:
+                return CHECKPOINT_EVERY_S - age
+        self.merkle.checkpoint()
+        return None
 
     def views_at_least(self, position: int | None = None) -> int:
         """Make the views include ``position`` (default: everything saved so far) and return

@@ -143,6 +143,30 @@ def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | Non
         sys.stdout.buffer.write(data)
 
 
+@main.command()
+@click.option("--public-key", "show_key", is_flag=True,
+              help="Print the public key that checks the signatures (PEM) and stop.")
+def verify(show_key: bool) -> None:
+    """Recompute the Merkle root over the whole log and hold it against the recorded leaves and
+    every signed checkpoint; exit 1 naming the first bad position on any mismatch."""
+    from .audit.checkpoints import verify as verify_log
+
+    with open_ledger(LEDGER_PROJECTIONS="external") as ledger:
+        if show_key:
+            click.echo(ledger.merkle.public_key, nl=False)
+            return
+        verdict = verify_log(ledger.merkle)
+    if verdict.ok:
+        click.echo(f"OK: {verdict.size} events, root {verdict.root}, "
+                   f"{verdict.checkpoints} signed checkpoints hold.")
+        return
+    click.echo(f"FAILED: first bad position {verdict.first_bad_position} "
+               f"(of {verdict.size} events in the log).", err=True)
+    for problem in verdict.problems[:20]:
+        click.echo(f"  - {problem}", err=True)
+    sys.exit(1)
+
+
 @main.group()
 def projections() -> None:
     """The views the staff list and the reports read."""

@@ -47,3 +47,24 @@ class Events(MethodView):
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """The event log in order, a page at a time, with personal data redacted."""
         return ledger().audit_events(after=query["after"], limit=query["limit"])
+
+
+class Checkpoint(Schema):
+    size = fields.Integer(metadata={"description": "number of events the tree covers"})
+    root = fields.String(metadata={"description": "RFC 6962 Merkle root, hex"})
+    time = fields.String(metadata={"description": "when it was signed (ISO 8601)"})
+    signature = fields.String(metadata={
+        "description": "Ed25519 signature, base64, over the compact JSON {root, size, time} "
+                       "with sorted keys"})
+    public_key = fields.String(metadata={"description": "the signing key, PEM"})
+
+
+@blp.route("/audit/checkpoint")
+class CheckpointView(MethodView):
+    @require("auditor")
+    @blp.doc(security=SECURITY)
+    @blp.response(200, Checkpoint)
+    @document_errors(blp)
+    def get(self) -> dict[str, Any]:
+        """A signed checkpoint of the whole log as it is now (signed on request)."""
+        return ledger().merkle.checkpoint()

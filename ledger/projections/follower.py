@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("ledger.projections")
@@ -13,14 +14,17 @@ BATCH_S = 0.1  # reads catch up themselves, so this delay never shows in an answ
 
 
 class Follower:
-    """Woken after each save, catches the views up (batching saves that came meanwhile).
+    """Woken after each save, runs its jobs: catches the views up (batching saves that came
+    meanwhile), then whatever else follows the log (the Merkle leaves and signed checkpoints).
+    A job may return a number of seconds: the follower then runs again that much later even if
+    no save wakes it (a checkpoint that was not yet due).
 
     Started on the first wake in each process (gunicorn forks workers, and threads do not
     survive a fork). A failure is logged by type only and retried: the views are derived data,
     the next catch-up (here, on a read or at start-up) repairs them."""
 
-    def __init__(self, projector: Any) -> None:
-        self._projector = projector
+    def __init__(self, *jobs: Callable[[], Any]) -> None:
+        self._jobs = jobs
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -41,16 +45,21 @@ class Follower:
         self._wake.set()
 
     def _run(self) -> None:
+        again: float | None = None
         while not self._stopping.is_set():
-            self._wake.wait()
+            self._wake.wait(again)
             self._stopping.wait(BATCH_S)  # let saves that follow closely share one catch-up
             self._wake.clear()
             if self._stopping.is_set():
                 return
+            again = None
             try:
-                self._projector.catch_up()
+                for job in self._jobs:
+                    delay = job()
+                    if isinstance(delay, float) and (again is None or delay < again):
+                        again = delay
             except Exception as error:  # noqa: BLE001 - logged by type; retried below
-                log.warning("views could not catch up (%s); retrying", type(error).__name__)
+                log.warning("could not follow the log (%s); retrying", type(error).__name__)
                 self._stopping.wait(RETRY_S)
                 self._wake.set()
 

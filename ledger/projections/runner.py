@@ -64,11 +64,13 @@ def run_views(env: Mapping[str, str], *, until_idle: bool = False,
             signal.signal(sig, lambda *_: stop.set())
     try:
         ledger.projector.catch_up()  # what is already there, in pages
+        ledger.checkpoint_if_due()
         if until_idle:
             return
         if not ledger.sql.is_postgres:  # SQLite has no subscriptions: poll
             while not stop.wait(POLL_S):
                 ledger.projector.catch_up()
+                ledger.checkpoint_if_due()
             return
         runner = BaseProjectionRunner(
             projection=ViewsProjection(ViewTracking(ledger.projector.views), ledger.projector),
@@ -77,6 +79,7 @@ def run_views(env: Mapping[str, str], *, until_idle: bool = False,
         with runner:
             while not stop.is_set():
                 runner.run_forever(timeout=POLL_S)  # re-raises the processing thread's error
+                ledger.checkpoint_if_due()  # the Merkle leaves and signed checkpoints
                 if runner.is_interrupted.is_set():
                     break
     finally:

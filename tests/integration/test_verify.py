@@ -1,0 +1,194 @@
+"""Tamper evidence: `ledger verify` holds the stored events against the leaves recorded when each
+was first seen and against every signed checkpoint, on each store; every way of altering the
+record is caught and named by its first bad position, every time."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from ledger.application import Ledger
+from ledger.audit.checkpoints import CHECKPOINTS, checkpoint_message
+
+from .test_cli import _run
+
+
+def _history(store_env) -> tuple[Ledger, int]:
+    """A small log with checkpoints signed along the way; returns the ledger and its size."""
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    lg.init_study(by="t")
+    for i in range(6):
+        pid = lg.register_participant(f"Verify Person {i}", by="t")["id"]
+        lg.grant_consent(pid, "take_part", "1.0", "online", by="t")
+        if i % 2:
+            lg.merkle.checkpoint()
+    lg.record_payment(pid, "conversation", "25.00", "cash", by="t")
+    cp = lg.merkle.checkpoint()
+    return lg, cp["size"]
+
+
+def _events(lg: Ledger) -> str:
+    return lg.recorder.events_table_name
+
+
+def _column(lg: Ledger) -> str:
+    return "notification_id" if lg.sql.is_postgres else "rowid"
+
+
+def _rows(lg: Ledger) -> list[tuple]:
+    col = _column(lg)
+    rows = lg.sql.query(f"SELECT {col}, originator_id, originator_version, topic, state "
+                        f"FROM {{t}}{_events(lg)} ORDER BY {col}")
+    return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
+
+
+def _verify(store_env):
+    result = _run(store_env, "verify")
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_an_untouched_log_verifies(store_env):
+    lg, size = _history(store_env)
+    lg.close()
+
+    code, out = _verify(store_env)
+
+    assert code == 0, out
+    assert f"OK: {size} events" in out
+
+
+def _flip_a_byte(lg: Ledger, position: int) -> None:
+    ident, *_, state = _rows(lg)[position - 1]
+    state = bytearray(state)
+    state[len(state) // 2] ^= 0x01
+    lg.sql.execute(f"UPDATE {{t}}{_events(lg)} SET state = %s WHERE {_column(lg)} = %s",
+                   (bytes(state), ident))
+
+
+def _delete(lg: Ledger, position: int) -> None:
+    ident = _rows(lg)[position - 1][0]
+    lg.sql.execute(f"DELETE FROM {{t}}{_events(lg)} WHERE {_column(lg)} = %s", (ident,))
+
+
+def _swap(lg: Ledger, position: int) -> None:
+    """Exchange the contents of the events at ``position`` and the one after it."""
+    rows = _rows(lg)
+    a, b = rows[position - 1], rows[position]
+    col = _column(lg)
+    with lg.sql.transaction() as c:
+        c.execute(f"UPDATE {{t}}{_events(lg)} SET originator_version = -1 WHERE {col} = %s",
+                  (a[0],))
+        c.execute(f"UPDATE {{t}}{_events(lg)} SET originator_id = %s, originator_version = %s, "
+                  f"topic = %s, state = %s WHERE {col} = %s", (*a[1:], b[0]))
+        c.execute(f"UPDATE {{t}}{_events(lg)} SET originator_id = %s, originator_version = %s, "
+                  f"topic = %s, state = %s WHERE {col} = %s", (*b[1:], a[0]))
+
+
+def _truncate(lg: Ledger, position: int) -> None:
+    ident = _rows(lg)[position - 1][0]
+    lg.sql.execute(f"DELETE FROM {{t}}{_events(lg)} WHERE {_column(lg)} >= %s", (ident,))
+
+
+@pytest.mark.parametrize(("tamper", "position"), [
+    (_flip_a_byte, 1), (_flip_a_byte, 9), (_delete, 5), (_delete, 1), (_swap, 3), (_swap, 12),
+    (_truncate, 10),
+])
+def test_every_change_to_the_stored_events_is_caught_at_its_position(store_env, tamper, position):
+    lg, size = _history(store_env)
+    tamper(lg, position)
+    lg.close()
+
+    code, out = _verify(store_env)
+
+    assert code == 1, out
+    assert f"first bad position {position} " in out
+
+
+def test_an_event_changed_together_with_its_recorded_leaf_is_caught_by_the_checkpoints(store_env):
+    lg, size = _history(store_env)
+    _flip_a_byte(lg, 4)
+    from ledger.audit.checkpoints import _leaf
+
+    n = lg.recorder.select_notifications(start=_rows(lg)[3][0], limit=1)[0]
+    lg.sql.execute("UPDATE {t}ledger_merkle_leaves SET hash = %s WHERE idx = %s",
+                   (_leaf(n).hex(), 3))
+    cps = [cp["size"] for cp in lg.merkle.checkpoints()]
+    lg.close()
+
+    code, out = _verify(store_env)
+
+    assert code == 1, out
+    first_covering = min(s for s in cps if s >= 4)
+    assert f"checkpoint at size {first_covering}: the log's root differs" in out
+
+
+@pytest.mark.parametrize("field", ["root", "size", "time", "signature"])
+def test_a_tampered_checkpoint_is_caught(store_env, field):
+    lg, size = _history(store_env)
+    cp = lg.merkle.latest()
+    assert cp is not None
+    new = {"root": "00" * 32, "size": cp["size"] + 1000, "time": "2020-01-01T00:00:00+00:00",
+           "signature": base64.b64encode(b"\x01" * 64).decode()}[field]
+    lg.sql.execute(f"UPDATE {{t}}{CHECKPOINTS} SET {field} = %s WHERE size = %s",
+                   (new, cp["size"]))
+    lg.close()
+
+    code, out = _verify(store_env)
+
+    assert code == 1, out
+    assert "signature does not match" in out
+
+
+def test_an_auditor_checks_a_checkpoint_with_only_the_public_key(store_env):
+    """What the README shows: the exported key and `cryptography` are all it takes."""
+    lg, size = _history(store_env)
+    cp = lg.merkle.checkpoint()
+    lg.close()
+    pem = _run(store_env, "verify", "--public-key").stdout
+
+    key = serialization.load_pem_public_key(pem.encode())
+    message = json.dumps({"root": cp["root"], "size": cp["size"], "time": cp["time"]},
+                         sort_keys=True, separators=(",", ":")).encode()
+    key.verify(base64.b64decode(cp["signature"]), message)  # raises if it does not hold
+    assert message == checkpoint_message(cp["size"], cp["root"], cp["time"])
+    assert cp["size"] == size
+
+
+def test_checkpoints_are_signed_by_themselves_while_writes_go_on(store_env):
+    import time
+
+    lg = Ledger(store_env)  # inline: the follower thread hashes new events and signs
+    lg.init_study(by="t")
+    pid = lg.register_participant("Auto Checkpoint", by="t")["id"]
+    deadline = time.monotonic() + 10
+    while (lg.merkle.latest() or {}).get("size", 0) < lg.recorder.max_notification_id() \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first = lg.merkle.latest()
+    lg.grant_consent(pid, "take_part", "1.0", "online", by="t")
+    assert first is not None
+    while (lg.merkle.latest() or {}).get("size", 0) < first["size"] + 1 \
+            and time.monotonic() < deadline + 5:
+        time.sleep(0.05)
+    second = lg.merkle.latest()
+    lg.close()
+
+    assert second is not None
+    assert second["size"] == first["size"] + 1  # the later write got its own checkpoint
+    assert _verify(store_env)[0] == 0
+
+
+def test_erasure_leaves_the_log_verifiable(store_env):
+    lg, size = _history(store_env)
+    pid = lg.participant_ids()[0]
+    lg.erase(pid, "asked to be forgotten", by="admin")
+    lg.merkle.checkpoint()
+    lg.close()
+
+    code, out = _verify(store_env)
+
+    assert code == 0, out
+    assert f"OK: {size + 1} events" in out
