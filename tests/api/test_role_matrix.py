@@ -11,6 +11,7 @@ import pytest
 MATRIX = {
     ("GET", "/api/v1/study"): {"staff", "auditor"},
     ("GET", "/api/v1/audit/events"): {"auditor"},
+    ("GET", "/api/v1/audit/checkpoint"): {"auditor"},
     ("GET", "/api/v1/reports/compliance"): {"auditor"},
     ("POST", "/api/v1/participants/{id}/uses"): {"staff"},
     ("GET", "/api/v1/participants"): {"staff"},
