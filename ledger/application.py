@@ -18,6 +18,7 @@ from eventsourcing.persistence import InfrastructureFactory, IntegrityError, JSO
 from eventsourcing.utils import Environment, EnvType
 
 from . import pilot
+from .audit.checkpoints import MerkleLog
 from .audit.feed import audit_item
 from .config import Settings
 from .domain import Participant, Payment, PersonalDetails, Study, derived_id
@@ -35,7 +36,6 @@ from .domain.errors import (
 )
 from .domain.money import parse_pence
 from .idempotency import IdempotencyStore, IdempotentRequest
-from .audit.checkpoints import MerkleLog
 from .privacy.keys import MasterKey, ensure_signing_key
 from .privacy.keystore import DataKeyStore
 from .privacy.links import LinkRef, LinkStore

@@ -232,8 +232,8 @@ def verify(log: MerkleLog, progress: Callable[[int], None] | None = None) -> Ver
                               f"from the event recorded there (notification {recorded[1]})")
                 leaf_mismatch_reported = True
             builder.append(h)
-            cp = by_size.get(builder.size)
-            if cp is not None and cp["root"] != builder.root().hex():
+            held = by_size.get(builder.size)
+            if held is not None and held["root"] != builder.root().hex():
                 bad(builder.size, f"checkpoint at size {builder.size}: the log's root differs")
         if progress is not None:
             progress(len(page))

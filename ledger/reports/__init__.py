@@ -7,8 +7,8 @@ from typing import Any
 
 from ..domain.errors import InvalidInput
 from ..projections.projector import Replay
-from ..projections.store import Filter
 from ..projections.rows import summary_row
+from ..projections.store import Filter
 from .build import compliance_report
 
 # A command takes its time from the clock, then commits within the store's lock timeout (30 s),

@@ -28,3 +28,13 @@ def test_the_api_benchmark_runs_without_errors():
 
     assert figures["sqlite"]["ledger"]["write"]["errors"] == 0
     assert figures["sqlite"]["ledger"]["read"]["errors"] == 0
+
+
+def test_the_reports_benchmark_builds_its_study_and_reports_every_step():
+    figures = _run("reports.py", "--participants", "30", "--events-per-person", "60",
+                   "--no-postgres")
+
+    sqlite = figures["sqlite"]
+    assert figures["bench"] == "reports" and sqlite["events"] >= 30 * 60
+    assert sqlite["current_report_bytes"] > sqlite["past_report_bytes"] > 0
+    assert sqlite["rebuild_ratio_to_read_decode"] > 0 and sqlite["past_report_ratio_to_replay"] > 0
