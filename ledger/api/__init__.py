@@ -59,10 +59,21 @@ class LedgerApi(Api):  # type: ignore[misc]
             self.spec.components.response(status.name, response, lazy=True)
 
 
+class LedgerFlask(Flask):
+    """Flask, except that an exception Flask logs itself (one raised inside an error handler)
+    is logged by route pattern and type only: the raw path can carry a participant's link, and a
+    traceback can carry anything."""
+
+    def log_exception(self, exc_info: Any) -> None:
+        rule = request.url_rule.rule if request.url_rule else "<unmatched>"
+        kind = exc_info[0].__name__ if exc_info and exc_info[0] else "unknown"
+        self.logger.error("unhandled %s on %s %s", kind, request.method, rule)
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The app. ``config`` may hold ``LEDGER`` (a Ledger to use) or ``ENV`` (its environment)."""
     config = dict(config or {})
-    app = Flask(__name__)
+    app = LedgerFlask(__name__)
     app.config.update(
         API_TITLE="Consent and remuneration ledger",
         API_VERSION="1.0",
@@ -103,7 +114,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.after_request
     def secure_and_log(response: Response) -> Response:
         is_docs = request.path.startswith("/api/v1/docs")
-        is_page = request.blueprint == "pages"
+        is_page = errors.is_participant_page()
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Frame-Options"] = "DENY"

@@ -66,9 +66,18 @@ def _flatten(messages: Any) -> dict[str, Any]:
     return flat
 
 
+def is_participant_page() -> bool:
+    """Under /my/: the participant pages, which answer every error with a kind HTML page."""
+    return request.path.startswith("/my/")
+
+
 def ledger_error(error: LedgerError) -> Response:
     """A domain error, by the table above."""
     status = next((code for cls, code in STATUS_FOR if isinstance(error, cls)), 400)
+    if is_participant_page():
+        from .pages import kind_error
+
+        return kind_error(status)
     errors = {error.field: [error.message]} if error.field else None
     return problem(status, error.message, errors, code=type(error).__name__)
 
@@ -77,10 +86,10 @@ def http_error(error: HTTPException) -> Response:
     """Werkzeug/flask-smorest errors, including schema validation (422 with fields). Under the
     participant pages' /my/ they get the pages' kind HTML instead."""
     status = error.code or 500
-    if request.path.startswith("/my/") and status < 500:
-        from .pages import kind_http_error
+    if is_participant_page():
+        from .pages import kind_error
 
-        return kind_http_error(status)
+        return kind_error(status)
     data = getattr(error, "data", None) or {}
     errors = _flatten(data.get("messages")) if "messages" in data else None
     detail = "Check the fields listed in errors." if errors else TITLES.get(status)
@@ -100,6 +109,10 @@ def too_deep(error: RecursionError) -> Response:
 def unexpected_error(error: Exception) -> Response:
     """Anything else: logged by type only, answered with a bare 500."""
     log.error("unhandled %s", type(error).__name__)
+    if is_participant_page():
+        from .pages import kind_error
+
+        return kind_error(500)
     return problem(500, "Something went wrong on our side. Please try again; if it keeps "
                         "happening, tell the people who run this ledger.")
 

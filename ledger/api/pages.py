@@ -46,9 +46,13 @@ def state_words(state: str) -> str:
 
 
 def _page(template: str, status: int = 200, **context: Any) -> Response:
-    study = ledger().study()
-    context.setdefault("study", study["name"])
-    context.setdefault("contact_email", study["controller"].get("email", ""))
+    try:
+        study = ledger().study()
+        name, email = study["name"], study["controller"].get("email", "")
+    except Exception:  # noqa: BLE001 - an error page must still render if the store is down
+        name, email = "", ""
+    context.setdefault("study", name)
+    context.setdefault("contact_email", email)
     return Response(render_template(template, **context), status=status,
                     mimetype="text/html")
 
@@ -85,11 +89,15 @@ def gone(_: Exception) -> Response:
                  message="Links stop working after a while, or when we send you a new one.")
 
 
-def kind_http_error(status: int) -> Response:
-    """404/405 and the like under /my/: the kind page, not an API problem document."""
+def kind_error(status: int) -> Response:
+    """Any error under /my/: the kind page, never an API problem document."""
     if status == 405:
         return _page("my/gone.html", 405, heading="Please start again",
                      message="This page cannot be used like that. Go back to your link.")
+    if status >= 500 or status == 409:
+        return _page("my/gone.html", 503 if status >= 500 else 409,
+                     heading="Something went wrong on our side",
+                     message="Nothing was changed. Please try again in a few minutes.")
     return _page("my/gone.html", status if status in (404, 410) else 400,
                  heading="We cannot find this page",
                  message="The link may be mistyped, or it may be old.")

@@ -58,6 +58,8 @@ class ArrangementIn(Schema):
         missing = [f for f in ("method", "payee", "benefits_advice_offered") if f not in data]
         if missing:
             raise ValidationError({f: ["Missing data for required field."] for f in missing})
+        if data.get("reason") is not None:  # kept only with a decline: never accept and drop it
+            raise ValidationError({"reason": ["only used when declined is true"]})
 
 
 class ReductionIn(Schema):
@@ -146,8 +148,7 @@ def _replay_or_refuse(kept: Stored, once: IdempotentRequest) -> Response:
 
 
 def _replay(status: int, body: bytes) -> Response:
-    mimetype = "application/json" if status < 400 else "application/problem+json"
-    return Response(body, status=status, mimetype=mimetype)
+    return Response(body, status=status, mimetype="application/json")  # only successes are kept
 
 
 @blp.route("/participants/<uuid:participant_id>/payment-arrangements")

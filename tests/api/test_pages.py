@@ -358,3 +358,50 @@ def test_odd_addresses_under_my_get_the_kind_page(client, staff, person, how):
     assert response.status_code in (404, 405)
     assert response.content_type.startswith("text/html")
     assert "coproduction@ucl.ac.uk" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("fault", ["conflict", "store down"])
+def test_a_failure_behind_a_participant_page_gets_the_kind_page_and_logs_no_link(
+        client, staff, person, api_ledger, monkeypatch, caplog, fault):
+    """A domain conflict or a broken store: the person sees a kind page (never JSON), and the
+    log gets the route and the error's type, never their link."""
+    from ledger.domain.errors import ConcurrentUpdate
+
+    path = _link(client, staff, person)
+    token = path.rsplit("/", 1)[1]
+
+    def broken(*_args, **_kwargs):
+        raise ConcurrentUpdate("changed") if fault == "conflict" else RuntimeError(token)
+
+    monkeypatch.setattr(api_ledger, "open_link", broken)
+    if fault == "store down":
+        monkeypatch.setattr(api_ledger, "study", broken)  # the error page cannot read it either
+    caplog.set_level(logging.DEBUG)
+
+    response = client.get(path)
+
+    assert token not in caplog.text and "Traceback" not in caplog.text
+    assert response.status_code == (409 if fault == "conflict" else 503)
+    assert response.content_type.startswith("text/html")
+    assert "Nothing was changed" in response.get_data(as_text=True)
+    assert "style-src 'self'" in response.headers["Content-Security-Policy"]
+
+
+def test_what_flask_logs_itself_names_the_route_and_type_only(app, caplog):
+    """An exception raised inside an error handler is logged by Flask, not by our handlers:
+    the route pattern and the type, never the raw path (a link) or a traceback."""
+    import sys
+
+    token = "T" * 43
+    caplog.set_level(logging.DEBUG)
+    with app.test_request_context(f"/my/{token}"):
+        from flask import request
+
+        request.url_rule = app.url_map.bind("localhost").match(f"/my/{token}", return_rule=True)[0]
+        try:
+            raise RuntimeError(f"failed for /my/{token}")
+        except RuntimeError:
+            app.log_exception(sys.exc_info())
+
+    assert "unhandled RuntimeError on GET /my/<token>" in caplog.text
+    assert token not in caplog.text and "Traceback" not in caplog.text
