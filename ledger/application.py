@@ -22,6 +22,7 @@ from .audit.checkpoints import MerkleLog
 from .audit.feed import audit_item
 from .config import Settings
 from .domain import Participant, Payment, PersonalDetails, Study, derived_id
+from .domain.consent import CONSENTED, use_standing
 from .domain.base import topic
 from .domain.errors import (
     ConcurrentUpdate,
@@ -601,7 +602,7 @@ class Ledger(Application[UUID]):
         def command(p: Participant, s: Study) -> dict[str, Any]:
             state = p.record_use(s.scope(scope), purpose, at=self.clock(), by=by)
             return {"scope": scope, "consent_state": state, "at": p.uses[-1]["at"],
-                    "without_consent": state != "given"}
+                    "without_consent": use_standing(state) != CONSENTED}
         return self._change(participant_id, command)
 
     # -- access needs ------------------------------------------------------------------------

@@ -18,8 +18,16 @@ from .errors import (
 # requested -> given -> withdrawn, plus refused and expired. A person may consent again after
 # withdrawing, refusing or expiry (people change their minds; the history keeps every step), and
 # may re-consent while given when a new form version is registered.
-GRANTABLE_FROM = {None, "requested", "withdrawn", "refused", "expired"}
-REQUESTABLE_FROM = {None, "withdrawn", "refused", "expired"}
+
+CONSENTED, AFTER_WITHDRAWAL, WITHOUT_CONSENT = "consented", "after_withdrawal", "without_consent"
+
+
+def use_standing(consent_state: str | None) -> str:
+    """How a use of someone's story stands against the consent it met: ``consented`` (given),
+    ``after_withdrawal``, or ``without_consent`` (never asked, requested, refused, expired)."""
+    if consent_state == "given":
+        return CONSENTED
+    return AFTER_WITHDRAWAL if consent_state == "withdrawn" else WITHOUT_CONSENT
 
 
 @dataclass

@@ -34,7 +34,7 @@ from .vocab import (
     CONSENT_METHODS,
     PARTICIPANT_LINK,
     PAYMENT_METHODS,
-    WITHDRAWAL_CHANNELS,
+    STAFF_WITHDRAWAL_CHANNELS,
     check_choice,
     check_text,
 )
@@ -227,9 +227,17 @@ class Participant(FastCopy, Aggregate):
     def withdraw_consent(
         self, scope: Scope, channel: object, reason: object = None, *, at: datetime, by: str
     ) -> list[Obligation]:
-        """Withdraw consent for a scope; opens its follow-up obligations; flags a late withdrawal."""
+        """Withdraw consent for a scope at the person's request, recorded by staff: the channel
+        says how the request reached the team (never the person's own link, which only
+        ``withdraw_through_link`` records). Opens the follow-up obligations; flags a late
+        withdrawal."""
+        check_choice("channel", channel, STAFF_WITHDRAWAL_CHANNELS)
+        return self._withdraw(scope, str(channel), reason, at=at, by=by)
+
+    def _withdraw(
+        self, scope: Scope, channel: str, reason: object, *, at: datetime, by: str
+    ) -> list[Obligation]:
         self.check_not_erased()
-        check_choice("channel", channel, WITHDRAWAL_CHANNELS)
         why = check_text("reason", reason, max_length=REASON_MAX, required=False)
         record = self.consent(scope.name)
         record.check_can_withdraw()
@@ -265,6 +273,10 @@ class Participant(FastCopy, Aggregate):
             raise ObligationNotFound("no such obligation for this participant") from None
         obligation.check_can_discharge()
         n = check_text("note", note, max_length=REASON_MAX, required=False)
+        if n is not None:
+            # Follow-up work (deleting a recording) is still marked done after an erasure, but
+            # nothing personal can be written for the person any more: a note could be.
+            self.check_not_erased()
         self._obligation_discharged(obligation_id, n, at, by)
 
     @event("ObligationDischarged", topic=topic("Participant.ObligationDischarged"))
@@ -490,7 +502,7 @@ class Participant(FastCopy, Aggregate):
         for scope in {s.name: s for s in scopes}.values():
             state = self.consent(scope.name).state
             if state == "given":
-                self.withdraw_consent(scope, PARTICIPANT_LINK, at=at, by=by)
+                self._withdraw(scope, PARTICIPANT_LINK, None, at=at, by=by)
                 done["withdrawn"].append(scope.name)
             else:
                 done["already" if state == "withdrawn" else "not_given"].append(scope.name)

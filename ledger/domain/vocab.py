@@ -14,12 +14,11 @@ PAYMENT_METHODS = (
 STAFF_WITHDRAWAL_CHANNELS = (
     "in_person", "phone", "email", "video_call", "letter", "supporter", "other",
 )
-PARTICIPANT_LINK = "participant_link"
-WITHDRAWAL_CHANNELS = (*STAFF_WITHDRAWAL_CHANNELS, PARTICIPANT_LINK)
+PARTICIPANT_LINK = "participant_link"  # the channel only the person's own link records
 PAYEES = ("self", "third_party", "charity")
 ATTRIBUTIONS = ("named", "anonymous")
 NEED_OUTCOMES = ("met", "partly_met", "not_met")
-CONSENT_STATES = ("requested", "given", "withdrawn", "refused", "expired")
+CONSENT_STATES = ("given", "requested", "withdrawn", "refused", "expired")
 
 
 def check_choice(field: str, value: object, allowed: Iterable[str]) -> str:

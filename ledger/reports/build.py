@@ -13,9 +13,11 @@ from statistics import median
 from typing import Any
 
 from ..domain import Study
+from ..domain.consent import AFTER_WITHDRAWAL, WITHOUT_CONSENT, use_standing
 from ..domain.money import format_pence
+from ..domain.vocab import CONSENT_STATES
 
-STATES = ("given", "requested", "withdrawn", "refused", "expired")
+STATES = CONSENT_STATES
 REPORT_VERSION = 1
 
 
@@ -81,9 +83,10 @@ def compliance_report(*, rows: dict[str, list[dict[str, Any]]], people: list[dic
         "participants": {"registered": len(refs), "erased": len(erased)},
         "consent": {"totals": totals, "by_participant": consent_states},
         "grants_without_registered_form": unregistered,
-        "use_after_withdrawal": [_use(u) for u in uses if u["consent_state"] == "withdrawn"],
+        "use_after_withdrawal": [_use(u) for u in uses
+                                 if use_standing(u["consent_state"]) == AFTER_WITHDRAWAL],
         "use_without_consent": [_use(u) for u in uses
-                                if u["consent_state"] not in ("given", "withdrawn")],
+                                if use_standing(u["consent_state"]) == WITHOUT_CONSENT],
         "late_withdrawals": [{"reference": w["reference"], "scope": w["scope"], "at": w["at"],
                               "channel": w["channel"]} for w in late],
         "obligations": {

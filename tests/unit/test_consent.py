@@ -156,7 +156,7 @@ def test_a_withdrawal_after_the_deadline_is_recorded_and_flagged(person, study):
     assert person.consent("analyse").history[-1]["past_deadline"] is True
 
 
-@pytest.mark.parametrize("channel", ["carrier pigeon", "", None])
+@pytest.mark.parametrize("channel", ["carrier pigeon", "", None, "participant_link"])
 def test_withdrawal_channels_come_from_the_vocabulary(person, study, channel):
     person.grant_consent(study.scope("record"), study.form("1.0"), "online", at=at(1), by="t")
 
@@ -175,6 +175,22 @@ def test_an_obligation_is_marked_done_once(person, study):
     assert person.obligations[o.id].done_at == at(30)
     with pytest.raises(ObligationAlreadyDischarged):
         person.discharge_obligation(o.id, at=at(31), by="t")
+
+
+def test_after_erasure_follow_up_is_still_marked_done_but_takes_no_note(person, study):
+    """Deleting a recording must still be recordable once the person is erased; a note is
+    free text about them, which nothing may write any more."""
+    from ledger.domain.errors import ParticipantErased
+
+    person.grant_consent(study.scope("record"), study.form("1.0"), "online", at=at(1), by="t")
+    [o] = person.withdraw_consent(study.scope("record"), "phone", at=at(2), by="t")
+    person.erase("asked", at=at(3), by="admin")
+
+    with pytest.raises(ParticipantErased):
+        person.discharge_obligation(o.id, "deleted the file", at=at(4), by="t")
+    person.discharge_obligation(o.id, at=at(5), by="t")
+
+    assert person.obligations[o.id].done_at == at(5)
 
 
 def test_an_unknown_obligation_is_not_found(person):
