@@ -22,8 +22,8 @@ from .audit.checkpoints import MerkleLog
 from .audit.feed import audit_item
 from .config import Settings
 from .domain import Participant, Payment, PersonalDetails, Study, derived_id
-from .domain.consent import CONSENTED, use_standing
 from .domain.base import topic
+from .domain.consent import CONSENTED, use_standing
 from .domain.errors import (
     ConcurrentUpdate,
     IdempotencyKeyUsed,
