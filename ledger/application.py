@@ -447,7 +447,7 @@ class Ledger(Application[UUID]):
         """Everything about one participant, as a plain dict."""
         p = self._participant(participant_id)
         payments = [self._payment(pid) for pid in p.payment_ids()]
-        return participant_view(p, self._study(), payments, self._revealer())
+        return participant_view(p, payments, self._revealer())
 
     def erase(self, participant_id: UUID, reason: object, *, by: str) -> dict[str, Any]:
         """Crypto-shred a participant: record the erasure, then destroy their data key.

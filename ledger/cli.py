@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 
@@ -146,22 +147,39 @@ def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | Non
 @main.command()
 @click.option("--public-key", "show_key", is_flag=True,
               help="Print the public key that checks the signatures (PEM) and stop.")
-def verify(show_key: bool) -> None:
+@click.option("--checkpoint", "kept", type=click.File("r"), multiple=True,
+              help="A checkpoint kept outside the system (the JSON of GET /audit/checkpoint) "
+                   "to hold the log against too; may be given more than once.")
+def verify(show_key: bool, kept: tuple[Any, ...]) -> None:
     """Recompute the Merkle root over the whole log and hold it against the recorded leaves and
     every signed checkpoint; exit 1 naming the first bad position on any mismatch."""
+    import json
+
     from .audit.checkpoints import verify as verify_log
 
+    try:
+        outside = [json.load(f) for f in kept]
+        for cp in outside:
+            if not (isinstance(cp, dict) and isinstance(cp.get("size"), int) and all(
+                    isinstance(cp.get(k), str) for k in ("root", "time", "signature",
+                                                         "public_key"))):
+                raise ValueError
+    except ValueError:
+        raise click.BadParameter("each must be the JSON of GET /audit/checkpoint: size, root, "
+                                 "time, signature and public_key",
+                                 param_hint="--checkpoint") from None
     with open_ledger(LEDGER_PROJECTIONS="external") as ledger:
         if show_key:
             click.echo(ledger.merkle.public_key, nl=False)
             return
-        verdict = verify_log(ledger.merkle)
+        verdict = verify_log(ledger.merkle, outside)
     if verdict.ok:
         click.echo(f"OK: {verdict.size} events, root {verdict.root}, "
                    f"{verdict.checkpoints} signed checkpoints hold.")
         return
-    click.echo(f"FAILED: first bad position {verdict.first_bad_position} "
-               f"(of {verdict.size} events in the log).", err=True)
+    where = ("a signed checkpoint does not hold" if verdict.first_bad_position is None
+             else f"first bad position {verdict.first_bad_position}")
+    click.echo(f"FAILED: {where} (of {verdict.size} events in the log).", err=True)
     for problem in verdict.problems[:20]:
         click.echo(f"  - {problem}", err=True)
     sys.exit(1)

@@ -229,9 +229,26 @@ class Sql:
         return statement if self.is_postgres else statement.replace("%s", "?")
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """A committed transaction; yields a cursor whose ``execute`` takes portable SQL."""
+    def transaction(self, *, lock_first: bool = False) -> Iterator[Any]:
+        """A committed transaction; yields a cursor whose ``execute`` takes portable SQL.
+
+        ``lock_first``: on SQLite, take the write lock (waiting for it) before anything is read.
+        SQLite starts a transaction deferred, and one that reads and then writes fails at once
+        ("database is locked") if another process wrote in between."""
         with self.datastore.transaction(commit=True) as cursor:
+            portable = _PortableCursor(cursor, self._sql)
+            if lock_first and not self.is_postgres:
+                portable.execute("UPDATE {t}ledger_meta SET value = value WHERE name = %s",
+                                 ("master_key_id",))
+            yield portable
+
+    @contextmanager
+    def read_transaction(self) -> Iterator[Any]:
+        """A read-only transaction, rolled back at the end: one consistent snapshot (WAL on
+        SQLite, REPEATABLE READ on PostgreSQL) that never holds this process's writer."""
+        with self.datastore.transaction(commit=False) as cursor:
+            if self.is_postgres:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             yield _PortableCursor(cursor, self._sql)
 
     def query(self, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:

@@ -87,8 +87,7 @@ def arrangement_view(a: Arrangement, reveal: Reveal) -> dict[str, Any]:
             "reason": _text(a.reason, reveal)}
 
 
-def participant_view(p: Participant, study: Study, payments: list[Payment],
-                     reveal: Reveal) -> dict[str, Any]:
+def participant_view(p: Participant, payments: list[Payment], reveal: Reveal) -> dict[str, Any]:
     """Everything held about one participant (``reveal`` opens their sealed fields)."""
     erased = p.erased_at is not None
     communities = reveal(p.communities)

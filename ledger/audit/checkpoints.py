@@ -51,22 +51,20 @@ def public_key_pem(private: Ed25519PrivateKey) -> str:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
-def check_signature(public_pem: str, message: bytes, signature_b64: str) -> bool:
-    """Does ``signature_b64`` sign ``message`` under the PEM public key?"""
+def load_public_key(public_pem: str) -> Ed25519PublicKey:
     key = serialization.load_pem_public_key(public_pem.encode())
-    assert isinstance(key, Ed25519PublicKey)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key")
+    return key
+
+
+def check_signature(key: Ed25519PublicKey, message: bytes, signature_b64: str) -> bool:
+    """Does ``signature_b64`` sign ``message`` under ``key``?"""
     try:
         key.verify(base64.b64decode(signature_b64, validate=True), message)
         return True
     except (InvalidSignature, ValueError):
         return False
-
-
-def _builder(size: int, stack: str) -> RootBuilder:
-    builder = RootBuilder()
-    builder.size = size
-    builder._stack = [bytes.fromhex(stack[i:i + 64]) for i in range(0, len(stack), 64)]
-    return builder
 
 
 def _leaf(n: Any) -> bytes:
@@ -87,8 +85,7 @@ class MerkleLog:
         self.create()
 
     def create(self) -> None:
-        with self.sql.transaction() as c:
-            c.execute("UPDATE {t}ledger_meta SET value = value WHERE name = %s", ("master_key_id",))
+        with self.sql.transaction(lock_first=True) as c:
             c.execute(f"CREATE TABLE IF NOT EXISTS {{t}}{LEAVES} (idx BIGINT PRIMARY KEY, "
                       "notification_id BIGINT NOT NULL, hash TEXT NOT NULL)")
             c.execute(f"CREATE TABLE IF NOT EXISTS {{t}}{TRACKING} (name TEXT PRIMARY KEY, "
@@ -103,15 +100,14 @@ class MerkleLog:
         rows = self.sql.query(f"SELECT size, last_id, stack FROM {{t}}{TRACKING} WHERE name = %s",
                               (NAME,))
         r = rows[0]
-        values = (r["size"], r["last_id"], r["stack"]) if isinstance(r, dict) else tuple(r)
-        return int(values[0]), int(values[1]), str(values[2])
+        return int(r["size"]), int(r["last_id"]), str(r["stack"])
 
     def catch_up(self) -> tuple[int, bytes]:
         """Hash every event not yet in the leaves; returns (size, root)."""
         while True:
             size, last_id, stack = self._state()
+            builder = RootBuilder.from_state(size, bytes.fromhex(stack))
             page = self.recorder.select_notifications(start=last_id + 1, limit=PAGE)
-            builder = _builder(size, stack)
             if not page:
                 return size, builder.root()
             rows = []
@@ -119,17 +115,25 @@ class MerkleLog:
                 h = _leaf(n)
                 rows.append((builder.size, n.id, h.hex()))
                 builder.append(h)
-            new_stack = "".join(node.hex() for node in builder._stack)
-            with self.sql.transaction() as c:
-                c.execute(f"UPDATE {{t}}{TRACKING} SET size = %s, last_id = %s, stack = %s "
-                          "WHERE name = %s AND size = %s",
-                          (builder.size, page[-1].id, new_stack, NAME, size))
-                if c.rowcount != 1:
-                    continue  # another process got there first: start from its state
-                c.executemany(f"INSERT INTO {{t}}{LEAVES} (idx, notification_id, hash) "
-                              "VALUES (%s, %s, %s)", rows)
+            try:
+                self._extend(size, builder, page[-1].id, rows)
+            except Stale:
+                continue  # another process got there first: carry on from its state
             if len(page) < PAGE:
                 return builder.size, builder.root()
+
+    def _extend(self, expected: int, builder: RootBuilder, last_id: int,
+                rows: list[tuple[int, int, str]]) -> None:
+        """Record the leaves and the tree's new state, if the size is still ``expected``."""
+        new_size, stack = builder.state()
+        with self.sql.transaction() as c:
+            c.execute(f"UPDATE {{t}}{TRACKING} SET size = %s, last_id = %s, stack = %s "
+                      "WHERE name = %s AND size = %s",
+                      (new_size, last_id, stack.hex(), NAME, expected))
+            if c.rowcount != 1:
+                raise Stale
+            c.executemany(f"INSERT INTO {{t}}{LEAVES} (idx, notification_id, hash) "
+                          "VALUES (%s, %s, %s)", rows)
 
     def checkpoint(self) -> dict[str, Any]:
         """Sign (and store) a checkpoint of the whole log as it is now; if one of this size
@@ -167,26 +171,24 @@ class MerkleLog:
             rows = self.sql.query(f"SELECT idx, notification_id, hash FROM {{t}}{LEAVES} "
                                   "WHERE idx > %s ORDER BY idx LIMIT %s", (after, PAGE))
             for r in rows:
-                values = (r["idx"], r["notification_id"], r["hash"]) if isinstance(r, dict) \
-                    else tuple(r)
-                yield int(values[0]), int(values[1]), str(values[2])
+                yield int(r["idx"]), int(r["notification_id"]), str(r["hash"])
             if len(rows) < PAGE:
                 return
-            after = int(rows[-1]["idx"] if isinstance(rows[-1], dict) else rows[-1][0])
+            after = int(rows[-1]["idx"])
 
 
 def _checkpoint(row: Any, public_key: str) -> dict[str, Any]:
-    size, root, time, signature = (
-        (row["size"], row["root"], row["time"], row["signature"]) if isinstance(row, dict)
-        else tuple(row))
-    return {"size": int(size), "root": root, "time": time, "signature": signature,
-            "public_key": public_key}
+    return {"size": int(row["size"]), "root": row["root"], "time": row["time"],
+            "signature": row["signature"], "public_key": public_key}
 
 
 @dataclass
 class Verdict:
     """The outcome of ``verify``: ``ok``, the log's size and root, the checkpoints checked, and
-    on failure the first bad position (1-based, in log order) and what was wrong there."""
+    on failure what was wrong and the first bad position (1-based, in log order): exact when an
+    event differs from the one recorded there (or the log is shorter than recorded), otherwise
+    the first event after the last checkpoint that held (a problem with a checkpoint's own
+    signature names no position)."""
 
     ok: bool
     size: int
@@ -196,57 +198,86 @@ class Verdict:
     first_bad_position: int | None = None
 
 
-def verify(log: MerkleLog, progress: Callable[[int], None] | None = None) -> Verdict:
-    """Recompute the tree over every stored event; hold it against the recorded leaves and
-    every signed checkpoint."""
+def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
+    """Recompute the tree over every stored event; hold it against the recorded leaves, every
+    signed checkpoint stored, and any ``kept`` outside the system (as ``GET /audit/checkpoint``
+    returned them): a kept checkpoint catches a log cut short together with the stored
+    checkpoints and leaves."""
     problems: list[str] = []
-    first_bad: int | None = None
+    exact: list[int] = []  # positions known to be bad
+    ranges: list[int] = []  # first positions of spans known to hold a bad one
 
-    def bad(position: int, message: str) -> None:
-        nonlocal first_bad
-        if first_bad is None or position < first_bad:
-            first_bad = position
+    def bad(position: int | None, message: str, *, somewhere_from: int | None = None) -> None:
+        if position is not None:
+            exact.append(position)
+        if somewhere_from is not None:
+            ranges.append(somewhere_from)
         problems.append(message)
 
-    checkpoints = list(log.checkpoints())
+    key = load_public_key(log.public_key)
+    stored = list(log.checkpoints())
+    checkpoints = stored + [{**cp, "kept": True} for cp in kept or []]
+    signed: list[dict[str, Any]] = []
     for cp in checkpoints:
-        if not check_signature(log.public_key, checkpoint_message(cp["size"], cp["root"],
-                                                                  cp["time"]), cp["signature"]):
-            bad(max(cp["size"], 1), f"checkpoint at size {cp['size']}: signature does not match")
-    by_size = {cp["size"]: cp for cp in checkpoints}
+        where = "kept checkpoint" if cp.get("kept") else "checkpoint"
+        try:
+            signer = load_public_key(cp["public_key"]) if cp.get("kept") else key
+        except ValueError:
+            bad(None, f"{where} at size {cp['size']}: its public key cannot be read")
+            continue
+        if cp.get("kept") and cp["public_key"] != log.public_key:
+            bad(None, f"{where} at size {cp['size']}: signed with another key than this ledger's")
+        if not check_signature(signer, checkpoint_message(cp["size"], cp["root"], cp["time"]),
+                               cp["signature"]):
+            bad(None, f"{where} at size {cp['size']}: signature does not match")
+            continue
+        signed.append(cp)  # only a checkpoint whose signature holds says anything of the log
+    by_size: dict[int, list[dict[str, Any]]] = {}
+    for cp in signed:
+        by_size.setdefault(cp["size"], []).append(cp)
+
     builder = RootBuilder()
-    if 0 in by_size and by_size[0]["root"] != builder.root().hex():
-        bad(1, "checkpoint at size 0: root does not match the empty log")
-    stored = log.stored_leaves()
-    leaf_mismatch_reported = False
+    held_at = 0  # the size of the last checkpoint that held
+    recorded = log.stored_leaves()
+    leaf_reported = False
+
+    def hold(size: int) -> None:
+        nonlocal held_at
+        for cp in by_size.get(size, []):
+            if cp["root"] != builder.root().hex():
+                where = "kept checkpoint" if cp.get("kept") else "checkpoint"
+                bad(None, f"{where} at size {size}: the log's root differs; an event in "
+                          f"positions {held_at + 1} to {size} was changed",
+                    somewhere_from=held_at + 1)
+                return
+        if size in by_size:
+            held_at = size
+
+    hold(0)
     start = 1
     while True:
         page = log.recorder.select_notifications(start=start, limit=PAGE)
         for n in page:
             h = _leaf(n)
             position = builder.size + 1
-            recorded = next(stored, None)
-            if not leaf_mismatch_reported and recorded is not None and (
-                    recorded[2] != h.hex() or recorded[1] != n.id):
+            leaf = next(recorded, None)
+            if not leaf_reported and leaf is not None and (leaf[2] != h.hex() or leaf[1] != n.id):
                 bad(position, f"event at position {position} (notification {n.id}) differs "
-                              f"from the event recorded there (notification {recorded[1]})")
-                leaf_mismatch_reported = True
+                              f"from the event recorded there (notification {leaf[1]})")
+                leaf_reported = True
             builder.append(h)
-            held = by_size.get(builder.size)
-            if held is not None and held["root"] != builder.root().hex():
-                bad(builder.size, f"checkpoint at size {builder.size}: the log's root differs")
-        if progress is not None:
-            progress(len(page))
+            hold(builder.size)
         if len(page) < PAGE:
             break
         start = page[-1].id + 1
-    leftover = next(stored, None)
-    if leftover is not None and not leaf_mismatch_reported:
+    leftover = next(recorded, None)
+    if leftover is not None and not leaf_reported:
         bad(leftover[0] + 1, f"the log ends at {builder.size} events, but event "
                              f"{leftover[0] + 1} (notification {leftover[1]}) was recorded")
-    beyond = [cp["size"] for cp in checkpoints if cp["size"] > builder.size]
+    beyond = [cp["size"] for cp in signed if cp["size"] > builder.size]
     if beyond:
         bad(builder.size + 1, f"the log ends at {builder.size} events, but a signed checkpoint "
                               f"covers {max(beyond)}")
     return Verdict(ok=not problems, size=builder.size, root=builder.root().hex(),
-                   checkpoints=len(checkpoints), problems=problems, first_bad_position=first_bad)
+                   checkpoints=len(checkpoints), problems=problems,
+                   first_bad_position=min(exact or ranges or [0]) or None)

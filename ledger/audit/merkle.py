@@ -60,6 +60,18 @@ class RootBuilder:
         self._stack.append(node)
         self.size += 1
 
+    def state(self) -> tuple[int, bytes]:
+        """What is needed to carry on later: the size, and the subtree roots concatenated."""
+        return self.size, b"".join(self._stack)
+
+    @classmethod
+    def from_state(cls, size: int, stack: bytes) -> RootBuilder:
+        builder = cls()
+        builder.size = size
+        builder._stack = [stack[i:i + 32] for i in range(0, len(stack), 32)]
+        assert len(builder._stack) == bin(size).count("1"), "a stack has one root per set bit"
+        return builder
+
     def extend(self, leaves: Iterable[bytes]) -> None:
         for leaf in leaves:
             self.append(leaf)

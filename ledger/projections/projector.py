@@ -13,6 +13,7 @@ import base64
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -74,6 +75,7 @@ class Replay:
         self.study: Study | None = None
         self.position = 0
         self.count = 0
+        self._holding = 0
 
     def apply(self, n: Notification, event: Any | None = None) -> UUID | None:
         """Apply one notification; returns the participant it concerns (None for the study)."""
@@ -107,8 +109,23 @@ class Replay:
         self.aggregates[aggregate_id] = aggregate
         if self.keep is not None:
             self.aggregates.move_to_end(aggregate_id)
+            self._trim()
+
+    def _trim(self) -> None:
+        if self.keep is not None and not self._holding:
             while len(self.aggregates) > self.keep:
                 self.aggregates.popitem(last=False)
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Evict nothing until the end: a batch's rows are then computed from the aggregates
+        it applied, never from one read back from the store at a later version."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            self._trim()
 
     def forget(self, aggregate_ids: Iterable[UUID]) -> None:
         """Drop aggregates that were moved past what was written (a batch that lost a race)."""
@@ -204,16 +221,17 @@ class Projector:
                      decoded: dict[int, Any] | None = None) -> None:
         touched: dict[UUID, None] = {}
         changed: list[UUID] = []
-        for n in page:
-            changed.append(n.originator_id)  # type: ignore[arg-type]
-            pid = self.replay.apply(n, (decoded or {}).get(n.id))
-            if pid is not None:
-                touched[pid] = None
         if expected != self._written_at:
             self._written.clear()  # another process wrote: what we wrote may be stale
         try:
-            # Computed before the write transaction opens: computing may read the store.
-            entries = [self._entry(pid) for pid in touched]
+            with self.replay.holding():
+                for n in page:
+                    changed.append(n.originator_id)  # type: ignore[arg-type]
+                    pid = self.replay.apply(n, (decoded or {}).get(n.id))
+                    if pid is not None:
+                        touched[pid] = None
+                # Computed before the write transaction opens: computing may read the store.
+                entries = [self._entry(pid) for pid in touched]
             self.views.write(expected, page[-1].id, entries, self._written)
         except BaseException:
             self.replay.forget(changed)  # re-read them next time, from the store
@@ -236,7 +254,7 @@ class Projector:
             seq = self.views.seq_of(str(participant_id))
             assert seq is not None, "a participant is registered before anything else happens"
             self.replay.seq[participant_id] = seq
-        doc = participant_view(p, self.ledger._study(), payments, reveal=lambda v: v)
+        doc = participant_view(p, payments, reveal=lambda v: v)
         return (summary_row(p, seq), self.transcoder.encode(doc).decode(),
                 participant_rows(p, payments))
 

@@ -8,7 +8,7 @@ views, after any crash, whichever process (API worker or ``ledger projections ru
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..store import Sql
@@ -58,12 +58,7 @@ class ViewStore:
             statements.append(f"CREATE TABLE IF NOT EXISTS {{t}}{_table(name)} ({cols})")
             statements.append(f"CREATE INDEX IF NOT EXISTS {_table(name)}_pid ON "
                               f"{{t}}{_table(name)} (participant_id)")
-        with self.sql.transaction() as c:
-            # A write first, so SQLite takes its write lock (waiting for it) before reading
-            # anything; else a read-then-write transaction fails at once when another
-            # process wrote in between ("database is locked").
-            c.execute("UPDATE {t}ledger_meta SET value = value WHERE name = %s",
-                      ("master_key_id",))
+        with self.sql.transaction(lock_first=True) as c:
             for s in statements:
                 c.execute(s)
             c.execute(f"INSERT INTO {{t}}{TRACKING} (name, position) SELECT %s, 0 WHERE NOT "
@@ -72,7 +67,7 @@ class ViewStore:
     def position(self) -> int:
         """The last notification id the views include."""
         rows = self.sql.query(f"SELECT position FROM {{t}}{TRACKING} WHERE name = %s", (NAME,))
-        return int(_first(rows[0])) if rows else 0
+        return int(rows[0]["position"]) if rows else 0
 
     def write(self, expected: int, position: int, participants: Iterable[Entry],
               previous: Mapping[str, Entry] | None = None) -> None:
@@ -137,7 +132,7 @@ class ViewStore:
 
     def all_rows(self) -> dict[str, list[dict[str, Any]]]:
         """Every view table's rows, as JSON-ready dicts (the same as ``participant_rows``)."""
-        with self.sql.transaction() as c:
+        with self.sql.read_transaction() as c:
             return _read_tables(c)
 
     def snapshot(self, events_table: str, where: Mapping[str, Filter] | None = None
@@ -146,18 +141,16 @@ class ViewStore:
         so they agree with each other even while writes go on. ``where`` narrows the rows
         read from some tables (the report reads only the rows its rules could pick)."""
         column = "notification_id" if self.sql.is_postgres else "rowid"
-        with self.sql.transaction() as c:
-            if self.sql.is_postgres:
-                c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        with self.sql.read_transaction() as c:
             c.execute(f"SELECT position FROM {{t}}{TRACKING} WHERE name = %s", (NAME,))
-            position = int(_first(c.fetchone()))
-            c.execute(f"SELECT COUNT(*) FROM {{t}}{events_table} WHERE {column} <= %s",
+            position = int(c.fetchone()["position"])
+            c.execute(f"SELECT COUNT(*) AS n FROM {{t}}{events_table} WHERE {column} <= %s",
                       (position,))
-            count = int(_first(c.fetchone()))
+            count = int(c.fetchone()["n"])
             tables = _read_tables(c, where or {})
             cols = PARTICIPANTS[:-1]
             c.execute(f"SELECT {', '.join(cols)} FROM {{t}}{_table('participants')} ORDER BY seq")
-            people = [dict(zip(cols, _values(r, cols), strict=True)) for r in c.fetchall()]
+            people = [{k: r[k] for k in cols} for r in c.fetchall()]
         return position, count, tables, people
 
     def page(self, *, after_seq: int, limit: int) -> list[tuple[str, int, str]]:
@@ -165,14 +158,14 @@ class ViewStore:
         result = self.sql.query(
             f"SELECT participant_id, seq, doc FROM {{t}}{_table('participants')} WHERE seq > %s "
             "ORDER BY seq LIMIT %s", (after_seq, limit))
-        return [tuple(_values(r, ("participant_id", "seq", "doc"))) for r in result]  # type: ignore[misc]
+        return [(r["participant_id"], int(r["seq"]), r["doc"]) for r in result]
 
     def seq_of(self, participant_id: str) -> int | None:
         """The registration position of a listed participant."""
         result = self.sql.query(
             f"SELECT seq FROM {{t}}{_table('participants')} WHERE participant_id = %s",
             (participant_id,))
-        return int(_first(result[0])) if result else None
+        return int(result[0]["seq"]) if result else None
 
 
 def _read_tables(c: Any, where: Mapping[str, Filter] | None = None
@@ -184,24 +177,13 @@ def _read_tables(c: Any, where: Mapping[str, Filter] | None = None
                   params)
         convert = [(k, bool if k in BOOLEAN_COLUMNS else int)
                    for k in columns if k in BOOLEAN_COLUMNS or k in INTEGER_COLUMNS]
-        rows = [r if isinstance(r, dict) else dict(zip(columns, r, strict=True))
-                for r in c.fetchall()]
+        rows = [{k: r[k] for k in columns} for r in c.fetchall()]
         for row in rows:
             for k, to in convert:
                 if row[k] is not None:
                     row[k] = to(row[k])
         tables[name] = rows
     return tables
-
-
-def _first(row: Any) -> Any:
-    return next(iter(row.values())) if isinstance(row, dict) else row[0]
-
-
-def _values(row: Any, columns: tuple[str, ...]) -> Iterator[Any]:
-    if isinstance(row, dict):
-        return (row[c] for c in columns)
-    return iter(row)
 
 
 def _store(column: str, value: Any) -> Any:

@@ -109,20 +109,86 @@ def test_every_change_to_the_stored_events_is_caught_at_its_position(store_env, 
 
 def test_an_event_changed_together_with_its_recorded_leaf_is_caught_by_the_checkpoints(store_env):
     lg, size = _history(store_env)
-    _flip_a_byte(lg, 4)
+    changed = 7
+    _flip_a_byte(lg, changed)
     from ledger.audit.checkpoints import _leaf
 
-    n = lg.recorder.select_notifications(start=_rows(lg)[3][0], limit=1)[0]
+    n = lg.recorder.select_notifications(start=_rows(lg)[changed - 1][0], limit=1)[0]
     lg.sql.execute("UPDATE {t}ledger_merkle_leaves SET hash = %s WHERE idx = %s",
-                   (_leaf(n).hex(), 3))
+                   (_leaf(n).hex(), changed - 1))
     cps = [cp["size"] for cp in lg.merkle.checkpoints()]
     lg.close()
 
     code, out = _verify(store_env)
 
+    held = max(s for s in cps if s < changed)  # the last checkpoint before still holds
+    covering = min(s for s in cps if s >= changed)
     assert code == 1, out
-    first_covering = min(s for s in cps if s >= 4)
-    assert f"checkpoint at size {first_covering}: the log's root differs" in out
+    assert f"first bad position {held + 1} " in out
+    assert f"checkpoint at size {covering}: the log's root differs; an event in positions " \
+           f"{held + 1} to {covering} was changed" in out
+
+
+def _cut_everything_after(lg: Ledger, keep: int) -> None:
+    """What someone with write access to the database could do: cut the log short together
+    with the leaves and the signed checkpoints recorded for what was cut."""
+    _truncate(lg, keep + 1)
+    lg.sql.execute("DELETE FROM {t}ledger_merkle_leaves WHERE idx >= %s", (keep,))
+    lg.sql.execute(f"DELETE FROM {{t}}{CHECKPOINTS} WHERE size > %s", (keep,))
+    lg.sql.execute("UPDATE {t}ledger_merkle_tracking SET size = %s, last_id = %s, stack = %s",
+                   (keep, _rows(lg)[-1][0], _stack_at(lg, keep)))
+
+
+def _stack_at(lg: Ledger, size: int) -> str:
+    from ledger.audit.checkpoints import _leaf
+    from ledger.audit.merkle import RootBuilder
+
+    builder = RootBuilder()
+    for n in lg.recorder.select_notifications(start=1, limit=size):
+        builder.append(_leaf(n))
+    return builder.state()[1].hex()
+
+
+def test_a_log_cut_short_with_its_checkpoints_is_caught_by_a_checkpoint_kept_outside(
+        store_env, tmp_path):
+    lg, size = _history(store_env)
+    kept = tmp_path / "checkpoint.json"
+    kept.write_text(json.dumps(lg.merkle.checkpoint()))  # what an auditor took home
+    _cut_everything_after(lg, size - 3)
+    lg.close()
+
+    alone = _verify(store_env)
+    held = _run(store_env, "verify", "--checkpoint", str(kept))
+
+    assert alone[0] == 0, alone[1]  # inside the database nothing is left to disagree
+    assert held.returncode == 1, held.stdout + held.stderr
+    assert f"first bad position {size - 2} " in held.stderr
+    assert f"a signed checkpoint covers {size}" in held.stderr
+
+
+@pytest.mark.parametrize("content", ["not json", "[]", '{"size": "7"}'])
+def test_a_malformed_kept_checkpoint_is_refused_clearly(store_env, tmp_path, content):
+    _history(store_env)[0].close()
+    kept = tmp_path / "checkpoint.json"
+    kept.write_text(content)
+
+    result = _run(store_env, "verify", "--checkpoint", str(kept))
+
+    assert result.returncode == 2 and "--checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_kept_checkpoint_that_holds_is_counted(store_env, tmp_path):
+    lg, size = _history(store_env)
+    kept = tmp_path / "checkpoint.json"
+    kept.write_text(json.dumps(lg.merkle.checkpoint()))
+    stored = len(list(lg.merkle.checkpoints()))
+    lg.close()
+
+    result = _run(store_env, "verify", "--checkpoint", str(kept))
+
+    assert result.returncode == 0, result.stderr
+    assert f"{stored + 1} signed checkpoints hold" in result.stdout
 
 
 @pytest.mark.parametrize("field", ["root", "size", "time", "signature"])
@@ -139,6 +205,7 @@ def test_a_tampered_checkpoint_is_caught(store_env, field):
     code, out = _verify(store_env)
 
     assert code == 1, out
+    assert "FAILED: a signed checkpoint does not hold" in out
     assert "signature does not match" in out
 
 
