@@ -11,6 +11,9 @@ import click
 
 from .application import Ledger
 from .config import Settings, load_environment
+from .privacy.tokens import ROLES
+from .reports import DEFAULT_OUTSTANDING_DAYS
+from .reports.render import FORMATS
 
 
 @contextmanager
@@ -76,7 +79,7 @@ def tokens() -> None:
 
 
 @tokens.command("create")
-@click.option("--role", required=True, type=click.Choice(["staff", "auditor", "admin"]))
+@click.option("--role", required=True, type=click.Choice(ROLES))
 @click.option("--name", required=True, help="Who the token is for (kept in the token list).")
 def tokens_create(role: str, name: str) -> None:
     """Print a new token (only the token, on stdout). It is shown once and stored as a hash."""
@@ -111,8 +114,8 @@ def tokens_revoke(token_id: str) -> None:
 @click.option("--as-of", "as_of", default=None, metavar="T",
               help="The moment, ISO 8601 with offset (default: now).")
 @click.option("--format", "fmt", default="json", show_default=True,
-              type=click.Choice(["json", "csv", "html", "pdf"]))
-@click.option("--outstanding-days", default=30, show_default=True, type=click.IntRange(0, 3650),
+              type=click.Choice(list(FORMATS)))
+@click.option("--outstanding-days", default=DEFAULT_OUTSTANDING_DAYS, show_default=True, type=click.IntRange(0, 3650),
               help="List payments agreed this many days ago and not yet made.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to FILE (default: standard output).")
