@@ -115,7 +115,8 @@ def tokens_revoke(token_id: str) -> None:
               help="The moment, ISO 8601 with offset (default: now).")
 @click.option("--format", "fmt", default="json", show_default=True,
               type=click.Choice(list(FORMATS)))
-@click.option("--outstanding-days", default=DEFAULT_OUTSTANDING_DAYS, show_default=True, type=click.IntRange(0, 3650),
+@click.option("--outstanding-days", default=DEFAULT_OUTSTANDING_DAYS, show_default=True,
+              type=click.IntRange(0, 3650),
               help="List payments agreed this many days ago and not yet made.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to FILE (default: standard output).")
