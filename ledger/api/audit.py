@@ -68,3 +68,78 @@ class CheckpointView(MethodView):
     def get(self) -> dict[str, Any]:
         """A signed checkpoint of the whole log as it is now (signed on request)."""
         return ledger().merkle.checkpoint()
+
+
+class InclusionQuery(Schema):
+    position = fields.Integer(required=True, validate=validate.Range(min=1), metadata={
+        "description": "the event's position in the log, 1-based (the leaf index plus one)"})
+    size = fields.Integer(load_default=None, validate=validate.Range(min=1), metadata={
+        "description": "the tree to prove it in, by its size (a checkpoint's size); "
+                       "default: a checkpoint signed now"})
+
+
+class StoredEvent(Schema):
+    notification_id = fields.Integer()
+    aggregate_id = fields.UUID()
+    version = fields.Integer()
+    topic = fields.String()
+    stored_state = fields.String(metadata={
+        "description": "the state as stored (encrypted), base64: the leaf is SHA-256(0x00 || "
+                       "id (16 bytes) || version (8, big-endian) || topic length (4) || topic "
+                       "|| stored state)"})
+
+
+class InclusionProof(Schema):
+    position = fields.Integer()
+    size = fields.Integer()
+    leaf_hash = fields.String()
+    audit_path = fields.List(fields.String(), metadata={
+        "description": "RFC 6962 audit path, hex, leaf to root (verify as RFC 9162 2.1.3.2)"})
+    root = fields.String(metadata={"description": "the root these leaves give, hex; hold the "
+                                                  "path against a signed checkpoint's root"})
+    checkpoint = fields.Nested(Checkpoint, allow_none=True,
+                               metadata={"description": "the signed checkpoint of this size"})
+    event = fields.Nested(StoredEvent)
+
+
+class ConsistencyQuery(Schema):
+    first = fields.Integer(required=True, validate=validate.Range(min=1), metadata={
+        "description": "the size of the earlier tree (e.g. a checkpoint you kept)"})
+    second = fields.Integer(load_default=None, validate=validate.Range(min=1), metadata={
+        "description": "the size of the later tree; default: a checkpoint signed now"})
+
+
+class ConsistencyProof(Schema):
+    first = fields.Integer()
+    second = fields.Integer()
+    first_root = fields.String()
+    second_root = fields.String()
+    proof = fields.List(fields.String(), metadata={
+        "description": "RFC 6962 consistency proof, hex (verify as RFC 9162 2.1.4.2)"})
+    first_checkpoint = fields.Nested(Checkpoint, allow_none=True)
+    second_checkpoint = fields.Nested(Checkpoint, allow_none=True)
+
+
+@blp.route("/audit/proofs/inclusion")
+class InclusionView(MethodView):
+    @require("auditor")
+    @blp.doc(security=SECURITY)
+    @blp.arguments(InclusionQuery(), location="query")
+    @blp.response(200, InclusionProof)
+    @document_errors(blp, 422)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """Proof that one event is in the signed tree: its audit path, and the event as stored."""
+        return ledger().merkle.inclusion(query["position"], query["size"])
+
+
+@blp.route("/audit/proofs/consistency")
+class ConsistencyView(MethodView):
+    @require("auditor")
+    @blp.doc(security=SECURITY)
+    @blp.arguments(ConsistencyQuery(), location="query")
+    @blp.response(200, ConsistencyProof)
+    @document_errors(blp, 422)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """Proof that an earlier tree is a prefix of a later one: nothing was changed or removed
+        between two checkpoints, only added."""
+        return ledger().merkle.consistency(query["first"], query["second"])

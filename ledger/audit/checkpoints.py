@@ -28,8 +28,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..domain.errors import InvalidInput
 from ..store import Sql
-from .merkle import RootBuilder, leaf_bytes, leaf_hash
+from .merkle import RootBuilder, consistency_proof, inclusion_proof, leaf_bytes, leaf_hash
+from .merkle import root as merkle_root
 
 LEAVES, TRACKING, CHECKPOINTS = "ledger_merkle_leaves", "ledger_merkle_tracking", "ledger_checkpoints"
 PAGE = 5_000
@@ -175,6 +177,65 @@ class MerkleLog:
             if len(rows) < PAGE:
                 return
             after = int(rows[-1]["idx"])
+
+    # -- proofs ----------------------------------------------------------------------------------
+
+    def leaf_hashes(self, size: int) -> list[bytes]:
+        """The first ``size`` recorded leaf hashes. A proof is computed from all the leaves of
+        its tree (linear in the size of the log: about a second per million events)."""
+        out: list[bytes] = []
+        for idx, _, h in self.stored_leaves():
+            if idx >= size:
+                break
+            out.append(bytes.fromhex(h))
+        return out
+
+    def _tree_size(self, size: int | None, field_name: str) -> tuple[int, dict[str, Any] | None]:
+        """``size``, checked against the log (default: a checkpoint signed now), with the signed
+        checkpoint of that size if there is one."""
+        if size is None:
+            cp = self.checkpoint()
+            return int(cp["size"]), cp
+        recorded, _ = self.catch_up()
+        if not 1 <= size <= recorded:
+            raise InvalidInput(f"{field_name} must be from 1 to the log's size, {recorded}",
+                               field=field_name)
+        return size, self.checkpoint_at(size)
+
+    def inclusion(self, position: int, size: int | None = None) -> dict[str, Any]:
+        """The audit path of the event at ``position`` (1-based, log order) in the tree of
+        ``size`` events, with the event as stored, so its leaf can be recomputed."""
+        size, cp = self._tree_size(size, "size")
+        if not 1 <= position <= size:
+            raise InvalidInput(f"position must be from 1 to the tree's size, {size}",
+                               field="position")
+        leaves = self.leaf_hashes(size)
+        rows = self.sql.query(f"SELECT notification_id FROM {{t}}{LEAVES} WHERE idx = %s",
+                              (position - 1,))
+        n = self.recorder.select_notifications(start=int(rows[0]["notification_id"]), limit=1)[0]
+        return {
+            "position": position, "size": size, "leaf_hash": leaves[position - 1].hex(),
+            "audit_path": [h.hex() for h in inclusion_proof(leaves, position - 1, size)],
+            "root": merkle_root(leaves).hex(), "checkpoint": cp,
+            "event": {"notification_id": n.id, "aggregate_id": n.originator_id,
+                      "version": n.originator_version, "topic": n.topic,
+                      "stored_state": base64.b64encode(n.state).decode()},
+        }
+
+    def consistency(self, first: int, second: int | None = None) -> dict[str, Any]:
+        """The proof that the tree of ``first`` events is a prefix of the tree of ``second``
+        (default: a checkpoint signed now): nothing recorded by then was changed or removed."""
+        second, second_cp = self._tree_size(second, "second")
+        if not 1 <= first <= second:
+            raise InvalidInput(f"first must be from 1 to second, {second}", field="first")
+        leaves = self.leaf_hashes(second)
+        return {
+            "first": first, "second": second,
+            "first_root": merkle_root(leaves[:first]).hex(),
+            "second_root": merkle_root(leaves).hex(),
+            "proof": [h.hex() for h in consistency_proof(leaves, first, second)],
+            "first_checkpoint": self.checkpoint_at(first), "second_checkpoint": second_cp,
+        }
 
 
 def _checkpoint(row: Any, public_key: str) -> dict[str, Any]:
