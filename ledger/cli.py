@@ -125,7 +125,7 @@ def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | Non
     from datetime import datetime
 
     from .domain.errors import LedgerError
-    from .reports import report_data
+    from .reports import report_data, sign_report
     from .reports.render import render
 
     moment = None
@@ -140,12 +140,17 @@ def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | Non
         except LedgerError as e:
             raise click.BadParameter(e.message, param_hint=f"--{(e.field or 'as-of').replace('_', '-')}"
                                      ) from None
+        signature = sign_report(ledger, data)
     if output:
         with open(output, "wb") as f:
             f.write(data)
-        click.echo(f"Wrote the {fmt} report to {output}.", err=True)
+        with open(f"{output}.sig", "w") as f:
+            f.write(signature + "\n")
+        click.echo(f"Wrote the {fmt} report to {output}, and its signature (Ed25519, base64, "
+                   f"over the file's bytes) to {output}.sig.", err=True)
     else:
         sys.stdout.buffer.write(data)
+        click.echo(f"Signature (Ed25519, base64, over the bytes written): {signature}", err=True)
 
 
 @main.command()
@@ -177,6 +182,7 @@ def verify(show_key: bool, kept: tuple[Any, ...]) -> None:
             click.echo(ledger.merkle.public_key, nl=False)
             return
         verdict = verify_log(ledger.merkle, outside)
+        ledger.merkle.record_verification(verdict)  # reports show the last outcome
     if verdict.ok:
         click.echo(f"OK: {verdict.size} events, root {verdict.root}, "
                    f"{verdict.checkpoints} signed checkpoints hold.")

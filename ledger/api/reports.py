@@ -9,7 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from ..reports import DEFAULT_OUTSTANDING_DAYS, report_data
+from ..reports import DEFAULT_OUTSTANDING_DAYS, report_data, sign_report
 from ..reports.render import EXTENSIONS, FORMATS, render
 from .auth import SECURITY, require
 from .common import ledger
@@ -29,12 +29,19 @@ class ReportQuery(Schema):
                                  "as outstanding"})
 
 
+SIGNATURE_HEADER = "Ledger-Signature"
 REPORT_DOC = {"responses": {"200": {
     "description": "the report (format=json: this object; csv: a zip of one CSV per section; "
-                   "html: a page; pdf: the page printed)",
+                   "html: a page; pdf: the page printed). Every report carries the signed "
+                   "checkpoint it was built on; the Ledger-Signature header signs its exact bytes",
+    "headers": {SIGNATURE_HEADER: {
+        "description": "Ed25519 signature, base64, over the response body's exact bytes, with "
+                       "the key of the checkpoints (GET /audit/checkpoint gives the public key)",
+        "schema": {"type": "string"}}},
     "content": {
         "application/json": {"schema": {"type": "object", "required": [
-            "report", "as_of", "consent", "payments", "access_needs", "log"]}},
+            "report", "as_of", "consent", "payments", "access_needs", "log",
+            "checkpoint"]}},
         "application/zip": {"schema": {"type": "string", "format": "binary"}},
         "text/html": {"schema": {"type": "string"}},
         "application/pdf": {"schema": {"type": "string", "format": "binary"}},
@@ -51,7 +58,9 @@ class Compliance(MethodView):
         """The compliance report at a moment (default now), in the format asked for."""
         report = report_data(ledger(), query["as_of"], query["outstanding_days"])
         fmt = query["format"]
-        response = Response(render(report, fmt), mimetype=None, content_type=FORMATS[fmt])
+        body = render(report, fmt)
+        response = Response(body, mimetype=None, content_type=FORMATS[fmt])
+        response.headers[SIGNATURE_HEADER] = sign_report(ledger(), body)
         if fmt in ("csv", "pdf"):
             name = f"compliance-{report['as_of'][:19].replace(':', '')}.{EXTENSIONS[fmt]}"
             response.headers["Content-Disposition"] = f'attachment; filename="{name}"'

@@ -34,6 +34,7 @@ from .merkle import RootBuilder, consistency_proof, inclusion_proof, leaf_bytes,
 from .merkle import root as merkle_root
 
 LEAVES, TRACKING, CHECKPOINTS = "ledger_merkle_leaves", "ledger_merkle_tracking", "ledger_checkpoints"
+VERIFICATIONS = "ledger_verifications"
 PAGE = 5_000
 NAME = "log"
 
@@ -94,6 +95,9 @@ class MerkleLog:
                       "size BIGINT NOT NULL, last_id BIGINT NOT NULL, stack TEXT NOT NULL)")
             c.execute(f"CREATE TABLE IF NOT EXISTS {{t}}{CHECKPOINTS} (size BIGINT PRIMARY KEY, "
                       "root TEXT NOT NULL, time TEXT NOT NULL, signature TEXT NOT NULL)")
+            c.execute(f"CREATE TABLE IF NOT EXISTS {{t}}{VERIFICATIONS} (at TEXT NOT NULL, "
+                      "size BIGINT NOT NULL, root TEXT NOT NULL, ok INTEGER NOT NULL, "
+                      "first_bad_position BIGINT)")
             c.execute(f"INSERT INTO {{t}}{TRACKING} (name, size, last_id, stack) SELECT %s, 0, 0, "
                       f"'' WHERE NOT EXISTS (SELECT 1 FROM {{t}}{TRACKING} WHERE name = %s)",
                       (NAME, NAME))
@@ -149,6 +153,28 @@ class MerkleLog:
                       "(%s, %s, %s, %s) ON CONFLICT (size) DO NOTHING",
                       (size, root.hex(), time, signature))
         return self.checkpoint_at(size) or {}
+
+    def sign(self, data: bytes) -> str:
+        """An Ed25519 signature (base64) over ``data`` with the checkpoints' key: what a report
+        carries over its own bytes."""
+        return base64.b64encode(self._key.sign(data)).decode()
+
+    def record_verification(self, verdict: Verdict) -> None:
+        """Keep the outcome of a full verification (``ledger verify``); reports show the last."""
+        self.sql.execute(f"INSERT INTO {{t}}{VERIFICATIONS} (at, size, root, ok, "
+                         "first_bad_position) VALUES (%s, %s, %s, %s, %s)",
+                         (self.clock().isoformat(), verdict.size, verdict.root, int(verdict.ok),
+                          verdict.first_bad_position))
+
+    def last_verification(self) -> dict[str, Any] | None:
+        """When the whole log was last verified, over how many events, and the outcome."""
+        rows = self.sql.query(f"SELECT at, size, root, ok, first_bad_position FROM "
+                              f"{{t}}{VERIFICATIONS} ORDER BY at DESC LIMIT 1")
+        if not rows:
+            return None
+        r = rows[0]
+        return {"at": r["at"], "size": int(r["size"]), "root": r["root"], "ok": bool(r["ok"]),
+                "first_bad_position": r["first_bad_position"]}
 
     def latest(self) -> dict[str, Any] | None:
         rows = self.sql.query(f"SELECT size, root, time, signature FROM {{t}}{CHECKPOINTS} "

@@ -87,13 +87,28 @@ def report_data(ledger: Any, as_of: datetime | None = None,
         replay = replay_until(ledger, as_of)
         assert replay.study is not None
         people = [summary_row(p, replay.seq[p.id]) for p in replay.participants()]
-        return compliance_report(
+        return with_checkpoint(ledger, compliance_report(
             rows=replay.all_rows(), people=people, study=replay.study, as_of=as_of,
             log={"events": replay.count, "position": replay.position},
-            outstanding_days=outstanding_days)
+            outstanding_days=outstanding_days))
     ledger.views_at_least(None)
     position, count, rows, people = ledger.projector.views.snapshot(
         ledger.recorder.events_table_name, report_filters(study))
-    return compliance_report(rows=rows, people=people, study=study, as_of=now,
-                             log={"events": count, "position": position},
-                             outstanding_days=outstanding_days)
+    return with_checkpoint(ledger, compliance_report(
+        rows=rows, people=people, study=study, as_of=now,
+        log={"events": count, "position": position}, outstanding_days=outstanding_days))
+
+
+def with_checkpoint(ledger: Any, report: dict[str, Any]) -> dict[str, Any]:
+    """The report with the signed checkpoint it was built on (signed now: it covers every event
+    the report read, ``size`` >= ``log.position``) and the last full verification of the log."""
+    cp = ledger.merkle.checkpoint()
+    report["checkpoint"] = {**{k: cp[k] for k in ("size", "root", "time", "signature")},
+                            "verification": ledger.merkle.last_verification()}
+    return report
+
+
+def sign_report(ledger: Any, body: bytes) -> str:
+    """The signature (Ed25519, base64) over a rendered report's exact bytes, with the key that
+    signs the checkpoints: anyone with the exported public key can check a copy later."""
+    return str(ledger.merkle.sign(body))

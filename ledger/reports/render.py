@@ -64,7 +64,22 @@ def csv_tables(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         "payments_outstanding": pay["outstanding"],
         "access_needs": needs["items"],
         "erasures": report["erasures"],
+        "checkpoint": [_checkpoint_row(report["checkpoint"])],
     }
+
+
+def _checkpoint_row(cp: dict[str, Any]) -> dict[str, Any]:
+    v = cp["verification"] or {}
+    return {"size": cp["size"], "root": cp["root"], "time": cp["time"],
+            "signature": cp["signature"], "last_verified_at": v.get("at"),
+            "last_verified_size": v.get("size"), "last_verified_ok": v.get("ok"),
+            "last_verified_first_bad_position": v.get("first_bad_position")}
+
+
+def verification_text(cp: dict[str, Any]) -> str:
+    """The last full verification in a word: passed, failed, or never run."""
+    v = cp["verification"]
+    return "never run" if v is None else "passed" if v["ok"] else "failed"
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +105,8 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "access_needs_median_days_to_meet": needs["median_days_to_meet"],
         "erasures": len(report["erasures"]),
         "log_events": report["log"]["events"], "log_position": report["log"]["position"],
+        "checkpoint_size": report["checkpoint"]["size"],
+        "log_last_verification": verification_text(report["checkpoint"]),
     }
 
 

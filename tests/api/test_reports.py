@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 from pypdf import PdfReader
 
+from ledger.audit.checkpoints import check_signature, checkpoint_message, load_public_key
 from ledger.reports import report_data
 from ledger.reports.render import _summary
 
@@ -185,3 +186,65 @@ def test_bad_report_requests_are_refused_and_write_nothing(client, auditor, api_
 
 def test_staff_cannot_read_the_report(client, staff):
     assert client.get("/api/v1/reports/compliance", headers=staff).status_code == 403
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "html", "pdf"])
+def test_every_report_is_signed_over_its_own_bytes(client, auditor, api_ledger, clock, fmt):
+    _script(api_ledger, clock)
+    key = load_public_key(client.get("/api/v1/audit/checkpoint", headers=auditor)
+                          .json["public_key"])
+
+    response = client.get(f"/api/v1/reports/compliance?format={fmt}", headers=auditor)
+
+    signature = response.headers["Ledger-Signature"]
+    assert check_signature(key, response.data, signature)
+    altered = bytearray(response.data)
+    altered[len(altered) // 2] ^= 1
+    assert not check_signature(key, bytes(altered), signature)
+
+
+def test_a_report_carries_the_signed_checkpoint_it_was_built_on_and_the_last_verification(
+        client, auditor, api_ledger, clock):
+    from ledger.audit.checkpoints import verify
+
+    moments = _script(api_ledger, clock)
+    key = load_public_key(api_ledger.merkle.public_key)
+
+    before = report_data(api_ledger)
+    past = report_data(api_ledger, moments["day3"])
+    api_ledger.merkle.record_verification(verify(api_ledger.merkle))
+    after = report_data(api_ledger)
+
+    for report in (before, past, after):
+        cp = report["checkpoint"]
+        assert check_signature(key, checkpoint_message(cp["size"], cp["root"], cp["time"]),
+                               cp["signature"])
+        assert cp["size"] >= report["log"]["position"]
+        assert cp["root"] == api_ledger.merkle.checkpoint_at(cp["size"])["root"]
+    assert before["checkpoint"]["verification"] is None
+    assert after["checkpoint"]["verification"]["ok"] is True
+    assert after["checkpoint"]["verification"]["size"] == after["checkpoint"]["size"]
+    assert _summary(after)["log_last_verification"] == "passed"
+    html = client.get("/api/v1/reports/compliance?format=html", headers=auditor).data.decode()
+    assert after["checkpoint"]["root"] in html and "it passed" in html
+
+
+def test_a_failed_verification_shows_in_the_next_report(api_ledger, clock):
+    from ledger.audit.checkpoints import verify
+
+    _script(api_ledger, clock)
+    api_ledger.views_at_least()
+    api_ledger.merkle.checkpoint()
+    table = api_ledger.recorder.events_table_name
+    row = api_ledger.sql.query(f"SELECT rowid, state FROM {{t}}{table} WHERE topic = %s "
+                               "ORDER BY rowid LIMIT 1", ("ledger:Participant.Registered",))[0]
+    state = bytearray(row["state"])
+    state[-1] ^= 1  # a participant's event: the current report reads the views, not this
+    api_ledger.sql.execute(f"UPDATE {{t}}{table} SET state = %s WHERE rowid = %s",
+                           (bytes(state), row["rowid"]))
+    api_ledger.merkle.record_verification(verify(api_ledger.merkle))
+
+    cp = report_data(api_ledger)["checkpoint"]
+
+    assert cp["verification"]["ok"] is False
+    assert cp["verification"]["first_bad_position"] == row["rowid"]

@@ -72,6 +72,7 @@ def test_the_report_command_gives_the_same_bytes_as_the_api(store_env, tmp_path)
     from datetime import UTC, datetime
 
     from ledger.api import create_app
+    from ledger.audit.checkpoints import check_signature, load_public_key
     from ledger.reports.render import EXTENSIONS
 
     _run(store_env, "init")
@@ -88,6 +89,11 @@ def test_the_report_command_gives_the_same_bytes_as_the_api(store_env, tmp_path)
                 "as_of": moment, "format": fmt}, headers={"Authorization": f"Bearer {auditor}"})
             assert done.returncode == 0, done.stderr
             assert api.status_code == 200 and out.read_bytes() == api.data
+            # Ed25519 is deterministic: the same bytes, the same signature, in the .sig file
+            signature = (tmp_path / f"report.{EXTENSIONS[fmt]}.sig").read_text().strip()
+            assert signature == api.headers["Ledger-Signature"]
+            assert check_signature(load_public_key(ledger.merkle.public_key), out.read_bytes(),
+                                   signature)
         bad = _run(store_env, "report", "--as-of", "not-a-date")
     finally:
         ledger.close()
