@@ -18,7 +18,7 @@ from eventsourcing.persistence import InfrastructureFactory, IntegrityError, JSO
 from eventsourcing.utils import Environment, EnvType
 
 from . import pilot
-from .audit.checkpoints import MerkleLog
+from .audit.checkpoints import MerkleLog, signed_json
 from .audit.feed import audit_item
 from .config import Settings
 from .domain import Participant, Payment, PersonalDetails, Study, derived_id
@@ -30,6 +30,7 @@ from .domain.errors import (
     InvalidInput,
     LedgerError,
     LinkNotFound,
+    NotErased,
     ParticipantNotFound,
     PaymentNotFound,
     StudyNotFound,
@@ -379,6 +380,10 @@ class Ledger(Application[UUID]):
         self._change_study(
             lambda s: s.set_withdrawal_deadline(scope, deadline, at=self.clock(), by=by))
 
+    def set_finance_retention(self, days: int, *, by: str) -> None:
+        """Keep the payee's identity with payment records this many days (erasure waits)."""
+        self._change_study(lambda s: s.set_finance_retention(days, at=self.clock(), by=by))
+
     def set_rate(self, activity: str, amount: object, *, by: str) -> None:
         """Change an activity's standard rate."""
         pence = parse_pence(amount, field="rate")
@@ -449,6 +454,19 @@ class Ledger(Application[UUID]):
         payments = [self._payment(pid) for pid in p.payment_ids()]
         return participant_view(p, payments, self._revealer())
 
+    def subject_access(self, participant_id: UUID) -> dict[str, Any]:
+        """Everything held about one person, for a subject access request: their view, consents
+        as ISO/IEC TS 27560 records, and whether their personal link works (never the link)."""
+        from .export import subject_access_export
+
+        p = self._participant(participant_id)
+        payments = [self._payment(pid) for pid in p.payment_ids()]
+        link = None if p.link is None else {
+            "issued_at": p.link.issued_at, "expires_at": p.link.expires_at,
+            "revoked_at": p.link.revoked_at}
+        return subject_access_export(participant_view(p, payments, self._revealer()),
+                                     self.study(), link=link, now=self.clock())
+
     def erase(self, participant_id: UUID, reason: object, *, by: str) -> dict[str, Any]:
         """Crypto-shred a participant: record the erasure, then destroy their data key.
 
@@ -456,15 +474,48 @@ class Ledger(Application[UUID]):
         recorded and every view shows the marker) whose key ``finish_erasures`` then destroys;
         never a person whose data is gone but who is not marked erased.
         """
-        def command(p: Participant, _: Study) -> dict[str, Any]:
-            p.erase(reason, at=self.clock(), by=by)
+        def command(p: Participant, s: Study) -> dict[str, Any]:
+            now = self.clock()
+            s.check_erasure([self._payment(pid).paid_at for pid in p.payment_ids()], now)
+            p.erase(reason, at=now, by=by)
             return {"id": p.id, "reference": p.reference, "erased": True,
                     "erased_at": p.erased_at}
         try:
             result = self._change(participant_id, command)
         finally:
             self.finish_erasures([participant_id])
-        return result
+        return {**result, "receipt": self.erasure_receipt(participant_id)}
+
+    def erasure_receipt(self, participant_id: UUID) -> dict[str, Any]:
+        """A signed receipt that the person was erased: when and by whom, that their data key
+        is gone, and proof that the erasure is in the log (the event's audit path to a signed
+        checkpoint). Signed over its compact JSON (``signed_json``) with the checkpoints' key.
+        Issued again on request, with the same facts, if the first was lost."""
+        p = self._participant(participant_id)
+        if p.erased_at is None:
+            raise NotErased("this participant has not been erased")
+        erased = next(n for n in self._notifications(topic("Participant.Erased"))
+                      if n.originator_id == participant_id)
+        cp = self.merkle.checkpoint()
+        proof = self.merkle.inclusion(self.merkle.position_of(erased.id), cp["size"])
+        body = {
+            "receipt": "erasure", "participant_id": str(participant_id),
+            "reference": p.reference, "erased_at": p.erased_at.isoformat(),
+            "erased_by": getattr(self.mapper.to_domain_event(erased), "by"),  # noqa: B009
+            "data_key_destroyed": not self.keys.exists(participant_id),
+            "erased": "the person's data key was destroyed: their name, contact details, "
+                      "communities, access-need details, and every note and reason recorded "
+                      "about them can no longer be read, here or in any backup",
+            "kept": "the facts, without the person's identity: consent given and withdrawn "
+                    "(scope, form version, when), access needs met or not, payments (amount, "
+                    "method, date), and the reference",
+            "event": {"position": proof["position"], "notification_id": erased.id,
+                      "leaf_hash": proof["leaf_hash"]},
+            "audit_path": proof["audit_path"],
+            "checkpoint": {k: cp[k] for k in ("size", "root", "time", "signature")},
+            "issued_at": self.clock().isoformat(),
+        }
+        return {**body, "signature": self.merkle.sign(signed_json(body))}
 
     def finish_erasures(self, participant_ids: list[UUID] | None = None) -> int:
         """Destroy the data key of every erased participant that still has one (after an

@@ -11,6 +11,7 @@ import click
 
 from .application import Ledger
 from .config import Settings, load_environment
+from .domain.study import MAX_RETENTION
 from .privacy.tokens import ROLES
 from .reports import DEFAULT_OUTSTANDING_DAYS
 from .reports.render import FORMATS
@@ -193,6 +194,21 @@ def verify(show_key: bool, kept: tuple[Any, ...]) -> None:
     for problem in verdict.problems[:20]:
         click.echo(f"  - {problem}", err=True)
     sys.exit(1)
+
+
+@main.group()
+def study() -> None:
+    """The study's settings."""
+
+
+@study.command("finance-retention")
+@click.argument("days", type=click.IntRange(0, MAX_RETENTION))
+def study_finance_retention(days: int) -> None:
+    """Keep payment records naming the payee for DAYS after each payment (e.g. 2190, six
+    years); erasing a person is refused until then. 0: payments stay as anonymous facts."""
+    with open_ledger() as ledger:
+        ledger.set_finance_retention(days, by="cli:study")
+    click.echo(f"Finance retention: {days} days after a payment.", err=True)
 
 
 @main.group()

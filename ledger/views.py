@@ -29,6 +29,7 @@ def study_view(study: Study) -> dict[str, Any]:
         "controller": study.controller,
         "lawful_bases": study.lawful_bases,
         "retention_days": study.retention_days,
+        "finance_retention_days": study.finance_retention_days,
         "scopes": [
             {"name": s.name, "label": s.label, "description": s.description,
              "withdrawal_deadline": s.withdrawal_deadline, "obligations": list(s.obligations),

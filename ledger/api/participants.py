@@ -154,11 +154,44 @@ class ErasureIn(Schema):
     reason = fields.String(required=True, validate=validate.Length(1, 500))
 
 
+class ReceiptCheckpoint(Schema):
+    size = fields.Integer()
+    root = fields.String()
+    time = fields.String()
+    signature = fields.String()
+
+
+class ReceiptEvent(Schema):
+    position = fields.Integer(metadata={"description": "1-based position in the log"})
+    notification_id = fields.Integer()
+    leaf_hash = fields.String()
+
+
+class ErasureReceipt(Schema):
+    receipt = fields.String(metadata={"example": "erasure"})
+    participant_id = fields.UUID()
+    reference = fields.String()
+    erased_at = fields.String()
+    erased_by = fields.String(metadata={"example": "admin:3f2a9c1d0b7e4a55"})
+    data_key_destroyed = fields.Boolean()
+    erased = fields.String(metadata={"description": "what can no longer be read"})
+    kept = fields.String(metadata={"description": "what stays, without the person's identity"})
+    event = fields.Nested(ReceiptEvent)
+    audit_path = fields.List(fields.String(), metadata={
+        "description": "the erasure event's RFC 6962 audit path to the checkpoint's root"})
+    checkpoint = fields.Nested(ReceiptCheckpoint)
+    issued_at = fields.String()
+    signature = fields.String(metadata={
+        "description": "Ed25519, base64, with the checkpoints' key, over this receipt without "
+                       "its signature as compact JSON with sorted keys"})
+
+
 class ErasureOut(Schema):
     id = fields.UUID()
     reference = fields.String()
     erased = fields.Boolean()
     erased_at = fields.DateTime()
+    receipt = fields.Nested(ErasureReceipt)
 
 
 @blp.route("/participants")
@@ -199,7 +232,18 @@ class Erasure(MethodView):
     @blp.doc(security=SECURITY)
     @blp.arguments(ErasureIn())
     @blp.response(200, ErasureOut)
-    @document_errors(blp, 404, 409)
+    @document_errors(blp, 404, 409, 422)
     def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
-        """Erase the person's personal data (crypto-shredding); the facts stay, unreadable."""
+        """Erase the person's personal data (crypto-shredding); the facts stay, without their
+        identity. Answers with a signed receipt. 409 if already erased, or if the study's
+        finance retention still needs their payment records to name them (the problem says
+        from when erasure will be possible)."""
         return ledger().erase(participant_id, body["reason"], by=actor())
+
+    @require("admin")
+    @blp.doc(security=SECURITY)
+    @blp.response(200, ErasureReceipt)
+    @document_errors(blp, 404)
+    def get(self, participant_id: UUID) -> dict[str, Any]:
+        """The signed erasure receipt again (404 if the person was not erased)."""
+        return ledger().erasure_receipt(participant_id)

@@ -44,6 +44,10 @@ class StudySchema(Schema):
     controller = fields.Dict(keys=fields.String(), values=fields.String())
     lawful_bases = fields.Dict(keys=fields.String(), values=fields.String())
     retention_days = fields.Integer()
+    finance_retention_days = fields.Integer(metadata={
+        "description": "days after a payment during which its record must name the payee; "
+                       "erasure is refused (409) until then. 0: payments stay as anonymous "
+                       "facts (amount, method, date) when a person is erased"})
     scopes = fields.List(fields.Nested(ScopeSchema))
     activities = fields.List(fields.Nested(ActivitySchema))
     consent_forms = fields.List(fields.Nested(FormSchema))

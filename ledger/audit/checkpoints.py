@@ -49,6 +49,13 @@ def checkpoint_message(size: int, root: str, time: str) -> bytes:
                       separators=(",", ":")).encode()
 
 
+def signed_json(body: dict[str, Any]) -> bytes:
+    """The bytes a signed JSON document's signature covers: the document without its
+    ``signature``, as compact JSON with sorted keys."""
+    return json.dumps({k: v for k, v in body.items() if k != "signature"}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def public_key_pem(private: Ed25519PrivateKey) -> str:
     return private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
@@ -205,6 +212,13 @@ class MerkleLog:
             after = int(rows[-1]["idx"])
 
     # -- proofs ----------------------------------------------------------------------------------
+
+    def position_of(self, notification_id: int) -> int:
+        """The 1-based position in the log of an event, by its notification id."""
+        self.catch_up()
+        rows = self.sql.query(f"SELECT idx FROM {{t}}{LEAVES} WHERE notification_id = %s",
+                              (notification_id,))
+        return int(rows[0]["idx"]) + 1
 
     def leaf_hashes(self, size: int) -> list[bytes]:
         """The first ``size`` recorded leaf hashes. A proof is computed from all the leaves of

@@ -6,7 +6,8 @@
     ├── NotFound                       the thing named does not exist (HTTP 404)
     │   ├── StudyNotFound, ParticipantNotFound, AccessNeedNotFound,
     │   ├── PaymentNotFound, ObligationNotFound, LinkNotFound
-    │   └── LinkNoLongerWorks          (410 on the participant pages)
+    │   ├── LinkNoLongerWorks          (410 on the participant pages)
+    │   └── NotErased                  no erasure receipt: the person was not erased
     ├── InvalidInput                   the request itself is wrong (HTTP 422)
     │   ├── UnknownScope, UnknownActivity, UnregisteredFormVersion
     │   ├── InvalidAmount, UnsupportedCurrency, InvalidChoice, InvalidText
@@ -19,6 +20,7 @@
     │   │   PaymentAlreadyDeclined
     │   ├── ParticipantErased, FormVersionAlreadyRegistered, DuplicateId, IdempotencyKeyUsed,
     │   │   NoLiveLink
+    │   ├── ErasureRefused             the study's rules say the data must be kept for now
     ├── ConcurrentUpdate               lost a race with another writer too often (HTTP 409)
     └── ViewsBehind                    the views have not caught up with a write yet (HTTP 503)
 
@@ -70,6 +72,10 @@ class LinkNotFound(NotFound):
 
 class LinkNoLongerWorks(NotFound):
     """The withdrawal link was replaced, revoked or has expired (HTTP 410 on the pages)."""
+
+
+class NotErased(NotFound):
+    """The participant has not been erased, so there is no erasure receipt."""
 
 
 class InvalidInput(LedgerError):
@@ -200,6 +206,11 @@ class PaymentAlreadyReversed(InvalidTransition):
 
 class ParticipantErased(InvalidTransition):
     """The participant's personal data was erased; nothing more can be recorded for them."""
+
+
+class ErasureRefused(InvalidTransition):
+    """The study's rules say this person's data must be kept for now (e.g. finance retention
+    of payment records); the message says until when."""
 
 
 class FormVersionAlreadyRegistered(InvalidTransition):

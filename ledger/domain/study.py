@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -12,6 +12,7 @@ from eventsourcing.domain import Aggregate, event
 
 from .base import derived_id, topic
 from .errors import (
+    ErasureRefused,
     FormVersionAlreadyRegistered,
     InvalidText,
     UnknownActivity,
@@ -20,6 +21,8 @@ from .errors import (
 )
 from .money import check_pence
 from .vocab import check_text
+
+MAX_RETENTION = 7_300  # days: twenty years
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class Study(Aggregate):
     """The study the ledger serves; one per ledger, found by its slug."""
 
     TOPIC = topic("Study")
+    # Days after a payment during which finance needs its record to name the payee; erasure is
+    # refused until then. 0 (the default): payments stay as anonymous facts (amount, date).
+    finance_retention_days = 0
 
     @staticmethod
     def create_id(slug: str) -> UUID:
@@ -187,6 +193,30 @@ class Study(Aggregate):
         old = self.scopes[scope]
         self.scopes[scope] = Scope(**{**asdict(old), "obligations": old.obligations,
                                       "withdrawal_deadline": deadline})
+
+    def set_finance_retention(self, days: int, *, at: datetime, by: str) -> None:
+        """Keep the payee's identity with payment records for ``days`` after each payment (0 to
+        7,300; UK finance rules commonly ask for six years): erasing is refused until then."""
+        if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= MAX_RETENTION:
+            raise InvalidText(f"days must be a whole number from 0 to {MAX_RETENTION}",
+                              field="days")
+        self._finance_retention_set(days, at, by)
+
+    @event("FinanceRetentionSet", topic=topic("Study.FinanceRetentionSet"))
+    def _finance_retention_set(self, days: int, at: datetime, by: str) -> None:
+        self.finance_retention_days = days
+
+    def check_erasure(self, paid_at: list[datetime], now: datetime) -> None:
+        """Refuse to erase a person whose payment records finance must still keep with their
+        identity, saying from when erasure will be possible."""
+        if not self.finance_retention_days or not paid_at:
+            return
+        until = max(paid_at) + timedelta(days=self.finance_retention_days)
+        if now < until:
+            raise ErasureRefused(
+                f"the study keeps payment records with the payee's identity for "
+                f"{self.finance_retention_days} days after the last payment (finance retention); "
+                f"this person's data can be erased from {until.date().isoformat()}")
 
     def set_rate(self, activity: str, rate_pence: int, *, at: datetime, by: str) -> None:
         """Change an activity's standard rate."""

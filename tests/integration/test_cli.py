@@ -141,3 +141,18 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env):
     assert 0 < stopped_at < last  # really killed midway
     assert at_kill == {k: sorted(map(rows_key, v)) for k, v in replay.all_rows().items()}
     assert caught_up == rebuilt
+
+
+def test_the_finance_retention_is_set_from_the_command_line(store_env):
+    _run(store_env, "init")
+
+    done = _run(store_env, "study", "finance-retention", "2190")
+    bad = _run(store_env, "study", "finance-retention", "-5")
+
+    assert done.returncode == 0, done.stderr
+    assert bad.returncode == 2
+    ledger = Ledger(store_env)
+    try:
+        assert ledger.study()["finance_retention_days"] == 2190
+    finally:
+        ledger.close()
