@@ -505,7 +505,9 @@ class Ledger(Application[UUID]):
             "data_key_destroyed": not self.keys.exists(participant_id),
             "erased": "the person's data key was destroyed: their name, contact details, "
                       "communities, access-need details, and every note and reason recorded "
-                      "about them can no longer be read, here or in any backup",
+                      "about them can no longer be read from the ledger. Backups taken before "
+                      "the erasure still hold the key until they are deleted under the "
+                      "backup retention policy",
             "kept": "the facts, without the person's identity: consent given and withdrawn "
                     "(scope, form version, when), access needs met or not, payments (amount, "
                     "method, date), and the reference",
