@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -194,6 +195,65 @@ def verify(show_key: bool, kept: tuple[Any, ...]) -> None:
     for problem in verdict.problems[:20]:
         click.echo(f"  - {problem}", err=True)
     sys.exit(1)
+
+
+@main.command()
+@click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
+def backup(destination: Path) -> None:
+    """Copy the SQLite database to DESTINATION while the service runs: one consistent
+    snapshot, integrity-checked. Back up master.key and signing.key separately. (PostgreSQL:
+    use pg_dump; see the README.)"""
+    from .backup import BackupError, backup_sqlite
+
+    settings = Settings.from_env(load_environment())
+    if settings.database_url:
+        raise click.UsageError("the ledger is on PostgreSQL: back it up with pg_dump "
+                               "(see the README's Backup section)")
+    try:
+        events = backup_sqlite(settings.sqlite_path, destination)
+    except BackupError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"Backed up {events} events to {destination}.", err=True)
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def restore(source: Path) -> None:
+    """Put a backup made by `ledger backup` in place of the SQLite database (stop the service
+    first). The database it replaces is kept beside it, renamed. The master key in the data
+    directory must be the one the backup was made with; the restored log is then verified."""
+    import os
+
+    from .application import ConfigurationError
+    from .audit.checkpoints import verify as verify_log
+    from .backup import BackupError, restore_sqlite
+
+    settings = Settings.from_env(load_environment())
+    if settings.database_url:
+        raise click.UsageError("the ledger is on PostgreSQL: restore with pg_restore "
+                               "(see the README's Backup section)")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        events, kept = restore_sqlite(source, settings.sqlite_path)
+    except BackupError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        with open_ledger(LEDGER_PROJECTIONS="external") as ledger:
+            verdict = verify_log(ledger.merkle)
+            ledger.merkle.record_verification(verdict)
+    except ConfigurationError as e:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{settings.sqlite_path}{suffix}").unlink(missing_ok=True)
+            if kept is not None and Path(f"{kept}{suffix}").exists():
+                os.replace(Path(f"{kept}{suffix}"), Path(f"{settings.sqlite_path}{suffix}"))
+        raise click.ClickException(f"{e}; the previous database was put back") from None
+    if kept is not None:
+        click.echo(f"The replaced database was kept as {kept}.", err=True)
+    if not verdict.ok:
+        click.echo(f"Restored {events} events, but verification FAILED: "
+                   f"{'; '.join(verdict.problems[:3])}", err=True)
+        sys.exit(1)
+    click.echo(f"Restored {events} events; verified: root {verdict.root}.", err=True)
 
 
 @main.group()

@@ -1,0 +1,109 @@
+"""Backup and restore of a SQLite ledger, while the service runs.
+
+The copy is taken with SQLite's online backup API in one step: it reads one consistent snapshot
+(a read transaction in WAL mode never blocks the writers, nor is blocked by them), so it holds
+exactly the events committed when it started, never half a command. It is then switched to a
+single file (no WAL beside it), checked with ``PRAGMA integrity_check``, flushed to disk and only
+then given its final name, mode 0600 (its contents are encrypted, but it is still the record).
+
+The keys are not in the copy: ``master.key`` and ``signing.key`` in the data directory must be
+backed up separately, and kept apart from the database copies (either alone is useless).
+
+PostgreSQL has its own tools for the same thing (see the README): ``pg_dump`` also reads one
+consistent snapshot while the service runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+class BackupError(Exception):
+    """The backup or restore could not be made; nothing was changed."""
+
+
+def _events(connection: sqlite3.Connection) -> int:
+    row = connection.execute("SELECT COUNT(*) FROM stored_events").fetchone()
+    return int(row[0])
+
+
+def _check(path: Path) -> int:
+    """Is ``path`` an intact ledger database? Returns its number of events."""
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise BackupError(f"{path} cannot be opened as a SQLite database") from e
+    try:
+        result = connection.execute("PRAGMA integrity_check").fetchone()
+        if result is None or result[0] != "ok":
+            raise BackupError(f"{path} failed SQLite's integrity check")
+        return _events(connection)
+    except sqlite3.DatabaseError as e:
+        raise BackupError(f"{path} is not an intact ledger database") from e
+    finally:
+        connection.close()
+
+
+def backup_sqlite(source: Path, destination: Path) -> int:
+    """Copy the live database at ``source`` to ``destination`` (which must not exist);
+    returns the number of events in the copy."""
+    if destination.exists():
+        raise BackupError(f"{destination} exists already; choose a new name")
+    if not source.exists():
+        raise BackupError(f"there is no database at {source}")
+    partial = destination.with_name(destination.name + ".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    os.close(fd)
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+    dst = sqlite3.connect(partial)
+    try:
+        src.backup(dst)  # pages=-1: one step, one snapshot
+        dst.execute("PRAGMA journal_mode=DELETE")
+        dst.commit()
+    finally:
+        src.close()
+        dst.close()
+    try:
+        events = _check(partial)
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(partial, destination)
+        directory = os.open(destination.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return events
+
+
+def restore_sqlite(backup: Path, database: Path) -> tuple[int, Path | None]:
+    """Put ``backup`` in place of ``database`` (the service must be stopped). The database it
+    replaces is kept beside it, renamed, never deleted. Returns the number of events restored
+    and where the replaced database went."""
+    events = _check(backup)
+    kept: Path | None = None
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if database.exists():
+        kept = database.with_name(f"{database.name}.before-restore-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            current = Path(f"{database}{suffix}")
+            if current.exists():
+                os.replace(current, Path(f"{kept}{suffix}"))
+    incoming = database.with_name(database.name + ".restoring")
+    fd = os.open(incoming, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    try:
+        with open(backup, "rb") as src:
+            while chunk := src.read(1 << 20):
+                os.write(fd, chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(incoming, database)
+    return events, kept

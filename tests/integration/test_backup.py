@@ -1,0 +1,122 @@
+"""`ledger backup` while writes go on, and `ledger restore`: a consistent copy that restores and
+verifies, a refused restore that changes nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+from ledger.application import Ledger
+
+LEDGER = str(Path(sys.executable).parent / "ledger")
+
+
+def _run(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env["LEDGER_DATA_DIR"] = str(data_dir)
+    return subprocess.run([LEDGER, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _rows(path: Path) -> list[tuple]:
+    with sqlite3.connect(path) as c:
+        return c.execute("SELECT rowid, originator_id, originator_version, topic, state "
+                         "FROM stored_events ORDER BY rowid").fetchall()
+
+
+def test_a_backup_taken_under_load_is_a_consistent_prefix_that_restores_and_verifies(tmp_path):
+    live_dir, restored_dir = tmp_path / "live", tmp_path / "restored"
+    lg = Ledger({"LEDGER_DATA_DIR": str(live_dir)})
+    lg.init_study(by="test")
+    acknowledged: list[int] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            pid = lg.register_participant(f"Backup Person {n}", by="test")["id"]
+            lg.grant_consent(pid, "record", "1.0", "online", by="test")
+            lg.record_payment(pid, "conversation", "25.00", "cash", by="test")
+            acknowledged.append(lg.recorder.max_notification_id())
+            n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while len(acknowledged) < 30:
+            stop.wait(0.05)
+        before = acknowledged[-1]
+        done = _run(live_dir, "backup", str(tmp_path / "copy.sqlite3"))
+        after_backup = len(acknowledged)
+        while len(acknowledged) < after_backup + 10:  # the writes went on all along
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        thread.join()
+        lg.close()
+
+    assert done.returncode == 0, done.stderr
+    copy, live = _rows(tmp_path / "copy.sqlite3"), _rows(live_dir / "ledger.sqlite3")
+    assert len(copy) >= before  # everything acknowledged before the backup began is in it
+    assert len(live) > len(copy)  # and the writes after it are not
+    assert copy == live[:len(copy)]  # a prefix of the log, byte for byte
+    versions: dict[bytes, list[int]] = defaultdict(list)
+    for _, originator, version, _, _ in copy:
+        versions[originator].append(version)
+    assert all(v == list(range(1, len(v) + 1)) for v in versions.values())  # no torn save
+    assert os.stat(tmp_path / "copy.sqlite3").st_mode & 0o777 == 0o600
+    assert not Path(f"{tmp_path / 'copy.sqlite3'}-wal").exists()  # one self-contained file
+
+    restored_dir.mkdir()
+    for key in ("master.key", "signing.key"):
+        shutil.copy2(live_dir / key, restored_dir / key)
+    restored = _run(restored_dir, "restore", str(tmp_path / "copy.sqlite3"))
+    verified = _run(restored_dir, "verify")
+
+    assert restored.returncode == 0, restored.stderr
+    assert "verified" in restored.stderr
+    assert verified.returncode == 0, verified.stderr
+    assert _rows(restored_dir / "ledger.sqlite3") == copy
+    lg = Ledger({"LEDGER_DATA_DIR": str(restored_dir)})
+    try:
+        page = lg.participants_page(limit=200, after=None)["items"]
+        assert len(page) == sum(1 for r in copy if r[3] == "ledger:Participant.Registered")
+        assert page[0]["name"] == "Backup Person 0"
+    finally:
+        lg.close()
+
+
+def test_a_backup_never_overwrites_and_a_bad_restore_changes_nothing(tmp_path):
+    data = tmp_path / "data"
+    assert _run(data, "init").returncode == 0
+    assert _run(data, "backup", str(tmp_path / "b.sqlite3")).returncode == 0
+    original = _rows(data / "ledger.sqlite3")
+
+    again = _run(data, "backup", str(tmp_path / "b.sqlite3"))
+    (tmp_path / "junk.sqlite3").write_bytes(b"not a database at all" * 100)
+    junk = _run(data, "restore", str(tmp_path / "junk.sqlite3"))
+
+    assert again.returncode == 1 and "exists already" in again.stderr
+    assert junk.returncode == 1 and "junk.sqlite3" in junk.stderr
+    assert _rows(data / "ledger.sqlite3") == original
+
+
+def test_a_backup_restored_under_another_master_key_is_refused_and_the_old_one_put_back(
+        tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _run(first, "init").returncode == 0
+    assert _run(first, "backup", str(tmp_path / "first.sqlite3")).returncode == 0
+    assert _run(second, "init").returncode == 0
+    _run(second, "demo")
+    original = _rows(second / "ledger.sqlite3")
+
+    refused = _run(second, "restore", str(tmp_path / "first.sqlite3"))
+
+    assert refused.returncode == 1 and "master key" in refused.stderr
+    assert _rows(second / "ledger.sqlite3") == original
+    assert _run(second, "verify").returncode == 0
