@@ -19,6 +19,7 @@ from . import (
     audit,
     consents,
     errors,
+    export,
     health,
     links,
     pages,
@@ -95,7 +96,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                                                          "for participatory research."}})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
     for module in (study, participants, consents, uses, access_needs, payments, links, audit,
-                   reports):
+                   reports, export):
         api.register_blueprint(module.blp)
     app.register_blueprint(health.blp)
     app.register_blueprint(pages.blp)

@@ -12,6 +12,8 @@ MATRIX = {
     ("GET", "/api/v1/study"): {"staff", "auditor"},
     ("GET", "/api/v1/audit/events"): {"auditor"},
     ("GET", "/api/v1/audit/checkpoint"): {"auditor"},
+    ("GET", "/api/v1/audit/proofs/inclusion"): {"auditor"},
+    ("GET", "/api/v1/audit/proofs/consistency"): {"auditor"},
     ("GET", "/api/v1/reports/compliance"): {"auditor"},
     ("POST", "/api/v1/participants/{id}/uses"): {"staff"},
     ("GET", "/api/v1/participants"): {"staff"},
@@ -28,6 +30,8 @@ MATRIX = {
     ("POST", "/api/v1/participants/{id}/payments/{id}/reversal"): {"staff"},
     ("POST", "/api/v1/participants/{id}/expenses"): {"staff"},
     ("POST", "/api/v1/participants/{id}/erasure"): {"admin"},
+    ("GET", "/api/v1/participants/{id}/erasure"): {"admin"},
+    ("GET", "/api/v1/participants/{id}/export"): {"staff"},
     ("POST", "/api/v1/participants/{id}/withdrawal-link"): {"staff"},
     ("POST", "/api/v1/participants/{id}/withdrawal-link/revocation"): {"staff"},
 }
