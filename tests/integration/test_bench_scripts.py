@@ -38,3 +38,16 @@ def test_the_reports_benchmark_builds_its_study_and_reports_every_step():
     assert figures["bench"] == "reports" and sqlite["events"] >= 30 * 60
     assert sqlite["current_report_bytes"] > sqlite["past_report_bytes"] > 0
     assert sqlite["rebuild_ratio_to_read_decode"] > 0 and sqlite["past_report_ratio_to_replay"] > 0
+
+
+def test_the_verify_benchmark_hashes_its_study_and_verifies_it():
+    figures = _run("verify.py", "--participants", "20", "--events-per-person", "50",
+                   "--no-postgres")
+
+    sqlite = figures["sqlite"]
+    assert figures["bench"] == "verify" and sqlite["events"] >= 20 * 50
+    assert sqlite["verify_ok"] is True and sqlite["cli_verify_exit"] == 0
+    assert sqlite["verify_checkpoints"] >= 1
+    for key in ("first_hashing_s", "bare_read_hash_s", "bare_read_hash_rss_mb", "verify_s",
+                "verify_rss_mb", "verify_ratio_to_bare", "cli_verify_s", "cli_verify_rss_mb"):
+        assert key in sqlite
