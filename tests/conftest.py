@@ -18,6 +18,11 @@ PG_URL = os.environ.get("LEDGER_TEST_DATABASE_URL", "postgresql://postgres@127.0
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="run the model-based test longer, with a random seed")
+
+
 def _pg_unavailable_reason() -> str | None:
     try:
         import psycopg
