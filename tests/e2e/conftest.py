@@ -47,16 +47,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict[str, str], log: Path, workers: int = 4) -> tuple[subprocess.Popen,
-                                                                             Server]:
-    """Start `ledger serve` and wait until it is ready."""
+def start_server(env: dict[str, str], log: Path, workers: int = 4, *,
+                 new_session: bool = False) -> tuple[subprocess.Popen, Server]:
+    """Start `ledger serve` and wait until it is ready. ``new_session``: in its own process
+    group, so that one ``os.killpg`` reaches the workers too (the crash test)."""
     port = _free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     full_env["LEDGER_BASE_URL"] = f"http://127.0.0.1:{port}"  # links point at this server
     full_env.update(env)
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen([LEDGER, "serve", "--port", str(port), "--workers", str(workers)],
-                                env=full_env, stdout=out, stderr=subprocess.STDOUT)
+                                env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=log.parent, start_new_session=new_session)
     server = Server(f"http://127.0.0.1:{port}", env, log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -68,7 +70,10 @@ def start_server(env: dict[str, str], log: Path, workers: int = 4) -> tuple[subp
         except OSError:
             pass
         time.sleep(0.2)
-    proc.terminate()
+    if new_session:
+        os.killpg(proc.pid, 9)
+    else:
+        proc.terminate()
     raise RuntimeError("ledger serve did not become ready")
 
 
