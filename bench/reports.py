@@ -227,8 +227,12 @@ def drop_schema(url: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+def run(bench: str, doc: str | None, measure_one: Any, line: Any) -> None:
+    """The command line both study benchmarks share: build the study on each store (a fresh
+    temporary directory; on PostgreSQL a fresh schema, dropped afterwards), ``measure_one(env,
+    participants, events_per_person)`` it, print ``line(figures)`` per store to stderr, and end
+    with one JSON line."""
+    parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--participants", type=int, default=10_000)
     parser.add_argument("--events-per-person", type=int, default=100)
@@ -242,20 +246,25 @@ def main() -> None:
         print(f"== {store}", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as d:
             env = {"LEDGER_DATA_DIR": d, "LEDGER_PROJECTIONS": "external"}
-            schema = f"bench_reports_{uuid.uuid4().hex[:8]}"
+            schema = f"bench_{bench}_{uuid.uuid4().hex[:8]}"
             if store == "postgres":
                 env["LEDGER_DATABASE_URL"] = f"{args.postgres}?schema={schema}"
             try:
-                results[store] = r = measure(env, args.participants, args.events_per_person)
+                results[store] = measure_one(env, args.participants, args.events_per_person)
             finally:
                 if store == "postgres":
                     drop_schema(args.postgres, schema)
-        print(f"{store:9} {r['events']} events: read+decode {r['bare_read_decode_s']} s, rebuild "
-              f"{r['rebuild_s']} s ({r['rebuild_ratio_to_read_decode']}x, "
-              f"{r['rebuild_rss_mb']} MiB), current report {r['current_report_s']} s, past "
-              f"report {r['past_report_s']} s ({r['past_report_ratio_to_replay']}x the bare "
-              f"replay of {r['bare_midpoint_replay_s']} s)")
-    print(json.dumps({"bench": "reports", **results}))
+        print(f"{store:9} {line(results[store])}", file=sys.stderr, flush=True)
+    print(json.dumps({"bench": bench, **results}))
+
+
+def main() -> None:
+    run("reports", __doc__, measure, lambda r: (
+        f"{r['events']} events: read+decode {r['bare_read_decode_s']} s, rebuild "
+        f"{r['rebuild_s']} s ({r['rebuild_ratio_to_read_decode']}x, "
+        f"{r['rebuild_rss_mb']} MiB), current report {r['current_report_s']} s, past "
+        f"report {r['past_report_s']} s ({r['past_report_ratio_to_replay']}x the bare "
+        f"replay of {r['bare_midpoint_replay_s']} s)"))
 
 
 if __name__ == "__main__":

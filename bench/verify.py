@@ -28,9 +28,7 @@ includes starting Python and opening the ledger. Ends with one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import multiprocessing
 import os
 import resource
@@ -38,13 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.reports import _open, drop_schema, generate  # noqa: E402
+from bench.reports import _open, generate, run  # noqa: E402
 
 PAGE = 5000
 LEDGER = str(Path(sys.executable).parent / "ledger")  # the console script pip installed
@@ -157,33 +154,11 @@ def measure(env: dict[str, str], participants: int, events: int) -> dict[str, An
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--participants", type=int, default=10_000)
-    parser.add_argument("--events-per-person", type=int, default=100)
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--no-postgres", action="store_true")
-    args = parser.parse_args()
-    results: dict[str, Any] = {"participants": args.participants,
-                               "events_per_person": args.events_per_person}
-    stores = ["sqlite"] + ([] if args.no_postgres else ["postgres"])
-    for store in stores:
-        print(f"== {store}", file=sys.stderr, flush=True)
-        with tempfile.TemporaryDirectory() as d:
-            env = {"LEDGER_DATA_DIR": d, "LEDGER_PROJECTIONS": "external"}
-            schema = f"bench_verify_{uuid.uuid4().hex[:8]}"
-            if store == "postgres":
-                env["LEDGER_DATABASE_URL"] = f"{args.postgres}?schema={schema}"
-            try:
-                results[store] = r = measure(env, args.participants, args.events_per_person)
-            finally:
-                if store == "postgres":
-                    drop_schema(args.postgres, schema)
-        print(f"{store:9} {r['events']} events: first hashing {r['first_hashing_s']} s, bare "
-              f"read+hash {r['bare_read_hash_s']} s ({r['bare_read_hash_rss_mb']} MiB), verify "
-              f"{r['verify_s']} s ({r['verify_ratio_to_bare']}x, {r['verify_rss_mb']} MiB), "
-              f"ledger verify {r['cli_verify_s']} s ({r['cli_verify_rss_mb']} MiB)")
-    print(json.dumps({"bench": "verify", **results}))
+    run("verify", __doc__, measure, lambda r: (
+        f"{r['events']} events: first hashing {r['first_hashing_s']} s, bare read+hash "
+        f"{r['bare_read_hash_s']} s ({r['bare_read_hash_rss_mb']} MiB), verify {r['verify_s']} s "
+        f"({r['verify_ratio_to_bare']}x, {r['verify_rss_mb']} MiB), ledger verify "
+        f"{r['cli_verify_s']} s ({r['cli_verify_rss_mb']} MiB)"))
 
 
 if __name__ == "__main__":

@@ -476,7 +476,7 @@ class Ledger(Application[UUID]):
         """
         def command(p: Participant, s: Study) -> dict[str, Any]:
             now = self.clock()
-            s.check_erasure([self._payment(pid).paid_at for pid in p.payment_ids()], now)
+            s.check_erasure([self._payment(pid) for pid in p.payment_ids()], now)
             p.erase(reason, at=now, by=by)
             return {"id": p.id, "reference": p.reference, "erased": True,
                     "erased_at": p.erased_at}
@@ -586,13 +586,21 @@ class Ledger(Application[UUID]):
         return self._change(ref.participant_id, command)
 
     def consent_receipt(self, token: str) -> dict[str, Any]:
-        """The person's consent record as a machine-readable receipt (ISO/IEC TS 27560 shape)."""
+        """The person's consents as a machine-readable receipt: Kantara consent receipt fields,
+        and ``consent_records`` in ISO/IEC TS 27560 shape (the same records as the subject
+        access export, without the person's own words for a withdrawal)."""
         ref = self.links.find(token)
         if ref is None:
             raise LinkNotFound("no such link")
+        from .export import consent_records
+
         p = self._participant(ref.participant_id)
         p.check_link(ref.link_id, self.clock())
-        return consent_receipt(p, self._study(), issued_at=self.clock())
+        study = self._study()
+        view = participant_view(p, [self._payment(pid) for pid in p.payment_ids()],
+                                self._revealer())
+        return {**consent_receipt(p, study, issued_at=self.clock()),
+                "consent_records": consent_records(view, study_view(study), with_reasons=False)}
 
     # -- consent -----------------------------------------------------------------------------
 

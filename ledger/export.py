@@ -66,9 +66,6 @@ def subject_access_export(view: dict[str, Any], study: dict[str, Any], *,
     ``Ledger.study``, ``link`` the dates of their personal link (never the link itself)."""
     participant = {key: view[key] for key in PERSON}
     participant["withdrawal_link"] = link_status(link, now, erased=bool(view["erased"]))
-    order = [s["name"] for s in study["scopes"]]
-    consents = sorted((c for c in view["consents"].values() if c["history"]),
-                      key=lambda c: order.index(c["scope"]) if c["scope"] in order else len(order))
     return _plain({
         "export": "subject-access",
         "generated_at": now,
@@ -79,7 +76,7 @@ def subject_access_export(view: dict[str, Any], study: dict[str, Any], *,
                   "scopes": {s["name"]: s["label"] for s in study["scopes"]},
                   "activities": {a["name"]: a["label"] for a in study["activities"]}},
         "participant": participant,
-        "consent_records": [consent_record(view["id"], c, study) for c in consents],
+        "consent_records": consent_records(view, study),
         "access_needs": view["access_needs"],
         "arrangements": list(view["arrangements"].values()),
         "payments": view["payments"],
@@ -87,6 +84,18 @@ def subject_access_export(view: dict[str, Any], study: dict[str, Any], *,
         "obligations": view["obligations"],
         "uses": view["uses"],
     })
+
+
+def consent_records(view: dict[str, Any], study: dict[str, Any], *,
+                    with_reasons: bool = True) -> list[dict[str, Any]]:
+    """One ISO/IEC TS 27560 record per scope with any history, in the study's order, JSON-ready.
+    Without ``with_reasons`` the person's own words for a withdrawal are left out (the receipt
+    file, which may be passed on, never carried them)."""
+    order = [s["name"] for s in study["scopes"]]
+    consents = sorted((c for c in view["consents"].values() if c["history"]),
+                      key=lambda c: order.index(c["scope"]) if c["scope"] in order else len(order))
+    return _plain([consent_record(view["id"], c, study, with_reasons=with_reasons)  # type: ignore[no-any-return]
+                   for c in consents])
 
 
 def link_status(link: dict[str, Any] | None, now: datetime, *, erased: bool) -> dict[str, Any]:
@@ -105,8 +114,8 @@ def controller_party_id(study: dict[str, Any]) -> str:
     return str(derived_id("party", "controller", study["id"]))
 
 
-def consent_record(principal_id: UUID, consent: dict[str, Any],
-                   study: dict[str, Any]) -> dict[str, Any]:
+def consent_record(principal_id: UUID, consent: dict[str, Any], study: dict[str, Any], *,
+                   with_reasons: bool = True) -> dict[str, Any]:
     """One scope's consent as an ISO/IEC TS 27560 consent record (see the module docstring)."""
     scope = next((s for s in study["scopes"] if s["name"] == consent["scope"]), None) or {
         "name": consent["scope"], "label": consent["scope"], "description": None,
@@ -151,7 +160,7 @@ def consent_record(principal_id: UUID, consent: dict[str, Any],
             {"party_id": str(principal_id), "party_role": "pii_principal",
              "party_type": "individual"},
         ],
-        "events": [_event(step, str(principal_id), controller_id, forms)
+        "events": [_event(step, str(principal_id), controller_id, forms, with_reasons)
                    for step in consent["history"]],
     }
 
@@ -170,7 +179,7 @@ def _notices(consent: dict[str, Any], forms: dict[str, Any]) -> list[dict[str, A
 
 
 def _event(step: dict[str, Any], principal_id: str, controller_id: str,
-           forms: dict[str, Any]) -> dict[str, Any]:
+           forms: dict[str, Any], with_reasons: bool) -> dict[str, Any]:
     state = step["state"]
     event: dict[str, Any] = {
         "event_time": step["at"],
@@ -187,7 +196,7 @@ def _event(step: dict[str, Any], principal_id: str, controller_id: str,
         "indication_method": step.get("method"),
         "attribution": step.get("attribution"),
         "withdrawal_channel": step.get("channel"),
-        "withdrawal_reason": step.get("reason"),
+        "withdrawal_reason": step.get("reason") if with_reasons else None,
         "past_withdrawal_deadline": step.get("past_deadline"),
         "recorded_by": step.get("by"),
     }

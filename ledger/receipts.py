@@ -1,9 +1,10 @@
 """What a participant sees through their link, and the consent receipt they can keep.
 
-The receipt follows the fields of ISO/IEC TS 27560 consent records and the Kantara Consent
-Receipt (record id, subject pseudonym, controller, purposes, lawful basis, collection method,
-form version and hash, timestamps, state history, how to withdraw). It carries the person's
-reference, never their name.
+The receipt has the fields of the Kantara Consent Receipt (record id, subject pseudonym,
+controller, purposes, lawful basis, collection method, form version and hash, timestamps, state
+history, how to withdraw); ``Ledger.consent_receipt`` adds the ISO/IEC TS 27560 records that
+``ledger.export.consent_records`` builds for the subject access export too. It carries the
+person's reference, never their name.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def consent_receipt(p: Participant, study: Study, *, issued_at: datetime) -> dic
                          "pastDeadline": h.get("past_deadline")} for h in record.history],
         })
     return {
-        "version": "ISO/IEC TS 27560:2023 consent record; Kantara Consent Receipt v1.1 fields",
+        "version": "Kantara Consent Receipt v1.1 fields; consent_records: ISO/IEC TS 27560:2023",
         "consentRecordId": str(derived_id("consent-record", p.id)),
         "consentReceiptID": str(derived_id("receipt", p.id, p.version)),
         "recordVersion": p.version,

@@ -4,10 +4,8 @@ as ISO/IEC TS 27560 records, see ``ledger.export``) or as a page to give them.""
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 from uuid import UUID
-from zoneinfo import ZoneInfo
 
 from flask import Response, render_template
 from flask.views import MethodView
@@ -20,7 +18,6 @@ from .schemas import document_errors
 
 blp = Blueprint("export", __name__, url_prefix="/api/v1", description="Subject access")
 FORMATS = {"json": "application/json", "html": "text/html; charset=utf-8"}
-LONDON = ZoneInfo("Europe/London")
 
 
 class ExportQuery(Schema):
@@ -40,16 +37,6 @@ EXPORT_DOC = {"responses": {"200": {
             "access_needs", "arrangements", "payments", "expenses", "obligations", "uses"]}},
         "text/html": {"schema": {"type": "string"}},
     }}}}
-
-
-@blp.app_template_filter("when")
-def when(value: Any) -> str:
-    """An ISO 8601 time as "1 March 2027 at 17:00", in UK time ("" for none)."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if not isinstance(value, datetime):
-        return ""
-    return value.astimezone(LONDON).strftime("%-d %B %Y at %H:%M")
 
 
 def render(document: dict[str, Any], fmt: str) -> Response:

@@ -33,7 +33,9 @@ def long_date(value: Any) -> str:
 
 @blp.app_template_filter("long_datetime")
 def long_datetime(value: Any) -> str:
-    """1 March 2027 at 17:00, in UK time."""
+    """1 March 2027 at 17:00, in UK time (from a datetime or ISO 8601 text; "" for none)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
     if not isinstance(value, datetime):
         return ""
     return value.astimezone(LONDON).strftime("%-d %B %Y at %H:%M")

@@ -206,12 +206,13 @@ class Study(Aggregate):
     def _finance_retention_set(self, days: int, at: datetime, by: str) -> None:
         self.finance_retention_days = days
 
-    def check_erasure(self, paid_at: list[datetime], now: datetime) -> None:
-        """Refuse to erase a person whose payment records finance must still keep with their
-        identity, saying from when erasure will be possible."""
-        if not self.finance_retention_days or not paid_at:
+    def check_erasure(self, payments: list[Any], now: datetime) -> None:
+        """Refuse to erase a person whose payment records (reversed ones too: they are finance
+        records as well) finance must still keep with their identity, saying from when erasure
+        will be possible."""
+        if not self.finance_retention_days or not payments:
             return
-        until = max(paid_at) + timedelta(days=self.finance_retention_days)
+        until = max(p.paid_at for p in payments) + timedelta(days=self.finance_retention_days)
         if now < until:
             raise ErasureRefused(
                 f"the study keeps payment records with the payee's identity for "

@@ -405,3 +405,25 @@ def test_what_flask_logs_itself_names_the_route_and_type_only(app, caplog):
 
     assert "unhandled RuntimeError on GET /my/<token>" in caplog.text
     assert token not in caplog.text and "Traceback" not in caplog.text
+
+
+def test_the_receipt_carries_the_export_s_27560_records_without_the_person_s_own_words(
+        client, staff, person):
+    client.post(f"/api/v1/participants/{person}/consents/record/withdrawal", headers=staff,
+                json={"channel": "phone", "reason": "Zanzibar private reason"})
+    path = _link(client, staff, person)
+
+    receipt = client.get(path + "/receipt.json")
+    export = client.get(f"/api/v1/participants/{person}/export", headers=staff).json
+
+    records = receipt.json["consent_records"]
+    assert [r["purposes"][0]["purpose_id"] for r in records] == \
+        ["take_part", "record", "analyse", "quote"]
+    withdrawn = next(r for r in records if r["purposes"][0]["purpose_id"] == "record")
+    assert withdrawn["consent_status"] == "withdrawn"
+    assert withdrawn["events"][-1]["withdrawal_channel"] == "phone"
+    assert "Zanzibar" not in receipt.get_data(as_text=True)
+    # the same records as the subject access export, but for the person's own words
+    for event in (e for r in export["consent_records"] for e in r["events"]):
+        event.pop("withdrawal_reason", None)
+    assert records == export["consent_records"]
