@@ -51,3 +51,16 @@ def test_the_verify_benchmark_hashes_its_study_and_verifies_it():
     for key in ("first_hashing_s", "bare_read_hash_s", "bare_read_hash_rss_mb", "verify_s",
                 "verify_rss_mb", "verify_ratio_to_bare", "cli_verify_s", "cli_verify_rss_mb"):
         assert key in sqlite
+
+
+def test_the_load_benchmark_runs_its_mix_without_errors_and_checks_every_write():
+    figures = _run("load.py", "--seconds", "3", "--workers", "1", "--connections", "4",
+                   "--participants", "20", "--no-postgres")
+
+    run = figures["runs"][0]
+    assert figures["bench"] == "load" and run["store"] == "sqlite" and run["workers"] == 1
+    assert figures["errors"] == 0 and figures["payments_lost"] == 0
+    assert figures["consent_states_mismatched"] == 0
+    assert set(run["ledger"]["by_kind"]) >= {"read", "list", "grant"}
+    assert run["ledger"]["acknowledged"]["consent_states_checked"] == 20
+    assert run["ledger"]["memory"]["rss_end_mib"] > 0 and run["throughput_ratio"] > 0
