@@ -275,10 +275,10 @@ class Ledger(Application[UUID]):
         return self._load(payment_id, Payment,
                           PaymentNotFound("no such payment for this participant"), fresh=fresh)
 
-    def _revealer(self) -> Callable[[Any], Any]:
+    def _revealer(self, people: list[UUID] | None = None) -> Callable[[Any], Any]:
         """Opens sealed personal values for one view (see PersonalDataMapper.revealer)."""
         assert isinstance(self.mapper, PersonalDataMapper)
-        return self.mapper.revealer()
+        return self.mapper.revealer(people)
 
     def _evict(self, aggregate_id: UUID) -> None:
         if self.repository.cache is not None:
@@ -443,7 +443,7 @@ class Ledger(Application[UUID]):
                 raise InvalidInput("after must be the id of a listed participant", field="after")
             after_seq = found
         rows = views.page(after_seq=after_seq, limit=limit + 1)
-        reveal = self._revealer()
+        reveal = self._revealer([UUID(row[0]) for row in rows[:limit]])
         items = [self.projector.read_doc(doc, reveal) for _, _, doc in rows[:limit]]
         return {"items": items, "next_after": UUID(rows[limit - 1][0]) if len(rows) > limit
                 else None}

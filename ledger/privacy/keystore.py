@@ -64,6 +64,23 @@ class DataKeyStore:
         except InvalidTag:
             raise KeyStoreError("a data key does not unwrap with this master key") from None
 
+    def get_many(self, participant_ids: list[UUID]) -> dict[UUID, bytes | None]:
+        """The data keys of several participants in one query (None for a destroyed key)."""
+        found: dict[UUID, bytes | None] = dict.fromkeys(participant_ids)
+        if not participant_ids:
+            return found
+        by_hex = {pid.hex: pid for pid in participant_ids}
+        marks = ", ".join(["%s"] * len(by_hex))
+        for row in self.sql.query(f"SELECT participant_id, wrapped FROM {{t}}{TABLE} "
+                                  f"WHERE participant_id IN ({marks})", tuple(by_hex)):
+            pid = by_hex[row["participant_id"]]
+            wrapped = bytes(row["wrapped"])
+            try:
+                found[pid] = self._wrap.decrypt(wrapped[:12], wrapped[12:], pid.bytes)
+            except InvalidTag:
+                raise KeyStoreError("a data key does not unwrap with this master key") from None
+        return found
+
     def discard(self, participant_id: UUID) -> None:
         """Remove a key that was created for a registration that was then not saved."""
         self.sql.execute(

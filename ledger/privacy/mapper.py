@@ -100,11 +100,15 @@ class PersonalDataMapper(Mapper[UUID]):
                 value.subject, value.topic, value.field = subject, stored_event.topic, field
         return event
 
-    def revealer(self) -> Callable[[Any], Any]:
+    def revealer(self, people: list[UUID] | None = None) -> Callable[[Any], Any]:
         """A function that opens sealed values (anything else passes through), looking each
-        person's key up once: use one per view."""
+        person's key up once: use one per view. ``people``: fetch their keys now, in one query
+        (a page of a list)."""
         assert self.keys is not None
-        keys, transcoder, aeads = self.keys, self.transcoder, {}
+        keys, transcoder = self.keys, self.transcoder
+        aeads: dict[UUID, AESGCM | None] = {
+            pid: AESGCM(key) if key is not None else None
+            for pid, key in (keys.get_many(people) if people else {}).items()}
 
         def reveal(value: Any) -> Any:
             if not isinstance(value, Sealed):

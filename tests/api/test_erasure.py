@@ -163,3 +163,24 @@ def test_a_finance_retention_out_of_range_is_refused(api_ledger, days):
 
     assert refused.value.field == "days"
     assert api_ledger._study().finance_retention_days == 0
+
+
+def test_a_list_page_opens_each_living_person_with_their_own_key_and_shows_the_erased_as_erased(
+        client, admin, staff, api_ledger):
+    names = [f"Listed Person {i}" for i in range(6)]
+    pids = [client.post("/api/v1/participants", headers=staff, json={"name": n}).json["id"]
+            for n in names]
+    for pid in pids[1::2]:
+        assert client.post(f"/api/v1/participants/{pid}/erasure", headers=admin,
+                           json={"reason": "asked"}).status_code == 200
+
+    page = client.get("/api/v1/participants?limit=200", headers=staff).json["items"]
+
+    shown = {item["id"]: item for item in page}
+    for i, pid in enumerate(pids):
+        assert shown[pid]["erased"] is bool(i % 2)
+        assert shown[pid]["name"] == ("[erased]" if i % 2 else names[i])
+    # the page's keys come in one query: a destroyed key is None, the rest unwrap
+    assert api_ledger.mapper.keys.get_many([]) == {}
+    got = api_ledger.mapper.keys.get_many([uuid.UUID(p) for p in pids])
+    assert [got[uuid.UUID(p)] is None for p in pids] == [bool(i % 2) for i in range(6)]
