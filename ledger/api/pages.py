@@ -96,6 +96,9 @@ def kind_error(status: int) -> Response:
     if status == 405:
         return _page("my/gone.html", 405, heading="Please start again",
                      message="This page cannot be used like that. Go back to your link.")
+    if status == 413:
+        return _page("my/gone.html", 413, heading="That was too much to send",
+                     message="Nothing has changed. Please go back to your link and try again.")
     if status >= 500 or status == 409:
         return _page("my/gone.html", 503 if status >= 500 else 409,
                      heading="Something went wrong on our side",

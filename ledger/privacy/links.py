@@ -67,5 +67,7 @@ class LinkStore:
         return hmac.new(self._key, b"csrf|" + ref.link_id.bytes, hashlib.sha256).hexdigest()
 
     def check_csrf(self, ref: LinkRef, given: str) -> bool:
-        """Constant-time check of a submitted form token."""
-        return hmac.compare_digest(self.csrf_token(ref), given or "")
+        """Constant-time check of a submitted form token (as bytes: compare_digest refuses text
+        with non-ASCII characters, which a hostile form may send)."""
+        return hmac.compare_digest(self.csrf_token(ref).encode(),
+                                   (given or "").encode("utf-8", "surrogatepass"))
