@@ -29,6 +29,7 @@ from . import (
     study,
     uses,
 )
+from .openapi_links import LinksPlugin
 from .ratelimit import FailureLimiter
 from .schemas import ProblemSchema
 
@@ -93,7 +94,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["link_failures"] = FailureLimiter()
 
     api = LedgerApi(app, spec_kwargs={"info": {"description": "Consents, access needs and payments "
-                                                         "for participatory research."}})
+                                                         "for participatory research."},
+                                      "extra_plugins": [LinksPlugin()]})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
     for module in (study, participants, consents, uses, access_needs, payments, links, audit,
                    reports, export):
