@@ -7,8 +7,13 @@ with 1, 2 and 4 worker processes, beside the bare Flask+eventsourcing app under 
 The mix, per request: 80 % reads (GET /participants/{id}, and one in eight a page of
 GET /participants), 15 % consent changes (a grant or a withdrawal, whichever the scope's current
 state allows) and 5 % payments (each for a participant and activity not yet paid, with its own
-Idempotency-Key). Each client thread owns its own participants, so it always knows what the
-ledger should answer: every status other than the expected 2xx is counted as an error.
+Idempotency-Key). As in a real study, each person makes a handful of consent changes
+(CHANGES_PER_PERSON) and is then settled; once a client's people are all settled, its next
+consent change is a new registration, so the study grows while each record stays the size of a
+real one. (Toggling the same few hundred people for ever would grow every record, and with it
+every read, without bound: a test of something no study does.) Each client thread owns its own
+participants, so it always knows what the ledger should answer: every status other than the
+expected 2xx is counted as an error.
 
 Against each configuration it reports throughput, p50/p99 per kind of request, errors, and the
 resident memory of the whole server (gunicorn's master and workers, and on the scale-out run the
@@ -50,6 +55,7 @@ from api import BIN, HERE, PG, drop_schema, free_port, start  # noqa: E402
 THREADS = int(os.environ.get("BENCH_THREADS", 4))
 SCOPES = ("record", "store", "quote", "publish")
 ACTIVITIES = ("conversation", "workshop")
+CHANGES_PER_PERSON = 6  # consent changes per person before they are settled (and someone new joins)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -121,7 +127,15 @@ class Owned:
 
     consents: dict[str, dict[str, str]] = field(default_factory=dict)  # pid -> scope -> state
     unpaid: list[tuple[str, str]] = field(default_factory=list)  # (pid, activity)
+    active: list[str] = field(default_factory=list)  # people still changing their consents
+    changes: dict[str, int] = field(default_factory=dict)
     paid: int = 0
+
+    def add(self, pid: str) -> None:
+        self.consents[pid] = {scope: "none" for scope in SCOPES}
+        self.unpaid.extend((pid, activity) for activity in ACTIVITIES)
+        self.active.append(pid)
+        self.changes[pid] = 0
 
 
 @dataclass
@@ -129,9 +143,11 @@ class Tally:
     latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
+    finished: list[float] = field(default_factory=list)  # perf_counter at each answer
 
     def add(self, kind: str, seconds: float, ok: bool, detail: str = "") -> None:
         self.latencies.setdefault(kind, []).append(seconds)
+        self.finished.append(time.perf_counter())
         if not ok:
             self.errors[kind] = self.errors.get(kind, 0) + 1
             if len(self.error_samples) < 5:
@@ -143,6 +159,7 @@ class Tally:
         for k, v in other.errors.items():
             self.errors[k] = self.errors.get(k, 0) + v
         self.error_samples.extend(other.error_samples[: 5 - len(self.error_samples)])
+        self.finished.extend(other.finished)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -150,10 +167,15 @@ def _pct(values: list[float], q: float) -> float:
     return round(values[min(len(values) - 1, int(len(values) * q))] * 1000, 2)
 
 
-def figures(tally: Tally, elapsed: float) -> dict:
+def figures(tally: Tally, elapsed: float, started: float) -> dict:
     every = [x for v in tally.latencies.values() for x in v]
+    window = max(elapsed / 6, 1.0)  # throughput in six slices of the run: is it steady?
+    slices = [0] * 6
+    for t in tally.finished:
+        slices[min(5, int((t - started) / window))] += 1
     out = {"requests": len(every), "requests_per_s": round(len(every) / elapsed, 1),
            "p50_ms": _pct(every, 0.50), "p99_ms": _pct(every, 0.99),
+           "requests_per_s_by_sixth": [round(n / window, 1) for n in slices],
            "errors": sum(tally.errors.values()), "error_samples": tally.error_samples,
            "by_kind": {k: {"count": len(v), "p50_ms": _pct(v, 0.5), "p99_ms": _pct(v, 0.99),
                            "errors": tally.errors.get(k, 0)}
@@ -194,12 +216,18 @@ def ledger_client(ports: list[int], token: str, owned: Owned, seed: int, until: 
     while time.perf_counter() < until:
         r = rnd.random()
         pid = rnd.choice(pids)
+        scope = ""
         if r < 0.70:
             kind, method, path, body, want = "read", "GET", f"/api/v1/participants/{pid}", None, 200
         elif r < 0.80:
             kind, method, path, body, want = ("list", "GET", "/api/v1/participants?limit=50",
                                               None, 200)
+        elif (r < 0.95 or not owned.unpaid) and not owned.active:
+            # Everyone here has made their consent choices: a new person joins the study.
+            kind, method, path, want = "register", "POST", "/api/v1/participants", 201
+            body = json.dumps({"name": "Load Person"}).encode()
         elif r < 0.95 or not owned.unpaid:
+            pid = rnd.choice(owned.active)
             scope = rnd.choice(SCOPES)
             state = owned.consents[pid][scope]
             if state == "given":
@@ -222,10 +250,15 @@ def ledger_client(ports: list[int], token: str, owned: Owned, seed: int, until: 
         status, answer = conn.call(method, path, body, headers)
         ok = status == want
         tally.add(kind, time.perf_counter() - t, ok, f"{status} {answer[:120]!r}")
-        if ok and kind == "withdraw":
-            owned.consents[pid][scope] = "withdrawn"
-        elif ok and kind == "grant":
-            owned.consents[pid][scope] = "given"
+        if ok and kind in ("withdraw", "grant"):
+            owned.consents[pid][scope] = "withdrawn" if kind == "withdraw" else "given"
+            owned.changes[pid] += 1
+            if owned.changes[pid] >= CHANGES_PER_PERSON:
+                owned.active.remove(pid)
+        elif ok and kind == "register":
+            pid = json.loads(answer)["id"]
+            owned.add(pid)
+            pids.append(pid)
         elif ok and kind == "pay":
             owned.paid += 1
     conn.close()
@@ -249,7 +282,8 @@ def bare_client(port: int, ids: list[str], seed: int, until: float, tally: Tally
     conn.close()
 
 
-def drive(target, connections: int, seconds: float, roots: list[int]) -> tuple[Tally, dict, float]:
+def drive(target, connections: int, seconds: float, roots: list[int]
+          ) -> tuple[Tally, dict, float, float]:
     """Run ``target(i, until, tally)`` in ``connections`` threads for ``seconds``."""
     sampler = MemorySampler(roots)
     sampler.start()
@@ -268,7 +302,7 @@ def drive(target, connections: int, seconds: float, roots: list[int]) -> tuple[T
     total = Tally()
     for t in tallies:
         total.merge(t)
-    return total, sampler.summary(seconds / 5), elapsed
+    return total, sampler.summary(seconds / 5), elapsed, t0
 
 
 # -- one configuration --------------------------------------------------------------------------
@@ -284,9 +318,7 @@ def seed_study(env: dict[str, str], participants: int, connections: int
     for i in range(participants):
         pid = str(setup.register_participant(f"Load Person {i}", by="bench")["id"])
         setup.grant_consent(uuid.UUID(pid), "take_part", "1.0", "online", by="bench")
-        mine = owned[i % connections]
-        mine.consents[pid] = {scope: "none" for scope in SCOPES}
-        mine.unpaid.extend((pid, activity) for activity in ACTIVITIES)
+        owned[i % connections].add(pid)
     for mine in owned:
         random.Random(7).shuffle(mine.unpaid)
     setup.close()
@@ -349,11 +381,11 @@ def run_ledger(env: dict[str, str], workers: int, processes: int, seconds: float
                                 "--workers", str(workers), "--threads", str(THREADS)],
                                env, port, "/readyz", tmp / f"serve-{i}.log"))
             ports.append(port)
-        tally, memory, elapsed = drive(
+        tally, memory, elapsed, started = drive(
             lambda i, until, t: ledger_client(ports[i % len(ports):] + ports[:i % len(ports)],
                                               token, owned[i], 1000 + i, until, t),
             connections, seconds, [p.pid for p in procs])
-        result = {**figures(tally, elapsed), "memory": memory}
+        result = {**figures(tally, elapsed, started), "memory": memory}
         result["acknowledged"] = check_acknowledged(env, ports[-1], token, owned)
         return result
     finally:
@@ -376,10 +408,10 @@ def run_bare(env: dict[str, str], workers: int, seconds: float, connections: int
                                     {"Content-Type": "application/json"})[1])["id"]
                for _ in range(200)]
         conn.close()
-        tally, memory, elapsed = drive(
+        tally, memory, elapsed, started = drive(
             lambda i, until, t: bare_client(port, ids, 2000 + i, until, t),
             connections, seconds, [proc.pid])
-        return {**figures(tally, elapsed), "memory": memory}
+        return {**figures(tally, elapsed, started), "memory": memory}
     finally:
         proc.terminate()
         proc.wait(timeout=60)

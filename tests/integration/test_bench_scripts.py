@@ -62,5 +62,6 @@ def test_the_load_benchmark_runs_its_mix_without_errors_and_checks_every_write()
     assert figures["errors"] == 0 and figures["payments_lost"] == 0
     assert figures["consent_states_mismatched"] == 0
     assert set(run["ledger"]["by_kind"]) >= {"read", "list", "grant"}
-    assert run["ledger"]["acknowledged"]["consent_states_checked"] == 20
+    assert run["ledger"]["acknowledged"]["consent_states_checked"] >= 20
+    assert len(run["ledger"]["requests_per_s_by_sixth"]) == 6
     assert run["ledger"]["memory"]["rss_end_mib"] > 0 and run["throughput_ratio"] > 0
