@@ -25,6 +25,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -164,28 +166,32 @@ def drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def measure(store: str, n: int, connections: int) -> dict:
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        if store == "sqlite":
-            bare_env = {"BARE_SQLITE": str(tmp / "bare.sqlite3")}
-            ledger_env = {"LEDGER_DATA_DIR": str(tmp / "ledger")}
-            schemas: list[str] = []
-        else:
-            schemas = [f"bench_bare_{uuid.uuid4().hex[:8]}", f"bench_api_{uuid.uuid4().hex[:8]}"]
-            import psycopg
+@contextmanager
+def stores(store: str, tmp: Path, prefix: str) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """The bare app's and the ledger's storage settings for one run (fresh PostgreSQL schemas,
+    dropped afterwards, or SQLite files in ``tmp``)."""
+    if store == "sqlite":
+        yield {"BARE_SQLITE": str(tmp / "bare.sqlite3")}, {"LEDGER_DATA_DIR": str(tmp / "ledger")}
+        return
+    import psycopg
 
-            with psycopg.connect(PG, autocommit=True) as conn:
-                conn.execute(f'CREATE SCHEMA "{schemas[0]}"')
-            bare_env = {"BARE_POSTGRES_SCHEMA": schemas[0]}
-            ledger_env = {"LEDGER_DATA_DIR": str(tmp / "ledger"),
-                          "LEDGER_DATABASE_URL": f"{PG}?schema={schemas[1]}"}
-        try:
-            bare = bare_side(bare_env, n, connections, tmp / "bare.log")
-            ledger = ledger_side(ledger_env, n, connections, tmp / "ledger.log")
-        finally:
-            for s in schemas:
-                drop_schema(s)
+    schemas = [f"{prefix}_bare_{uuid.uuid4().hex[:8]}", f"{prefix}_ledger_{uuid.uuid4().hex[:8]}"]
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schemas[0]}"')
+    try:
+        yield ({"BARE_POSTGRES_SCHEMA": schemas[0]},
+               {"LEDGER_DATA_DIR": str(tmp / "ledger"),
+                "LEDGER_DATABASE_URL": f"{PG}?schema={schemas[1]}"})
+    finally:
+        for s in schemas:
+            drop_schema(s)
+
+
+def measure(store: str, n: int, connections: int) -> dict:
+    with tempfile.TemporaryDirectory() as d, stores(store, Path(d), "bench") as (bare_env,
+                                                                                  ledger_env):
+        bare = bare_side(bare_env, n, connections, Path(d) / "bare.log")
+        ledger = ledger_side(ledger_env, n, connections, Path(d) / "ledger.log")
     return {"bare": bare, "ledger": ledger,
             "write_ratio": round(ledger["write"]["requests_per_s"]
                                  / bare["write"]["requests_per_s"], 3),

@@ -50,7 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api import BIN, HERE, PG, drop_schema, free_port, start  # noqa: E402
+from api import BIN, HERE, free_port, start, stores  # noqa: E402
 
 THREADS = int(os.environ.get("BENCH_THREADS", 4))
 SCOPES = ("record", "store", "quote", "publish")
@@ -367,12 +367,12 @@ def follower(env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def run_ledger(env: dict[str, str], workers: int, processes: int, seconds: float,
-               connections: int, participants: int, tmp: Path) -> dict:
+               connections: int, participants: int, tmp: Path, external: bool = False) -> dict:
     token, owned = seed_study(env, participants, connections)
     procs: list[subprocess.Popen] = []
     ports: list[int] = []
     try:
-        if processes > 1:
+        if processes > 1 or external:
             env = {**env, "LEDGER_PROJECTIONS": "external"}
             procs.append(follower(env, tmp / "follower.log"))
         for i in range(processes):
@@ -404,9 +404,15 @@ def run_bare(env: dict[str, str], workers: int, seconds: float, connections: int
     try:
         conn = Connection([port])
         body = json.dumps({"activity": "conversation", "amount": "25.00"}).encode()
-        ids = [json.loads(conn.call("POST", "/save", body,
-                                    {"Content-Type": "application/json"})[1])["id"]
-               for _ in range(200)]
+        ids = []
+        while len(ids) < 200:
+            status, answer = conn.call("POST", "/save", body, {"Content-Type": "application/json"})
+            if status == 0 and not ids:  # a worker still starting: the connection was dropped
+                time.sleep(0.5)
+                continue
+            if status != 201:
+                raise RuntimeError(f"the bare app answered {status}: {answer[:300]!r}")
+            ids.append(json.loads(answer)["id"])
         conn.close()
         tally, memory, elapsed, started = drive(
             lambda i, until, t: bare_client(port, ids, 2000 + i, until, t),
@@ -418,29 +424,13 @@ def run_bare(env: dict[str, str], workers: int, seconds: float, connections: int
 
 
 def configuration(store: str, workers: int, processes: int, args: argparse.Namespace) -> dict:
-    import psycopg
-
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        schemas: list[str] = []
-        if store == "sqlite":
-            bare_env = {"BARE_SQLITE": str(tmp / "bare.sqlite3")}
-            ledger_env = {"LEDGER_DATA_DIR": str(tmp / "ledger")}
-        else:
-            schemas = [f"load_bare_{uuid.uuid4().hex[:8]}", f"load_ledger_{uuid.uuid4().hex[:8]}"]
-            with psycopg.connect(PG, autocommit=True) as conn:
-                conn.execute(f'CREATE SCHEMA "{schemas[0]}"')
-            bare_env = {"BARE_POSTGRES_SCHEMA": schemas[0]}
-            ledger_env = {"LEDGER_DATA_DIR": str(tmp / "ledger"),
-                          "LEDGER_DATABASE_URL": f"{PG}?schema={schemas[1]}"}
-        try:
-            bare = run_bare(bare_env, workers * processes, args.seconds, args.connections, tmp)
-            ledger = run_ledger(ledger_env, workers, processes, args.seconds, args.connections,
-                                args.participants, tmp)
-        finally:
-            for s in schemas:
-                drop_schema(s)
+    with tempfile.TemporaryDirectory() as d, stores(store, Path(d), "load") as (bare_env,
+                                                                                 ledger_env):
+        bare = run_bare(bare_env, workers * processes, args.seconds, args.connections, Path(d))
+        ledger = run_ledger(ledger_env, workers, processes, args.seconds, args.connections,
+                            args.participants, Path(d), args.projections == "external")
     return {"store": store, "workers": workers, "serve_processes": processes,
+            "projections": "external" if processes > 1 else args.projections,
             "bare": bare, "ledger": ledger,
             "throughput_ratio": round(ledger["requests_per_s"] / bare["requests_per_s"], 3)}
 
@@ -466,6 +456,8 @@ def main() -> None:
     parser.add_argument("--participants", type=int, default=400)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-scale-out", action="store_true")
+    parser.add_argument("--projections", choices=("inline", "external"), default="inline",
+                        help="how the single-server runs keep their views (LEDGER_PROJECTIONS)")
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",")]
     plan = [(store, w, 1) for store in ["sqlite"] + ([] if args.no_postgres else ["postgres"])
