@@ -426,7 +426,8 @@ def run_bare(env: dict[str, str], workers: int, seconds: float, connections: int
 def configuration(store: str, workers: int, processes: int, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as d, stores(store, Path(d), "load") as (bare_env,
                                                                                  ledger_env):
-        bare = run_bare(bare_env, workers * processes, args.seconds, args.connections, Path(d))
+        bare = run_bare(bare_env, workers * processes, args.bare_seconds or args.seconds,
+                        args.connections, Path(d))
         ledger = run_ledger(ledger_env, workers, processes, args.seconds, args.connections,
                             args.participants, Path(d), args.projections == "external")
     return {"store": store, "workers": workers, "serve_processes": processes,
@@ -451,6 +452,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--bare-seconds", type=float, default=None,
+                        help="the bare app's run, if shorter (a long soak of the ledger)")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--participants", type=int, default=400)
