@@ -11,7 +11,13 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
 TOKEN_PATH = re.compile(r"/my/[^/\s?]+")
-IP = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|\b[0-9a-fA-F]*:[0-9a-fA-F:]{2,}\b")
+H = r"[0-9a-fA-F]{1,4}"
+IP = re.compile(
+    rf"(?<![\w:])(?:{H}(?::{H}){{0,5}})?::(?:{H}:){{0,5}}(?:\d{{1,3}}\.){{3}}\d{{1,3}}\b"  # ::ffff:IPv4
+    r"|\b(?:\d{1,3}\.){3}\d{1,3}\b"  # IPv4
+    rf"|\b(?:{H}:){{7}}{H}\b"  # IPv6 in full
+    rf"|(?<![\w:])(?:{H}(?::{H}){{0,6}})?::(?:{H}(?::{H}){{0,6}})?(?!\w)"  # IPv6 with "::"
+)  # (a single colon, as in "pid:1234" or "12:30", is not an address)
 
 
 def scrub(text: str) -> str:

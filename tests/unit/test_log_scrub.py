@@ -1,0 +1,32 @@
+"""The server's own log lines lose client addresses and link tokens, and keep everything else."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledger.api.server import scrub
+
+
+@pytest.mark.parametrize("address", [
+    "10.0.0.1", "192.168.100.254", "::1", "::", "fe80::1", "2001:db8::1", "2001:db8:0:0:1::",
+    "2001:0db8:85a3:0000:0000:8a2e:0370:7334", "::ffff:10.0.0.1", "64:ff9b::192.0.2.33",
+])
+def test_every_kind_of_client_address_is_removed(address):
+    line = f"Invalid request from ip={address}: Invalid HTTP request line"
+
+    assert scrub(line) == "Invalid request from ip=<address>: Invalid HTTP request line"
+
+
+@pytest.mark.parametrize("line", [
+    "Worker (pid:11773) was sent SIGTERM!",  # gunicorn's own message, which lost its pid before
+    "Booting worker with pid: 4242",
+    "Listening at: http://127.0.0.1:8000 (11772)".replace("127.0.0.1", "localhost"),
+    "finished at 01:28:43 after 12:30",
+    "deadbeef and cafe: not addresses",
+])
+def test_lines_without_an_address_are_kept_as_they_are(line):
+    assert scrub(line) == line
+
+
+def test_a_link_token_in_a_path_is_removed():
+    assert scrub("GET /my/Q2x9abc/withdraw HTTP/1.1") == "GET /my/<token>/withdraw HTTP/1.1"
