@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -167,20 +168,26 @@ def _step(ledger: Ledger, name: str, arg: Any) -> Any:
     raise ValueError(name)
 
 
-def _child(name: str, env: dict[str, str], arg: Any, out: Any) -> None:
+StepFn = Callable[[Ledger, str, Any], Any]
+
+
+def _child(name: str, env: dict[str, str], arg: Any, out: Any, run_step: StepFn) -> None:
     ledger = _open(env)  # not timed: every step starts from an open ledger
     start = time.perf_counter()
-    result = _step(ledger, name, arg)
+    result = run_step(ledger, name, arg)
     seconds = time.perf_counter() - start
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ledger.close()
     out.send((seconds, rss_mb, result))
 
 
-def step(name: str, env: dict[str, str], arg: Any = None) -> tuple[float, float, Any]:
-    """(seconds, peak RSS in MiB, result) of one step in a fresh process."""
+def step(name: str, env: dict[str, str], arg: Any = None, run_step: StepFn = _step
+         ) -> tuple[float, float, Any]:
+    """(seconds, peak RSS in MiB, result) of one step (``run_step``, a module-level function)
+    in a fresh process."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=_child, args=(name, env, arg, child))
+    process = ctx.Process(target=_child, args=(name, env, arg, child, run_step))
     process.start()
     result = parent.recv()
     process.join()

@@ -29,9 +29,7 @@ includes starting Python and opening the ledger. Ends with one JSON line.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,7 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.reports import _open, generate, run  # noqa: E402
+from bench.reports import generate, run  # noqa: E402
+from bench.reports import step as reports_step  # noqa: E402
 
 PAGE = 5000
 LEDGER = str(Path(sys.executable).parent / "ledger")  # the console script pip installed
@@ -61,7 +60,7 @@ def _bare(ledger: Any) -> int:
         start = page[-1].id + 1
 
 
-def _step(ledger: Any, name: str) -> Any:
+def _step(ledger: Any, name: str, _: Any = None) -> Any:
     from ledger.audit.checkpoints import verify
 
     if name == "idle":
@@ -81,27 +80,9 @@ def _step(ledger: Any, name: str) -> Any:
     raise ValueError(name)
 
 
-def _child(name: str, env: dict[str, str], out: Any) -> None:
-    ledger = _open(env)  # not timed: every step starts from an open ledger
-    start = time.perf_counter()
-    result = _step(ledger, name)
-    seconds = time.perf_counter() - start
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    ledger.close()
-    out.send((seconds, rss_mb, result))
-
-
 def step(name: str, env: dict[str, str]) -> tuple[float, float, Any]:
     """(seconds, peak RSS in MiB, result) of one step in a fresh process."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    process = ctx.Process(target=_child, args=(name, env, child))
-    process.start()
-    result = parent.recv()
-    process.join()
-    if process.exitcode:
-        raise RuntimeError(f"step {name} failed ({process.exitcode})")
-    return result  # type: ignore[no-any-return]
+    return reports_step(name, env, run_step=_step)
 
 
 def cli_verify(env: dict[str, str]) -> tuple[float, float, int, str]:

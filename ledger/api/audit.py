@@ -10,7 +10,7 @@ from marshmallow import Schema, fields, validate
 
 from .auth import SECURITY, require
 from .common import ledger
-from .schemas import document_errors
+from .schemas import Checkpoint, document_errors
 
 blp = Blueprint("audit", __name__, url_prefix="/api/v1", description="For auditors")
 
@@ -47,16 +47,6 @@ class Events(MethodView):
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """The event log in order, a page at a time, with personal data redacted."""
         return ledger().audit_events(after=query["after"], limit=query["limit"])
-
-
-class Checkpoint(Schema):
-    size = fields.Integer(metadata={"description": "number of events the tree covers"})
-    root = fields.String(metadata={"description": "RFC 6962 Merkle root, hex"})
-    time = fields.String(metadata={"description": "when it was signed (ISO 8601)"})
-    signature = fields.String(metadata={
-        "description": "Ed25519 signature, base64, over the compact JSON {root, size, time} "
-                       "with sorted keys"})
-    public_key = fields.String(metadata={"description": "the signing key, PEM"})
 
 
 @blp.route("/audit/checkpoint")

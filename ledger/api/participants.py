@@ -11,7 +11,7 @@ from marshmallow import Schema, fields, validate
 
 from .auth import SECURITY, actor, require
 from .common import ledger
-from .schemas import PaginationQuery, document_errors
+from .schemas import PaginationQuery, SignedCheckpoint, document_errors
 
 blp = Blueprint("participants", __name__, url_prefix="/api/v1",
                 description="Participants and what is held about them")
@@ -154,13 +154,6 @@ class ErasureIn(Schema):
     reason = fields.String(required=True, validate=validate.Length(1, 500))
 
 
-class ReceiptCheckpoint(Schema):
-    size = fields.Integer()
-    root = fields.String()
-    time = fields.String()
-    signature = fields.String()
-
-
 class ReceiptEvent(Schema):
     position = fields.Integer(metadata={"description": "1-based position in the log"})
     notification_id = fields.Integer()
@@ -179,7 +172,7 @@ class ErasureReceipt(Schema):
     event = fields.Nested(ReceiptEvent)
     audit_path = fields.List(fields.String(), metadata={
         "description": "the erasure event's RFC 6962 audit path to the checkpoint's root"})
-    checkpoint = fields.Nested(ReceiptCheckpoint)
+    checkpoint = fields.Nested(SignedCheckpoint)
     issued_at = fields.String()
     signature = fields.String(metadata={
         "description": "Ed25519, base64, with the checkpoints' key, over this receipt without "

@@ -37,3 +37,20 @@ class PaginationQuery(Schema):
 
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
     after = fields.UUID(load_default=None, metadata={"description": "last id of the previous page"})
+
+
+class SignedCheckpoint(Schema):
+    """A signed tree head: what a receipt or report carries."""
+
+    size = fields.Integer(metadata={"description": "number of events the tree covers"})
+    root = fields.String(metadata={"description": "RFC 6962 Merkle root, hex"})
+    time = fields.String(metadata={"description": "when it was signed (ISO 8601)"})
+    signature = fields.String(metadata={
+        "description": "Ed25519 signature, base64, over the compact JSON {root, size, time} "
+                       "with sorted keys"})
+
+
+class Checkpoint(SignedCheckpoint):
+    """A signed tree head with the key that signed it."""
+
+    public_key = fields.String(metadata={"description": "the signing key, PEM"})
