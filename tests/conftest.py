@@ -12,7 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from ledger.application import Ledger
+# Every API response dumped by the compiled dumper is also dumped by marshmallow and compared
+# (ledger/api/fastdump.py): set before any ledger module is imported, and passed on to the
+# servers the end-to-end tests start.
+os.environ["LEDGER_CHECK_DUMPS"] = "1"
+
+from ledger.application import Ledger  # noqa: E402
 
 PG_URL = os.environ.get("LEDGER_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -7,11 +7,12 @@ from uuid import UUID
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
 from ..domain.vocab import NEED_OUTCOMES
 from .auth import SECURITY, actor, require
 from .common import ledger
+from .fastdump import Schema
 from .participants import NeedOut
 from .schemas import document_errors
 

@@ -6,10 +6,11 @@ from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
 from .auth import SECURITY, require
 from .common import ledger
+from .fastdump import Schema
 from .schemas import Checkpoint, document_errors
 
 blp = Blueprint("audit", __name__, url_prefix="/api/v1", description="For auditors")

@@ -10,10 +10,11 @@ from uuid import UUID
 from flask import Response, render_template
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
 from .auth import SECURITY, require
 from .common import ledger
+from .fastdump import Schema
 from .schemas import document_errors
 
 blp = Blueprint("export", __name__, url_prefix="/api/v1", description="Subject access")

@@ -14,7 +14,7 @@ from uuid import UUID
 from flask import Response, g, json, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from ..domain.errors import LedgerError
 from ..domain.vocab import PAYEES, PAYMENT_METHODS
@@ -22,6 +22,7 @@ from ..idempotency import IdempotentRequest, Stored
 from . import errors
 from .auth import SECURITY, actor, require
 from .common import ledger
+from .fastdump import Schema
 from .participants import ArrangementOut, PaymentOut
 from .schemas import document_errors
 

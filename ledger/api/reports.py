@@ -7,12 +7,13 @@ from typing import Any
 from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
 from ..reports import DEFAULT_OUTSTANDING_DAYS, report_data, sign_report
 from ..reports.render import EXTENSIONS, FORMATS, render
 from .auth import SECURITY, require
 from .common import ledger
+from .fastdump import Schema
 from .schemas import document_errors
 
 blp = Blueprint("reports", __name__, url_prefix="/api/v1", description="For auditors")

@@ -7,7 +7,9 @@ from http import HTTPStatus
 from typing import Any
 
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
+
+from .fastdump import Schema
 
 
 class ProblemSchema(Schema):

@@ -7,10 +7,11 @@ from uuid import UUID
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
 from .auth import SECURITY, actor, require
 from .common import ledger
+from .fastdump import Schema
 from .schemas import document_errors
 
 blp = Blueprint("uses", __name__, url_prefix="/api/v1",

@@ -10,6 +10,7 @@ writes the rows of every participant they touched, with the new position, in one
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -272,17 +273,21 @@ class Projector:
         return self.catch_up(progress=progress, page_size=page_size)
 
     def read_doc(self, doc: str, reveal: Callable[[Any], Any]) -> dict[str, Any]:
-        """A stored participant document, with its sealed fields opened by ``reveal``."""
-        def walk(value: Any) -> Any:
+        """A stored participant document, with its sealed fields opened by ``reveal``.
+
+        One pass: each encoded value (``{"_type_", "_data_"}``) is decoded, and a sealed one
+        opened, by the JSON decoder's object hook as the document is parsed."""
+        names = self.transcoder.names
+
+        def decode(d: dict[str, Any]) -> Any:
+            if len(d) != 2 or "_type_" not in d or "_data_" not in d:
+                return d
+            value = names[d["_type_"]].decode(d["_data_"])
             if isinstance(value, Sealed):
                 opened = reveal(value)
                 return "[erased]" if is_redacted(opened) else opened
-            if isinstance(value, dict):
-                return {k: walk(v) for k, v in value.items()}
-            if isinstance(value, list):
-                return [walk(v) for v in value]
             return value
-        view = walk(self.transcoder.decode(doc.encode()))
+        view = json.loads(doc, object_hook=decode)
         if not isinstance(view["communities"], list):
             view["communities"] = [view["communities"]]
         return view  # type: ignore[no-any-return]

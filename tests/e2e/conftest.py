@@ -47,12 +47,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def clean_environ() -> dict[str, str]:
+    """This process's environment without the developer's LEDGER_* settings, but keeping the
+    suite's LEDGER_CHECK_DUMPS (every response dump checked against marshmallow's)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("LEDGER_") or k == "LEDGER_CHECK_DUMPS"}
+
+
 def start_server(env: dict[str, str], log: Path, workers: int = 4, *,
                  new_session: bool = False) -> tuple[subprocess.Popen, Server]:
     """Start `ledger serve` and wait until it is ready. ``new_session``: in its own process
     group, so that one ``os.killpg`` reaches the workers too (the crash test)."""
     port = _free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    full_env = clean_environ()
     full_env["LEDGER_BASE_URL"] = f"http://127.0.0.1:{port}"  # links point at this server
     full_env.update(env)
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor

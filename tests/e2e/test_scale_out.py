@@ -29,7 +29,7 @@ from ledger.domain import Payment
 from ledger.domain.base import topic
 from tests.concurrency import race
 
-from .conftest import LEDGER, Server, start_server
+from .conftest import LEDGER, Server, clean_environ, start_server
 from .test_crash import _views
 
 pytestmark = pytest.mark.postgres
@@ -47,7 +47,7 @@ class Cluster:
         self.servers: list[Server] = []
 
     def start_follower(self) -> None:
-        full = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+        full = clean_environ()
         with (self.tmp / "follower.log").open("ab") as out:
             self.follower = subprocess.Popen([LEDGER, "projections", "run"],
                                              env={**full, **self.env}, stdout=out,
