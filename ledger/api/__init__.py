@@ -29,6 +29,7 @@ from . import (
     study,
     uses,
 )
+from .fastjson import OrjsonProvider
 from .openapi_links import LinksPlugin
 from .ratelimit import FailureLimiter
 from .schemas import ProblemSchema
@@ -76,6 +77,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The app. ``config`` may hold ``LEDGER`` (a Ledger to use) or ``ENV`` (its environment)."""
     config = dict(config or {})
     app = LedgerFlask(__name__)
+    app.json = OrjsonProvider(app)
     app.config.update(
         API_TITLE="Consent and remuneration ledger",
         API_VERSION="1.0",
@@ -85,7 +87,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_PATH="docs",
         OPENAPI_SWAGGER_UI_URL="/api/v1/docs/static/",
         MAX_CONTENT_LENGTH=MAX_BODY,
-        JSON_SORT_KEYS=False,
     )
     ledger = config.pop("LEDGER", None) or Ledger(config.pop("ENV", None) or load_environment())
     app.config.update(config)
