@@ -38,6 +38,7 @@ from .store import Entry, Stale, ViewStore
 PAGE = 500
 REBUILD_PAGE = 5_000  # a participant's rows are rewritten once per page that touches them
 REBUILD_KEEP = 2_000  # aggregates held while rebuilding
+FOLLOW_KEEP = 2_000  # aggregates held while following the log (each worker process holds its own)
 WRITTEN_KEEP = 1_000  # participants whose last written rows are remembered
 PARTICIPANT, PAYMENT, STUDY = "ledger:Participant", "ledger:Payment", "ledger:Study"
 
@@ -115,7 +116,9 @@ class Replay:
     def _trim(self) -> None:
         if self.keep is not None and not self._holding:
             while len(self.aggregates) > self.keep:
-                self.aggregates.popitem(last=False)
+                # a dropped participant's registration position is read back from the views
+                # when needed (Projector._entry), so neither map grows with the study
+                self.seq.pop(self.aggregates.popitem(last=False)[0], None)
 
     @contextmanager
     def holding(self) -> Iterator[None]:
@@ -132,6 +135,7 @@ class Replay:
         """Drop aggregates that were moved past what was written (a batch that lost a race)."""
         for a in aggregate_ids:
             self.aggregates.pop(a, None)
+            self.seq.pop(a, None)
 
     def participant(self, participant_id: UUID) -> Participant:
         """A participant held in memory (or loaded at its latest version)."""
@@ -169,7 +173,7 @@ class Replay:
 class Projector:
     """Keeps the view tables up to date from the log (any number of processes may run one)."""
 
-    def __init__(self, ledger: Any, keep: int | None = 10_000) -> None:
+    def __init__(self, ledger: Any, keep: int | None = FOLLOW_KEEP) -> None:
         self.ledger = ledger
         self.views = ViewStore(ledger.sql)
         self.replay = Replay(ledger.mapper, ledger.events, keep=keep)

@@ -91,6 +91,25 @@ def test_views_at_any_position_equal_a_replay_to_that_position(ledger, keep):
         {k: sorted(map(rows_key, v)) for k, v in replay.all_rows().items()}
 
 
+def test_following_holds_a_bounded_number_of_people_and_stays_right(ledger):
+    """The follower of a long-running worker holds at most ``keep`` aggregates and as many
+    registration positions (so its memory does not grow with the study); a person dropped
+    from memory and changed again is read back, and the views still equal a rebuild."""
+    ledger._follower.stop()
+    ledger.projector.replay = Replay(ledger.mapper, ledger.events, keep=3)
+    _history(ledger)
+    first = ledger.participant_ids()[0]
+    ledger.record_use(first, "analyse", "a change long after they were dropped", by="t")
+    ledger.views_at_least()
+    replay = ledger.projector.replay
+
+    assert len(replay.aggregates) <= 3 and len(replay.seq) <= 3
+    assert first not in replay.seq or first in replay.aggregates
+    live = _snapshot(ledger)
+    ledger.projector.rebuild()
+    assert _snapshot(ledger) == live
+
+
 def test_several_ledgers_writing_at_once_leave_views_equal_to_a_rebuild(store_env):
     ledgers = [Ledger(store_env) for _ in range(3)]
     ledgers[0].init_study(by="t")
