@@ -46,6 +46,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -104,19 +105,31 @@ class MemorySampler(threading.Thread):
             self.samples.append((time.perf_counter() - self.t0, rss_mib(self.roots)))
             self.stop.wait(1.0)
 
-    def summary(self, warmup_s: float) -> dict[str, float]:
-        kept = [(t, m) for t, m in self.samples if t >= warmup_s] or self.samples[-2:]
+    @staticmethod
+    def _slope(kept: list[tuple[float, float]]) -> float:
+        """Least-squares MiB per minute."""
         n = len(kept)
         mean_t = sum(t for t, _ in kept) / n
         mean_m = sum(m for _, m in kept) / n
         var = sum((t - mean_t) ** 2 for t, _ in kept) or 1.0
-        slope = sum((t - mean_t) * (m - mean_m) for t, m in kept) / var
+        return 60 * sum((t - mean_t) * (m - mean_m) for t, m in kept) / var
+
+    def summary(self, warmup_s: float) -> dict[str, Any]:
+        kept = [(t, m) for t, m in self.samples if t >= warmup_s] or self.samples[-2:]
         first, last = kept[0][1], kept[-1][1]
+        end = self.samples[-1][0] if self.samples else 0.0
+        sixths = [[m for t, m in self.samples if i * end / 6 <= t < (i + 1) * end / 6]
+                  for i in range(6)]
+        half = [(t, m) for t, m in self.samples if t >= end / 2] or self.samples[-2:]
         return {"rss_after_warmup_mib": round(first, 1), "rss_end_mib": round(last, 1),
                 "rss_peak_mib": round(max(m for _, m in self.samples), 1),
                 "rss_growth_mib": round(last - first, 1),
                 "rss_growth_pct": round(100 * (last - first) / first, 1),
-                "rss_slope_mib_per_min": round(slope * 60, 2)}
+                "rss_slope_mib_per_min": round(self._slope(kept), 2),
+                # the second half alone: once the bounded caches have filled, it should be ~0
+                "rss_slope_second_half_mib_per_min": round(self._slope(half), 2),
+                "rss_mean_by_sixth_mib": [round(sum(x) / len(x), 1) if x else None
+                                          for x in sixths]}
 
 
 # -- the client ---------------------------------------------------------------------------------
@@ -443,7 +456,8 @@ def line(c: dict) -> str:
             f"{lg['requests_per_s']:6.1f} req/s p50 {lg['p50_ms']:6.2f} p99 {lg['p99_ms']:7.2f} "
             f"errors {lg['errors']} rss {lg['memory']['rss_after_warmup_mib']:.0f}->"
             f"{lg['memory']['rss_end_mib']:.0f} MiB ({lg['memory']['rss_slope_mib_per_min']:+.2f}"
-            f"/min) | bare {b['requests_per_s']:6.1f} req/s p99 {b['p99_ms']:6.2f} | ratio "
+            f"/min, second half {lg['memory']['rss_slope_second_half_mib_per_min']:+.2f}/min) "
+            f"| bare {b['requests_per_s']:6.1f} req/s p99 {b['p99_ms']:6.2f} | ratio "
             f"{c['throughput_ratio']:.2f} | paid {ack['payments_acknowledged']} in log "
             f"{ack['payments_in_log']} consents mismatched {ack['consent_states_mismatched']}")
 
