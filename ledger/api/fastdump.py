@@ -126,7 +126,7 @@ def _converter(field: fields.Field) -> Converter | None:
         return lambda v: v if type(v) is str else ensure_text_type(v)
     if kind is fields.UUID:
         return str
-    if kind is fields.Integer and not field.as_string:
+    if kind is fields.Integer and not getattr(field, "as_string", True):
         return int
     if kind is fields.DateTime:
         assert isinstance(field, fields.DateTime)
