@@ -48,10 +48,27 @@ class Schema(marshmallow.Schema):
         result = compiled(self)(obj, many)
         if CHECK:
             expected = marshmallow.Schema.dump(self, obj, many=many)
-            if repr(result) != repr(expected):
-                raise DumpMismatch(f"{type(self).__name__}: compiled dump differs from "
-                                   f"marshmallow's:\n{result!r}\n{expected!r}")
+            if repr(result) != repr(expected):  # where, never the values (personal data)
+                raise DumpMismatch(f"{type(self).__name__}: the compiled dump differs from "
+                                   f"marshmallow's at {_where(result, expected)}")
         return result
+
+
+def _where(a: Any, b: Any, path: str = "$") -> str:
+    """The first place two dumps differ, as a path with the types found there."""
+    if type(a) is not type(b):
+        return f"{path} ({type(a).__name__} != {type(b).__name__})"
+    if isinstance(a, dict):
+        if list(a) != list(b):
+            return f"{path} (keys {sorted(map(str, a))} != {sorted(map(str, b))})"
+        return next((_where(a[k], b[k], f"{path}.{k}") for k in a
+                     if repr(a[k]) != repr(b[k])), path)
+    if isinstance(a, list):
+        if len(a) != len(b):
+            return f"{path} (length {len(a)} != {len(b)})"
+        return next((_where(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True))
+                     if repr(x) != repr(y)), path)
+    return path
 
 
 def compiled(schema: marshmallow.Schema) -> Dumper:

@@ -279,14 +279,12 @@ class Projector:
     def read_doc(self, doc: str, reveal: Callable[[Any], Any]) -> dict[str, Any]:
         """A stored participant document, with its sealed fields opened by ``reveal``.
 
-        One pass: each encoded value (``{"_type_", "_data_"}``) is decoded, and a sealed one
-        opened, by the JSON decoder's object hook as the document is parsed."""
-        names = self.transcoder.names
+        One pass: the transcoder's own object hook decodes each encoded value as the document is
+        parsed, and a sealed one is opened there and then."""
+        decode_obj = self.transcoder._decode_obj  # what the transcoder's decoder calls
 
         def decode(d: dict[str, Any]) -> Any:
-            if len(d) != 2 or "_type_" not in d or "_data_" not in d:
-                return d
-            value = names[d["_type_"]].decode(d["_data_"])
+            value = decode_obj(d)
             if isinstance(value, Sealed):
                 opened = reveal(value)
                 return "[erased]" if is_redacted(opened) else opened

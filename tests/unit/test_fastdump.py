@@ -156,8 +156,10 @@ def test_the_check_catches_a_difference(monkeypatch: pytest.MonkeyPatch) -> None
         return real(field)
 
     monkeypatch.setattr(fastdump, "_converter", wrong)
-    with pytest.raises(DumpMismatch):
-        Inner().dump({"name": "ada"})
+    with pytest.raises(DumpMismatch) as raised:
+        Inner().dump({"name": "Ada Lovelace"})
+    assert "$.name" in str(raised.value)
+    assert "Ada" not in str(raised.value) and "ADA" not in str(raised.value)  # where, not what
 
 
 def test_api_ids_and_times_as_marshmallow_writes_them() -> None:
