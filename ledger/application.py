@@ -94,6 +94,8 @@ class Ledger(Application[UUID]):
         study_slug: str = pilot.SLUG,
     ) -> None:
         self.settings = Settings.from_env(env or {})
+        # What another process needs to open this same ledger (a rebuild's workers).
+        self.ledger_env = {k: v for k, v in (env or {}).items() if k.startswith("LEDGER_")}
         self.master_key = MasterKey.load_or_create(self.settings.data_dir)
         signing_key = ensure_signing_key(self.settings.data_dir)
         self.clock = clock

@@ -279,7 +279,10 @@ def projections() -> None:
 @projections.command("rebuild")
 @click.option("--page-size", type=click.IntRange(1, 100_000), default=5_000, show_default=True,
               help="Events applied per transaction (larger: faster, more memory).")
-def projections_rebuild(page_size: int) -> None:
+@click.option("--workers", type=click.Choice(["1", "2", "4"]), default=None,
+              help="Processes that share the work [default: one per core, up to 4, once the "
+                   "log has 20,000 events].")
+def projections_rebuild(page_size: int, workers: str | None) -> None:
     """Empty every view and rebuild it from the log, with a progress bar."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -291,7 +294,8 @@ def projections_rebuild(page_size: int) -> None:
                       console=Console(stderr=True)) as bar:
             task = bar.add_task("Rebuilding the views", total=total)
             position = ledger.projector.rebuild(progress=lambda n: bar.advance(task, n),
-                                                page_size=page_size)
+                                                page_size=page_size,
+                                                workers=int(workers) if workers else None)
             bar.update(task, completed=total)
     click.echo(f"Rebuilt the views up to position {position}.", err=True)
 

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
+from eventsourcing.persistence import Notification
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import (
     SQLiteApplicationRecorder,
@@ -23,6 +24,7 @@ from .config import Settings
 from .privacy.keys import write_secret_file
 
 SQLITE_LOCK_TIMEOUT_S = 30
+COPY_FROM = 100  # rows from which PostgreSQL inserts go by COPY
 
 
 class DurableSQLiteConnectionPool(SQLiteConnectionPool):
@@ -266,6 +268,33 @@ class Sql:
         with self.transaction() as cursor:
             cursor.execute(statement, params)
 
+    def shard_notifications(self, events_table: str, first: int, last: int,
+                            shard: tuple[int, int], sharded_topics: str) -> list[Notification]:
+        """The notifications with ids from ``first`` to ``last``, in order, leaving out those
+        whose topic starts with ``sharded_topics`` and whose originator is not in ``shard``:
+        (k, n), n a power of two up to 16, keeps the ids whose integer value is k modulo n (its
+        last hex digit decides). Read in the database, so a rebuild worker neither fetches nor
+        parses the other workers' events."""
+        k, n = shard
+        assert n & (n - 1) == 0 and 0 < n <= 16 and 0 <= k < n, shard
+        if self.is_postgres:
+            statement = (
+                "SELECT notification_id AS id, originator_id, originator_version, topic, state "
+                f"FROM {{t}}{events_table} WHERE notification_id BETWEEN %s AND %s AND (topic "
+                f"NOT LIKE %s OR get_byte(uuid_send(originator_id), 15) & {n - 1} = {k}) "
+                "ORDER BY notification_id")
+        else:
+            statement = (
+                "SELECT rowid AS id, originator_id, originator_version, topic, state "
+                f"FROM {{t}}{events_table} WHERE rowid BETWEEN %s AND %s AND (topic NOT LIKE %s OR "
+                f"(instr('0123456789abcdef', substr(originator_id, 32, 1)) - 1) & {n - 1} = {k}) "
+                "ORDER BY rowid")
+        rows = self.query(statement, (first, last, f"{sharded_topics}%"))
+        return [Notification(id=r["id"], originator_id=r["originator_id"] if self.is_postgres
+                             else UUID(r["originator_id"]),
+                             originator_version=r["originator_version"], topic=r["topic"],
+                             state=bytes(r["state"])) for r in rows]
+
     def maintenance(self, statement: str, *, lock_timeout_ms: int = 0) -> None:
         """Run a PostgreSQL statement outside any transaction (VACUUM), waiting for locks at most
         ``lock_timeout_ms`` (0: the server's default)."""
@@ -301,6 +330,25 @@ class _PortableCursor:
 
     def executemany(self, statement: str, params: list[tuple[Any, ...]]) -> None:
         self._cursor.executemany(self._translate(statement), params)
+
+    def insert_many(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]],
+                    *, bulk: bool = True) -> bool:
+        """Insert rows; returns whether it did. On PostgreSQL a batch of ``COPY_FROM`` rows or
+        more goes by ``COPY``, many times faster than an INSERT a row, but only when ``bulk``
+        (not inside ``pipeline()``, which COPY cannot join): else it is left to the caller."""
+        if not rows:
+            return True
+        if len(rows) >= COPY_FROM and hasattr(self._cursor, "copy"):
+            if not bulk:
+                return False
+            with self._cursor.copy(self._translate(
+                    f"COPY {table} ({', '.join(columns)}) FROM STDIN")) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return True
+        self.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                         f"({', '.join(['%s'] * len(columns))})", rows)
+        return True
 
     @property
     def rowcount(self) -> int:

@@ -20,7 +20,11 @@ PARTICIPANTS = ("participant_id", "seq", "reference", "registered_at", "erased_a
 
 
 def _table(name: str) -> str:
-    return f"ledger_view_{name}"
+    return f"{{t}}ledger_view_{name}"
+
+
+def _columns(name: str) -> tuple[str, ...]:
+    return PARTICIPANTS if name == "participants" else TABLES[name]
 
 
 # A SQL condition (portable %s placeholders) and its parameters.
@@ -47,17 +51,17 @@ class ViewStore:
         statements = [
             f"CREATE TABLE IF NOT EXISTS {{t}}{TRACKING} (name TEXT PRIMARY KEY, "
             f"position {big} NOT NULL)",
-            f"CREATE TABLE IF NOT EXISTS {{t}}{_table('participants')} (participant_id TEXT "
+            f"CREATE TABLE IF NOT EXISTS {_table('participants')} (participant_id TEXT "
             f"PRIMARY KEY, seq {big} NOT NULL, reference TEXT NOT NULL, registered_at TEXT, "
             "erased_at TEXT, doc TEXT NOT NULL)",
-            f"CREATE INDEX IF NOT EXISTS {_table('participants')}_seq ON "
-            f"{{t}}{_table('participants')} (seq)",
+            "CREATE INDEX IF NOT EXISTS ledger_view_participants_seq ON "
+            f"{_table('participants')} (seq)",
         ]
         for name, columns in TABLES.items():
             cols = ", ".join(f"{c} {big if c in INTEGER_COLUMNS else 'TEXT'}" for c in columns)
-            statements.append(f"CREATE TABLE IF NOT EXISTS {{t}}{_table(name)} ({cols})")
-            statements.append(f"CREATE INDEX IF NOT EXISTS {_table(name)}_pid ON "
-                              f"{{t}}{_table(name)} (participant_id)")
+            statements.append(f"CREATE TABLE IF NOT EXISTS {_table(name)} ({cols})")
+            statements.append(f"CREATE INDEX IF NOT EXISTS ledger_view_{name}_pid ON "
+                              f"{_table(name)} (participant_id)")
         with self.sql.transaction(lock_first=True) as c:
             for s in statements:
                 c.execute(s)
@@ -86,11 +90,16 @@ class ViewStore:
             if c.rowcount != 1:
                 raise Stale
             with c.pipeline():
-                self._replace(c, participants, previous)
+                fresh = self._replace(c, participants, previous)
+                bulk = {name: values for name, values in fresh.items()
+                        if not c.insert_many(_table(name), _columns(name), values, bulk=False)}
+            for name, values in bulk.items():  # outside the pipeline, which COPY cannot join
+                c.insert_many(_table(name), _columns(name), values)
 
     @staticmethod
-    def _replace(c: Any, participants: Iterable[Entry], previous: Mapping[str, Entry]) -> None:
-        """Batched by table: one DELETE of the rows replaced, one INSERT of the new ones."""
+    def _replace(c: Any, participants: Iterable[Entry], previous: Mapping[str, Entry]
+                 ) -> dict[str, list[tuple[Any, ...]]]:
+        """Batched by table: one DELETE of the rows replaced; returns the new rows, by table."""
         stale: dict[str, list[str]] = {name: [] for name in ("participants", *TABLES)}
         fresh: dict[str, list[tuple[Any, ...]]] = {name: [] for name in ("participants", *TABLES)}
         updates = []
@@ -111,23 +120,19 @@ class ViewStore:
         for name, pids in stale.items():
             for i in range(0, len(pids), 500):
                 chunk = pids[i:i + 500]
-                c.execute(f"DELETE FROM {{t}}{_table(name)} WHERE participant_id IN "
+                c.execute(f"DELETE FROM {_table(name)} WHERE participant_id IN "
                           f"({', '.join(['%s'] * len(chunk))})", tuple(chunk))
         if updates:
-            c.executemany(f"UPDATE {{t}}{_table('participants')} SET seq = %s, reference = %s, "
+            c.executemany(f"UPDATE {_table('participants')} SET seq = %s, reference = %s, "
                           "registered_at = %s, erased_at = %s, doc = %s WHERE participant_id = %s",
                           updates)
-        for name, values in fresh.items():
-            if values:
-                columns = PARTICIPANTS if name == "participants" else TABLES[name]
-                c.executemany(f"INSERT INTO {{t}}{_table(name)} ({', '.join(columns)}) VALUES "
-                              f"({', '.join(['%s'] * len(columns))})", values)
+        return fresh
 
     def reset(self) -> None:
         """Empty every view and set the position to 0 (in one transaction)."""
         with self.sql.transaction() as c:
             for name in ("participants", *TABLES):
-                c.execute(f"DELETE FROM {{t}}{_table(name)}")
+                c.execute(f"DELETE FROM {_table(name)}")
             c.execute(f"UPDATE {{t}}{TRACKING} SET position = 0 WHERE name = %s", (NAME,))
 
     def all_rows(self) -> dict[str, list[dict[str, Any]]]:
@@ -149,21 +154,21 @@ class ViewStore:
             count = int(c.fetchone()["n"])
             tables = _read_tables(c, where or {})
             cols = PARTICIPANTS[:-1]
-            c.execute(f"SELECT {', '.join(cols)} FROM {{t}}{_table('participants')} ORDER BY seq")
+            c.execute(f"SELECT {', '.join(cols)} FROM {_table('participants')} ORDER BY seq")
             people = [{k: r[k] for k in cols} for r in c.fetchall()]
         return position, count, tables, people
 
     def page(self, *, after_seq: int, limit: int) -> list[tuple[str, int, str]]:
         """(participant_id, seq, doc) of up to ``limit`` participants registered after ``after_seq``."""
         result = self.sql.query(
-            f"SELECT participant_id, seq, doc FROM {{t}}{_table('participants')} WHERE seq > %s "
+            f"SELECT participant_id, seq, doc FROM {_table('participants')} WHERE seq > %s "
             "ORDER BY seq LIMIT %s", (after_seq, limit))
         return [(r["participant_id"], int(r["seq"]), r["doc"]) for r in result]
 
     def seq_of(self, participant_id: str) -> int | None:
         """The registration position of a listed participant."""
         result = self.sql.query(
-            f"SELECT seq FROM {{t}}{_table('participants')} WHERE participant_id = %s",
+            f"SELECT seq FROM {_table('participants')} WHERE participant_id = %s",
             (participant_id,))
         return int(result[0]["seq"]) if result else None
 
@@ -173,7 +178,7 @@ def _read_tables(c: Any, where: Mapping[str, Filter] | None = None
     tables = {}
     for name, columns in TABLES.items():
         condition, params = (where or {}).get(name, ("1 = 1", ()))
-        c.execute(f"SELECT {', '.join(columns)} FROM {{t}}{_table(name)} WHERE {condition}",
+        c.execute(f"SELECT {', '.join(columns)} FROM {_table(name)} WHERE {condition}",
                   params)
         convert = [(k, bool if k in BOOLEAN_COLUMNS else int)
                    for k in columns if k in BOOLEAN_COLUMNS or k in INTEGER_COLUMNS]

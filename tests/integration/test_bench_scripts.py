@@ -38,6 +38,8 @@ def test_the_reports_benchmark_builds_its_study_and_reports_every_step():
     assert figures["bench"] == "reports" and sqlite["events"] >= 30 * 60
     assert sqlite["current_report_bytes"] > sqlite["past_report_bytes"] > 0
     assert sqlite["rebuild_ratio_to_read_decode"] > 0 and sqlite["past_report_ratio_to_replay"] > 0
+    assert sqlite["rebuild_one_process_ratio_to_read_decode"] > 0
+    assert sqlite["rebuild_workers"] == 1  # a log this small is rebuilt in one process
 
 
 def test_the_verify_benchmark_hashes_its_study_and_verifies_it():

@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from ledger.application import Ledger
 
 LEDGER = str(Path(sys.executable).parent / "ledger")  # the console script pip installed
@@ -100,7 +102,21 @@ def test_the_report_command_gives_the_same_bytes_as_the_api(store_env, tmp_path)
     assert bad.returncode == 2 and "--as-of" in bad.stderr
 
 
-def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env):
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, workers):
+    """Also when worker processes share the rebuild: they stop once it is gone."""
     import signal
     import time
 
@@ -114,14 +130,18 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env):
         writer.record_payment(pid, "conversation", "25.00", "cash", by="t")
     last = writer.recorder.max_notification_id()
     env = {**os.environ, **store_env}
-    proc = subprocess.Popen([LEDGER, "projections", "rebuild", "--page-size", "100"], env=env,
+    proc = subprocess.Popen([LEDGER, "projections", "rebuild", "--page-size", "100",
+                             "--workers", workers], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while writer.projector.views.position() < 600 and time.monotonic() < deadline:
         time.sleep(0.005)
+    helpers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stopped_at = writer.projector.views.position()
+    while any(map(_running, helpers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
     def rows(lg: Ledger) -> dict[str, list[tuple[str, ...]]]:
         return {k: sorted(map(rows_key, v)) for k, v in lg.projector.views.all_rows().items()}
@@ -139,6 +159,8 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env):
     writer.close()
 
     assert 0 < stopped_at < last  # really killed midway
+    assert len(helpers) == (0 if workers == "1" else 3)  # 2 workers, and spawn's tracker
+    assert not any(map(_running, helpers))
     assert at_kill == {k: sorted(map(rows_key, v)) for k, v in replay.all_rows().items()}
     assert caught_up == rebuilt
 

@@ -168,3 +168,113 @@ def test_an_erased_person_reads_erased_in_the_views(ledger):
 
     assert (item["name"], item["email"], item["communities"], item["erased"]) == \
         ("[erased]", "[erased]", ["[erased]"], True)
+
+
+def _bigger_history(ledger: Ledger) -> None:
+    """The demo history, an erasure, and enough people that a page writes 100 rows or more to
+    one table (PostgreSQL then inserts them by COPY)."""
+    _history(ledger)
+    for i in range(40):
+        pid = ledger.register_participant(f"Bulk Person {i}", by="t")["id"]
+        for scope in ("take_part", "record", "analyse"):
+            ledger.grant_consent(pid, scope, "1.0", "online", by="t")
+        if i % 7 == 0:
+            ledger.withdraw_consent(pid, "analyse", "email", by="t")
+    gone = ledger.register_participant("Gone Person", "gone@example.invalid", by="t")["id"]
+    ledger.grant_consent(gone, "take_part", "1.0", "online", by="t")
+    ledger.erase(gone, "asked to be forgotten", by="admin")
+
+
+@pytest.mark.parametrize(("workers", "page_size"), [(2, 7), (4, 50), (2, 100_000)],
+                         ids=["2 workers, small pages", "4 workers", "2 workers, one page"])
+def test_a_rebuild_shared_by_worker_processes_equals_the_live_views(ledger, workers, page_size):
+    _bigger_history(ledger)
+    ledger.views_at_least()
+    live = _snapshot(ledger)
+    seen: list[int] = []
+
+    position = ledger.projector.rebuild(progress=seen.append, page_size=page_size,
+                                        workers=workers)
+
+    assert position == live[0] == ledger.recorder.max_notification_id()
+    assert sum(seen) == position  # the progress bar reaches the end, once
+    assert _snapshot(ledger) == live
+    assert max(len(rows) for rows in live[1].values()) >= 100 or page_size < 100_000
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+def test_each_worker_reads_its_own_people_and_every_payment(ledger, shards):
+    """The database's choice of a worker's events (by the id's last hex digit) is the same as
+    the replay's (the id modulo the number of workers): every participant's events go to
+    exactly one worker, payments and the study to all."""
+    from ledger.projections.projector import PARTICIPANT
+
+    _bigger_history(ledger)
+    everything = ledger.recorder.select_notifications(start=1, limit=100_000)
+    table = ledger.recorder.events_table_name
+    got = [ledger.sql.shard_notifications(table, 1, everything[-1].id, (k, shards), PARTICIPANT)
+           for k in range(shards)]
+
+    for k, part in enumerate(got):
+        replay = Replay(ledger.mapper, ledger.events, shard=(k, shards))
+        assert [n.id for n in part] == [
+            n.id for n in everything
+            if not n.topic.startswith(PARTICIPANT) or replay.in_shard(n.originator_id)]
+        assert all(isinstance(n.originator_id, type(everything[0].originator_id)) for n in part)
+    by_id = {n.id: n for n in everything}
+    assert all(n == by_id[n.id] for part in got for n in part)  # the same notifications
+    people = [{n.originator_id for n in part if n.topic.startswith(PARTICIPANT)} for part in got]
+    assert all(people) and sum(map(len, people)) == len(set().union(*people))
+
+
+def test_a_failing_worker_stops_the_rebuild_naming_only_the_error_and_views_stay_whole(
+        ledger):
+    """A tampered event cannot be decrypted: the worker that meets it reports the error's
+    type only (its message could hold data), and the views stay at a page boundary before
+    it, equal to a replay to there."""
+    from ledger.projections.parallel import WorkerFailed
+
+    _bigger_history(ledger)
+    ledger._follower.stop()
+    ledger.views_at_least()
+    last = ledger.recorder.max_notification_id()
+    victim = ledger.recorder.select_notifications(start=last - 20, limit=1)[0]
+    table = ledger.recorder.events_table_name
+    where = "notification_id" if ledger.sql.is_postgres else "rowid"
+    ledger.sql.execute(f"UPDATE {{t}}{table} SET state = %s WHERE {where} = %s",
+                       (victim.state[:-1] + bytes([victim.state[-1] ^ 1]), victim.id))
+
+    with pytest.raises(WorkerFailed) as failed:
+        ledger.projector.rebuild(page_size=10, workers=2)
+
+    assert str(failed.value) == "a rebuild worker failed: MapperDeserialisationError"
+    position = ledger.projector.views.position()
+    assert 0 < position < victim.id and position % 10 == 0
+    replay = Replay(ledger.mapper, ledger.events, keep=None)
+    for n in ledger.recorder.select_notifications(start=1, limit=position):
+        replay.apply(n)
+    assert {k: sorted(map(rows_key, v)) for k, v in ledger.projector.views.all_rows().items()} \
+        == {k: sorted(map(rows_key, v)) for k, v in replay.all_rows().items()}
+
+
+def test_a_rebuild_overtaken_by_another_process_ends_with_whole_views(store_env):
+    """Another process catches the views up while the workers are busy: the rebuild's next
+    write finds the position moved, and it carries on from there in this process."""
+    writer = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    writer.init_study(by="t")
+    _bigger_history(writer)
+    other = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    overtaken: list[int] = []
+
+    def progress(n: int) -> None:
+        if not overtaken:
+            overtaken.append(other.projector.catch_up())  # the whole log, past the rebuild
+
+    position = writer.projector.rebuild(progress=progress, page_size=10, workers=2)
+    live = _snapshot(writer)
+    writer.projector.rebuild(workers=1)
+
+    assert overtaken == [position] == [writer.recorder.max_notification_id()]
+    assert _snapshot(writer) == live
+    writer.close()
+    other.close()

@@ -1,0 +1,119 @@
+"""A rebuild of the views shared between processes, one per core.
+
+Each worker process reads the whole log, in the same pages, but decodes and applies only the
+participants in its shard (participant id modulo the number of workers); payments and the study
+are few and every worker applies them. For each page a worker sends the new rows of its
+participants that the page touched. This process waits for that page from every worker, then
+writes all of their rows and the page's position in one transaction, exactly as a one-process
+rebuild does: the views are at a page boundary after every commit, so a rebuild killed at any
+moment leaves views equal to a replay to their position, and any process catches them up.
+
+Workers only read the store. They send nothing personal that a one-process rebuild would not
+write itself (rows of facts, and view documents whose personal fields stay sealed), and on a
+failure only its type, never its message.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .store import Entry, Stale
+
+if TYPE_CHECKING:
+    from .projector import Projector
+
+log = logging.getLogger("ledger.projections")
+
+
+class WorkerFailed(RuntimeError):
+    """A rebuild worker stopped (the message names only the error's type)."""
+
+
+def rebuild_in_parallel(projector: Projector, workers: int, page_size: int,
+                        progress: Callable[[int], None] | None = None) -> None:
+    """Apply the log up to its current end with ``workers`` processes into views that were
+    just emptied (position 0). What was appended meanwhile is left to a catch-up; so is the
+    rest if another process moves the views on meanwhile (the next write finds them moved)."""
+    ledger = projector.ledger
+    stop = ledger.recorder.max_notification_id() or 0
+    ctx = multiprocessing.get_context("spawn")  # a fork could inherit open connections
+    readers, processes = [], []
+    try:
+        for k in range(workers):
+            reader, writer = ctx.Pipe(duplex=False)
+            process = ctx.Process(target=_work, args=(ledger.ledger_env, (k, workers), stop, page_size,
+                                                      writer), daemon=True)
+            process.start()
+            writer.close()  # the worker holds the only writing end: its exit ends our reads
+            readers.append(reader)
+            processes.append(process)
+        expected = 0
+        while expected < stop:
+            position, entries = _next_page(readers)
+            try:
+                projector.views.write(expected, position, entries)
+            except Stale:
+                log.info("another process moved the views during the rebuild; catching up")
+                break
+            if progress is not None:
+                progress(position - expected)
+            expected = position
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+        for reader in readers:
+            reader.close()
+
+
+def _next_page(readers: list[Any]) -> tuple[int, list[Entry]]:
+    """The same page from every worker: (its last notification id, all their rows)."""
+    positions, entries = set(), []
+    for reader in readers:
+        try:
+            message = reader.recv()
+        except EOFError:
+            raise WorkerFailed("a rebuild worker exited without finishing") from None
+        if message[0] == "failed":
+            raise WorkerFailed(f"a rebuild worker failed: {message[1]}")
+        positions.add(message[1])
+        entries += message[2]
+    if len(positions) != 1:
+        raise WorkerFailed("rebuild workers sent different pages")  # never: pages are id ranges
+    return positions.pop(), entries
+
+
+def _work(env: Mapping[str, str], shard: tuple[int, int], stop: int, page_size: int,
+          out: Any) -> None:
+    """One worker: the rows of its shard, page by page, up to ``stop``."""
+    from ..application import Ledger
+    from .projector import PARTICIPANT, REBUILD_KEEP, Replay, fewer_collections
+
+    try:
+        fewer_collections().__enter__()  # for the whole life of this process
+        ledger = Ledger({**env, "LEDGER_PROJECTIONS": "external"})
+        try:
+            projector = ledger.projector
+            projector.replay = Replay(ledger.mapper, ledger.events, keep=REBUILD_KEEP,
+                                      shard=shard)
+            events_table = ledger.recorder.events_table_name  # type: ignore[attr-defined]
+            for first in range(1, stop + 1, page_size):
+                last = min(first + page_size - 1, stop)
+                page = ledger.sql.shard_notifications(events_table, first, last, shard,
+                                                      PARTICIPANT)
+                out.send(("page", last, projector.entries(page) if page else []))
+        finally:
+            ledger.close()
+    except BrokenPipeError:
+        return  # the rebuild stopped: nobody is reading
+    except BaseException as e:  # noqa: BLE001 - reported by type only (messages may hold data)
+        try:
+            out.send(("failed", type(e).__name__))
+        except OSError:
+            pass
+    finally:
+        out.close()
