@@ -15,7 +15,7 @@ two payments (one a voucher for a supporter), and uses of their story until the 
 ``--events-per-person`` events.
 
 The rebuild is timed as ``ledger projections rebuild`` runs it (one worker process per core, up
-to four; its peak RSS is this process's, and each worker holds as much again) and in one process.
+to four; the peak RSS of the rebuilding process and of the largest worker) and in one process.
 Every figure is taken in a fresh child process, so each peak RSS belongs to that step alone;
 ``idle_rss_mb`` is the same child before it starts. The bare figures use the library only:
 ``recorder.select_notifications`` in pages and ``mapper.to_domain_event`` on each (read and
@@ -182,14 +182,22 @@ def _child(name: str, env: dict[str, str], arg: Any, out: Any, run_step: StepFn)
     result = run_step(ledger, name, arg)
     seconds = time.perf_counter() - start
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # the largest of the step's own child processes (a rebuild's workers), 0 if none
+    children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     ledger.close()
-    out.send((seconds, rss_mb, result))
+    out.send((seconds, rss_mb, result, children_mb))
 
 
 def step(name: str, env: dict[str, str], arg: Any = None, run_step: StepFn = _step
          ) -> tuple[float, float, Any]:
     """(seconds, peak RSS in MiB, result) of one step (``run_step``, a module-level function)
     in a fresh process."""
+    return step_and_children(name, env, arg, run_step)[:3]  # type: ignore[return-value]
+
+
+def step_and_children(name: str, env: dict[str, str], arg: Any = None,
+                      run_step: StepFn = _step) -> tuple[float, float, Any, float]:
+    """``step``, and the peak RSS in MiB of the largest process the step started (0 if none)."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     process = ctx.Process(target=_child, args=(name, env, arg, child, run_step))
@@ -208,7 +216,7 @@ def measure(env: dict[str, str], participants: int, events: int) -> dict[str, An
     _, idle_rss, _ = step("idle", env)
     read_s, read_rss, decoded = step("read_decode", env)
     replay_s, replay_rss, _ = step("replay", env)
-    rebuild_s, rebuild_rss, position = step("rebuild", env)
+    rebuild_s, rebuild_rss, position, worker_rss = step_and_children("rebuild", env)
     single_s, single_rss, single_position = step("rebuild_one_process", env)
     assert decoded == size["events"] == position == single_position, (decoded, position)
     _, _, as_of = step("midpoint", env, mid)
@@ -223,6 +231,7 @@ def measure(env: dict[str, str], participants: int, events: int) -> dict[str, An
         "rebuild_s": round(rebuild_s, 2), "rebuild_rss_mb": round(rebuild_rss),
         "rebuild_ratio_to_read_decode": round(rebuild_s / read_s, 2),
         "rebuild_workers": rebuild_workers(size["events"]),
+        "rebuild_worker_rss_mb": round(worker_rss),
         "rebuild_one_process_s": round(single_s, 2),
         "rebuild_one_process_rss_mb": round(single_rss),
         "rebuild_one_process_ratio_to_read_decode": round(single_s / read_s, 2),
@@ -288,8 +297,10 @@ def main() -> None:
     run("reports", __doc__, measure, lambda r: (
         f"{r['events']} events: read+decode {r['bare_read_decode_s']} s, rebuild "
         f"{r['rebuild_s']} s ({r['rebuild_ratio_to_read_decode']}x, {r['rebuild_workers']} "
-        f"workers, {r['rebuild_rss_mb']} MiB; one process {r['rebuild_one_process_s']} s, "
-        f"{r['rebuild_one_process_ratio_to_read_decode']}x), current report {r['current_report_s']} s, past "
+        f"workers, {r['rebuild_rss_mb']} MiB + {r['rebuild_worker_rss_mb']} MiB each; one "
+        f"process {r['rebuild_one_process_s']} s, "
+        f"{r['rebuild_one_process_ratio_to_read_decode']}x), current report "
+        f"{r['current_report_s']} s, past "
         f"report {r['past_report_s']} s ({r['past_report_ratio_to_replay']}x the bare "
         f"replay of {r['bare_midpoint_replay_s']} s)"))
 
