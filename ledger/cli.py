@@ -277,7 +277,7 @@ def projections() -> None:
 
 
 @projections.command("rebuild")
-@click.option("--page-size", type=click.IntRange(1, 100_000), default=5_000, show_default=True,
+@click.option("--page-size", type=click.IntRange(1, 100_000), default=20_000, show_default=True,
               help="Events applied per transaction (larger: faster, more memory).")
 @click.option("--workers", type=click.Choice(["1", "2", "4"]), default=None,
               help="Processes that share the work [default: one per core, up to 4, once the "

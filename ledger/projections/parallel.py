@@ -20,7 +20,7 @@ import multiprocessing
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .store import Entry, Stale
+from .store import Changes, Stale, changes, merge_changes
 
 if TYPE_CHECKING:
     from .projector import Projector
@@ -34,9 +34,9 @@ class WorkerFailed(RuntimeError):
 
 def rebuild_in_parallel(projector: Projector, workers: int, page_size: int,
                         progress: Callable[[int], None] | None = None) -> None:
-    """Apply the log up to its current end with ``workers`` processes into views that were
-    just emptied (position 0). What was appended meanwhile is left to a catch-up; so is the
-    rest if another process moves the views on meanwhile (the next write finds them moved)."""
+    """Empty the views and apply the log up to its current end with ``workers`` processes.
+    What was appended meanwhile is left to a catch-up; so is the rest if another process moves
+    the views on meanwhile (the next write finds them moved)."""
     ledger = projector.ledger
     stop = ledger.recorder.max_notification_id() or 0
     ctx = multiprocessing.get_context("spawn")  # a fork could inherit open connections
@@ -50,11 +50,12 @@ def rebuild_in_parallel(projector: Projector, workers: int, page_size: int,
             writer.close()  # the worker holds the only writing end: its exit ends our reads
             readers.append(reader)
             processes.append(process)
+        projector.reset()  # while the workers start (they only read the log)
         expected = 0
         while expected < stop:
-            position, entries = _next_page(readers)
+            position, change = _next_page(readers)
             try:
-                projector.views.write(expected, position, entries)
+                projector.views.write_changes(expected, position, change)
             except Stale:
                 log.info("another process moved the views during the rebuild; catching up")
                 break
@@ -70,9 +71,9 @@ def rebuild_in_parallel(projector: Projector, workers: int, page_size: int,
             reader.close()
 
 
-def _next_page(readers: list[Any]) -> tuple[int, list[Entry]]:
-    """The same page from every worker: (its last notification id, all their rows)."""
-    positions, entries = set(), []
+def _next_page(readers: list[Any]) -> tuple[int, Changes]:
+    """The same page from every worker: (its last notification id, all their changes)."""
+    positions, parts = set(), []
     for reader in readers:
         try:
             message = reader.recv()
@@ -81,10 +82,10 @@ def _next_page(readers: list[Any]) -> tuple[int, list[Entry]]:
         if message[0] == "failed":
             raise WorkerFailed(f"a rebuild worker failed: {message[1]}")
         positions.add(message[1])
-        entries += message[2]
+        parts.append(message[2])
     if len(positions) != 1:
         raise WorkerFailed("rebuild workers sent different pages")  # never: pages are id ranges
-    return positions.pop(), entries
+    return positions.pop(), merge_changes(parts)
 
 
 def _work(env: Mapping[str, str], shard: tuple[int, int], stop: int, page_size: int,
@@ -105,7 +106,7 @@ def _work(env: Mapping[str, str], shard: tuple[int, int], stop: int, page_size: 
                 last = min(first + page_size - 1, stop)
                 page = ledger.sql.shard_notifications(events_table, first, last, shard,
                                                       PARTICIPANT)
-                out.send(("page", last, projector.entries(page) if page else []))
+                out.send(("page", last, changes(projector.entries(page) if page else [], {})))
         finally:
             ledger.close()
     except BrokenPipeError:

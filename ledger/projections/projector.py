@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
+import orjson
 from eventsourcing.application import Repository
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
@@ -38,7 +39,7 @@ from .rows import participant_rows, summary_row
 from .store import Entry, Stale, ViewStore
 
 PAGE = 500
-REBUILD_PAGE = 5_000  # a participant's rows are rewritten once per page that touches them
+REBUILD_PAGE = 20_000  # a participant's rows are rewritten once per page that touches them
 REBUILD_KEEP = 2_000  # aggregates held while rebuilding (by each worker process)
 PARALLEL_FROM = 20_000  # events in the log from which a rebuild starts worker processes
 MAX_WORKERS = 4
@@ -308,8 +309,16 @@ class Projector:
             assert seq is not None, "a participant is registered before anything else happens"
             self.replay.seq[participant_id] = seq
         doc = participant_view(p, payments, reveal=lambda v: v)
-        return (summary_row(p, seq), self.transcoder.encode(doc).decode(),
-                participant_rows(p, payments))
+        return summary_row(p, seq), self.encode_doc(doc), participant_rows(p, payments)
+
+    def encode_doc(self, doc: dict[str, Any]) -> str:
+        """A participant document as stored: JSON by orjson (a fifth of a rebuild's time went
+        to encoding them with ``json``). Times, sealed values and decimals are written as the
+        transcoder writes them; ids as plain strings (``id`` keys hold only ids, and
+        ``read_doc`` reads them back as UUIDs; documents stored with wrapped ids still read)."""
+        return orjson.dumps(doc, default=self.transcoder._encode_obj,
+                            option=orjson.OPT_PASSTHROUGH_DATETIME
+                            | orjson.OPT_PASSTHROUGH_DATACLASS).decode()
 
     def rebuild(self, progress: Callable[[int], None] | None = None,
                 page_size: int = REBUILD_PAGE, workers: int | None = None) -> int:
@@ -326,16 +335,21 @@ class Projector:
         workers = 1 << (max(1, workers).bit_length() - 1)  # shards are split by a power of two
         with fewer_collections():
             with self._lock:  # this process's own follower waits
-                self.views.reset()
-                self._written.clear()
-                self._written_at = -1
-                self.replay = Replay(self.ledger.mapper, self.ledger.events, keep=REBUILD_KEEP)
                 if workers > 1:
                     from .parallel import rebuild_in_parallel
 
                     rebuild_in_parallel(self, workers, page_size, progress)
+                else:
+                    self.reset()
             # (the rest of the log, or all of it: also what was appended meanwhile)
             return self.catch_up(progress=progress, page_size=page_size)
+
+    def reset(self) -> None:
+        """Empty the views, and forget what was applied (the caller holds ``_lock``)."""
+        self.views.reset()
+        self._written.clear()
+        self._written_at = -1
+        self.replay = Replay(self.ledger.mapper, self.ledger.events, keep=REBUILD_KEEP)
 
     def read_doc(self, doc: str, reveal: Callable[[Any], Any]) -> dict[str, Any]:
         """A stored participant document, with its sealed fields opened by ``reveal``.
@@ -349,6 +363,8 @@ class Projector:
             if isinstance(value, Sealed):
                 opened = reveal(value)
                 return "[erased]" if is_redacted(opened) else opened
+            if value is d and type(d.get("id")) is str:
+                d["id"] = UUID(d["id"])
             return value
         view = json.loads(doc, object_hook=decode)
         if not isinstance(view["communities"], list):

@@ -8,7 +8,8 @@ views, after any crash, whichever process (API worker or ``ledger projections ru
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from operator import itemgetter
 from typing import Any
 
 from ..store import Sql
@@ -81,7 +82,11 @@ class ViewStore:
         ``previous`` holds, for some participants, exactly what is stored for them now (what
         this process wrote last, at ``expected``); only their tables that differ are rewritten.
         Any participant not in it has all of their rows replaced."""
-        previous = previous or {}
+        self.write_changes(expected, position, changes(participants, previous or {}))
+
+    def write_changes(self, expected: int, position: int, change: Changes) -> None:
+        """``write``, of changes already worked out (``changes``, ``merge_changes``)."""
+        stale, updates, fresh = change
         with self.sql.transaction() as c:
             # The UPDATE first: it takes the write lock before anything is read (SQLite), and
             # on PostgreSQL it locks the tracking row until commit.
@@ -89,44 +94,20 @@ class ViewStore:
                       (position, NAME, expected))
             if c.rowcount != 1:
                 raise Stale
-            with c.pipeline():
-                fresh = self._replace(c, participants, previous)
+            with c.pipeline():  # batched by table: one DELETE of the rows replaced, one INSERT
+                for name, pids in stale.items():
+                    for i in range(0, len(pids), 500):
+                        chunk = pids[i:i + 500]
+                        c.execute(f"DELETE FROM {_table(name)} WHERE participant_id IN "
+                                  f"({', '.join(['%s'] * len(chunk))})", tuple(chunk))
+                if updates:
+                    c.executemany(f"UPDATE {_table('participants')} SET seq = %s, reference = %s, "
+                                  "registered_at = %s, erased_at = %s, doc = %s "
+                                  "WHERE participant_id = %s", updates)
                 bulk = {name: values for name, values in fresh.items()
                         if not c.insert_many(_table(name), _columns(name), values, bulk=False)}
             for name, values in bulk.items():  # outside the pipeline, which COPY cannot join
                 c.insert_many(_table(name), _columns(name), values)
-
-    @staticmethod
-    def _replace(c: Any, participants: Iterable[Entry], previous: Mapping[str, Entry]
-                 ) -> dict[str, list[tuple[Any, ...]]]:
-        """Batched by table: one DELETE of the rows replaced; returns the new rows, by table."""
-        stale: dict[str, list[str]] = {name: [] for name in ("participants", *TABLES)}
-        fresh: dict[str, list[tuple[Any, ...]]] = {name: [] for name in ("participants", *TABLES)}
-        updates = []
-        for summary, doc, rows in participants:
-            pid = summary["participant_id"]
-            before = previous.get(pid)
-            if before is None:
-                stale["participants"].append(pid)
-                fresh["participants"].append((*(summary[k] for k in PARTICIPANTS[:-1]), doc))
-            elif (summary, doc) != before[:2]:
-                updates.append((*(summary[k] for k in PARTICIPANTS[1:-1]), doc, pid))
-            for name, table_rows in rows.items():
-                if before is not None and before[2].get(name) == table_rows:
-                    continue
-                stale[name].append(pid)
-                columns = TABLES[name]
-                fresh[name] += [tuple(_store(k, row[k]) for k in columns) for row in table_rows]
-        for name, pids in stale.items():
-            for i in range(0, len(pids), 500):
-                chunk = pids[i:i + 500]
-                c.execute(f"DELETE FROM {_table(name)} WHERE participant_id IN "
-                          f"({', '.join(['%s'] * len(chunk))})", tuple(chunk))
-        if updates:
-            c.executemany(f"UPDATE {_table('participants')} SET seq = %s, reference = %s, "
-                          "registered_at = %s, erased_at = %s, doc = %s WHERE participant_id = %s",
-                          updates)
-        return fresh
 
     def reset(self) -> None:
         """Empty every view and set the position to 0 (in one transaction)."""
@@ -173,6 +154,67 @@ class ViewStore:
         return int(result[0]["seq"]) if result else None
 
 
+# What a batch changes: participant ids whose rows go, by table; updated participant rows;
+# rows to insert, by table (as tuples in the tables' column order).
+Changes = tuple[dict[str, list[str]], list[tuple[Any, ...]], dict[str, list[tuple[Any, ...]]]]
+
+
+def changes(participants: Iterable[Entry], previous: Mapping[str, Entry]) -> Changes:
+    """The changes that replace each participant's rows (only their tables that differ from
+    ``previous``, for those in it). Pure: a rebuild's workers work them out in parallel."""
+    stale: dict[str, list[str]] = {name: [] for name in ("participants", *TABLES)}
+    fresh: dict[str, list[tuple[Any, ...]]] = {name: [] for name in ("participants", *TABLES)}
+    updates = []
+    for summary, doc, rows in participants:
+        pid = summary["participant_id"]
+        before = previous.get(pid)
+        if before is None:
+            stale["participants"].append(pid)
+            fresh["participants"].append((*(summary[k] for k in PARTICIPANTS[:-1]), doc))
+        elif (summary, doc) != before[:2]:
+            updates.append((*(summary[k] for k in PARTICIPANTS[1:-1]), doc, pid))
+        for name, table_rows in rows.items():
+            if before is not None and before[2].get(name) == table_rows:
+                continue
+            stale[name].append(pid)
+            fresh[name] += map(_ROW[name], table_rows)
+    return stale, updates, fresh
+
+
+def merge_changes(parts: Iterable[Changes]) -> Changes:
+    """The changes of several batches of different participants, as one."""
+    stale: dict[str, list[str]] = {}
+    updates: list[tuple[Any, ...]] = []
+    fresh: dict[str, list[tuple[Any, ...]]] = {}
+    for part_stale, part_updates, part_fresh in parts:
+        for name, pids in part_stale.items():
+            stale.setdefault(name, []).extend(pids)
+        updates += part_updates
+        for name, values in part_fresh.items():
+            fresh.setdefault(name, []).extend(values)
+    return stale, updates, fresh
+
+
+def _row_maker(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A row dict as a tuple in column order, booleans stored as integers."""
+    assert len(columns) > 1  # (itemgetter of one key gives the value, not a tuple)
+    get = itemgetter(*columns)
+    flags = [i for i, k in enumerate(columns) if k in BOOLEAN_COLUMNS]
+    if not flags:
+        return get  # type: ignore[return-value]
+
+    def make(row: dict[str, Any]) -> tuple[Any, ...]:
+        values = list(get(row))
+        for i in flags:
+            if values[i] is not None:
+                values[i] = int(bool(values[i]))
+        return tuple(values)
+    return make
+
+
+_ROW = {name: _row_maker(columns) for name, columns in TABLES.items()}
+
+
 def _read_tables(c: Any, where: Mapping[str, Filter] | None = None
                  ) -> dict[str, list[dict[str, Any]]]:
     tables = {}
@@ -189,9 +231,3 @@ def _read_tables(c: Any, where: Mapping[str, Filter] | None = None
                     row[k] = to(row[k])
         tables[name] = rows
     return tables
-
-
-def _store(column: str, value: Any) -> Any:
-    if column in BOOLEAN_COLUMNS and value is not None:
-        return int(bool(value))
-    return value

@@ -278,3 +278,37 @@ def test_a_rebuild_overtaken_by_another_process_ends_with_whole_views(store_env)
     assert _snapshot(writer) == live
     writer.close()
     other.close()
+
+
+def test_a_stored_document_reads_back_as_the_view_it_was_made_from(ledger):
+    """Exactly, types included (ids, times, sealed values), from the format written now and
+    from the one written before (ids wrapped by the transcoder)."""
+    from ledger.privacy.mapper import Sealed
+    from ledger.views import participant_view
+
+    _bigger_history(ledger)
+    projector = ledger.projector
+
+    def plain(value: Any) -> Any:  # a sealed value as what it holds
+        if isinstance(value, Sealed):
+            return ("sealed", value.ciphertext, value.subject, value.topic, value.field)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    checked = 0
+    for pid in ledger.participant_ids():
+        p = projector.replay.participant(pid)
+        view = participant_view(p, projector.replay.payments(p), reveal=lambda v: v)
+        for stored in (projector.encode_doc(view), projector.transcoder.encode(view).decode()):
+            read = projector.read_doc(stored, reveal=plain)
+            expected = plain(view)
+            if not isinstance(view["communities"], list):  # one sealed list: a list of one
+                expected["communities"] = [expected["communities"]]
+            assert read == expected
+            assert [type(x) for x in (read["id"], read["registered_at"])] == \
+                [type(view["id"]), type(view["registered_at"])]
+            checked += 1
+    assert checked == 2 * len(ledger.participant_ids()) > 80
