@@ -21,7 +21,7 @@ from . import pilot
 from .audit.checkpoints import MerkleLog, signed_json
 from .audit.feed import audit_item
 from .config import Settings
-from .domain import Participant, Payment, PersonalDetails, Study, derived_id
+from .domain import Participant, Payment, PersonalDetails, Study, apply_events, derived_id
 from .domain.base import topic
 from .domain.consent import CONSENTED, use_standing
 from .domain.errors import (
@@ -262,7 +262,8 @@ class Ledger(Application[UUID]):
         Anything else under that id (or nothing) raises ``missing``."""
         found: object = None
         try:
-            found = (self._reader if fresh else self.repository).get(aggregate_id)
+            found = (self._reader if fresh else self.repository).get(
+                aggregate_id, projector_func=apply_events)
         except AggregateNotFoundError:
             pass
         if not isinstance(found, kind):

