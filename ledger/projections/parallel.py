@@ -1,12 +1,13 @@
 """A rebuild of the views shared between processes, one per core.
 
-Each worker process reads the whole log, in the same pages, but decodes and applies only the
-participants in its shard (participant id modulo the number of workers); payments and the study
-are few and every worker applies them. For each page a worker sends the new rows of its
-participants that the page touched. This process waits for that page from every worker, then
-writes all of their rows and the page's position in one transaction, exactly as a one-process
-rebuild does: the views are at a page boundary after every commit, so a rebuild killed at any
-moment leaves views equal to a replay to their position, and any process catches them up.
+Each worker process reads the log in the same pages (ranges of notification ids), but only the
+events of the participants in its shard (participant id modulo the number of workers, picked by
+the database); payments and the study are few and every worker applies them. For each page a
+worker sends the new rows of its participants that the page touched. This process waits for that
+page from every worker, then writes all of their rows and the page's position in one transaction,
+exactly as a one-process rebuild does: the views are at a page boundary after every commit, so a
+rebuild killed at any moment leaves views equal to a replay to their position, and any process
+catches them up.
 
 Workers only read the store. They send nothing personal that a one-process rebuild would not
 write itself (rows of facts, and view documents whose personal fields stay sealed), and on a
@@ -44,8 +45,8 @@ def rebuild_in_parallel(projector: Projector, workers: int, page_size: int,
     try:
         for k in range(workers):
             reader, writer = ctx.Pipe(duplex=False)
-            process = ctx.Process(target=_work, args=(ledger.ledger_env, (k, workers), stop, page_size,
-                                                      writer), daemon=True)
+            process = ctx.Process(target=_work, daemon=True, args=(
+                ledger.ledger_env, (k, workers), stop, page_size, writer))
             process.start()
             writer.close()  # the worker holds the only writing end: its exit ends our reads
             readers.append(reader)
@@ -95,20 +96,21 @@ def _work(env: Mapping[str, str], shard: tuple[int, int], stop: int, page_size: 
     from .projector import PARTICIPANT, REBUILD_KEEP, Replay, fewer_collections
 
     try:
-        fewer_collections().__enter__()  # for the whole life of this process
-        ledger = Ledger({**env, "LEDGER_PROJECTIONS": "external"})
-        try:
-            projector = ledger.projector
-            projector.replay = Replay(ledger.mapper, ledger.events, keep=REBUILD_KEEP,
-                                      shard=shard)
-            events_table = ledger.recorder.events_table_name  # type: ignore[attr-defined]
-            for first in range(1, stop + 1, page_size):
-                last = min(first + page_size - 1, stop)
-                page = ledger.sql.shard_notifications(events_table, first, last, shard,
-                                                      PARTICIPANT)
-                out.send(("page", last, changes(projector.entries(page) if page else [], {})))
-        finally:
-            ledger.close()
+        with fewer_collections():
+            ledger = Ledger({**env, "LEDGER_PROJECTIONS": "external"})
+            try:
+                projector = ledger.projector
+                projector.replay = Replay(ledger.mapper, ledger.events, keep=REBUILD_KEEP,
+                                          shard=shard)
+                events_table = ledger.recorder.events_table_name  # type: ignore[attr-defined]
+                for first in range(1, stop + 1, page_size):
+                    last = min(first + page_size - 1, stop)
+                    page = ledger.sql.shard_notifications(events_table, first, last, shard,
+                                                          PARTICIPANT)
+                    entries = projector.entries(page) if page else []
+                    out.send(("page", last, changes(entries, {})))
+            finally:
+                ledger.close()
     except BrokenPipeError:
         return  # the rebuild stopped: nobody is reading
     except BaseException as e:  # noqa: BLE001 - reported by type only (messages may hold data)
