@@ -3,6 +3,7 @@ losing races and crashes; on both stores."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Any
 
@@ -193,9 +194,12 @@ def test_a_rebuild_shared_by_worker_processes_equals_the_live_views(ledger, work
     live = _snapshot(ledger)
     seen: list[int] = []
 
+    thresholds = gc.get_threshold()
+
     position = ledger.projector.rebuild(progress=seen.append, page_size=page_size,
                                         workers=workers)
 
+    assert gc.get_threshold() == thresholds  # the collector's setting for the replay is undone
     assert position == live[0] == ledger.recorder.max_notification_id()
     assert sum(seen) == position  # the progress bar reaches the end, once
     assert _snapshot(ledger) == live
