@@ -12,7 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application, Repository
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+    Repository,
+)
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import InfrastructureFactory, IntegrityError, JSONTranscoder
 from eventsourcing.utils import Environment, EnvType
@@ -73,6 +78,22 @@ class Also(Generic[T]):
     result: T
     aggregates: tuple[Aggregate, ...]
     idempotent: IdempotentRequest | None = None
+
+
+class _Collected(ProcessingEvent[UUID]):
+    """The library's ProcessingEvent, except that this package's aggregates are recognised by
+    their class: its check against runtime Protocols walked their attributes on every save (a
+    fifth of a payment's save, measured)."""
+
+    def collect_events(self, *objs: Any, **kwargs: Any) -> None:
+        others = []
+        for obj in objs:
+            if isinstance(obj, Aggregate):
+                self.events.extend(obj.collect_events())
+                self.aggregates[obj.id] = obj
+            else:
+                others.append(obj)
+        super().collect_events(*others, **kwargs)
 
 
 class ConfigurationError(Exception):
@@ -194,8 +215,14 @@ class Ledger(Application[UUID]):
         return True
 
     def save(self, *objs: Any, **kwargs: Any) -> Any:
-        """Save atomically; then (views kept inline) wake this process's view follower."""
-        recordings = super().save(*objs, **kwargs)
+        """Save atomically; then (views kept inline) wake this process's view follower.
+
+        The steps of ``Application.save``, collecting events with ``_Collected``."""
+        processing_event = _Collected()
+        processing_event.collect_events(*objs, **kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
         if recordings:
             self._saved.position = recordings[-1].notification.id
         if self.settings.projections == "inline":

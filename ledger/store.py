@@ -3,9 +3,11 @@ for the ledger's own tables (data keys, metadata) in the same database as the ev
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -13,43 +15,13 @@ from uuid import UUID
 
 from eventsourcing.persistence import Notification
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.sqlite import (
-    SQLiteApplicationRecorder,
-    SQLiteConnection,
-    SQLiteConnectionPool,
-    SQLiteFactory,
-)
 
 from .config import Settings
+from .group_commit import GroupCommit, Save
 from .privacy.keys import write_secret_file
 
 SQLITE_LOCK_TIMEOUT_S = 30
 COPY_FROM = 100  # rows from which PostgreSQL inserts go by COPY
-
-
-class DurableSQLiteConnectionPool(SQLiteConnectionPool):
-    """Connections that fsync every commit (synchronous=FULL) and zero deleted content."""
-
-    def _create_connection(self) -> SQLiteConnection:
-        conn = super()._create_connection()
-        cursor = conn.cursor()
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA secure_delete=ON")
-        return conn
-
-
-class LedgerSQLiteFactory(SQLiteFactory):
-    """eventsourcing's SQLite factory with the durable connection pool."""
-
-    def __init__(self, env: Any) -> None:
-        super().__init__(env)
-        old = self.datastore.pool
-        self.datastore.pool = DurableSQLiteConnectionPool(
-            db_name=old.db_name, lock_timeout=old.lock_timeout, pool_size=5, max_overflow=30,
-            pool_timeout=30.0,
-        )
-        old.close()
-
 
 IDEMPOTENCY_INSERT = (
     "INSERT INTO {t}ledger_idempotency (token_id, idem_key, request_hash, status, body, "
@@ -57,25 +29,35 @@ IDEMPOTENCY_INSERT = (
 )
 
 
-class LedgerSQLiteApplicationRecorder(SQLiteApplicationRecorder):
-    """Also writes an ``idempotency=`` row passed to ``save()``, in the events' transaction."""
+class LedgerPostgresApplicationRecorder(GroupCommit, PostgresApplicationRecorder):
+    """Also writes an ``idempotency=`` row passed to ``save()``, in the events' transaction;
+    saves made by this process's threads meanwhile are committed together (``GroupCommit``)."""
 
-    def _insert_events(self, c: Any, stored_events: Any, **kwargs: Any) -> Any:
-        ids = super()._insert_events(c, stored_events, **kwargs)
-        if kwargs.get("idempotency") is not None:
-            c.execute(IDEMPOTENCY_INSERT.replace("{t}", "").replace("%s", "?"),
-                      kwargs["idempotency"])
-        return ids
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup_group_commit()
 
+    def _insert_together(self, batch: list[Save]) -> list[Sequence[int] | None]:
+        rows = [s.kwargs["idempotency"] for s in batch if s.kwargs.get("idempotency") is not None]
+        ids = PostgresApplicationRecorder.insert_events(
+            self, [e for s in batch for e in s.events], idempotency_rows=rows)
+        assert ids is not None
+        out, start = [], 0
+        for s in batch:  # the ids come back in the order the events went in
+            out.append(ids[start:start + len(s.events)])
+            start += len(s.events)
+        return out
 
-class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
-    """Also writes an ``idempotency=`` row passed to ``save()``, in the events' transaction."""
+    def _insert_alone(self, save: Save) -> Sequence[int] | None:
+        return PostgresApplicationRecorder.insert_events(self, save.events, **save.kwargs)
 
     def _insert_events(self, curs: Any, stored_events: Any, **kwargs: Any) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
-        if kwargs.get("idempotency") is not None:
-            curs.execute(IDEMPOTENCY_INSERT.replace("{t}", f'"{self.datastore.schema}".'),
-                         kwargs["idempotency"])
+        rows = kwargs.get("idempotency_rows") or (
+            [kwargs["idempotency"]] if kwargs.get("idempotency") is not None else [])
+        if rows:
+            curs.executemany(IDEMPOTENCY_INSERT.replace("{t}", f'"{self.datastore.schema}".'),
+                             rows)
 
 
 def postgres_env(url: str) -> dict[str, str]:
@@ -169,10 +151,10 @@ def eventsourcing_env(settings: Settings, cipher_key: str) -> dict[str, str]:
         # Create the file ourselves so it (and the -wal/-shm files SQLite copies it from) is 0600.
         write_secret_file(settings.sqlite_path, b"")
         env.update({
-            "PERSISTENCE_MODULE": "ledger.store:LedgerSQLiteFactory",
+            "PERSISTENCE_MODULE": "ledger.sqlite_store:LedgerSQLiteFactory",
             "SQLITE_DBNAME": str(settings.sqlite_path),
             "SQLITE_LOCK_TIMEOUT": str(SQLITE_LOCK_TIMEOUT_S),
-            "APPLICATION_RECORDER_TOPIC": "ledger.store:LedgerSQLiteApplicationRecorder",
+            "APPLICATION_RECORDER_TOPIC": "ledger.sqlite_store:LedgerSQLiteApplicationRecorder",
         })
     return env
 
@@ -225,6 +207,46 @@ class Sql:
         self.datastore = datastore
         self.is_postgres = isinstance(datastore, PostgresDatastore)
         self.prefix = f'"{datastore.schema}".' if self.is_postgres else ""
+        self._locks: dict[str, Any] = {}
+
+    @contextmanager
+    def shared_lock(self, name: str, timeout_s: float = 5.0) -> Iterator[bool]:
+        """Hold ``name``, a lock every process (and host) on this database shares, for the
+        block; yields whether it was had within ``timeout_s`` (the block runs either way: it is
+        for work that stays correct when done twice, which it then saves doing twice).
+        SQLite: a ``FileLock`` beside the database. PostgreSQL: a session advisory lock, asked
+        for again every few milliseconds while another session holds it."""
+        if not self.is_postgres:
+            from .sqlite_store import FileLock
+
+            lock = self._locks.get(name)
+            if lock is None:
+                lock = self._locks.setdefault(
+                    name, FileLock(f"{self.datastore.pool.db_name}-{name}.lock"))
+            had = lock.acquire(timeout_s)
+            try:
+                yield had
+            finally:
+                if had:
+                    lock.release()
+            return
+        key = int.from_bytes(hashlib.sha256(
+            f"ledger-lock|{self.datastore.schema or 'public'}|{name}".encode()).digest()[:8],
+            "big", signed=True)
+        with self.datastore.get_connection() as conn:  # (autocommit: a session lock)
+            deadline, pause = time.monotonic() + timeout_s, 0.0005
+            while True:
+                had = bool(conn.execute("SELECT pg_try_advisory_lock(%s) AS had",
+                                        (key,)).fetchone()["had"])
+                if had or time.monotonic() > deadline:
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, 0.005)
+            try:
+                yield had
+            finally:
+                if had:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     def _sql(self, statement: str) -> str:
         statement = statement.replace("{t}", self.prefix)

@@ -117,6 +117,13 @@ class MerkleLog:
 
     def catch_up(self) -> tuple[int, bytes]:
         """Hash every event not yet in the leaves; returns (size, root)."""
+        size, last_id, stack = self._state()
+        if not self.recorder.select_notifications(start=last_id + 1, limit=1):
+            return size, RootBuilder.from_state(size, bytes.fromhex(stack)).root()
+        with self.sql.shared_lock("merkle"):  # one process at a time (see Projector.catch_up)
+            return self._catch_up()
+
+    def _catch_up(self) -> tuple[int, bytes]:
         while True:
             size, last_id, stack = self._state()
             builder = RootBuilder.from_state(size, bytes.fromhex(stack))

@@ -230,19 +230,30 @@ class Projector:
         """Apply everything after the views' position (or, with ``limit``, the pages up to
         that notification id); returns the new position."""
         with self._lock:
-            while True:
-                expected = self.views.position()
-                page = self.ledger.recorder.select_notifications(start=expected + 1, limit=page_size)
-                if not page:
-                    return expected
-                try:
-                    self._apply_batch(expected, page)
-                except Stale:
-                    continue
-                if progress is not None:
-                    progress(len(page))
-                if (limit is not None and page[-1].id >= limit) or len(page) < page_size:
-                    return page[-1].id  # a short page was the end of the log just now
+            expected = self.views.position()
+            if not self.ledger.recorder.select_notifications(start=expected + 1, limit=1):
+                return expected  # (nothing to do: no need to wait for the shared lock)
+            # One process at a time: two that apply the same page both compute it, and one
+            # finds the views moved on and throws its work away (two API workers under writes
+            # threw away as many events as they kept). Correct either way: the position guards.
+            with self.ledger.sql.shared_lock("views"):
+                return self._catch_up(limit, page_size, progress)
+
+    def _catch_up(self, limit: int | None, page_size: int,
+                  progress: Callable[[int], None] | None) -> int:
+        while True:
+            expected = self.views.position()
+            page = self.ledger.recorder.select_notifications(start=expected + 1, limit=page_size)
+            if not page:
+                return expected
+            try:
+                self._apply_batch(expected, page)
+            except Stale:
+                continue
+            if progress is not None:
+                progress(len(page))
+            if (limit is not None and page[-1].id >= limit) or len(page) < page_size:
+                return page[-1].id  # a short page was the end of the log just now
 
     def process_event(self, event: Any, notification_id: int) -> None:
         """Apply one event already decoded, delivered with its notification id (the
