@@ -1,14 +1,17 @@
 """HTTP throughput and latency: `ledger serve` against a bare Flask+eventsourcing app, measured in
 the same run, on SQLite and PostgreSQL.
 
-    python bench/api.py [--requests 2000] [--connections 16] [--no-postgres]
+    python bench/api.py [--requests 2000] [--connections 16] [--rounds 3] [--no-postgres]
 
 Writes: POST /participants/{id}/payments, each for a fresh participant with its own
 Idempotency-Key (so every request really pays), against the bare app's POST /save (one save).
 Reads: GET /participants/{id} against the bare app's GET /read/{id} (one aggregate load).
 The client is plain Python threads with keep-alive connections, so that every request can carry
 its own participant, key and body, and every latency is recorded exactly; it shares the machine's
-two cores with the server, equally for both sides. Ends with one JSON line.
+two cores with the server, equally for both sides. This machine's speed drifts by a third within
+minutes, so each store is measured in rounds (bare, then the ledger, on fresh stores) and each
+figure is the median over the rounds, each ratio the median of the rounds' own ratios. Ends with
+one JSON line.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import os
 import queue
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -145,12 +149,21 @@ def bare_side(env: dict[str, str], n: int, connections: int, log: Path) -> dict[
     try:
         body = json.dumps({"activity": "conversation", "amount": "25.00"}).encode()
         writes = [("POST", "/save", body, headers)] * n
-        # Reads need ids: save a few through the app first.
-        conn = http.client.HTTPConnection("127.0.0.1", port)
-        ids = []
-        for _ in range(100):
-            conn.request("POST", "/save", body=body, headers=headers)
-            ids.append(json.loads(conn.getresponse().read())["id"])
+        # Reads need ids: save a few through the app first (reconnecting if a worker still
+        # starting drops the connection).
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        ids: list[str] = []
+        deadline = time.monotonic() + 60
+        while len(ids) < 100:
+            try:
+                conn.request("POST", "/save", body=body, headers=headers)
+                ids.append(json.loads(conn.getresponse().read())["id"])
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        conn.close()
         write = load(port, writes, connections)
         reads = [("GET", f"/read/{ids[i % len(ids)]}", None, {}) for i in range(n)]
         return {"write": write, "read": load(port, reads, connections)}
@@ -199,22 +212,44 @@ def measure(store: str, n: int, connections: int) -> dict:
                                 / bare["read"]["requests_per_s"], 3)}
 
 
+def median_round(rounds: list[dict]) -> dict:
+    """Each figure's median over the rounds (ratios as the median of each round's own ratio:
+    both sides of a round ran within the same half minute)."""
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+    out: dict = {}
+    for side in ("bare", "ledger"):
+        out[side] = {kind: {k: med([r[side][kind][k] for r in rounds])
+                            for k in ("requests_per_s", "p50_ms", "p99_ms")}
+                     for kind in ("write", "read")}
+        for kind in ("write", "read"):
+            out[side][kind]["errors"] = sum(r[side][kind]["errors"] for r in rounds)
+    for kind in ("write", "read"):
+        out[f"{kind}_ratio"] = med([r[f"{kind}_ratio"] for r in rounds])
+        out[f"{kind}_ratios"] = [r[f"{kind}_ratio"] for r in rounds]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="bare then ledger, this many times on fresh stores (medians)")
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
     out: dict = {"bench": "api", "requests": args.requests, "connections": args.connections,
-                 "workers": WORKERS, "threads": THREADS}
+                 "workers": WORKERS, "threads": THREADS, "rounds": args.rounds}
     for store in ["sqlite"] + ([] if args.no_postgres else ["postgres"]):
-        r = out[store] = measure(store, args.requests, args.connections)
+        rounds = [measure(store, args.requests, args.connections) for _ in range(args.rounds)]
+        r = out[store] = median_round(rounds)
         for kind in ("write", "read"):
             b, lg = r["bare"][kind], r["ledger"][kind]
             print(f"{store:9} {kind:5}  bare {b['requests_per_s']:7.1f} req/s p50 {b['p50_ms']:6.2f}"
                   f" p99 {b['p99_ms']:6.2f} | ledger {lg['requests_per_s']:7.1f} req/s p50 "
                   f"{lg['p50_ms']:6.2f} p99 {lg['p99_ms']:6.2f} errors {lg['errors']} | "
-                  f"ratio {r[kind + '_ratio']:.2f}")
+                  f"ratio {r[kind + '_ratio']:.2f} (rounds: "
+                  f"{', '.join(f'{x:.2f}' for x in r[kind + '_ratios'])})")
     print(json.dumps(out))
 
 

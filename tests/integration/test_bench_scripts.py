@@ -24,7 +24,8 @@ def test_the_append_benchmark_runs_and_reports_its_ratio():
 
 
 def test_the_api_benchmark_runs_without_errors():
-    figures = _run("api.py", "--requests", "40", "--connections", "4", "--no-postgres")
+    figures = _run("api.py", "--requests", "40", "--connections", "4", "--rounds", "1",
+                   "--no-postgres")
 
     assert figures["sqlite"]["ledger"]["write"]["errors"] == 0
     assert figures["sqlite"]["ledger"]["read"]["errors"] == 0
