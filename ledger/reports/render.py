@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 FORMATS = {
@@ -38,8 +38,11 @@ def render(report: dict[str, Any], fmt: str) -> bytes:
 
 
 def to_json(report: dict[str, Any]) -> bytes:
-    """Canonical JSON: sorted keys, so equal reports are equal bytes."""
-    return json.dumps(report, sort_keys=True, indent=1, ensure_ascii=False).encode()
+    """Canonical JSON: sorted keys, so equal reports are equal bytes. Encoded by orjson (the
+    library's ``json`` took 40 % of a current report's time over a million events), indented
+    by two spaces (one, before 2 December 2026: a report signed then keeps its own bytes)."""
+    return orjson.dumps(report, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2
+                        | orjson.OPT_NON_STR_KEYS)
 
 
 def csv_tables(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
