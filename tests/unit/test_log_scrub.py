@@ -30,3 +30,34 @@ def test_lines_without_an_address_are_kept_as_they_are(line):
 
 def test_a_link_token_in_a_path_is_removed():
     assert scrub("GET /my/Q2x9abc/withdraw HTTP/1.1") == "GET /my/<token>/withdraw HTTP/1.1"
+
+
+def _server_logger(level: str):  # type: ignore[no-untyped-def]
+    import logging
+
+    from gunicorn.config import Config
+
+    from ledger.api.server import ScrubbingLogger
+
+    cfg = Config()
+    cfg.set("loglevel", level)
+    logger = ScrubbingLogger(cfg)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger.error_log.handlers = [handler]
+    return logger, lines
+
+
+def test_the_server_log_scrubs_what_it_writes_and_skips_levels_it_does_not():
+    class NeverFormatted:
+        def __str__(self) -> str:
+            raise AssertionError("a debug line was formatted at info level")
+
+    logger, lines = _server_logger("info")
+
+    logger.debug(NeverFormatted())  # what gunicorn does for every request
+    logger.info("GET %s from %s", "/my/secret-token", "10.1.2.3")
+    logger.error("Invalid request from ip=%s", "::ffff:10.0.0.1")
+
+    assert lines == ["GET /my/<token> from <address>", "Invalid request from ip=<address>"]
