@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
 from .config import Settings
@@ -289,6 +289,29 @@ class Sql:
         """Run one statement in its own committed transaction."""
         with self.transaction() as cursor:
             cursor.execute(statement, params)
+
+    def events_of(self, events_table: str, ids: list[UUID]) -> list[StoredEvent]:
+        """Every stored event of these aggregates, by aggregate and version, in one query a
+        few hundred aggregates at a time (the library reads one aggregate a query)."""
+        out: list[StoredEvent] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            if self.is_postgres:
+                rows = self.query(
+                    "SELECT originator_id, originator_version, topic, state FROM "
+                    f"{{t}}{events_table} WHERE originator_id = ANY(%s) "
+                    "ORDER BY originator_id, originator_version", (chunk,))
+            else:
+                rows = self.query(
+                    "SELECT originator_id, originator_version, topic, state FROM "
+                    f"{{t}}{events_table} WHERE originator_id IN "
+                    f"({', '.join(['%s'] * len(chunk))}) ORDER BY originator_id, "
+                    "originator_version", tuple(u.hex for u in chunk))
+            out += [StoredEvent(originator_id=r["originator_id"] if self.is_postgres
+                                else UUID(r["originator_id"]),
+                                originator_version=r["originator_version"], topic=r["topic"],
+                                state=bytes(r["state"])) for r in rows]
+        return out
 
     def shard_notifications(self, events_table: str, first: int, last: int,
                             shard: tuple[int, int], sharded_topics: str) -> list[Notification]:

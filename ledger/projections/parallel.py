@@ -93,15 +93,14 @@ def _work(env: Mapping[str, str], shard: tuple[int, int], stop: int, page_size: 
           out: Any) -> None:
     """One worker: the rows of its shard, page by page, up to ``stop``."""
     from ..application import Ledger
-    from .projector import PARTICIPANT, REBUILD_KEEP, Replay, fewer_collections
+    from .projector import PARTICIPANT, REBUILD_KEEP, fewer_collections
 
     try:
         with fewer_collections():
             ledger = Ledger({**env, "LEDGER_PROJECTIONS": "external"})
             try:
                 projector = ledger.projector
-                projector.replay = Replay(ledger.mapper, ledger.events, keep=REBUILD_KEEP,
-                                          shard=shard)
+                projector.replay = projector.new_replay(REBUILD_KEEP, shard=shard)
                 events_table = ledger.recorder.events_table_name  # type: ignore[attr-defined]
                 for first in range(1, stop + 1, page_size):
                     last = min(first + page_size - 1, stop)

@@ -28,6 +28,7 @@ from eventsourcing.persistence import (
     DecimalAsStr,
     JSONTranscoder,
     Notification,
+    StoredEvent,
     Transcoding,
     UUIDAsHex,
 )
@@ -90,9 +91,11 @@ class Replay:
     """Aggregates rebuilt in memory from notifications, in log order."""
 
     def __init__(self, mapper: Any, events: Any, keep: int | None = None,
-                 shard: tuple[int, int] | None = None) -> None:
+                 shard: tuple[int, int] | None = None,
+                 fetch: Callable[[list[UUID]], list[StoredEvent]] | None = None) -> None:
         self.mapper = mapper
         self._loader = Repository(event_store=events)  # for aggregates not held in memory
+        self._fetch = fetch  # the stored events of many aggregates in one query, if given
         self.keep = keep  # None: hold everything (a rebuild or a report)
         # (k, n): apply only the participants whose id is k modulo n, and keep every one's
         # registration position (a rebuild worker cannot read it back from views not yet
@@ -129,6 +132,43 @@ class Replay:
         if n.topic == f"{PARTICIPANT}.Registered":
             self.seq[oid] = n.id
         return oid
+
+    def prefetch(self, page: list[Notification]) -> None:
+        """Load, in one query, every aggregate the page continues that is not held (each at
+        the version before its first event in the page, as ``apply`` would one at a time)."""
+        wanted: dict[UUID, int] = {}
+        for n in page:
+            oid: UUID = n.originator_id  # type: ignore[assignment]
+            if oid in wanted or (self.shard is not None and n.topic.startswith(PARTICIPANT)
+                                 and not self.in_shard(oid)):
+                continue
+            held = self.aggregates.get(oid)
+            before = n.originator_version - 1
+            wanted[oid] = before if before and (held is None or held.version < before) else 0
+        self.load_many({oid: v for oid, v in wanted.items() if v})
+
+    def prefetch_payments(self, participants: Iterable[UUID]) -> None:
+        """Load, in one query, the payments of these participants that are not held."""
+        missing: dict[UUID, int | None] = {pid: None for p in participants
+                   if (held := self.aggregates.get(p)) is not None
+                   for pid in held.payment_ids()  # type: ignore[attr-defined]
+                   if pid not in self.aggregates}
+        self.load_many(missing)
+
+    def load_many(self, versions: dict[UUID, int | None]) -> None:
+        """Rebuild these aggregates from the store, each up to its version (None: its latest),
+        and hold them. Without ``fetch``, each is left to be loaded on its own when needed."""
+        if not versions or self._fetch is None:
+            return
+        events: dict[UUID, list[Any]] = {}
+        for stored in self._fetch(list(versions)):
+            oid = stored.originator_id
+            limit = versions[oid]  # type: ignore[index]
+            if limit is None or stored.originator_version <= limit:
+                events.setdefault(oid, []).append(  # type: ignore[arg-type]
+                    self.mapper.to_domain_event(stored))
+        for oid, history in events.items():
+            self._hold(oid, apply_events(None, history))
 
     def in_shard(self, participant_id: UUID) -> bool:
         """Whether this replay applies the participant (always, unless sharded)."""
@@ -215,7 +255,7 @@ class Projector:
     def __init__(self, ledger: Any, keep: int | None = FOLLOW_KEEP) -> None:
         self.ledger = ledger
         self.views = ViewStore(ledger.sql)
-        self.replay = Replay(ledger.mapper, ledger.events, keep=keep)
+        self.replay = self.new_replay(keep)
         self.transcoder = doc_transcoder()
         self._lock = threading.Lock()
         # What this process last wrote for recent participants, valid while the views are still
@@ -224,6 +264,12 @@ class Projector:
         self._written: OrderedDict[str, Entry] = OrderedDict()
         self._written_at = -1
         self._written_keep = WRITTEN_KEEP
+
+    def new_replay(self, keep: int | None, shard: tuple[int, int] | None = None) -> Replay:
+        """A replay that reads the aggregates it is missing a page's worth at a time."""
+        table = self.ledger.recorder.events_table_name
+        return Replay(self.ledger.mapper, self.ledger.events, keep=keep, shard=shard,
+                      fetch=lambda ids: self.ledger.sql.events_of(table, ids))
 
     def catch_up(self, *, limit: int | None = None, page_size: int = PAGE,
                  progress: Callable[[int], None] | None = None) -> int:
@@ -279,10 +325,17 @@ class Projector:
         touched: dict[UUID, None] = {}
         try:
             with self.replay.holding():
+                # What the page continues, its participants' payments and registration
+                # positions are each read in one query, not one per aggregate.
+                self.replay.prefetch(page)
                 for n in page:
                     pid = self.replay.apply(n, (decoded or {}).get(n.id))
                     if pid is not None:
                         touched[pid] = None
+                self.replay.prefetch_payments(touched)
+                unknown = [str(pid) for pid in touched if pid not in self.replay.seq]
+                for pid_key, seq in self.views.seqs_of(unknown).items():
+                    self.replay.seq[UUID(pid_key)] = seq
                 # Computed before any write transaction opens: computing may read the store.
                 return [self._entry(pid) for pid in touched]
         except BaseException:
@@ -361,7 +414,7 @@ class Projector:
         self.views.reset()
         self._written.clear()
         self._written_at = -1
-        self.replay = Replay(self.ledger.mapper, self.ledger.events, keep=REBUILD_KEEP)
+        self.replay = self.new_replay(REBUILD_KEEP)
 
     def read_doc(self, doc: str, reveal: Callable[[Any], Any]) -> dict[str, Any]:
         """A stored participant document, with its sealed fields opened by ``reveal``.

@@ -146,6 +146,17 @@ class ViewStore:
             "ORDER BY seq LIMIT %s", (after_seq, limit))
         return [(r["participant_id"], int(r["seq"]), r["doc"]) for r in result]
 
+    def seqs_of(self, participant_ids: list[str]) -> dict[str, int]:
+        """The registration positions of those of these participants that are listed."""
+        out: dict[str, int] = {}
+        for i in range(0, len(participant_ids), 500):
+            chunk = participant_ids[i:i + 500]
+            for r in self.sql.query(
+                    f"SELECT participant_id, seq FROM {_table('participants')} WHERE "
+                    f"participant_id IN ({', '.join(['%s'] * len(chunk))})", tuple(chunk)):
+                out[r["participant_id"]] = int(r["seq"])
+        return out
+
     def seq_of(self, participant_id: str) -> int | None:
         """The registration position of a listed participant."""
         result = self.sql.query(

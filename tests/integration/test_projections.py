@@ -92,12 +92,15 @@ def test_views_at_any_position_equal_a_replay_to_that_position(ledger, keep):
         {k: sorted(map(rows_key, v)) for k, v in replay.all_rows().items()}
 
 
-def test_following_holds_a_bounded_number_of_people_and_stays_right(ledger):
+@pytest.mark.parametrize("batched", [True, False], ids=["read back a page at a time",
+                                                       "read back one by one"])
+def test_following_holds_a_bounded_number_of_people_and_stays_right(ledger, batched):
     """The follower of a long-running worker holds at most ``keep`` aggregates and as many
     registration positions (so its memory does not grow with the study); a person dropped
     from memory and changed again is read back, and the views still equal a rebuild."""
     ledger._follower.stop()
-    ledger.projector.replay = Replay(ledger.mapper, ledger.events, keep=3)
+    ledger.projector.replay = (ledger.projector.new_replay(3) if batched
+                               else Replay(ledger.mapper, ledger.events, keep=3))
     _history(ledger)
     first = ledger.participant_ids()[0]
     ledger.record_use(first, "analyse", "a change long after they were dropped", by="t")
@@ -109,6 +112,32 @@ def test_following_holds_a_bounded_number_of_people_and_stays_right(ledger):
     live = _snapshot(ledger)
     ledger.projector.rebuild()
     assert _snapshot(ledger) == live
+
+
+def test_a_follower_reads_back_the_people_it_has_not_seen_in_one_query(store_env):
+    writer = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    writer.init_study(by="t")
+    people = [writer.register_participant("Unseen Person", by="t")["id"] for _ in range(40)]
+    for pid in people:
+        writer.record_payment(pid, "conversation", "25.00", "cash", by="t")
+    writer.projector.catch_up()  # the views hold everyone and their payment
+    for pid in people:
+        writer.grant_consent(pid, "record", "1.0", "online", by="t")
+    follower = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})  # has seen no one
+    queries: list[int] = []
+    fetch, load = follower.sql.events_of, follower.projector.replay._loader.get
+    follower.sql.events_of = lambda table, ids: queries.append(len(ids)) or fetch(table, ids)
+    follower.projector.replay._loader.get = lambda *a, **k: queries.append(-1) or load(*a, **k)
+
+    follower.projector.catch_up()
+    live = _snapshot(follower)
+    follower.projector.rebuild()
+    rebuilt = _snapshot(follower)
+    follower.close()
+    writer.close()
+
+    assert queries == [40, 40]  # the people, then their payments; none read one by one
+    assert live == rebuilt
 
 
 def test_several_ledgers_writing_at_once_leave_views_equal_to_a_rebuild(store_env):
