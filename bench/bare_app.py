@@ -6,7 +6,10 @@ Served by gunicorn with the same workers and threads as `ledger serve`. Storage 
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from uuid import UUID
 
 from eventsourcing.application import Application
@@ -22,6 +25,24 @@ class Note(Aggregate):
         self.activity, self.amount = activity, amount
 
 
+@contextmanager
+def _setup_lock() -> Iterator[None]:
+    """One worker at a time sets up the store (as ``ledger.store.schema_lock`` does)."""
+    if os.environ.get("BARE_POSTGRES_SCHEMA"):
+        import psycopg
+
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as c:
+            c.execute("SELECT pg_advisory_lock(4242)")
+            try:
+                yield
+            finally:
+                c.execute("SELECT pg_advisory_unlock(4242)")
+        return
+    with open(os.environ["BARE_SQLITE"] + ".setup-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def create() -> Flask:
     if os.environ.get("BARE_POSTGRES_SCHEMA"):
         env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": "test",
@@ -30,7 +51,8 @@ def create() -> Flask:
     else:
         env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
                "SQLITE_DBNAME": os.environ["BARE_SQLITE"], "SQLITE_LOCK_TIMEOUT": "30"}
-    app_es: Application = Application(env=env)
+    with _setup_lock():  # workers starting together race to create the tables otherwise
+        app_es: Application = Application(env=env)
     app = Flask(__name__)
 
     @app.post("/save")
