@@ -61,3 +61,4 @@ def test_the_server_log_scrubs_what_it_writes_and_skips_levels_it_does_not():
     logger.error("Invalid request from ip=%s", "::ffff:10.0.0.1")
 
     assert lines == ["GET /my/<token> from <address>", "Invalid request from ip=<address>"]
+
