@@ -36,6 +36,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 PG = "postgresql://postgres@127.0.0.1:5432/test"
+# 8 threads a worker, on both sides: under writes alone both serve more with 8 than with 4 (the
+# ledger's saves share commits; see the README), though `ledger serve` defaults to 4 for the mix.
 WORKERS, THREADS = int(os.environ.get("BENCH_WORKERS", 2)), int(os.environ.get("BENCH_THREADS", 8))
 
 

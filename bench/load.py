@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api import BIN, HERE, free_port, start, stores  # noqa: E402
 
-THREADS = int(os.environ.get("BENCH_THREADS", 8))
+THREADS = int(os.environ.get("BENCH_THREADS", 4))
 SCOPES = ("record", "store", "quote", "publish")
 ACTIVITIES = ("conversation", "workshop")
 CHANGES_PER_PERSON = 6  # consent changes per person before they are settled (and someone new joins)

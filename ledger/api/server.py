@@ -103,7 +103,7 @@ def _post_worker_init(worker: Any) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def serve(host: str, port: int, workers: int, threads: int = 8) -> None:
+def serve(host: str, port: int, workers: int, threads: int = 4) -> None:
     """Serve until SIGTERM/SIGINT; in-flight requests get ``graceful_timeout`` to finish."""
     LedgerServer({
         "bind": f"{host}:{port}",
