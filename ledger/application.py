@@ -163,6 +163,7 @@ class Ledger(Application[UUID]):
         """Stop following the log, then close connections."""
         self._follower.stop()
         self._probe.close()
+        self.sql.close()
         super().close()
 
     # -- wiring ------------------------------------------------------------------------------

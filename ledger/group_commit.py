@@ -16,24 +16,13 @@ the disk, the connection) do they all get that error.
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
 from eventsourcing.persistence import OperationalError, StoredEvent
 
-
-def after_fork(obj: Any, method: str) -> None:
-    """Call ``obj.method()`` in a forked child, for as long as ``obj`` lives."""
-    ref = weakref.ref(obj)
-
-    def call() -> None:
-        alive = ref()
-        if alive is not None:
-            getattr(alive, method)()
-    os.register_at_fork(after_in_child=call)
+from .locks import after_fork
 
 
 class Save:

@@ -10,10 +10,7 @@ three quarters of the time, each hold stretched four times by the CPU the waitin
 
 from __future__ import annotations
 
-import fcntl
-import os
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,69 +22,11 @@ from eventsourcing.sqlite import (
     SQLiteFactory,
 )
 
-from .group_commit import GroupCommit, Save, after_fork
+from .group_commit import GroupCommit, Save
+from .locks import FileLock, after_fork
 from .store import IDEMPOTENCY_INSERT
 
 SQLITE_IDEMPOTENCY_INSERT = IDEMPOTENCY_INSERT.replace("{t}", "").replace("%s", "?")
-
-
-class FileLock:
-    """An exclusive lock shared by the processes that open one file (a ``flock``), and by the
-    threads of each process (a lock of its own: threads waiting on it are woken as soon as it
-    is released). The flock is polled every 0.1 ms at first and never more than 1 ms apart.
-    The kernel drops the flock of a process that dies; one that hangs holding it makes the
-    others' ``acquire`` return False after the timeout."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._threads = threading.Lock()
-        self._fd = -1
-        after_fork(self, "_forked")
-
-    def _forked(self) -> None:
-        # A child must not share its parent's flock (an inherited descriptor does) nor inherit
-        # a lock that some parent thread held at the fork.
-        self._threads = threading.Lock()
-        self.close()
-
-    def close(self) -> None:
-        """Close the lock file (releasing the lock if this process held it)."""
-        if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = -1
-
-    def acquire(self, timeout_s: float) -> bool:
-        """Wait at most ``timeout_s`` for the lock; whether it was had."""
-        deadline = time.monotonic() + timeout_s
-        if not self._threads.acquire(timeout=timeout_s):
-            return False
-        try:
-            if self._fd < 0:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            pause = 0.0001
-            while True:
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return True
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        self._threads.release()
-                        return False
-                    time.sleep(pause)
-                    pause = min(pause * 2, 0.001)
-        except BaseException:
-            self._threads.release()
-            raise
-
-    def release(self) -> None:
-        """Let the next one in."""
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._threads.release()
 
 
 class DurableSQLiteConnectionPool(SQLiteConnectionPool):

@@ -3,7 +3,6 @@ for the ledger's own tables (data keys, metadata) in the same database as the ev
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import threading
 import time
@@ -18,6 +17,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 
 from .config import Settings
 from .group_commit import GroupCommit, Save
+from .locks import FileLock, advisory_key
 from .privacy.keys import write_secret_file
 
 SQLITE_LOCK_TIMEOUT_S = 30
@@ -115,13 +115,9 @@ def schema_lock(env: dict[str, str], settings: Settings) -> Iterator[None]:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         return
-    import hashlib
-
     import psycopg
 
-    key = int.from_bytes(hashlib.sha256(
-        f"ledger-schema|{env.get('POSTGRES_SCHEMA') or 'public'}".encode()).digest()[:8],
-        "big", signed=True)
+    key = advisory_key(f"ledger-schema|{env.get('POSTGRES_SCHEMA') or 'public'}")
     with psycopg.connect(
         dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
         user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None, autocommit=True,
@@ -207,7 +203,12 @@ class Sql:
         self.datastore = datastore
         self.is_postgres = isinstance(datastore, PostgresDatastore)
         self.prefix = f'"{datastore.schema}".' if self.is_postgres else ""
-        self._locks: dict[str, Any] = {}
+        self._locks: dict[str, FileLock] = {}
+
+    def close(self) -> None:
+        """Close the files of the shared locks this process opened (SQLite)."""
+        for lock in self._locks.values():
+            lock.close()
 
     @contextmanager
     def shared_lock(self, name: str, timeout_s: float = 5.0) -> Iterator[bool]:
@@ -217,8 +218,6 @@ class Sql:
         SQLite: a ``FileLock`` beside the database. PostgreSQL: a session advisory lock, asked
         for again every few milliseconds while another session holds it."""
         if not self.is_postgres:
-            from .sqlite_store import FileLock
-
             lock = self._locks.get(name)
             if lock is None:
                 lock = self._locks.setdefault(
@@ -230,9 +229,7 @@ class Sql:
                 if had:
                     lock.release()
             return
-        key = int.from_bytes(hashlib.sha256(
-            f"ledger-lock|{self.datastore.schema or 'public'}|{name}".encode()).digest()[:8],
-            "big", signed=True)
+        key = advisory_key(f"ledger-lock|{self.datastore.schema or 'public'}|{name}")
         with self.datastore.get_connection() as conn:  # (autocommit: a session lock)
             deadline, pause = time.monotonic() + timeout_s, 0.0005
             while True:

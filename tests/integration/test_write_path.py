@@ -14,8 +14,8 @@ from uuid import uuid4
 import pytest
 
 from ledger.application import Ledger
+from ledger.locks import FileLock
 from ledger.projections.rows import rows_key
-from ledger.sqlite_store import FileLock
 from tests.concurrency import race
 
 
@@ -192,6 +192,32 @@ def test_each_thread_reads_on_its_own_connection_and_a_nested_read_gets_another(
     assert seen["one"] is not seen["two"]
     assert seen["one-nested"] is not seen["one"]
     assert seen["one"].closed and seen["two"].closed  # closed with the ledger
+
+
+def _open_lock_files() -> list[str]:
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # (the listing's own descriptor, gone by now)
+        if target.endswith(".lock"):
+            paths.append(target)
+    return paths
+
+
+def test_a_closed_ledger_leaves_no_lock_file_open(tmp_path):
+    before = _open_lock_files()
+    ledger = Ledger({"LEDGER_DATA_DIR": str(tmp_path / "d")})
+    ledger.init_study(by="t")
+    ledger.register_participant("Lockfile Tester", by="t")  # a save: the gate, then views, merkle
+    ledger.views_at_least()
+    held = [p for p in _open_lock_files() if p not in before]
+
+    ledger.close()
+
+    assert {Path(p).name.rsplit("-", 1)[-1] for p in held} >= {"write.lock", "views.lock"}
+    assert [p for p in _open_lock_files() if p not in before] == []
 
 
 def _pay_many(env: dict[str, str], people: list[str], out: multiprocessing.Queue) -> None:
