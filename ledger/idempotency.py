@@ -18,6 +18,7 @@ from typing import Any
 from .store import Sql
 
 KEEP = timedelta(hours=48)
+PURGE = "DELETE FROM {t}ledger_idempotency WHERE created_at < %s"
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class IdempotencyStore:
             "idem_key TEXT NOT NULL, request_hash TEXT NOT NULL, status INTEGER NOT NULL, "
             f"body {blob} NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (token_id, idem_key))"
         )
+        # The purge finds old keys by this index, not by reading every key kept for 48 hours
+        # (it runs in a write transaction: a scan of the table would hold every writer back).
+        sql.execute("CREATE INDEX IF NOT EXISTS ledger_idempotency_created "
+                    "ON {t}ledger_idempotency (created_at)")
         self._calls = 0
 
     def fingerprint(self, request: bytes) -> str:
@@ -70,8 +75,11 @@ class IdempotencyStore:
         """Now and then (every 500th call, and the first), forget keys older than ``KEEP``."""
         self._calls += 1
         if self._calls % 500 == 1:
-            self.sql.execute("DELETE FROM {t}ledger_idempotency WHERE created_at < %s",
-                             ((datetime.now(UTC) - KEEP).isoformat(),))
+            self.purge()
+
+    def purge(self) -> None:
+        """Forget the keys kept for longer than ``KEEP``."""
+        self.sql.execute(PURGE, ((datetime.now(UTC) - KEEP).isoformat(),))
 
     def lookup(self, token_id: str, key: str) -> Stored | None:
         """The kept response for a key, if any."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from ledger.domain.errors import IdempotencyKeyUsed, PaymentAlreadyRecorded
-from ledger.idempotency import IdempotentRequest
+from ledger.idempotency import KEEP, PURGE, IdempotentRequest
 
 
 def _request(key: str) -> IdempotentRequest:
@@ -49,3 +51,31 @@ def test_a_key_already_kept_makes_the_whole_save_fail_and_write_nothing(ledger):
 
     assert ledger.recorder.max_notification_id() == before
     assert ledger.participant(other)["payments"] == []
+
+
+def test_keys_kept_longer_than_48_hours_are_forgotten_and_newer_ones_kept(ledger):
+    for key in ("old", "new"):
+        pid = ledger.register_participant(f"Idem {key}", by="t")["id"]
+        ledger.record_payment(pid, "conversation", "25.00", "cash", by="t",
+                              idempotent=_request(key))
+    two_days_ago = (datetime.now(UTC) - KEEP - timedelta(minutes=1)).isoformat()
+    ledger.sql.execute("UPDATE {t}ledger_idempotency SET created_at = %s WHERE idem_key = %s",
+                       (two_days_ago, "old"))
+
+    ledger.idempotency.purge()
+
+    assert ledger.idempotency.lookup("tok", "old") is None
+    assert ledger.idempotency.lookup("tok", "new") is not None
+
+
+def test_the_purge_finds_old_keys_by_index_not_by_reading_every_key(ledger):
+    cutoff = ((datetime.now(UTC) - KEEP).isoformat(),)
+    with ledger.sql.transaction() as c:
+        if ledger.sql.is_postgres:  # a small table: ask for the plan a large one would get
+            c.execute("SET LOCAL enable_seqscan = off")
+            c.execute("EXPLAIN " + PURGE, cutoff)
+        else:
+            c.execute("EXPLAIN QUERY PLAN " + PURGE, cutoff)
+        plan = " ".join(str(value) for row in c.fetchall() for value in dict(row).values())
+
+    assert "ledger_idempotency_created" in plan, plan
