@@ -14,10 +14,11 @@ a few percent of a core where a Python client took a fifth or more of the machin
 latencies it records are the server's, not those of a client thread waiting for its own GIL.
 Each measurement runs for a fixed time after a one-second warm-up (the same for both sides); the
 CPU time the server's processes used (gunicorn's workers and, on PostgreSQL, the database's own
-processes) is read from /proc around it, and reported per request: unlike requests per second,
-it does not drift with this machine's speed, which changes by a third within minutes. So each
-store is measured in rounds (bare, then the ledger, on fresh stores), each figure is the median
-over the rounds, and each ratio the median of the rounds' own ratios. Ends with one JSON line.
+processes) is read from /proc around it and reported per request: what the ledger costs beside
+the bare app, whatever rate the load reached. This machine's speed drifts by a third within
+minutes, so each round starts both servers on fresh stores and runs the two sides of each
+comparison back to back (bare writes, ledger writes, bare reads, ledger reads); each figure is
+the median over the rounds, each ratio the median of the rounds' own. Ends with one JSON line.
 """
 
 from __future__ import annotations
