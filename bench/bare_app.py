@@ -43,14 +43,20 @@ def _setup_lock() -> Iterator[None]:
         yield
 
 
+def store_env(sqlite_path: str | None = None, postgres_schema: str | None = None
+              ) -> dict[str, str]:
+    """eventsourcing's settings for a SQLite file or a schema of the local test database."""
+    if postgres_schema:
+        return {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": "test",
+                "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "5432", "POSTGRES_USER": "postgres",
+                "POSTGRES_PASSWORD": "", "POSTGRES_SCHEMA": postgres_schema}
+    assert sqlite_path, "a SQLite file or a PostgreSQL schema"
+    return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": sqlite_path,
+            "SQLITE_LOCK_TIMEOUT": "30"}
+
+
 def create() -> Flask:
-    if os.environ.get("BARE_POSTGRES_SCHEMA"):
-        env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": "test",
-               "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "5432", "POSTGRES_USER": "postgres",
-               "POSTGRES_PASSWORD": "", "POSTGRES_SCHEMA": os.environ["BARE_POSTGRES_SCHEMA"]}
-    else:
-        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
-               "SQLITE_DBNAME": os.environ["BARE_SQLITE"], "SQLITE_LOCK_TIMEOUT": "30"}
+    env = store_env(os.environ.get("BARE_SQLITE"), os.environ.get("BARE_POSTGRES_SCHEMA"))
     with _setup_lock():  # workers starting together race to create the tables otherwise
         app_es: Application = Application(env=env)
     app = Flask(__name__)

@@ -59,20 +59,18 @@ def per_op(operation: Callable[[int], None], n: int, settle: Callable[[], None] 
 
 
 def bare_env(store: str, tmp: Path, encrypted: bool) -> tuple[dict[str, str], str | None]:
+    from bare_app import store_env
+
+    schema = None
     if store == "sqlite":
-        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
-               "SQLITE_DBNAME": str(tmp / f"bare-{uuid.uuid4().hex[:6]}.sqlite3"),
-               "SQLITE_LOCK_TIMEOUT": "30"}
-        schema = None
+        env = store_env(sqlite_path=str(tmp / f"bare-{uuid.uuid4().hex[:6]}.sqlite3"))
     else:
         import psycopg
 
         schema = f"cost_bare_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(PG, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
-        env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": "test",
-               "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "5432", "POSTGRES_USER": "postgres",
-               "POSTGRES_PASSWORD": "", "POSTGRES_SCHEMA": schema}
+        env = store_env(postgres_schema=schema)
     if encrypted:
         from eventsourcing.cryptography import AESCipher
 
