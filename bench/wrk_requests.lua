@@ -2,8 +2,9 @@
 --   METHOD <tab> PATH <tab> IDEMPOTENCY-KEY <tab> BODY      (key and body may be empty)
 -- wrk -s wrk_requests.lua URL -- FILE THREADS TOKEN
 -- Thread k of THREADS sends lines k, k+THREADS, k+2*THREADS, ... once each, in order; if it runs
--- out before the run's end it starts again from its first line and reports "exhausted" (the
--- caller then discards the run: a repeated payment would be an idempotent replay, not a write).
+-- out before the run's end it starts again from its first line and reports "exhausted" (for
+-- payments bench/api.py then stops with an error: a repeated payment would be an idempotent
+-- replay, not a write; reads and the bare app's saves may repeat).
 -- Ends by printing one JSON line: requests, seconds, latency percentiles (microseconds), socket
 -- errors and the count of each HTTP status.
 
