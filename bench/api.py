@@ -229,10 +229,20 @@ def bare_side(env: dict[str, str], tmp: Path) -> Side:
                 {"write": True, "read": True})
 
 
-def drop_schema(schema: str) -> None:
+def new_schema(prefix: str, url: str = PG) -> str:
+    """A fresh, empty schema in the PostgreSQL database at ``url``; its name."""
     import psycopg
 
-    with psycopg.connect(PG, autocommit=True) as conn:
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return schema
+
+
+def drop_schema(schema: str, url: str = PG) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
@@ -243,11 +253,8 @@ def stores(store: str, tmp: Path, prefix: str) -> Iterator[tuple[dict[str, str],
     if store == "sqlite":
         yield {"BARE_SQLITE": str(tmp / "bare.sqlite3")}, {"LEDGER_DATA_DIR": str(tmp / "ledger")}
         return
-    import psycopg
-
-    schemas = [f"{prefix}_bare_{uuid.uuid4().hex[:8]}", f"{prefix}_ledger_{uuid.uuid4().hex[:8]}"]
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schemas[0]}"')
+    # (the bare app needs its schema made; the ledger makes its own, named here)
+    schemas = [new_schema(f"{prefix}_bare"), f"{prefix}_ledger_{uuid.uuid4().hex[:8]}"]
     try:
         yield ({"BARE_POSTGRES_SCHEMA": schemas[0]},
                {"LEDGER_DATA_DIR": str(tmp / "ledger"),

@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 
+from api import drop_schema  # (bench/ is on the path: these run as scripts)
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
@@ -106,13 +107,6 @@ def bare_env_postgres(url: str, schema: str) -> dict[str, str]:
     return env
 
 
-def drop_schema(url: str, schema: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
 def measure(store: str, commands: int, url: str | None, rounds: int) -> dict[str, float]:
     """Alternate bare and ledger rounds on the same disk and take the median of each, so that
     the fsync noise of one moment does not land on one side only."""
@@ -134,7 +128,7 @@ def measure(store: str, commands: int, url: str | None, rounds: int) -> dict[str
         finally:
             if store == "postgres":
                 for schema in schemas:
-                    drop_schema(url or "", schema)
+                    drop_schema(schema, url or "")
     bare_rate, ledger_rate = statistics.median(bare_rates), statistics.median(ledger_rates)
     return {"bare_saves_per_s": round(bare_rate, 1), "ledger_commands_per_s": round(ledger_rate, 1),
             "ratio": round(ledger_rate / bare_rate, 3), "rounds": rounds}

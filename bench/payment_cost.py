@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from api import PG, drop_schema  # noqa: E402
+from api import PG, drop_schema, new_schema  # noqa: E402
 
 BODY = {"activity": "conversation", "amount": "25.00", "method": "bank_transfer"}
 WARMUP = 100
@@ -65,11 +65,7 @@ def bare_env(store: str, tmp: Path, encrypted: bool) -> tuple[dict[str, str], st
     if store == "sqlite":
         env = store_env(sqlite_path=str(tmp / f"bare-{uuid.uuid4().hex[:6]}.sqlite3"))
     else:
-        import psycopg
-
-        schema = f"cost_bare_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
+        schema = new_schema("cost_bare")
         env = store_env(postgres_schema=schema)
     if encrypted:
         from eventsourcing.cryptography import AESCipher

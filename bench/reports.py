@@ -41,6 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from api import drop_schema  # noqa: E402 - bench/ is on the path: these run as scripts
+
 from ledger.application import Ledger  # noqa: E402
 from ledger.domain.participant import Participant, PersonalDetails  # noqa: E402
 
@@ -261,13 +263,6 @@ def rebuild_workers(events: int) -> int:
     return 1 << (min(os.cpu_count() or 1, MAX_WORKERS).bit_length() - 1)
 
 
-def drop_schema(url: str, schema: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
 def run(bench: str, doc: str | None, measure_one: Any, line: Any) -> None:
     """The command line both study benchmarks share: build the study on each store (a fresh
     temporary directory; on PostgreSQL a fresh schema, dropped afterwards), ``measure_one(env,
@@ -294,7 +289,7 @@ def run(bench: str, doc: str | None, measure_one: Any, line: Any) -> None:
                 results[store] = measure_one(env, args.participants, args.events_per_person)
             finally:
                 if store == "postgres":
-                    drop_schema(args.postgres, schema)
+                    drop_schema(schema, args.postgres)
         print(f"{store:9} {line(results[store])}", file=sys.stderr, flush=True)
     print(json.dumps({"bench": bench, **results}))
 
