@@ -51,6 +51,23 @@ class ViewsProjection(Projection[ViewTracking]):
         self.projector.process_event(domain_event, tracking.notification_id)
 
 
+def wake_if_stalled(ledger: Any, seen: int) -> int:
+    """NOTIFY the log's channel if the views stood still at ``seen`` since the last look while
+    the log holds more; returns where the views stand now.
+
+    The library's subscription reads what is there, then starts to LISTEN in another thread:
+    events committed in between are announced to no one, and it waits for the next NOTIFY. When
+    the writes stop there (as they may when the follower restarts under load), the views would
+    stay behind until someone writes again, and readers that wait for them time out."""
+    position: int = ledger.projector.views.position()
+    if position == seen and (ledger.recorder.max_notification_id() or 0) > position:
+        from psycopg.sql import SQL, Identifier
+
+        with ledger.sql.datastore.get_connection() as conn:  # autocommit: sent at once
+            conn.execute(SQL("NOTIFY {0}").format(Identifier(ledger.recorder.channel_name)))
+    return position
+
+
 def run_views(env: Mapping[str, str], *, until_idle: bool = False,
               stop: threading.Event | None = None) -> None:
     """Follow the log until SIGTERM/SIGINT (or, with ``until_idle``, until caught up)."""
@@ -77,10 +94,12 @@ def run_views(env: Mapping[str, str], *, until_idle: bool = False,
             application_class=Ledger, tracking_recorder=ViewTracking(ledger.projector.views),
             topics=(), env=env)
         with runner:
+            seen = -1
             while not stop.is_set():
                 runner.run_forever(timeout=POLL_S)  # re-raises the processing thread's error
                 ledger.checkpoint_if_due()  # the Merkle leaves and signed checkpoints
                 if runner.is_interrupted.is_set():
                     break
+                seen = wake_if_stalled(ledger, seen)
     finally:
         ledger.close()
