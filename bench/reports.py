@@ -104,12 +104,17 @@ def _person(ledger: Ledger, clock: Clock, rng: random.Random, n: int, events: in
 
 def generate(env: dict[str, str], participants: int, events: int) -> dict[str, Any]:
     """Write the study; returns its size and how long writing it took."""
-    total = participants * events
-    clock = Clock(datetime.now(UTC) - SPAN - timedelta(hours=1), SPAN / (total + 100))
+    clock = Clock(datetime.now(UTC) - SPAN - timedelta(hours=1), timedelta(0))
     ledger = Ledger(env, clock=clock)
     ledger.init_study(by="bench")
     for version in FORMS[1:]:
         ledger.register_form(version, f"Consent form, version {version}.", by="bench")
+    # A person's history has a floor (every round of consent, the two payments...) that a small
+    # --events-per-person does not lower: space the events by what will really be written, with
+    # a tenth to spare (withdrawals vary), so the last is still in the past.
+    p, payments = _person(ledger, Clock(clock.now, timedelta(seconds=1)), random.Random(0), -1, 1)
+    floor = len(p.pending_events) + sum(len(x.pending_events) for x in payments)
+    clock.step = SPAN / (participants * max(events, floor) * 1.1 + 100)
     rng = random.Random(7)
     start = time.perf_counter()
     n = 0
@@ -206,9 +211,13 @@ def step_and_children(name: str, env: dict[str, str], arg: Any = None,
     parent, child = ctx.Pipe()
     process = ctx.Process(target=_child, args=(name, env, arg, child, run_step))
     process.start()
-    result = parent.recv()
+    child.close()  # the child's end is the child's: if it dies, recv() ends instead of waiting
+    try:
+        result = parent.recv()
+    except EOFError:
+        result = None
     process.join()
-    if process.exitcode:
+    if process.exitcode or result is None:
         raise RuntimeError(f"step {name} failed ({process.exitcode})")
     return result  # type: ignore[no-any-return]
 
