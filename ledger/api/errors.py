@@ -79,7 +79,10 @@ def ledger_error(error: LedgerError) -> Response:
 
         return kind_error(status)
     errors = {error.field: [error.message]} if error.field else None
-    return problem(status, error.message, errors, code=type(error).__name__)
+    # A 503 says when to ask again (RFC 9110 section 10.2.3): the views usually catch up in well
+    # under a second.
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return problem(status, error.message, errors, headers=headers, code=type(error).__name__)
 
 
 def http_error(error: HTTPException) -> Response:

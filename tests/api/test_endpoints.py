@@ -164,3 +164,36 @@ def test_an_erasure_needs_a_reason(client, tokens, pid):
                            headers=bearer(tokens["admin"]), json={})
 
     assert response.status_code == 422 and "reason" in response.json["errors"]
+
+
+def test_a_list_asked_for_beyond_the_views_is_503_with_retry_after_then_200(tmp_path,
+                                                                             monkeypatch):
+    """Views kept by another process (``ledger projections run``): a list asked for with a
+    write's ``Ledger-Position`` waits for the views, then says 503 and when to ask again; once
+    the views have passed the write, the same request lists it."""
+    import ledger.application
+    from ledger.api import create_app
+    from ledger.application import Ledger
+
+    monkeypatch.setattr(ledger.application, "VIEW_WAIT_S", 0.2)
+    lg = Ledger({"LEDGER_DATA_DIR": str(tmp_path), "LEDGER_PROJECTIONS": "external"})
+    try:
+        lg.init_study(by="test")
+        staff = bearer(lg.tokens.create("staff", "s")[1])
+        client = create_app({"LEDGER": lg, "TESTING": True}).test_client()
+        made = client.post("/api/v1/participants", headers=staff, json={"name": "Behind Example"})
+        assert made.status_code == 201
+        position = int(made.headers["Ledger-Position"])
+        url = f"/api/v1/participants?limit=50&min_position={position}"
+
+        behind = client.get(url, headers=staff)
+
+        assert behind.status_code == 503 and behind.headers["Retry-After"] == "1"
+        assert behind.content_type == "application/problem+json"
+        assert behind.json["code"] == "ViewsBehind"
+        lg.projector.catch_up()  # what the follower process does
+        listed = client.get(url, headers=staff)
+        assert listed.status_code == 200
+        assert made.json["id"] in {item["id"] for item in listed.json["items"]}
+    finally:
+        lg.close()
