@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -48,13 +49,18 @@ def test_a_backup_taken_under_load_is_a_consistent_prefix_that_restores_and_veri
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        while len(acknowledged) < 30:
+        deadline = time.monotonic() + 120
+        while len(acknowledged) < 30 and thread.is_alive() and time.monotonic() < deadline:
             stop.wait(0.05)
+        assert len(acknowledged) >= 30, "the writer stopped before 30 writes"
         before = acknowledged[-1]
         done = _run(live_dir, "backup", str(tmp_path / "copy.sqlite3"))
         after_backup = len(acknowledged)
-        while len(acknowledged) < after_backup + 10:  # the writes went on all along
+        deadline = time.monotonic() + 120
+        while (len(acknowledged) < after_backup + 10 and thread.is_alive()
+               and time.monotonic() < deadline):  # the writes went on all along
             stop.wait(0.05)
+        assert len(acknowledged) >= after_backup + 10, "the writer stopped after the backup"
     finally:
         stop.set()
         thread.join()

@@ -95,12 +95,14 @@ def test_reading_the_study_while_forms_are_registered_never_fails(two_workers):
     readers = [threading.Thread(target=read) for _ in range(3)]
     for t in readers:
         t.start()
-    for i in range(30):
-        b.register_form(f"2.{i}", f"text {i}", by="t")
-        a.register_form(f"3.{i}", f"text {i}", by="t")
-    stop.set()
-    for t in readers:
-        t.join()
+    try:
+        for i in range(30):
+            b.register_form(f"2.{i}", f"text {i}", by="t")
+            a.register_form(f"3.{i}", f"text {i}", by="t")
+    finally:  # a failing write must not leave the readers spinning and pytest unable to exit
+        stop.set()
+        for t in readers:
+            t.join(timeout=60)
 
     assert errors == []
     assert len(a.study()["consent_forms"]) == 61

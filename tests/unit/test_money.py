@@ -1,7 +1,7 @@
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.domain.errors import InvalidAmount, UnsupportedCurrency
@@ -24,6 +24,7 @@ def test_amounts_that_are_not_positive_whole_pence_are_refused(bad):
     assert e.value.field == "amount"
 
 
+@settings(deadline=None)  # a garbage-collection pause late in the suite is not a failure
 @given(st.integers(min_value=1, max_value=10**9))
 def test_formatting_and_parsing_pence_round_trips(pence):
     assert parse_pence(format_pence(pence)) == pence
