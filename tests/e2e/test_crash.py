@@ -161,6 +161,22 @@ def kill_server(proc: subprocess.Popen) -> list[int]:
     return running
 
 
+def wait_for_postgres_backends(env: dict[str, str]) -> None:
+    """After the kill, until no other backend of the database is still running a statement: one
+    may be finishing a COMMIT the killed worker had sent, which becomes visible when it ends. The
+    check must see the store as it will stay, not a moment before that commit lands."""
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    with psycopg.connect(env["LEDGER_DATABASE_URL"].split("?")[0], autocommit=True) as conn:
+        while conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                " AND state = 'active'").fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "a killed server's statement still running"
+            time.sleep(0.01)
+
+
 def start_server(env: dict[str, str], log: Path, workers: int = 2) -> tuple[subprocess.Popen,
                                                                              Server]:
     """`ledger serve` in its own process group, so that one killpg reaches the workers too."""
@@ -345,6 +361,8 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(store_env, tmp_pa
             time.sleep(rng.uniform(*KILL_AFTER_S))  # the random moment of the crash
             killed_at = time.monotonic()
             running = kill_server(proc)
+            if postgres:
+                wait_for_postgres_backends(store_env)
             writer.join()
 
             assert len(running) >= 2, f"{where}: the master and its workers: {running}"
