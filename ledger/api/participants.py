@@ -143,7 +143,8 @@ class ParticipantOut(Schema):
 class ParticipantListQuery(PaginationQuery):
     min_position = fields.Integer(load_default=None, validate=validate.Range(1), metadata={
         "description": "read-your-writes: answer only once the views include this position "
-                       "(the Ledger-Position header of a write); 503 if they do not soon"})
+                       "(the Ledger-Position header of a write); 503 with Retry-After if they do "
+                       "not soon"})
 
 
 class ParticipantPage(Schema):

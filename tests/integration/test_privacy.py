@@ -24,6 +24,13 @@ REASON = "Quillfeather private reason"
 SECRETS = [NAME, EMAIL, PHONE, COMMUNITY, NEED, REFERENCE, REASON, "Quillfeather"]
 
 
+def scrub_when_possible(ledger: Ledger) -> bool:
+    """The erasure's scrub, retried for up to 10 s as the ledger itself retries it: any snapshot
+    older than the erasure holds it back (another reader's, or on PostgreSQL an autovacuum
+    worker's, which this suite's many schemas attract)."""
+    return any(ledger.keys.scrub_if_pending() or time.sleep(0.5) for _ in range(20))
+
+
 def _seed(ledger: Ledger):
     pid = ledger.register_participant(NAME, EMAIL, PHONE, [COMMUNITY], "phone", by="t")["id"]
     ledger.grant_consent(pid, "record", "1.0", "online", by="t")
@@ -116,8 +123,7 @@ def test_after_erasure_the_name_cannot_be_recovered_even_with_the_master_key(led
     data_key = ledger.keys.get(pid)
 
     ledger.erase(pid, "participant asked", by="admin")
-    # Under load the scrub may wait its turn; the ledger retries it (here, as at the next start).
-    scrubbed = any(ledger.keys.scrub_if_pending() or time.sleep(0.5) for _ in range(20))
+    scrubbed = scrub_when_possible(ledger)
 
     # 1. The data key is gone: not in the table, not in the raw store (files or dump).
     assert scrubbed and ledger.keys.get(pid) is None
@@ -270,7 +276,7 @@ def test_an_erasure_with_a_reader_open_finishes_its_scrub_once_the_reader_leaves
                                ("erasure_scrub_pending",))
     reader.execute("COMMIT")
     reader.close()
-    finished = any(ledger.keys.scrub_if_pending() or time.sleep(0.5) for _ in range(20))
+    finished = scrub_when_possible(ledger)
 
     assert pending and finished
     assert wrapped not in _sqlite_files(tmp_path)
@@ -299,9 +305,7 @@ def test_a_postgres_erasure_does_not_hang_behind_a_reader_and_scrubs_later(pg_sc
         ledger.erase(pid, "asked", by="admin")  # the reader's transaction is still open
         took = time.monotonic() - started
         pending = not ledger.keys.scrub_if_pending()
-    # Any snapshot older than the erasure holds the scrub back, an autovacuum worker's included
-    # (this suite makes and drops many schemas), so retry as the ledger itself does.
-    finished = any(ledger.keys.scrub_if_pending() or time.sleep(0.5) for _ in range(20))
+    finished = scrub_when_possible(ledger)
 
     assert took < 10 and pending and finished
     assert wrapped not in _postgres_key_pages(ledger)
