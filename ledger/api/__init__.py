@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import swagger_ui_bundle
-from flask import Flask, Response, g, request, send_from_directory
+from flask import Flask, Response, abort, g, request, send_from_directory
 from flask_smorest import Api
 
 from ..application import Ledger
@@ -62,6 +63,38 @@ class LedgerApi(Api):  # type: ignore[misc]
             self.spec.components.response(status.name, response, lazy=True)
 
 
+class BoundedBody:
+    """WSGI middleware: a chunked body (no Content-Length) is read here, up to the limit.
+
+    Werkzeug bounds such a body by ``MAX_CONTENT_LENGTH`` but, reading it whole, stops at the
+    limit without an error: a body of 200 KiB was cut to its first 64 KiB, and if that much
+    parsed, it was accepted. Here a chunked body is read once, to one byte past the limit;
+    beyond it the request is marked and answered 413 before the app reads anything."""
+
+    TOO_LARGE = "ledger.body_too_large"
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if environ.get("wsgi.input_terminated") and not environ.get("CONTENT_LENGTH"):
+            stream, parts, size = environ["wsgi.input"], [], 0
+            while size <= self.limit:
+                part = stream.read(self.limit + 1 - size)
+                if not part:
+                    break
+                parts.append(part)
+                size += len(part)
+            if size > self.limit:
+                environ[self.TOO_LARGE] = True
+                parts = []
+            body = b"".join(parts)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        return self.app(environ, start_response)
+
+
 class LedgerFlask(Flask):
     """Flask, except that an exception Flask logs itself (one raised inside an error handler)
     is logged by route pattern and type only: the raw path can carry a participant's link, and a
@@ -76,7 +109,10 @@ class LedgerFlask(Flask):
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The app. ``config`` may hold ``LEDGER`` (a Ledger to use) or ``ENV`` (its environment)."""
     config = dict(config or {})
-    app = LedgerFlask(__name__)
+    app = LedgerFlask(__name__, static_folder=None)  # the pages serve their one stylesheet
+    # Paths are exactly as documented: "//participants" is a 404, not a redirect to the merged
+    # path (werkzeug builds that redirect from the request's Host header).
+    app.url_map.merge_slashes = False
     app.json = OrjsonProvider(app)
     app.config.update(
         API_TITLE="Consent and remuneration ledger",
@@ -110,10 +146,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         """Swagger UI's own files, served locally (no CDN)."""
         return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
 
+    app.wsgi_app = BoundedBody(app.wsgi_app, MAX_BODY)  # type: ignore[method-assign]
+
     @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()
         ledger.forget_saved_position()
+        if request.environ.get(BoundedBody.TOO_LARGE):
+            abort(413)
 
     @app.after_request
     def secure_and_log(response: Response) -> Response:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import re
 import sys
+from http import HTTPStatus
 from typing import Any
 
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
+from gunicorn.http import errors as http_errors
+from gunicorn.workers.gthread import ThreadWorker
 
 TOKEN_PATH = re.compile(r"/my/[^/\s?]+")
 H = r"[0-9a-fA-F]{1,4}"
@@ -66,6 +71,63 @@ class ScrubbingLogger(Logger):  # type: ignore[misc]
         super().error(self._clean(msg, args))
 
 
+# A request gunicorn itself refuses (it never reaches the app): its status, as gunicorn gives it.
+# Any other ParseException is a plain 400; anything else, or a response header the app got
+# wrong, is our fault: 500.
+REFUSED = [
+    ((http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName), 500),
+    ((http_errors.ConfigurationProblem,), 500),
+    ((http_errors.LimitRequestLine,), 414),
+    ((http_errors.LimitRequestHeaders,), 431),
+    ((http_errors.UnsupportedTransferCoding,), 501),
+    ((http_errors.ExpectationFailed,), 417),
+    ((http_errors.ForbiddenProxyRequest,), 403),
+    ((http_errors.ParseException,), 400),
+]
+
+
+def refused_status(error: BaseException) -> int:
+    """The status gunicorn would answer ``error`` with."""
+    return next((status for kinds, status in REFUSED if isinstance(error, kinds)), 500)
+
+
+class LedgerWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's threaded worker, except for requests it refuses before the app sees them
+    (a malformed request line or header, a chunk gone wrong, a line too long).
+
+    gunicorn logs those with the offending text ("Invalid HTTP Version: 'Quarrington
+    HTTP/1.1'", so a name in a query string reached the log) and answers with an HTML page
+    quoting it, without the security headers every other response has. Here the log says only
+    what kind of request was refused, and the answer is problem+json with the API's headers."""
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        from . import API_CSP
+
+        status = refused_status(exc)
+        if status == 500:
+            self.log.error("error handling a request (%s)", type(exc).__name__)
+        else:
+            self.log.warning("refused a malformed request (%s): %d", type(exc).__name__, status)
+        phrase = HTTPStatus(status).phrase
+        detail = ("The request could not be read as HTTP." if status != 500 else
+                  "Something went wrong on our side. Please try again.")
+        body = json.dumps({"type": "about:blank", "status": status, "title": phrase,
+                           "detail": detail}).encode()
+        head = (f"HTTP/1.1 {status} {phrase}\r\n"
+                "Connection: close\r\n"
+                "Content-Type: application/problem+json\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                "X-Content-Type-Options: nosniff\r\n"
+                "Cache-Control: no-store\r\n"
+                f"Content-Security-Policy: {API_CSP}\r\n"
+                "Referrer-Policy: no-referrer\r\n"
+                "X-Frame-Options: DENY\r\n\r\n")
+        try:
+            util.write_nonblock(client, head.encode("ascii") + body)
+        except Exception:  # noqa: BLE001 - the client may be gone; nothing to tell it
+            self.log.debug("could not send the refusal")
+
+
 class LedgerServer(BaseApplication):  # type: ignore[misc]
     """gunicorn, configured in code rather than by a config file."""
 
@@ -109,7 +171,7 @@ def serve(host: str, port: int, workers: int, threads: int = 4) -> None:
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": "ledger.api.server.LedgerWorker",
         "accesslog": None,  # our own access log records route patterns, never raw paths
         "errorlog": "-",
         "loglevel": "info",

@@ -1,0 +1,132 @@
+"""What a real `ledger serve` does with input that never reaches a Flask test client: chunked
+bodies, and requests gunicorn refuses before the app sees them."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import Server, start_server
+
+NAME = "Zebedee Quarrington"
+SECURITY_HEADERS = {"x-content-type-options": "nosniff", "cache-control": "no-store",
+                    "referrer-policy": "no-referrer", "x-frame-options": "DENY"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[tuple[Server, str]]:
+    """One server on SQLite for the module, and a staff token."""
+    import subprocess
+
+    from .conftest import LEDGER, clean_environ
+
+    home = tmp_path_factory.mktemp("served")
+    env = {"LEDGER_DATA_DIR": str(home / "data")}
+    subprocess.run([LEDGER, "init"], env={**clean_environ(), **env}, check=True,
+                   capture_output=True)
+    made = subprocess.run([LEDGER, "tokens", "create", "--role", "staff", "--name", "input"],
+                          env={**clean_environ(), **env}, check=True, capture_output=True,
+                          text=True)
+    token = next(w for w in made.stdout.split() if w.startswith("lgr_"))
+    proc, server = start_server(env, home / "server.log", workers=2)
+    yield server, token
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _chunked(server: Server, token: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request("POST", "/api/v1/participants", body=iter([body[i:i + 8192] for i in
+                                                                range(0, len(body), 8192)]),
+                     headers={"Authorization": f"Bearer {token}",
+                              "Content-Type": "application/json"},
+                     encode_chunked=True)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def _raw(server: Server, request: bytes) -> bytes:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(request)
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+        return received
+
+
+def _count(server: Server, token: str) -> int:
+    status, _, body = server.request("GET", "/api/v1/participants?limit=200",
+                                     headers={"Authorization": f"Bearer {token}"})
+    assert status == 200
+    return len(json.loads(body)["items"])
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_writes_nothing(served):
+    server, token = served
+    before = _count(server, token)
+    valid_start = b'{"name": "Chunk Tail"}' + b" " * 70_000 + b" and then not JSON {{{"
+
+    status, headers, body = _chunked(server, token, valid_start)
+
+    assert status == 413, body
+    assert headers["content-type"] == "application/problem+json"
+    assert _count(server, token) == before
+
+
+def test_a_chunked_body_within_the_limit_is_read_whole(served):
+    server, token = served
+    before = _count(server, token)
+
+    status, _, body = _chunked(server, token, json.dumps({"name": "Chunk " + "x" * 150})
+                               .encode() + b" " * 60_000)
+
+    assert status == 201, body
+    assert _count(server, token) == before + 1
+
+
+def test_a_chunked_body_cut_short_of_valid_json_is_400(served):
+    server, token = served
+
+    status, _, _ = _chunked(server, token, b'{"name": "Chunk' + b" " * 1000)
+
+    assert status == 400
+
+
+@pytest.mark.parametrize("request_line", [
+    f"GET /api/v1/participants?name={NAME} HTTP/1.1".encode(),  # a space: not a request line
+    "GET /api/v1/participants?name=Zébédée-Quarrington HTTP/1.1".encode(),
+    b"GET /api/v1/participants?name=Zebedee-Quarrington-" + b"x" * 5000 + b" HTTP/1.1",
+])
+def test_a_request_gunicorn_refuses_is_answered_as_problem_json_and_logged_without_it(
+        served, request_line):
+    server, _ = served
+
+    answer = _raw(server, request_line + b"\r\nHost: x\r\n\r\n")
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    assert status_line.split()[1] in {"400", "414"}, status_line
+    assert headers["content-type"] == "application/problem+json"
+    for name, value in SECURITY_HEADERS.items():
+        assert headers[name] == value
+    assert "default-src 'none'" in headers["content-security-policy"]
+    assert b"Quarrington" not in answer
+    problem = json.loads(body)
+    assert problem["status"] == int(status_line.split()[1]) and problem["title"]
+
+    time.sleep(0.3)
+    log = Path(server.log).read_text(errors="replace")
+    assert "Quarrington" not in log
+    assert "refused a malformed request" in log
