@@ -465,6 +465,10 @@ class Ledger(Application[UUID]):
                           min_position: int | None = None) -> dict[str, Any]:
         """A page of participants in registration order, after the id ``after``, read from the
         views (which include at least notification ``min_position``)."""
+        if min_position is not None and min_position > (self.recorder.max_notification_id() or 0):
+            # No write has answered with this position: waiting for it would never end.
+            raise InvalidInput("min_position is beyond the end of the log; use the "
+                               "Ledger-Position header of a write", field="min_position")
         self.views_at_least(min_position)
         views = self.projector.views
         after_seq = 0

@@ -5,21 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from .auth import SECURITY, require
 from .common import ledger
 from .fastdump import Schema
+from .parsing import MAX_POSITION, Blueprint, QueryInt
 from .schemas import Checkpoint, document_errors
 
 blp = Blueprint("audit", __name__, url_prefix="/api/v1", description="For auditors")
 
 
 class FeedQuery(Schema):
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0),
+    after = QueryInt(load_default=0, validate=validate.Range(0, MAX_POSITION - 1),
                            metadata={"description": "the last id of the previous page (0: start)"})
-    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    limit = QueryInt(load_default=100, validate=validate.Range(1, 1000))
 
 
 class FeedItem(Schema):
@@ -62,9 +62,9 @@ class CheckpointView(MethodView):
 
 
 class InclusionQuery(Schema):
-    position = fields.Integer(required=True, validate=validate.Range(min=1), metadata={
+    position = QueryInt(required=True, validate=validate.Range(1, MAX_POSITION), metadata={
         "description": "the event's position in the log, 1-based (the leaf index plus one)"})
-    size = fields.Integer(load_default=None, validate=validate.Range(min=1), metadata={
+    size = QueryInt(load_default=None, validate=validate.Range(1, MAX_POSITION), metadata={
         "description": "the tree to prove it in, by its size (a checkpoint's size); "
                        "default: a checkpoint signed now"})
 
@@ -94,9 +94,9 @@ class InclusionProof(Schema):
 
 
 class ConsistencyQuery(Schema):
-    first = fields.Integer(required=True, validate=validate.Range(min=1), metadata={
+    first = QueryInt(required=True, validate=validate.Range(1, MAX_POSITION), metadata={
         "description": "the size of the earlier tree (e.g. a checkpoint you kept)"})
-    second = fields.Integer(load_default=None, validate=validate.Range(min=1), metadata={
+    second = QueryInt(load_default=None, validate=validate.Range(1, MAX_POSITION), metadata={
         "description": "the size of the later tree; default: a checkpoint signed now"})
 
 

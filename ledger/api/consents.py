@@ -6,13 +6,13 @@ from typing import Any
 from uuid import UUID
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from ..domain.vocab import ATTRIBUTIONS, CONSENT_METHODS, STAFF_WITHDRAWAL_CHANNELS
 from .auth import SECURITY, actor, require
 from .common import ledger
 from .fastdump import Schema
+from .parsing import Blueprint
 from .participants import ConsentOut, ObligationOut
 from .schemas import document_errors
 

@@ -7,6 +7,7 @@ fields; never a stack trace, SQL, or the submitted values.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from flask import Flask, Response, json, request
@@ -66,6 +67,30 @@ def _flatten(messages: Any) -> dict[str, Any]:
     return flat
 
 
+# A field name we repeat back: what a client could mean as one. Any other key of an unknown field
+# is submitted text (a misplaced name, a note), which an error body never repeats.
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}\Z")
+UNKNOWN = "Unknown field."
+UNNAMED = "_unknown_fields"
+
+
+def _without_submitted_names(errors: dict[Any, Any]) -> dict[Any, Any]:
+    """Errors with each unknown field that does not look like a field name counted under
+    ``_unknown_fields`` instead of named (nested errors too)."""
+    kept: dict[Any, Any] = {}
+    unnamed = 0
+    for key, value in errors.items():
+        if value == [UNKNOWN] and not (isinstance(key, str) and FIELD_NAME.match(key)):
+            unnamed += 1
+        elif isinstance(value, dict):
+            kept[key] = _without_submitted_names(value)
+        else:
+            kept[key] = value
+    if unnamed:
+        kept[UNNAMED] = [f"{unnamed} unknown field(s), whose names are not repeated here"]
+    return kept
+
+
 def is_participant_page() -> bool:
     """Under /my/: the participant pages, which answer every error with a kind HTML page."""
     return request.path.startswith("/my/")
@@ -94,7 +119,8 @@ def http_error(error: HTTPException) -> Response:
 
         return kind_error(status)
     data = getattr(error, "data", None) or {}
-    errors = _flatten(data.get("messages")) if "messages" in data else None
+    errors = (_without_submitted_names(_flatten(data.get("messages")))
+              if "messages" in data else None)
     detail = "Check the fields listed in errors." if errors else TITLES.get(status)
     headers = dict(data.get("headers", {}) or {})
     allowed = getattr(error, "valid_methods", None)

@@ -9,12 +9,12 @@ from uuid import UUID
 
 from flask import Response, render_template
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from .auth import SECURITY, require
 from .common import ledger
 from .fastdump import Schema
+from .parsing import Blueprint
 from .schemas import document_errors
 
 blp = Blueprint("export", __name__, url_prefix="/api/v1", description="Subject access")

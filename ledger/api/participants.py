@@ -6,12 +6,12 @@ from typing import Any
 from uuid import UUID
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from .auth import SECURITY, actor, require
 from .common import ledger
 from .fastdump import Schema
+from .parsing import MAX_POSITION, Blueprint, QueryInt
 from .schemas import PaginationQuery, SignedCheckpoint, document_errors
 
 blp = Blueprint("participants", __name__, url_prefix="/api/v1",
@@ -141,7 +141,7 @@ class ParticipantOut(Schema):
 
 
 class ParticipantListQuery(PaginationQuery):
-    min_position = fields.Integer(load_default=None, validate=validate.Range(1), metadata={
+    min_position = QueryInt(load_default=None, validate=validate.Range(1, MAX_POSITION), metadata={
         "description": "read-your-writes: answer only once the views include this position "
                        "(the Ledger-Position header of a write); 503 with Retry-After if they do "
                        "not soon"})

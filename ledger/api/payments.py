@@ -13,16 +13,17 @@ from uuid import UUID
 
 from flask import Response, g, json, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from ..domain.errors import LedgerError
+from ..domain.errors import InvalidAmount, LedgerError
+from ..domain.money import parse_pence
 from ..domain.vocab import PAYEES, PAYMENT_METHODS
 from ..idempotency import IdempotentRequest, Stored
 from . import errors
 from .auth import SECURITY, actor, require
 from .common import ledger
 from .fastdump import Schema
+from .parsing import AMOUNT, Blueprint, StrictBoolean
 from .participants import ArrangementOut, PaymentOut
 from .schemas import document_errors
 
@@ -34,9 +35,21 @@ KEY_HEADER = {"in": "header", "name": "Idempotency-Key", "required": True,
               "description": "a unique value per intended payment (e.g. a UUID)"}
 
 
+def check_amount(value: str) -> None:
+    """Exactly the published pattern (no spaces, signs or extra digits), then the domain's own
+    checks, whose messages say what is wrong ("a whole number of pence", "more than zero")."""
+    try:
+        parse_pence(value)
+    except InvalidAmount as error:
+        raise ValidationError(error.message) from None
+    if not AMOUNT.match(value):
+        raise ValidationError('amount must be written as pounds and pence, such as "25.00": '
+                              "digits only, and at most two after the point")
+
+
 def amount_field() -> fields.String:
-    """An amount in pounds as a string ("25.00"); the domain checks its value."""
-    return fields.String(required=True, validate=validate.Length(1, 20),
+    """An amount in pounds as a string ("25.00")."""
+    return fields.String(required=True, validate=[validate.Length(1, 20), check_amount],
                          metadata={"example": "25.00", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,2})?$"})
 
 
@@ -44,8 +57,8 @@ class ArrangementIn(Schema):
     activity = fields.String(required=True, validate=validate.Length(1, 40))
     method = fields.String(validate=validate.OneOf(PAYMENT_METHODS))
     payee = fields.String(validate=validate.OneOf(PAYEES))
-    benefits_advice_offered = fields.Boolean()
-    declined = fields.Boolean(load_default=False)
+    benefits_advice_offered = StrictBoolean()
+    declined = StrictBoolean(load_default=False)
     reason = fields.String(validate=validate.Length(max=2000), allow_none=True)
 
     @validates_schema
@@ -145,7 +158,11 @@ def _replay_or_refuse(kept: Stored, once: IdempotentRequest) -> Response:
         return errors.problem(
             422, "This Idempotency-Key was already used for a different request.",
             {"Idempotency-Key": ["already used with a different body"]})
-    return _replay(kept.status, kept.body)
+    response = _replay(kept.status, kept.body)
+    # Read-your-writes for a client whose first answer was lost: the log's position now, which
+    # is at or after the payment's own (the views at this position include the payment).
+    response.headers["Ledger-Position"] = str(ledger().recorder.max_notification_id())
+    return response
 
 
 def _replay(status: int, body: bytes) -> Response:

@@ -6,7 +6,6 @@ from typing import Any
 
 from flask import Response
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from ..reports import DEFAULT_OUTSTANDING_DAYS, report_data, sign_report
@@ -14,6 +13,7 @@ from ..reports.render import EXTENSIONS, FORMATS, render
 from .auth import SECURITY, require
 from .common import ledger
 from .fastdump import Schema
+from .parsing import Blueprint, QueryInt
 from .schemas import document_errors
 
 blp = Blueprint("reports", __name__, url_prefix="/api/v1", description="For auditors")
@@ -24,7 +24,7 @@ class ReportQuery(Schema):
         "description": "the moment to report on, ISO 8601 with offset (default: now); "
                        "not in the future, not before the study was set up"})
     format = fields.String(load_default="json", validate=validate.OneOf(list(FORMATS)))
-    outstanding_days = fields.Integer(
+    outstanding_days = QueryInt(
         load_default=DEFAULT_OUTSTANDING_DAYS, validate=validate.Range(0, 3650),
         metadata={"description": "a payment agreed this many days ago and not made is listed "
                                  "as outstanding"})

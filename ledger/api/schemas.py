@@ -6,10 +6,10 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from .fastdump import Schema
+from .parsing import Blueprint, QueryInt
 
 
 class ProblemSchema(Schema):
@@ -37,7 +37,7 @@ def document_errors(blp: Blueprint, *codes: int) -> Callable[[Any], Any]:
 class PaginationQuery(Schema):
     """?limit=&after= (keyset pagination by registration order)."""
 
-    limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
+    limit = QueryInt(load_default=50, validate=validate.Range(1, 200))
     after = fields.UUID(load_default=None, metadata={"description": "last id of the previous page"})
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields
 
 from .auth import SECURITY, require
 from .common import ledger
 from .fastdump import Schema
+from .parsing import Blueprint
 from .schemas import document_errors
 
 blp = Blueprint("study", __name__, url_prefix="/api/v1", description="The study")

@@ -6,12 +6,12 @@ from typing import Any
 from uuid import UUID
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from .auth import SECURITY, actor, require
 from .common import ledger
 from .fastdump import Schema
+from .parsing import Blueprint
 from .schemas import document_errors
 
 blp = Blueprint("uses", __name__, url_prefix="/api/v1",

@@ -15,6 +15,8 @@ def _written(api_ledger) -> tuple[int, ...]:
     for table in ("ledger_data_keys", "ledger_idempotency", "ledger_links"):
         counts.append(api_ledger.sql.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"])
     return tuple(counts)
+# Amounts the domain could read but the published pattern (^[0-9]{1,9}(\.[0-9]{1,2})?$) refuses.
+LOOSE_AMOUNTS = [" 25", "25 ", "\u00a025", "\t25", "25\n", "25.0000", "00000000025", "+25"]
 CASES = [
     # (name, path, body or raw bytes, expected status, field named)
     ("malformed json", "/participants", b'{"name": ', 400, "json"),
@@ -62,6 +64,20 @@ CASES = [
      {"category": "c" * 81, "detail": ""}, 422, "category"),
     ("long access need detail", "/participants/{pid}/access-needs",
      {"category": "breaks", "detail": "d" * 2001}, 422, "detail"),
+    ("an integer too long to convert", "/participants", b'{"name": ' + b"1" * 4301 + b"}", 400,
+     "json"),
+    ("an unknown field named with a sentence", "/participants",
+     {"name": "A", "Zebedee Quarrington lives at 1 High St": 1}, 422, "_unknown_fields"),
+    ("declined as a string", "/participants/{pid}/payment-arrangements",
+     {"activity": "conversation", "declined": "yes"}, 422, "declined"),
+    ("advice offered as a number", "/participants/{pid}/payment-arrangements",
+     {"activity": "conversation", "method": "cash", "payee": "self",
+      "benefits_advice_offered": 1}, 422, "benefits_advice_offered"),
+    *[(f"amount {amount!r}", "/participants/{pid}/payments", {**PAY, "amount": amount}, 422,
+       "amount") for amount in LOOSE_AMOUNTS],
+    *[(f"expense amount {amount!r}", "/participants/{pid}/expenses",
+       {"activity": "conversation", "amount": amount, "method": "cash", "description": "bus"},
+       422, "amount") for amount in LOOSE_AMOUNTS],
     ("unknown participant", f"/participants/{uuid.uuid4()}/consents",
      {"scope": "record", "form_version": "1.0", "method": "online"}, 404, None),
     ("id of the wrong shape", "/participants/not-a-uuid/consents",
@@ -123,3 +139,92 @@ def test_error_bodies_never_echo_personal_input(client, staff):
 
     assert response.status_code == 422
     assert "Secretname" not in response.get_data(as_text=True)
+
+
+def test_a_sentence_used_as_a_field_name_is_not_repeated(client, staff):
+    response = client.post("/api/v1/participants", headers=staff,
+                           json={"name": "A", "Zebedee Quarrington lives at 1 High St": 1,
+                                 "nmae": "B"})
+
+    assert response.status_code == 422
+    assert "Quarrington" not in response.get_data(as_text=True)
+    assert response.json["errors"]["nmae"] == ["Unknown field."]  # a field name is still named
+    assert response.json["errors"]["_unknown_fields"]
+
+
+def test_a_body_that_is_not_declared_as_json_is_415_not_ignored(client, staff, pid, api_ledger):
+    """curl -d sends application/x-www-form-urlencoded: the body must not be read as empty."""
+    opened = client.post(f"/api/v1/participants/{pid}/consents", headers=staff, json={
+        "scope": "record", "form_version": "1.0", "method": "online"})
+    assert opened.status_code == 201
+    withdrawn = client.post(f"/api/v1/participants/{pid}/consents/record/withdrawal",
+                            headers=staff, json={"channel": "phone"})
+    obligation = withdrawn.json["obligations"][0]["id"]
+    before = _written(api_ledger)
+
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        response = client.post(f"/api/v1/participants/{pid}/obligations/{obligation}/done",
+                               headers=staff, data=b'{"note": "deleted from the cloud"}',
+                               content_type=content_type)
+
+        assert response.status_code == 415, (content_type, response.json)
+        assert response.content_type == "application/problem+json"
+        assert "Content-Type" in response.json["errors"]
+    assert _written(api_ledger) == before
+    done = client.post(f"/api/v1/participants/{pid}/obligations/{obligation}/done",
+                       headers=staff, json={"note": "deleted from the cloud"})
+    assert done.status_code == 200
+
+
+def test_an_empty_body_needs_no_content_type(client, staff, pid):
+    opened = client.post(f"/api/v1/participants/{pid}/consents", headers=staff, json={
+        "scope": "record", "form_version": "1.0", "method": "online"})
+    assert opened.status_code == 201
+    withdrawn = client.post(f"/api/v1/participants/{pid}/consents/record/withdrawal",
+                            headers=staff, json={"channel": "phone"})
+    obligation = withdrawn.json["obligations"][0]["id"]
+
+    response = client.post(f"/api/v1/participants/{pid}/obligations/{obligation}/done",
+                           headers=staff)
+
+    assert response.status_code == 200, response.json
+
+
+def test_a_doubled_slash_is_404_not_a_redirect_built_from_the_host(client, staff, pid):
+    response = client.post(f"/api/v1//participants/{pid}/consents", headers={
+        **staff, "Host": "evil.example"}, json={
+        "scope": "record", "form_version": "1.0", "method": "online"})
+
+    assert response.status_code == 404
+    assert response.content_type == "application/problem+json"
+    assert "Location" not in response.headers
+
+
+@pytest.mark.parametrize("query", [
+    "limit=%EF%BC%95", "limit=%2B5", "limit=5_0", "limit=%205", "limit=5.0", "cursor=x",
+    "min_position=999999999", "min_position=9223372036854775808"])
+def test_list_query_parameters_are_read_strictly(client, staff, pid, query):
+    response = client.get(f"/api/v1/participants?{query}", headers=staff)
+
+    assert response.status_code == 422, response.json
+    assert response.content_type == "application/problem+json"
+    assert query.split("=")[0] in response.json["errors"]
+
+
+@pytest.mark.parametrize("query", [
+    "after=9223372036854775807", "after=99999999999999999999999", "after=%EF%BC%91",
+    "limit=10&since=1"])
+def test_audit_feed_positions_beyond_a_bigint_are_422(client, tokens, query):
+    response = client.get(f"/api/v1/audit/events?{query}",
+                          headers={"Authorization": f"Bearer {tokens['auditor']}"})
+
+    assert response.status_code == 422, response.json
+    assert response.content_type == "application/problem+json"
+
+
+def test_the_largest_position_is_still_an_answer(client, tokens):
+    response = client.get("/api/v1/audit/events?after=9223372036854775806",
+                          headers={"Authorization": f"Bearer {tokens['auditor']}"})
+
+    assert response.status_code == 200
+    assert response.json["items"] == [] and response.json["next_after"] is None

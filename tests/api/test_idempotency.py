@@ -137,3 +137,19 @@ def test_concurrent_requests_with_one_key_write_once_and_agree(app, staff, pid, 
     new = api_ledger.recorder.select_notifications(start=before + 1, limit=100)
     assert sorted(n.topic for n in new) == ["ledger:Participant.PaymentNoted",
                                             "ledger:Payment.Recorded"]
+
+
+def test_a_replay_carries_a_position_that_includes_the_payment(client, staff, pid, api_ledger):
+    """A client whose first answer was lost still gets read-your-writes from the replay."""
+    first = _pay(client, staff, pid)
+    paid_at = int(first.headers["Ledger-Position"])
+    client.post("/api/v1/participants", headers=staff, json={"name": "Someone Later"})
+
+    replay = _pay(client, staff, pid)
+
+    assert replay.status_code == 201 and replay.data == first.data
+    position = int(replay.headers["Ledger-Position"])
+    assert position >= paid_at
+    assert position == api_ledger.recorder.max_notification_id()
+    listed = client.get(f"/api/v1/participants?min_position={position}", headers=staff)
+    assert listed.status_code == 200

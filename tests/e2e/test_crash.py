@@ -75,15 +75,16 @@ class Acked:
     write: Write
     body: bytes
     position: int | None
+    replayed: bool = False  # the kept answer to a payment stored before a kill
 
     @property
     def payment_id(self) -> UUID:
         return UUID(json.loads(self.body)["id"])
 
 
-def acked(write: Write, headers: dict[str, str], body: bytes) -> Acked:
+def acked(write: Write, headers: dict[str, str], body: bytes, *, replayed: bool = False) -> Acked:
     position = {k.lower(): v for k, v in headers.items()}.get("ledger-position")
-    return Acked(write, body, None if position is None else int(position))
+    return Acked(write, body, None if position is None else int(position), replayed)
 
 
 class Writer:
@@ -249,7 +250,11 @@ def check_store(lg: Ledger, where: str, acks: list[Acked], in_flight: list[Write
             assert paid.get(a.payment_id) == w.what, \
                 f"{where}: acknowledged payment lost: {w} ({a.payment_id}) at {a.position}"
             near = {w.pid, a.payment_id}
-        if a.position is not None:
+        if a.position is not None and a.replayed:  # the log's position when it was replayed
+            own = max(n.id for n in log if n.originator_id == a.payment_id)
+            assert own <= a.position <= max(by_id), \
+                f"{where}: {w} replayed at position {a.position}, before its write at {own}"
+        elif a.position is not None:
             assert a.position in by_id and by_id[a.position].originator_id in near, \
                 f"{where}: {w} acknowledged at position {a.position}, which is not its write"
 
@@ -333,12 +338,14 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(store_env, tmp_pa
                 assert status == 201, f"{where}: retry of {w}: {status} {body[:300]!r}"
                 assert UUID(json.loads(body)["id"]) == Payment.create_id(w.pid, w.what, 0), where
                 assert kept[w.key] is None or body == kept[w.key], f"{where}: {w}"
-                every_ack.append(acked(w, headers, body))
+                every_ack.append(acked(w, headers, body, replayed=kept[w.key] is not None))
                 retried, stored_before = retried + 1, stored_before + (kept[w.key] is not None)
             # An acknowledged payment sent again gets its answer again, byte for byte.
             for a in rng.sample(previous, min(3, len(previous))):
-                status, _, body = a.write.send(server, auth)
+                status, headers, body = a.write.send(server, auth)
                 assert (status, body) == (201, a.body), f"{where}: replay of {a.write}"
+                again = acked(a.write, headers, body).position  # the log's position by then
+                assert a.position is None or (again is not None and again >= a.position), where
             # The restarted server's views include every acknowledged write.
             positions = [a.position for a in every_ack if a.position is not None]
             if positions:

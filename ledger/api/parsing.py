@@ -1,0 +1,83 @@
+"""How request bodies and query strings are read: stricter than webargs' defaults.
+
+- A body that is not declared as JSON is refused (415), rather than ignored: webargs would read
+  it as "no body", so a note sent with curl's default form type was silently dropped, and a
+  required field reported missing when it had been sent.
+- Any JSON the parser cannot take is a 400 "Invalid JSON body", including an integer longer
+  than Python converts (``ValueError``, not a ``JSONDecodeError``: it was a 500).
+- An unknown query parameter is a 422 naming it, as an unknown field of a body already is
+  (webargs ignores unknown query parameters by default).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import flask_smorest
+import marshmallow as ma
+from flask import Request
+from webargs import core
+from webargs.flaskparser import FlaskParser, abort, is_json_request
+
+
+class LedgerParser(FlaskParser):
+    """webargs' Flask parser with the three differences above."""
+
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
+                                   "query": ma.RAISE, "querystring": ma.RAISE}
+
+    def _raw_load_json(self, req: Request) -> Any:
+        if not is_json_request(req):
+            if req.content_length or req.get_data(cache=True):
+                abort(415, messages={"Content-Type": [
+                    "the body must be sent as application/json"]})
+            return core.missing
+        try:
+            return core.parse_json(req.get_data(cache=True))
+        except json.JSONDecodeError:
+            raise
+        except ValueError as error:  # e.g. an integer of more than 4,300 digits
+            raise json.JSONDecodeError(type(error).__name__, "?", 0) from None
+
+
+class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]
+    """flask-smorest's Blueprint, reading arguments with ``LedgerParser``."""
+
+    ARGUMENTS_PARSER = LedgerParser()
+
+
+# A position in the log (a notification id) fits SQL's BIGINT; a larger one reached the query
+# and overflowed (a 500).
+MAX_POSITION = 2**63 - 1
+
+
+class QueryInt(ma.fields.Integer):
+    """An integer in a query string, written in ASCII digits with an optional minus.
+
+    marshmallow converts with ``int()``, which also takes "+5", " 5", "5_0" and other scripts'
+    digits ("５"); a query parameter means one plain spelling."""
+
+    DIGITS = re.compile(r"-?[0-9]{1,19}\Z")
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, str) and not self.DIGITS.match(value):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)  # type: ignore[no-any-return]
+
+
+class StrictBoolean(ma.fields.Boolean):
+    """A JSON ``true`` or ``false`` and nothing else.
+
+    marshmallow's Boolean also takes "yes", "on", "1", 1 and 0; these fields record facts
+    (whether benefits advice was offered), which a loosely typed value should not decide."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+# An amount in pounds, as the OpenAPI document publishes it: digits, at most two after the point.
+AMOUNT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?\Z")
