@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,7 +27,7 @@ from .audit.checkpoints import MerkleLog, signed_json
 from .audit.feed import audit_item
 from .config import Settings
 from .domain import Participant, Payment, PersonalDetails, Study, apply_events, derived_id
-from .domain.base import topic
+from .domain.base import personal_fields, topic
 from .domain.consent import CONSENTED, use_standing
 from .domain.errors import (
     ConcurrentUpdate,
@@ -222,6 +222,7 @@ class Ledger(Application[UUID]):
         processing_event = _Collected()
         processing_event.collect_events(*objs, **kwargs)
         recordings = self._record(processing_event)
+        self._forget_plaintext(processing_event.events)
         self._take_snapshots(processing_event)
         self._notify(recordings)
         if recordings:
@@ -310,6 +311,16 @@ class Ledger(Application[UUID]):
         """Opens sealed personal values for one view (see PersonalDataMapper.revealer)."""
         assert isinstance(self.mapper, PersonalDataMapper)
         return self.mapper.revealer(people)
+
+    def _forget_plaintext(self, events: Iterable[Any]) -> None:
+        """Drop from the cache each aggregate just saved with personal data it was given in
+        plaintext (a name, a reason, a payment reference): the library caches the object the
+        command changed, and that copy would hold the text in this process until evicted, even
+        after the person's erasure elsewhere. Read back from the store, the fields stay sealed."""
+        for event in events:
+            spec = personal_fields(type(event))
+            if spec is not None and any(getattr(event, f, None) is not None for f in spec.fields):
+                self._evict(event.originator_id)
 
     def _evict(self, aggregate_id: UUID) -> None:
         if self.repository.cache is not None:

@@ -3,8 +3,10 @@
 Layering on the way to the store: personal fields -> AES-GCM with the participant's data key
 (bound to participant, topic and field) -> JSON -> AES-GCM of the whole state with the at-rest key.
 On the way back the fields stay sealed: commands never need personal data, so replaying and caching
-aggregates never opens it. A view that shows a field opens it with ``revealer()``; a field whose key
-was destroyed reads as ``REDACTED``, so replay and views never fail because someone was erased.
+aggregates never opens it. (An aggregate a command has just given personal data in plaintext is not
+cached at all: ``Ledger._forget_plaintext``.) A view that shows a field opens it with ``revealer()``;
+a field whose key was destroyed reads as ``REDACTED``, so replay and views never fail because someone
+was erased.
 """
 
 from __future__ import annotations

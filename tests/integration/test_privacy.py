@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import pickle
 import time
 from pathlib import Path
 
@@ -310,3 +311,24 @@ def test_a_postgres_erasure_does_not_hang_behind_a_reader_and_scrubs_later(pg_sc
     assert took < 10 and pending and finished
     assert wrapped not in _postgres_key_pages(ledger)
     ledger.close()
+
+
+def _held_in_memory(ledger: Ledger) -> bytes:
+    """Every aggregate the process keeps in its command and read caches, pickled."""
+    blobs = []
+    for repository in (ledger.repository, ledger._reader):
+        for link in list(repository.cache.cache.values()):  # LRUCache: [prev, next, key, value]
+            blobs.append(pickle.dumps(link[3]))
+    return b"".join(blobs)
+
+
+def test_no_cached_aggregate_keeps_personal_data_in_plaintext(ledger):
+    """The library caches the aggregate a command changed; given a name or a reason in
+    plaintext, that copy would keep it in the process (past an erasure made by another)."""
+    pid = _seed(ledger)
+    ledger.participant(pid)  # a read opens the fields for its answer, not for the cache
+
+    held = _held_in_memory(ledger)
+
+    assert b"Participant" in held  # the caches do hold the person, sealed
+    assert _occurrences(held) == []
