@@ -103,6 +103,55 @@ def test_the_failure_window_slides(monkeypatch):
     assert blocked > 0 and limiter.retry_after("a") == 0 and limiter.retry_after("b") == 0
 
 
+def test_failures_from_one_ipv6_network_count_together(client, tokens):
+    """An IPv6 subscriber holds a whole /64: a new address per guess must not escape the limit."""
+    from ledger.api.ratelimit import FAILURES
+
+    statuses = [client.get("/api/v1/study", headers=bearer("lgr_guess"),
+                           environ_base={"REMOTE_ADDR": f"2001:db8::{i:x}"}).status_code
+                for i in range(FAILURES + 3)]
+    elsewhere = client.get("/api/v1/study", headers=bearer("lgr_guess"),
+                           environ_base={"REMOTE_ADDR": "2001:db8:0:1::1"})
+
+    assert statuses[:FAILURES] == [401] * FAILURES and set(statuses[FAILURES:]) == {429}
+    assert elsewhere.status_code == 401  # another /64 is someone else
+
+
+@pytest.mark.parametrize("address, key", [
+    ("192.0.2.7", "192.0.2.7"), ("::ffff:192.0.2.7", "192.0.2.7"),
+    ("2001:db8::1", "2001:db8::/64"), ("2001:db8::ffff:1", "2001:db8::/64"),
+    ("2001:db8:0:1::1", "2001:db8:0:1::/64"), ("unknown", "unknown")])
+def test_a_client_is_an_ipv4_address_or_an_ipv6_network(address, key):
+    from ledger.api.ratelimit import client_key
+
+    assert client_key(address) == key
+
+
+def test_the_limiter_remembers_a_bounded_number_of_clients():
+    from ledger.api.ratelimit import FailureLimiter
+
+    limiter = FailureLimiter(limit=2, window=60, max_clients=100)
+    limiter.record("192.0.2.1")
+    limiter.record("192.0.2.1")
+    for i in range(1000):
+        limiter.record(f"198.51.{i // 256}.{i % 256}")
+        limiter.record("192.0.2.1")  # still failing: stays among the most recent
+
+    assert len(limiter._failures) == 100
+    assert limiter.retry_after("192.0.2.1") > 0
+    assert limiter.retry_after("198.51.0.0") == 0  # forgotten, as the least recent
+
+
+def test_asking_about_a_client_remembers_nothing():
+    from ledger.api.ratelimit import FailureLimiter
+
+    limiter = FailureLimiter()
+    for i in range(100):
+        assert limiter.retry_after(f"198.51.100.{i}") == 0
+
+    assert limiter._failures == {}
+
+
 def test_a_wrong_method_is_405_with_allow(client, tokens):
     response = client.delete("/api/v1/study", headers=bearer(tokens["staff"]))
 
