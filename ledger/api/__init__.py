@@ -32,6 +32,7 @@ from . import (
 )
 from .fastjson import OrjsonProvider
 from .openapi_links import LinksPlugin
+from .parsing import BodyMediaTypePlugin
 from .ratelimit import FailureLimiter
 from .schemas import ProblemSchema
 
@@ -132,7 +133,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     api = LedgerApi(app, spec_kwargs={"info": {"description": "Consents, access needs and payments "
                                                          "for participatory research."},
-                                      "extra_plugins": [LinksPlugin()]})
+                                      "extra_plugins": [LinksPlugin(), BodyMediaTypePlugin()]})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
     for module in (study, participants, consents, uses, access_needs, payments, links, audit,
                    reports, export):

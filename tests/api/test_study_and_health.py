@@ -60,6 +60,19 @@ def test_openapi_document_and_local_swagger_ui_are_served(client):
     assert b"/api/v1/docs/static/swagger-ui-bundle.js" in docs.data
 
 
+def test_every_operation_that_takes_a_body_documents_415(client):
+    paths = client.get("/api/v1/openapi.json").json["paths"]
+    operations = [(method, path, op) for path, ops in paths.items() for method, op in ops.items()
+                  if isinstance(op, dict) and "responses" in op]
+
+    with_body = [(m, p) for m, p, op in operations if "requestBody" in op]
+    assert len(with_body) >= 12
+    assert [(m, p) for m, p, op in operations if "requestBody" in op
+            and "415" not in op["responses"]] == []
+    assert [(m, p) for m, p, op in operations if "requestBody" not in op
+            and "415" in op["responses"]] == []
+
+
 def test_health_and_readiness(client):
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/readyz").json == {"status": "ready"}
