@@ -73,6 +73,10 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     store = "PostgreSQL" if settings.database_url else str(settings.sqlite_path)
     click.echo(f"Serving the ledger on http://{host}:{port} ({store}); API docs at "
                f"http://{host}:{port}/api/v1/docs", err=True)
+    if not load_environment().get("LEDGER_BASE_URL"):
+        click.echo(f"LEDGER_BASE_URL is not set: participants' withdrawal links will start with "
+                   f"{settings.base_url}, which only works on this machine. Set it to the "
+                   "address people reach this service at.", err=True)
     run(host, port, workers, threads)
 
 

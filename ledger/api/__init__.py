@@ -148,6 +148,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
 
     app.wsgi_app = BoundedBody(app.wsgi_app, MAX_BODY)  # type: ignore[method-assign]
+    https = ledger.settings.base_url.startswith("https://")
 
     @app.before_request
     def start_timer() -> None:
@@ -166,6 +167,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         response.headers["Content-Security-Policy"] = (
             DOCS_CSP if is_docs else PAGES_CSP if is_page else API_CSP)
         response.headers["Cache-Control"] = "no-store"
+        if https:  # served behind TLS (the links say so): browsers keep to it for a year
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
         position = ledger.last_saved_position()
         if position is not None:  # read-your-writes: GET /participants?min_position=
             response.headers["Ledger-Position"] = str(position)

@@ -47,6 +47,22 @@ def test_every_response_carries_the_security_headers(client, tokens):
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["Referrer-Policy"] == "no-referrer"
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["Strict-Transport-Security"] == "max-age=31536000"  # https links
+
+
+def test_no_strict_transport_security_when_served_over_plain_http(tmp_path):
+    from ledger.api import create_app
+    from ledger.application import Ledger
+
+    lg = Ledger({"LEDGER_DATA_DIR": str(tmp_path), "LEDGER_BASE_URL": "http://127.0.0.1:8000"})
+    try:
+        response = create_app({"LEDGER": lg, "TESTING": True}).test_client().get("/healthz")
+    finally:
+        lg.close()
+
+    assert response.status_code == 200
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Strict-Transport-Security" not in response.headers
 
 
 def test_openapi_document_and_local_swagger_ui_are_served(client):

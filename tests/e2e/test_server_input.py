@@ -130,3 +130,27 @@ def test_a_request_gunicorn_refuses_is_answered_as_problem_json_and_logged_witho
     log = Path(server.log).read_text(errors="replace")
     assert "Quarrington" not in log
     assert "refused a malformed request" in log
+
+
+def test_serve_warns_when_links_would_only_work_on_this_machine(tmp_path, served):
+    import subprocess
+
+    from .conftest import LEDGER, _free_port, clean_environ
+
+    env = {**clean_environ(), "LEDGER_DATA_DIR": str(tmp_path / "data")}  # no LEDGER_BASE_URL
+    proc = subprocess.Popen([LEDGER, "serve", "--port", str(_free_port()), "--workers", "1"],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline() for _ in range(2)]  # written before gunicorn starts
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+    assert lines[0].startswith("Serving the ledger")
+    assert lines[1].startswith("LEDGER_BASE_URL is not set")
+    server, _ = served  # started with LEDGER_BASE_URL: no warning
+    assert "LEDGER_BASE_URL is not set" not in Path(server.log).read_text()
