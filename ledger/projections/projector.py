@@ -36,7 +36,7 @@ from eventsourcing.persistence import (
 from ..domain import Participant, Payment, Study, apply_events, is_redacted
 from ..privacy.mapper import Sealed
 from ..views import participant_view
-from .rows import participant_rows, summary_row
+from .rows import TABLES, participant_rows, summary_row
 from .store import Entry, Stale, ViewStore
 
 PAGE = 500
@@ -242,7 +242,7 @@ class Replay:
 
     def all_rows(self) -> dict[str, list[dict[str, Any]]]:
         """The view rows of every participant held (for reports of a replayed moment)."""
-        out: dict[str, list[dict[str, Any]]] = {}
+        out: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}  # even with no one
         for p in self.participants():
             for name, rows in participant_rows(p, self.payments(p)).items():
                 out.setdefault(name, []).extend(rows)

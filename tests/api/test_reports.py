@@ -18,6 +18,8 @@ from ledger.reports.render import _summary
 
 from .conftest import bearer
 
+FORMATS_OF_REPORTS = ("json", "csv", "html", "pdf")
+
 
 @pytest.fixture
 def auditor(tokens):
@@ -248,3 +250,22 @@ def test_a_failed_verification_shows_in_the_next_report(api_ledger, clock):
 
     assert cp["verification"]["ok"] is False
     assert cp["verification"]["first_bad_position"] == row["rowid"]
+
+
+def test_a_past_report_from_before_anyone_registered_is_empty_not_an_error(client, auditor,
+                                                                             api_ledger, clock):
+    """Between setting the study up and the first recruit (weeks, in a real study), a report
+    of a past moment still answers."""
+    before_anyone = clock.now + timedelta(minutes=1)
+    _script(api_ledger, clock)  # the first person registers a day after set-up
+    q = f"/api/v1/reports/compliance?as_of={before_anyone.isoformat().replace('+', '%2B')}"
+
+    answers = [client.get(q + f"&format={f}", headers=auditor) for f in FORMATS_OF_REPORTS]
+
+    assert [a.status_code for a in answers] == [200] * len(FORMATS_OF_REPORTS)
+    report = answers[0].json
+    assert report["consent"]["by_participant"] == []
+    assert report["participants"] == {"registered": 0, "erased": 0}
+    counts = {k: v for k, v in _summary(report).items()
+              if k.startswith(("participants", "payments", "access_needs", "obligations"))}
+    assert counts and set(counts.values()) <= {0, None, "0.00"}, counts
