@@ -32,7 +32,7 @@ from . import (
 )
 from .fastjson import OrjsonProvider
 from .openapi_links import LinksPlugin
-from .parsing import BodyMediaTypePlugin
+from .parsing import BodyMediaTypePlugin, query_parameters
 from .ratelimit import FailureLimiter
 from .schemas import ProblemSchema
 
@@ -138,6 +138,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     for module in (study, participants, consents, uses, access_needs, payments, links, audit,
                    reports, export):
         api.register_blueprint(module.blp)
+    app.extensions["query_parameters"] = query_parameters(api.spec.to_dict())
     app.register_blueprint(health.blp)
     app.register_blueprint(pages.blp)
     errors.register(app)

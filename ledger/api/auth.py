@@ -10,6 +10,7 @@ from flask import current_app, g, request
 from werkzeug.exceptions import Forbidden, TooManyRequests, Unauthorized
 
 from ..privacy.tokens import TokenInfo
+from .parsing import refuse_unknown_query_parameters
 
 F = TypeVar("F", bound=Callable[..., Any])
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -49,6 +50,7 @@ def require(*roles: str) -> Callable[[F], F]:
             if info.role not in roles:
                 raise Forbidden()
             g.actor = f"{info.role}:{info.id}"  # names stay in the token table, not the log
+            refuse_unknown_query_parameters()
             return view(*args, **kwargs)
         wrapper.required_roles = roles  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]

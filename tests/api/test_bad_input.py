@@ -228,3 +228,41 @@ def test_the_largest_position_is_still_an_answer(client, tokens):
 
     assert response.status_code == 200
     assert response.json["items"] == [] and response.json["next_after"] is None
+
+
+@pytest.mark.parametrize("method, path", [
+    ("post", "/participants?name=Zebedee%20Quarrington"),
+    ("post", "/participants/{pid}/withdrawal-link?x=1"),
+    ("post", "/participants/{pid}/consents?x=1"),
+    ("get", "/study?x=1"),
+    ("get", "/participants/{pid}?x=1"),
+    ("get", "/participants/{pid}/export?format=json&x=1"),
+])
+def test_an_undocumented_query_parameter_is_422_on_every_operation(client, staff, pid, api_ledger,
+                                                                   method, path):
+    before = _written(api_ledger)
+    body = ({"scope": "record", "form_version": "1.0", "method": "online"} if "consents" in path
+            else {"name": "Someone"} if path.startswith("/participants?") else None)
+
+    response = getattr(client, method)("/api/v1" + path.replace("{pid}", pid), headers=staff,
+                                       json=body)
+
+    assert response.status_code == 422, response.json
+    assert response.content_type == "application/problem+json"
+    assert "Quarrington" not in response.get_data(as_text=True)
+    assert set(response.json["errors"]) & {"x", "name", "_unknown_fields"}
+    assert _written(api_ledger) == before
+
+
+@pytest.mark.parametrize("path", [
+    "/participants?limit=5", "/participants/{pid}/export?format=json", "/study"])
+def test_documented_query_parameters_still_work(client, staff, pid, path):
+    response = client.get("/api/v1" + path.replace("{pid}", pid), headers=staff)
+
+    assert response.status_code == 200
+
+
+def test_an_unknown_query_parameter_is_only_told_to_a_caller_who_may_call(client, pid):
+    response = client.get(f"/api/v1/participants/{pid}?x=1")
+
+    assert response.status_code == 401
