@@ -114,16 +114,16 @@ def http_error(error: HTTPException) -> Response:
     """Werkzeug/flask-smorest errors, including schema validation (422 with fields). Under the
     participant pages' /my/ they get the pages' kind HTML instead."""
     status = error.code or 500
+    allowed = getattr(error, "valid_methods", None)
     if is_participant_page():
         from .pages import kind_error
 
-        return kind_error(status)
+        return kind_error(status, allowed)
     data = getattr(error, "data", None) or {}
     errors = (_without_submitted_names(_flatten(data.get("messages")))
               if "messages" in data else None)
     detail = "Check the fields listed in errors." if errors else TITLES.get(status)
     headers = dict(data.get("headers", {}) or {})
-    allowed = getattr(error, "valid_methods", None)
     if allowed:
         headers["Allow"] = ", ".join(sorted(allowed))
     return problem(status, detail, errors, headers=headers)

@@ -91,11 +91,15 @@ def gone(_: Exception) -> Response:
                  message="Links stop working after a while, or when we send you a new one.")
 
 
-def kind_error(status: int) -> Response:
-    """Any error under /my/: the kind page, never an API problem document."""
+def kind_error(status: int, allowed: list[str] | None = None) -> Response:
+    """Any error under /my/: the kind page, never an API problem document. A 405 says which
+    methods the address takes (``Allow``, which RFC 9110 requires)."""
     if status == 405:
-        return _page("my/gone.html", 405, heading="Please start again",
-                     message="This page cannot be used like that. Go back to your link.")
+        response = _page("my/gone.html", 405, heading="Please start again",
+                         message="This page cannot be used like that. Go back to your link.")
+        if allowed:
+            response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
     if status == 413:
         return _page("my/gone.html", 413, heading="That was too much to send",
                      message="Nothing has changed. Please go back to your link and try again.")
@@ -137,6 +141,11 @@ def confirm(token: str) -> ResponseReturnValue:
         return _bad_form()
     names = view["can_withdraw"] if request.form.get("all") else request.form.getlist("scope")
     chosen = [s for s in _chosen(view, names) if s["state"] == "given"]
+    already = [s["name"] for s in _chosen(view, names) if s["state"] == "withdrawn"]
+    if not chosen and (already or not view["can_withdraw"]):
+        # Sent again (Back, then resend) after the choices were stopped: say so, not "tick one".
+        return redirect(url_for("pages.done", token=token, already=",".join(already),
+                                nothing="" if already else "1"), code=303)
     if not chosen:
         return _page("my/choices.html", 400, view=view, token=token,
                      csrf=ledger().links.csrf_token(ref),

@@ -295,6 +295,49 @@ def test_after_the_deadline_the_check_page_promises_only_what_can_still_be_done(
     assert "We will not use your story in the workshop" not in page
 
 
+def test_the_check_sent_again_after_stopping_says_already_stopped(client, staff, person,
+                                                                  api_ledger):
+    """Back, then resend: the check page's form again, for choices stopped meanwhile."""
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+    client.post(path + "/withdraw", data={"csrf": csrf, "scope": "record"})
+    before = _events(api_ledger)
+
+    again = client.post(path + "/confirm", data={"csrf": csrf, "scope": "record"})
+
+    assert again.status_code == 303
+    page = client.get(again.headers["Location"]).get_data(as_text=True)
+    assert "You had already stopped: Record the talk" in page
+    assert "Tick at least one" not in page
+    assert _events(api_ledger) == before
+
+
+def test_the_check_sent_when_nothing_is_left_to_stop_says_so(client, staff, person):
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+    client.post(path + "/withdraw", data={"csrf": csrf,
+                                          "scope": ["take_part", "record", "analyse", "quote"]})
+
+    again = client.post(path + "/confirm", data={"csrf": csrf})
+
+    assert again.status_code == 303
+    page = client.get(again.headers["Location"]).get_data(as_text=True)
+    assert "Nothing has changed" in page and 'href="#scope-"' not in page
+
+
+@pytest.mark.parametrize("method, route, allowed", [
+    ("put", "/withdraw", "POST"), ("get", "/confirm", "POST"), ("delete", "", "GET, HEAD")])
+def test_a_wrong_method_on_a_page_is_405_with_allow(client, staff, person, method, route,
+                                                    allowed):
+    path = _link(client, staff, person)
+
+    response = getattr(client, method)(path + route)
+
+    assert response.status_code == 405
+    assert response.content_type.startswith("text/html")
+    assert set(response.headers["Allow"].split(", ")) >= set(allowed.split(", "))
+
+
 def test_when_nothing_could_be_stopped_the_page_says_so(client, staff, person):
     path = _link(client, staff, person)
     csrf = _csrf(client.get(path).get_data(as_text=True))
