@@ -75,8 +75,8 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
                f"http://{host}:{port}/api/v1/docs", err=True)
     if not load_environment().get("LEDGER_BASE_URL"):
         click.echo(f"LEDGER_BASE_URL is not set: participants' withdrawal links will start with "
-                   f"{settings.base_url}, which only works on this machine. Set it to the "
-                   "address people reach this service at.", err=True)
+                   f"{settings.base_url}. Set it to the address people reach this service at.",
+                   err=True)
     run(host, port, workers, threads)
 
 

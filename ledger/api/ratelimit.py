@@ -21,11 +21,12 @@ from collections import deque
 FAILURES = 20  # failed authentications allowed per client ...
 WINDOW = 60.0  # ... in this many seconds; then 429 until the oldest failure ages out
 MAX_CLIENTS = 10_000
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix
 
 
 def client_key(address: str) -> str:
-    """Whom failures are counted against: an IPv4 address (also when written IPv4-mapped), or
-    the /64 network of an IPv6 address; anything else as it is."""
+    """Whom failures are counted against: an IPv4 address (also when written IPv4-mapped or
+    through NAT64), or the /64 network of an IPv6 address; anything else as it is."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -33,6 +34,8 @@ def client_key(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
+        if ip in NAT64:  # an IPv4 client reached through a NAT64 gateway: that client
+            return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
 

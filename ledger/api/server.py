@@ -100,9 +100,20 @@ class LedgerWorker(ThreadWorker):  # type: ignore[misc]
     quoting it, without the security headers every other response has. Here the log says only
     what kind of request was refused, and the answer is problem+json with the API's headers."""
 
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        keepalive = super().handle_request(req, conn)
+        req.ledger_answered = True  # see handle_error
+        return keepalive
+
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         from . import API_CSP
 
+        if getattr(req, "ledger_answered", False):
+            # The request was answered; what failed is reading the rest of its body (a chunk
+            # gone wrong) before the connection's next request. A second answer would follow
+            # the first on the same connection: close it instead (gunicorn does, after this).
+            self.log.debug("a malformed body after the answer (%s)", type(exc).__name__)
+            return
         status = refused_status(exc)
         if status == 500:
             self.log.error("error handling a request (%s)", type(exc).__name__)

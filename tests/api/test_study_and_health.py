@@ -149,7 +149,8 @@ def test_failures_from_one_ipv6_network_count_together(client, tokens):
 @pytest.mark.parametrize("address, key", [
     ("192.0.2.7", "192.0.2.7"), ("::ffff:192.0.2.7", "192.0.2.7"),
     ("2001:db8::1", "2001:db8::/64"), ("2001:db8::ffff:1", "2001:db8::/64"),
-    ("2001:db8:0:1::1", "2001:db8:0:1::/64"), ("unknown", "unknown")])
+    ("2001:db8:0:1::1", "2001:db8:0:1::/64"), ("64:ff9b::c000:207", "192.0.2.7"),
+    ("unknown", "unknown")])
 def test_a_client_is_an_ipv4_address_or_an_ipv6_network(address, key):
     from ledger.api.ratelimit import client_key
 

@@ -154,3 +154,20 @@ def test_serve_warns_when_links_would_only_work_on_this_machine(tmp_path, served
     assert lines[1].startswith("LEDGER_BASE_URL is not set")
     server, _ = served  # started with LEDGER_BASE_URL: no warning
     assert "LEDGER_BASE_URL is not set" not in Path(server.log).read_text()
+
+
+def test_a_malformed_chunk_after_the_answer_gets_no_second_answer(served):
+    """The app answers 413 at 64 KiB; gunicorn then reads the rest of the body to reuse the
+    connection and finds a broken chunk: the connection closes, with only the one answer."""
+    server, token = served
+    chunk = b"x" * 10_000
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(7))
+    request = (b"POST /api/v1/participants HTTP/1.1\r\nHost: x\r\n"
+               b"Authorization: Bearer " + token.encode() + b"\r\n"
+               b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + body + b"zz\r\nabc\r\n0\r\n\r\n")
+
+    answer = _raw(server, request)
+
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert answer.count(b"HTTP/1.1 ") == 1, answer[:600]
