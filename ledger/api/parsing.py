@@ -113,9 +113,10 @@ def query_parameters(spec: dict[str, Any]) -> dict[tuple[str, str], frozenset[st
 
 
 def refuse_unknown_query_parameters() -> None:
-    """422 naming each query parameter the operation does not document (on every operation:
-    webargs checks only those that declare a query schema). A write sent with a stray
-    ``?name=...`` would otherwise succeed, and its URL, in some proxy's log, carry the name."""
+    """422 naming each query parameter the operation does not document, or that is given more
+    than once, on every operation (webargs checks only those that declare a query schema). A
+    write sent with a stray ``?name=...`` would otherwise succeed, and its URL, in some proxy's
+    log, carry the name."""
     if not request.args or request.url_rule is None:
         return
     method = "GET" if request.method == "HEAD" else request.method
@@ -126,3 +127,6 @@ def refuse_unknown_query_parameters() -> None:
     unknown = [name for name in request.args if name not in allowed]
     if unknown:
         abort(422, messages={"query": {name: ["Unknown field."] for name in unknown}})
+    repeated = [name for name in request.args if len(request.args.getlist(name)) > 1]
+    if repeated:  # no parameter takes a list: which one was meant is not ours to guess
+        abort(422, messages={"query": {name: ["given more than once"] for name in repeated}})

@@ -202,7 +202,7 @@ def test_a_doubled_slash_is_404_not_a_redirect_built_from_the_host(client, staff
 
 @pytest.mark.parametrize("query", [
     "limit=%EF%BC%95", "limit=%2B5", "limit=5_0", "limit=%205", "limit=5.0", "cursor=x",
-    "min_position=999999999", "min_position=9223372036854775808"])
+    "min_position=999999999", "min_position=9223372036854775808", "limit=5&limit=7"])
 def test_list_query_parameters_are_read_strictly(client, staff, pid, query):
     response = client.get(f"/api/v1/participants?{query}", headers=staff)
 
