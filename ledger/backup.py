@@ -20,6 +20,8 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .locks import InUse, unused
+
 
 class BackupError(Exception):
     """The backup or restore could not be made; nothing was changed."""
@@ -83,27 +85,52 @@ def backup_sqlite(source: Path, destination: Path) -> int:
     return events
 
 
+def _kept_name(database: Path) -> Path:
+    """A name for the replaced database that no earlier restore has used."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    for n in range(1000):
+        kept = database.with_name(f"{database.name}.before-restore-{stamp}"
+                                  + (f"-{n}" if n else ""))
+        if not any(Path(f"{kept}{s}").exists() for s in ("", "-wal", "-shm")):
+            return kept
+    raise BackupError("too many restores kept beside the database; move some away")
+
+
 def restore_sqlite(backup: Path, database: Path) -> tuple[int, Path | None]:
-    """Put ``backup`` in place of ``database`` (the service must be stopped). The database it
-    replaces is kept beside it, renamed, never deleted. Returns the number of events restored
-    and where the replaced database went."""
+    """Put ``backup`` in place of ``database``. Refused while any process (the service, another
+    command) has the database open. The database it replaces is kept beside it, renamed, never
+    deleted or overwritten. Returns the number of events restored and where the replaced
+    database went."""
     events = _check(backup)
     kept: Path | None = None
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    if database.exists():
-        kept = database.with_name(f"{database.name}.before-restore-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            current = Path(f"{database}{suffix}")
-            if current.exists():
-                os.replace(current, Path(f"{kept}{suffix}"))
-    incoming = database.with_name(database.name + ".restoring")
-    fd = os.open(incoming, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
     try:
-        with open(backup, "rb") as src:
-            while chunk := src.read(1 << 20):
-                os.write(fd, chunk)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(incoming, database)
+        with unused(str(database)):
+            if database.exists():
+                kept = _kept_name(database)
+                for suffix in ("", "-wal", "-shm"):
+                    current = Path(f"{database}{suffix}")
+                    if current.exists():
+                        os.replace(current, Path(f"{kept}{suffix}"))
+            incoming = database.with_name(database.name + ".restoring")
+            fd = os.open(incoming, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            try:
+                with open(backup, "rb") as src:
+                    while chunk := src.read(1 << 20):
+                        os.write(fd, chunk)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(incoming, database)
+    except InUse:
+        raise BackupError("the database is open in another process (`ledger serve`, "
+                          "`ledger projections run` or another command): stop it first; "
+                          "nothing was changed") from None
     return events, kept
+
+
+def put_back(database: Path, kept: Path | None) -> None:
+    """Undo a restore: the restored copy goes, the database it replaced comes back."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+        if kept is not None and Path(f"{kept}{suffix}").exists():
+            os.replace(Path(f"{kept}{suffix}"), Path(f"{database}{suffix}"))

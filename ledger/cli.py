@@ -224,14 +224,13 @@ def backup(destination: Path) -> None:
 @main.command()
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def restore(source: Path) -> None:
-    """Put a backup made by `ledger backup` in place of the SQLite database (stop the service
-    first). The database it replaces is kept beside it, renamed. The master key in the data
-    directory must be the one the backup was made with; the restored log is then verified."""
-    import os
-
+    """Put a backup made by `ledger backup` in place of the SQLite database (refused while the
+    service runs). The database it replaces is kept beside it, renamed. The master key in the
+    data directory must be the one the backup was made with, and the restored log must verify;
+    otherwise the previous database is put back."""
     from .application import ConfigurationError
     from .audit.checkpoints import verify as verify_log
-    from .backup import BackupError, restore_sqlite
+    from .backup import BackupError, put_back, restore_sqlite
 
     settings = Settings.from_env(load_environment())
     if settings.database_url:
@@ -247,17 +246,16 @@ def restore(source: Path) -> None:
             verdict = verify_log(ledger.merkle)
             ledger.merkle.record_verification(verdict)
     except ConfigurationError as e:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{settings.sqlite_path}{suffix}").unlink(missing_ok=True)
-            if kept is not None and Path(f"{kept}{suffix}").exists():
-                os.replace(Path(f"{kept}{suffix}"), Path(f"{settings.sqlite_path}{suffix}"))
+        put_back(settings.sqlite_path, kept)
         raise click.ClickException(f"{e}; the previous database was put back") from None
+    if not verdict.ok:  # a damaged or altered copy never becomes the record
+        put_back(settings.sqlite_path, kept)
+        click.echo(f"The backup's {events} events failed verification: "
+                   f"{'; '.join(verdict.problems[:3])}. The previous database was put back; "
+                   "nothing was changed.", err=True)
+        sys.exit(1)
     if kept is not None:
         click.echo(f"The replaced database was kept as {kept}.", err=True)
-    if not verdict.ok:
-        click.echo(f"Restored {events} events, but verification FAILED: "
-                   f"{'; '.join(verdict.problems[:3])}", err=True)
-        sys.exit(1)
     click.echo(f"Restored {events} events; verified: root {verdict.root}.", err=True)
 
 

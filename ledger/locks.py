@@ -86,3 +86,38 @@ class FileLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
+
+
+def in_use(database: str) -> int:
+    """Mark a SQLite database as open by this process: a shared ``flock`` on a file beside it,
+    held until the returned descriptor is closed (or the process ends)."""
+    fd = os.open(f"{database}-in-use.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+class InUse(Exception):
+    """Another process has the database open."""
+
+
+class unused:  # noqa: N801 - used as a context manager, like open()
+    """While inside, no other process can open the database (``in_use`` waits): raises
+    ``InUse`` at once if one has it open now."""
+
+    def __init__(self, database: str) -> None:
+        self.path = f"{database}-in-use.lock"
+        self._fd = -1
+
+    def __enter__(self) -> unused:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = -1
+            raise InUse(self.path) from None
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self._fd)
+        self._fd = -1

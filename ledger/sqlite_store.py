@@ -10,6 +10,7 @@ three quarters of the time, each hold stretched four times by the CPU the waitin
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,7 @@ from eventsourcing.sqlite import (
 )
 
 from .group_commit import GroupCommit, Save
-from .locks import FileLock, after_fork
+from .locks import FileLock, after_fork, in_use
 from .store import IDEMPOTENCY_INSERT
 
 SQLITE_IDEMPOTENCY_INSERT = IDEMPOTENCY_INSERT.replace("{t}", "").replace("%s", "?")
@@ -43,6 +44,9 @@ class DurableSQLiteConnectionPool(SQLiteConnectionPool):
         self.gate = FileLock(f"{self.db_name}-write.lock")
         self._gate_timeout_s = float(self.lock_timeout or 5)
         self._own = not self.is_sqlite_memory_mode
+        # Held (shared) while this pool is open, so `ledger restore` can tell that a server or
+        # another command has the database open, and refuse to swap it underneath them.
+        self._open_mark = in_use(self.db_name) if self._own else -1
         self._forget()
         after_fork(self, "_forget")
 
@@ -104,6 +108,9 @@ class DurableSQLiteConnectionPool(SQLiteConnectionPool):
             conn.close()
         self._writer = None
         self.gate.close()
+        if self._open_mark >= 0:
+            os.close(self._open_mark)
+            self._open_mark = -1
 
 
 class LedgerSQLiteFactory(SQLiteFactory):

@@ -131,3 +131,61 @@ def test_a_backup_restored_under_another_master_key_is_refused_and_the_old_one_p
     assert refused.returncode == 1 and "master key" in refused.stderr
     assert _rows(second / "ledger.sqlite3") == original
     assert _run(second, "verify").returncode == 0
+
+
+def test_a_restore_is_refused_while_the_database_is_open(tmp_path):
+    data = tmp_path / "data"
+    assert _run(data, "init").returncode == 0
+    assert _run(data, "backup", str(tmp_path / "b.sqlite3")).returncode == 0
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})  # as a running server's worker holds it
+    try:
+        lg.register_participant("Zebedee Quarrington", by="t")
+        original = _rows(data / "ledger.sqlite3")
+
+        refused = _run(data, "restore", str(tmp_path / "b.sqlite3"))
+
+        assert refused.returncode == 1 and "stop it first" in refused.stderr
+        assert _rows(data / "ledger.sqlite3") == original
+        assert list(data.glob("*before-restore*")) == []
+    finally:
+        lg.close()
+    assert _run(data, "restore", str(tmp_path / "b.sqlite3")).returncode == 0  # once closed
+
+
+def test_restores_in_one_second_keep_every_replaced_database(tmp_path):
+    data = tmp_path / "data"
+    assert _run(data, "init").returncode == 0
+    assert _run(data, "backup", str(tmp_path / "b1.sqlite3")).returncode == 0
+    _run(data, "demo")
+    assert _run(data, "backup", str(tmp_path / "b2.sqlite3")).returncode == 0
+    with_demo = _rows(data / "ledger.sqlite3")
+
+    for backup in ("b1", "b2", "b1"):
+        assert _run(data, "restore", str(tmp_path / f"{backup}.sqlite3")).returncode == 0
+
+    kept = sorted(p for p in data.glob("ledger.sqlite3.before-restore-*")
+                  if not p.name.endswith(("-wal", "-shm")))
+    assert len(kept) == 3
+    assert with_demo in [_rows(p) for p in kept]  # the first replaced: never overwritten
+
+
+def test_a_backup_that_fails_verification_never_becomes_the_record(tmp_path):
+    data = tmp_path / "data"
+    assert _run(data, "init").returncode == 0
+    _run(data, "demo")
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    lg.merkle.checkpoint()  # the leaves hashed and signed, as a running server does within 2 s
+    lg.close()
+    assert _run(data, "backup", str(tmp_path / "b.sqlite3")).returncode == 0
+    with sqlite3.connect(tmp_path / "b.sqlite3") as c:  # one byte of one event, altered
+        state = c.execute("SELECT state FROM stored_events WHERE rowid = 20").fetchone()[0]
+        c.execute("UPDATE stored_events SET state = ? WHERE rowid = 20",
+                  (state[:30] + bytes([state[30] ^ 1]) + state[31:],))
+    original = _rows(data / "ledger.sqlite3")
+
+    refused = _run(data, "restore", str(tmp_path / "b.sqlite3"))
+
+    assert refused.returncode == 1 and "failed verification" in refused.stderr
+    assert "put back" in refused.stderr
+    assert _rows(data / "ledger.sqlite3") == original
+    assert _run(data, "verify").returncode == 0
