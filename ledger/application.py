@@ -43,7 +43,7 @@ from .domain.errors import (
 )
 from .domain.money import parse_pence
 from .idempotency import IdempotencyStore, IdempotentRequest
-from .privacy.keys import MasterKey, ensure_signing_key
+from .privacy.keys import SIGNING_KEY_FILE, MasterKey, ensure_signing_key
 from .privacy.keystore import DataKeyStore
 from .privacy.links import LinkRef, LinkStore
 from .privacy.mapper import PersonalDataMapper, SealedAsBase64
@@ -118,6 +118,7 @@ class Ledger(Application[UUID]):
         # What another process needs to open this same ledger (a rebuild's workers).
         self.ledger_env = {k: v for k, v in (env or {}).items() if k.startswith("LEDGER_")}
         self.master_key = MasterKey.load_or_create(self.settings.data_dir)
+        had_signing_key = (self.settings.data_dir / SIGNING_KEY_FILE).exists()
         signing_key = ensure_signing_key(self.settings.data_dir)
         self.clock = clock
         self.study_id = derived_id("study", study_slug)
@@ -133,6 +134,13 @@ class Ledger(Application[UUID]):
                                                 self.master_key.derive("idempotency/v1"))
             self.projector = Projector(self)
             self.merkle = MerkleLog(self.sql, self.recorder, signing_key, clock)
+            if not had_signing_key and self.merkle.latest() is not None:
+                # The key was just made, but checkpoints signed with the one that went missing
+                # are in the database: every one would look forged.
+                signing_key.unlink(missing_ok=True)
+                raise ConfigurationError(
+                    f"{SIGNING_KEY_FILE} is missing from the data directory, but the database "
+                    "holds checkpoints signed with it: put the backed-up key back")
         assert isinstance(self.mapper, PersonalDataMapper)
         self.mapper.keys = self.keys
         # Commands read the study but never change it: they share one copy, replaced (never

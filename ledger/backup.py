@@ -56,32 +56,38 @@ def backup_sqlite(source: Path, destination: Path) -> int:
         raise BackupError(f"{destination} exists already; choose a new name")
     if not source.exists():
         raise BackupError(f"there is no database at {source}")
-    partial = destination.with_name(destination.name + ".partial")
+    # This process's own partial file: two backups at once never touch each other's.
+    partial = destination.with_name(f"{destination.name}.partial-{os.getpid()}")
     partial.unlink(missing_ok=True)
     fd = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
     os.close(fd)
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
-    dst = sqlite3.connect(partial)
     try:
-        src.backup(dst)  # pages=-1: one step, one snapshot
-        dst.execute("PRAGMA journal_mode=DELETE")
-        dst.commit()
-    finally:
-        src.close()
-        dst.close()
-    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+        dst = sqlite3.connect(partial)
+        try:
+            src.backup(dst)  # pages=-1: one step, one snapshot
+            dst.execute("PRAGMA journal_mode=DELETE")
+            dst.commit()
+        except sqlite3.DatabaseError as e:
+            raise BackupError(f"the database at {source} could not be read whole "
+                              f"({type(e).__name__}); run `ledger verify`") from None
+        finally:
+            src.close()
+            dst.close()
         events = _check(partial)
         with open(partial, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(partial, destination)
+        try:
+            os.link(partial, destination)  # its final name, unless a file took it meanwhile
+        except FileExistsError:
+            raise BackupError(f"{destination} exists already; choose a new name") from None
         directory = os.open(destination.parent, os.O_RDONLY)
         try:
             os.fsync(directory)
         finally:
             os.close(directory)
-    except BaseException:
+    finally:
         partial.unlink(missing_ok=True)
-        raise
     return events
 
 

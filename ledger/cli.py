@@ -28,9 +28,59 @@ def open_ledger(**overrides: str) -> Iterator[Ledger]:
         ledger.close()
 
 
-@click.group()
+def describe(error: Exception) -> str:
+    """One line for an error no command handled: ours say what is wrong in words written for
+    this (never personal data); any other is named by kind, with where to look."""
+    import sqlite3
+
+    from eventsourcing.persistence import PersistenceError
+
+    from .application import ConfigurationError
+    from .backup import BackupError
+    from .config import SettingsError
+    from .domain.errors import LedgerError
+
+    if isinstance(error, ConfigurationError | SettingsError | BackupError | LedgerError):
+        return str(error)
+    if isinstance(error, sqlite3.DatabaseError | PersistenceError):
+        return (f"the database could not be read ({type(error).__name__}): check "
+                "LEDGER_DATA_DIR or LEDGER_DATABASE_URL, and run `ledger verify`")
+    if isinstance(error, OSError):
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror or type(error).__name__}{where}"
+    return (f"unexpected {type(error).__name__}; run again with LEDGER_DEBUG=1 to see where "
+            "(the traceback may show stored values)")
+
+
+class LedgerGroup(click.Group):
+    """The command group: an error a command did not handle ends it with one line on stderr and
+    exit status 1, not a traceback (which can quote stored values). LEDGER_DEBUG=1 shows it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import os
+
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:
+            if os.environ.get("LEDGER_DEBUG") == "1":
+                raise
+            raise click.ClickException(describe(error)) from None
+
+
+@click.group(cls=LedgerGroup)
 def main() -> None:
     """Consent and remuneration ledger for participatory research."""
+
+
+def require_store() -> None:
+    """Stop unless a ledger exists where the settings point (SQLite: the database file), so a
+    mistyped LEDGER_DATA_DIR is an error, not an empty ledger created on the spot."""
+    settings = Settings.from_env(load_environment())
+    if not settings.database_url and not settings.sqlite_path.exists():
+        raise click.ClickException(f"there is no ledger at {settings.sqlite_path}: check "
+                                   "LEDGER_DATA_DIR, or run `ledger init` to create one")
 
 
 @main.command()
@@ -58,7 +108,7 @@ def demo() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Threads per worker process (8 gains throughput under bursts of writes, "
@@ -102,6 +152,7 @@ def tokens_create(role: str, name: str) -> None:
 @tokens.command("list")
 def tokens_list() -> None:
     """List tokens (id, role, name, created, revoked); never the tokens themselves."""
+    require_store()
     with open_ledger() as ledger:
         for t in ledger.tokens.list():
             click.echo(f"{t.id}\t{t.role}\t{t.name}\t{t.created_at}\t{t.revoked_at or '-'}")
@@ -111,6 +162,7 @@ def tokens_list() -> None:
 @click.argument("token_id")
 def tokens_revoke(token_id: str) -> None:
     """Revoke a token by its id (from `ledger tokens list`)."""
+    require_store()
     with open_ledger() as ledger:
         if not ledger.tokens.revoke(token_id):
             raise click.ClickException("no live token with that id")
@@ -141,23 +193,48 @@ def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | Non
             moment = datetime.fromisoformat(as_of)
         except ValueError:
             raise click.BadParameter("not an ISO 8601 date and time", param_hint="--as-of") from None
+    require_store()
     with open_ledger() as ledger:
         try:
             data = render(report_data(ledger, moment, outstanding_days), fmt)
         except LedgerError as e:
-            raise click.BadParameter(e.message, param_hint=f"--{(e.field or 'as-of').replace('_', '-')}"
+            if e.field is None:  # not about an option (e.g. no study set up yet)
+                raise click.ClickException(e.message) from None
+            raise click.BadParameter(e.message, param_hint=f"--{e.field.replace('_', '-')}"
                                      ) from None
         signature = sign_report(ledger, data)
     if output:
-        with open(output, "wb") as f:
-            f.write(data)
-        with open(f"{output}.sig", "w") as f:
-            f.write(signature + "\n")
+        write_report(Path(output), data, signature)
         click.echo(f"Wrote the {fmt} report to {output}, and its signature (Ed25519, base64, "
                    f"over the file's bytes) to {output}.sig.", err=True)
     else:
         sys.stdout.buffer.write(data)
         click.echo(f"Signature (Ed25519, base64, over the bytes written): {signature}", err=True)
+
+
+def write_report(output: Path, data: bytes, signature: str) -> None:
+    """The report and its signature, each written whole to a temporary name first: a failure
+    leaves neither half-written, nor a report without its signature."""
+    import os
+
+    sig = output.with_name(output.name + ".sig")
+    for path in (output, sig):
+        if path.is_dir():
+            raise click.ClickException(f"{path} is a directory")
+    written = []
+    try:
+        for path, content in ((output, data), (sig, (signature + "\n").encode())):
+            temporary = path.with_name(f"{path.name}.partial-{os.getpid()}")
+            written.append(temporary)
+            with open(temporary, "wb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(written[0], output)
+        os.replace(written[1], sig)
+    finally:
+        for temporary in written:
+            temporary.unlink(missing_ok=True)
 
 
 @main.command()
@@ -184,6 +261,7 @@ def verify(show_key: bool, kept: tuple[Any, ...]) -> None:
         raise click.BadParameter("each must be the JSON of GET /audit/checkpoint: size, root, "
                                  "time, signature and public_key",
                                  param_hint="--checkpoint") from None
+    require_store()
     with open_ledger(LEDGER_PROJECTIONS="external") as ledger:
         if show_key:
             click.echo(ledger.merkle.public_key, nl=False)
@@ -269,6 +347,7 @@ def study() -> None:
 def study_finance_retention(days: int) -> None:
     """Keep payment records naming the payee for DAYS after each payment (e.g. 2190, six
     years); erasing a person is refused until then. 0: payments stay as anonymous facts."""
+    require_store()
     with open_ledger() as ledger:
         ledger.set_finance_retention(days, by="cli:study")
     click.echo(f"Finance retention: {days} days after a payment.", err=True)
@@ -290,6 +369,7 @@ def projections_rebuild(page_size: int, workers: str | None) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    require_store()
     with open_ledger(LEDGER_PROJECTIONS="external") as ledger:
         total = ledger.recorder.max_notification_id() or 0
         with Progress("[progress.description]{task.description}", BarColumn(),

@@ -12,6 +12,10 @@ from dotenv import dotenv_values
 DEFAULT_LINK_DAYS = 180
 
 
+class SettingsError(ValueError):
+    """A LEDGER_* variable has a value the ledger cannot use (the message names it)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the ledger needs to know about where it runs."""
@@ -48,7 +52,7 @@ def _link_days(value: str | None) -> int:
     except ValueError:
         days = 0
     if not 1 <= days <= 3650:
-        raise ValueError("LEDGER_LINK_DAYS must be a whole number of days from 1 to 3650")
+        raise SettingsError("LEDGER_LINK_DAYS must be a whole number of days from 1 to 3650")
     return days
 
 
@@ -57,7 +61,7 @@ def _projections(value: str | None) -> str:
     saves) or ``external`` (``ledger projections run`` does, e.g. beside several PostgreSQL hosts)."""
     value = (value or "inline").strip().lower()
     if value not in ("inline", "external"):
-        raise ValueError("LEDGER_PROJECTIONS must be inline or external")
+        raise SettingsError("LEDGER_PROJECTIONS must be inline or external")
     return value
 
 

@@ -26,9 +26,13 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 def leaf_bytes(originator_id: UUID, version: int, topic: str, state: bytes) -> bytes:
     """The canonical bytes of one stored event: id (16 bytes), version (8, big-endian), the
-    topic's length (4) and UTF-8 bytes, then the stored state to the end."""
+    topic's length (4) and UTF-8 bytes, then the stored state to the end. (A state that is not
+    bytes, as when someone rewrites the row as text or NULL, is taken as the bytes it reads as,
+    so verification names the position instead of failing.)"""
     t = topic.encode("utf-8")
-    return originator_id.bytes + struct.pack(">QI", version, len(t)) + t + state
+    if not isinstance(state, bytes | bytearray | memoryview):
+        state = b"" if state is None else str(state).encode("utf-8", "surrogatepass")
+    return originator_id.bytes + struct.pack(">QI", version, len(t)) + t + bytes(state)
 
 
 def leaf_hash(data: bytes) -> bytes:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..store import Sql
 
 ROLES = ("staff", "auditor", "admin")
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 PREFIX = "lgr_"
 
 
@@ -46,6 +48,11 @@ class TokenStore:
             raise ValueError(f"role must be one of: {', '.join(ROLES)}")
         if not name.strip() or len(name) > 100:
             raise ValueError("name must be 1 to 100 characters")
+        if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in BIDI_CONTROLS
+               for ch in name):
+            # `ledger tokens list` prints one token per line, tab-separated, to a terminal
+            raise ValueError("name must be plain text: no tabs, line breaks or control "
+                             "characters")
         token = PREFIX + secrets.token_urlsafe(32)
         info = TokenInfo(secrets.token_hex(8), role, name.strip(),
                          datetime.now(UTC).isoformat(timespec="seconds"), None)

@@ -259,3 +259,23 @@ def test_erasure_leaves_the_log_verifiable(store_env):
 
     assert code == 0, out
     assert f"OK: {size + 1} events" in out
+
+
+@pytest.mark.parametrize("new_state", ["tampered as text", None], ids=["text", "null"])
+def test_an_event_rewritten_as_another_type_is_caught_at_its_position(store_env, new_state):
+    """SQLite keeps any value in any column: a state rewritten as text or NULL must be named,
+    not crash the verifier."""
+    lg, size = _history(store_env)
+    if lg.sql.is_postgres:
+        lg.close()
+        pytest.skip("PostgreSQL's bytea column takes bytes only")
+    ident = _rows(lg)[6][0]
+    lg.sql.execute(f"UPDATE {{t}}{_events(lg)} SET state = %s WHERE rowid = %s",
+                   (new_state, ident))
+    lg.close()
+
+    code, out = _verify(store_env)
+
+    assert code == 1, out
+    assert "Traceback" not in out
+    assert "first bad position 7 " in out

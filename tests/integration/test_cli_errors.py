@@ -1,0 +1,146 @@
+"""The ``ledger`` command when something is wrong: one line on stderr and a non-zero exit, never
+a traceback; nothing created where no ledger was meant, nothing left half-written."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ledger.application import Ledger
+
+LEDGER = str(Path(sys.executable).parent / "ledger")
+
+
+def _run(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    full.update({"LEDGER_DATA_DIR": str(data_dir), **env})
+    return subprocess.run([LEDGER, *args], env=full, capture_output=True, text=True,
+                          timeout=120, cwd=data_dir.parent)
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    return result.stderr
+
+
+@pytest.fixture
+def ready(tmp_path) -> Path:
+    data = tmp_path / "data"
+    assert _run(data, "init").returncode == 0
+    return data
+
+
+@pytest.mark.parametrize("command", [("verify",), ("report",), ("tokens", "list"),
+                                     ("tokens", "revoke", "abc"),
+                                     ("study", "finance-retention", "5")])
+def test_a_mistyped_data_directory_is_an_error_not_a_new_ledger(tmp_path, command):
+    missing = tmp_path / "mistyped"
+
+    stderr = _one_line_error(_run(missing, *command))
+
+    assert "there is no ledger at" in stderr and "ledger init" in stderr
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("variable, value", [("LEDGER_LINK_DAYS", "abc"),
+                                             ("LEDGER_PROJECTIONS", "bogus")])
+def test_a_bad_setting_is_named_in_one_line(ready, variable, value):
+    stderr = _one_line_error(_run(ready, "tokens", "list", **{variable: value}))
+
+    assert variable in stderr
+
+
+def test_another_master_key_is_one_line(ready, tmp_path):
+    other = tmp_path / "other"
+    assert _run(other, "init").returncode == 0
+    (ready / "master.key").write_bytes((other / "master.key").read_bytes())
+
+    stderr = _one_line_error(_run(ready, "tokens", "list"))
+
+    assert "master key" in stderr
+
+
+def test_a_database_that_is_not_one_is_one_line(ready):
+    (ready / "ledger.sqlite3").write_bytes(b"not a database " * 500)
+    for name in ("ledger.sqlite3-wal", "ledger.sqlite3-shm"):
+        (ready / name).unlink(missing_ok=True)
+
+    for command in (("verify",), ("tokens", "list"), ("report",)):
+        stderr = _one_line_error(_run(ready, *command))
+        assert "could not be read" in stderr, (command, stderr)
+
+
+def test_a_missing_signing_key_is_an_error_not_a_new_key(ready):
+    lg = Ledger({"LEDGER_DATA_DIR": str(ready)})
+    lg.merkle.checkpoint()
+    lg.close()
+    (ready / "signing.key").unlink()
+
+    stderr = _one_line_error(_run(ready, "verify"))
+
+    assert "signing.key is missing" in stderr
+    assert not (ready / "signing.key").exists()  # not silently replaced by a new one
+
+
+@pytest.mark.parametrize("name", ["Ada\tStaff", "Ada\nStaff", "\x1b[31mAda", "Ada\u202eStaff"])
+def test_a_token_name_with_control_characters_is_refused(ready, name):
+    result = _run(ready, "tokens", "create", "--role", "staff", "--name", name)
+
+    assert result.returncode == 2 and result.stdout == ""
+    assert "plain text" in result.stderr
+    assert _run(ready, "tokens", "list").stdout == ""
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "70000"])
+def test_serve_refuses_a_port_out_of_range(ready, port):
+    result = _run(ready, "serve", "--port", port)
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_a_report_whose_signature_cannot_be_written_leaves_no_report(ready, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "r.json.sig").mkdir()
+
+    stderr = _one_line_error(_run(ready, "report", "-o", str(out / "r.json")))
+
+    assert "is a directory" in stderr
+    assert sorted(p.name for p in out.iterdir()) == ["r.json.sig"]
+
+
+def test_a_report_is_written_with_its_signature(ready, tmp_path):
+    result = _run(ready, "report", "-o", str(tmp_path / "r.json"))
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r.json")) == [
+        "r.json", "r.json.sig"]
+
+
+def test_a_backup_of_an_unreadable_database_leaves_nothing(ready, tmp_path):
+    with sqlite3.connect(ready / "ledger.sqlite3") as c:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = (ready / "ledger.sqlite3").stat().st_size
+    with open(ready / "ledger.sqlite3", "r+b") as f:  # keep the header, wreck the pages
+        f.seek(4096)
+        f.write(b"\xff" * (size - 4096))
+
+    stderr = _one_line_error(_run(ready, "backup", str(tmp_path / "b.sqlite3")))
+
+    assert "Traceback" not in stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("b.sqlite3")] == []
+
+
+def test_a_report_before_the_study_is_set_up_does_not_blame_as_of(tmp_path):
+    data = tmp_path / "data"
+    assert _run(data, "tokens", "create", "--role", "auditor", "--name", "Early").returncode == 0
+
+    stderr = _one_line_error(_run(data, "report"))
+
+    assert "--as-of" not in stderr
