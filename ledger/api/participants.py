@@ -144,7 +144,7 @@ class ParticipantListQuery(PaginationQuery):
     min_position = QueryInt(load_default=None, validate=validate.Range(1, MAX_POSITION), metadata={
         "description": "read-your-writes: answer only once the views include this position "
                        "(the Ledger-Position header of a write); 503 with Retry-After if they do "
-                       "not soon"})
+                       "not soon; 422 if no write has reached it (beyond the end of the log)"})
 
 
 class ParticipantPage(Schema):
