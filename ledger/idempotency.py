@@ -55,6 +55,9 @@ class IdempotencyStore:
         self.sql = sql
         self._key = hmac_key
         blob = "BYTEA" if sql.is_postgres else "BLOB"
+        if sql.all_exist("ledger_idempotency", "ledger_idempotency_created"):
+            self._calls = 0
+            return  # (see Sql.all_exist: no DDL while others may be writing)
         sql.execute(
             "CREATE TABLE IF NOT EXISTS {t}ledger_idempotency (token_id TEXT NOT NULL, "
             "idem_key TEXT NOT NULL, request_hash TEXT NOT NULL, status INTEGER NOT NULL, "

@@ -287,6 +287,25 @@ class Sql:
         with self.transaction() as cursor:
             cursor.execute(statement, params)
 
+    def all_exist(self, *names: str) -> bool:
+        """Whether every one of these tables and indexes exists (in the ledger's schema).
+
+        Checked before ``CREATE ... IF NOT EXISTS``, which a starting process need not run
+        once the tables are there: on PostgreSQL ``CREATE INDEX IF NOT EXISTS`` locks its table
+        (SHARE) before it looks for the index, so a process starting while others write could
+        block their writes, or deadlock with a writer that holds one table and wants the next."""
+        wanted = sorted(set(names))
+        if self.is_postgres:
+            rows = self.query(
+                "SELECT count(*) AS n FROM pg_class c JOIN pg_namespace s "
+                "ON s.oid = c.relnamespace WHERE s.nspname = %s AND c.relname = ANY(%s)",
+                (self.datastore.schema or "public", wanted))
+        else:
+            marks = ", ".join("%s" for _ in wanted)
+            rows = self.query(f"SELECT count(*) AS n FROM sqlite_master WHERE name IN ({marks})",
+                              tuple(wanted))
+        return int(rows[0]["n"]) == len(wanted)
+
     def events_of(self, events_table: str, ids: list[UUID]) -> list[StoredEvent]:
         """Every stored event of these aggregates, by aggregate and version, in one query a
         few hundred aggregates at a time (the library reads one aggregate a query)."""

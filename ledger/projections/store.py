@@ -63,6 +63,12 @@ class ViewStore:
             statements.append(f"CREATE TABLE IF NOT EXISTS {_table(name)} ({cols})")
             statements.append(f"CREATE INDEX IF NOT EXISTS ledger_view_{name}_pid ON "
                               f"{_table(name)} (participant_id)")
+        relations = [TRACKING, _table("participants").removeprefix("{t}"),
+                     "ledger_view_participants_seq",
+                     *(name for t in TABLES for name in (_table(t).removeprefix("{t}"),
+                                                         f"ledger_view_{t}_pid"))]
+        if self.sql.all_exist(*relations):
+            statements = []  # (see Sql.all_exist: no DDL while others may be writing)
         with self.sql.transaction(lock_first=True) as c:
             for s in statements:
                 c.execute(s)

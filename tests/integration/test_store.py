@@ -179,3 +179,41 @@ def test_personal_fields_stay_sealed_until_a_view_opens_them(ledger, store_env):
 
     assert isinstance(aggregate.name, Sealed) and "Sally" not in repr(vars(aggregate))
     assert view["name"] == "Sealed Sally" and view["email"] == "sally@example.invalid"
+
+
+def test_a_ledger_starts_while_other_transactions_write_the_views_and_keys(store_env):
+    """A process starting (a restarted worker, a second host) while others write: on
+    PostgreSQL, CREATE INDEX IF NOT EXISTS locks its table before it looks, so a start that
+    ran it blocked behind any open write to the views, or deadlocked with one (seen in CI)."""
+    import threading
+
+    import psycopg
+
+    from tests.conftest import PG_URL
+
+    if "LEDGER_DATABASE_URL" not in store_env:
+        pytest.skip("SQLite serialises all writes by design; the lock order is PostgreSQL's")
+    first = Ledger(store_env)
+    first.init_study(by="t")
+    schema = first.factory.datastore.schema
+    first.close()
+    started: list[Ledger] = []
+    with psycopg.connect(PG_URL.split("?")[0]) as writer:  # a write in progress, not committed
+        # Every table of the ledger's own. (eventsourcing's events table is created by the
+        # library, whose CREATE INDEX IF NOT EXISTS waits for the writes in flight to commit:
+        # milliseconds, on one table, so nothing here waits on it in turn.)
+        for table in ("ledger_view_consents", "ledger_view_participants", "ledger_idempotency",
+                      "ledger_merkle_leaves", "ledger_data_keys", "ledger_tokens", "ledger_links",
+                      "ledger_checkpoints", "ledger_meta", "ledger_view_tracking"):
+            writer.execute(f'LOCK TABLE "{schema}".{table} IN ROW EXCLUSIVE MODE')
+        thread = threading.Thread(target=lambda: started.append(Ledger(store_env)), daemon=True)
+        thread.start()
+        thread.join(timeout=15)
+        blocked = thread.is_alive()
+        writer.rollback()
+    thread.join(timeout=60)
+    for lg in started:
+        lg.close()
+
+    assert not blocked, "a starting Ledger waited for another transaction's writes"
+    assert len(started) == 1
