@@ -96,6 +96,22 @@ class _Collected(ProcessingEvent[UUID]):
         super().collect_events(*others, **kwargs)
 
 
+class CopyingReader(Repository[UUID]):  # type: ignore[misc]
+    """eventsourcing's Repository with a lock per aggregate (striped) held across the
+    fast-forward of the cached aggregate *and* the copy it returns. The library copies after
+    releasing its fast-forward lock, so another thread could fast-forward the same cached object
+    while it was being copied ("dictionary changed size during iteration", once in CI, reading
+    the study while forms were registered)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
+
+    def get(self, aggregate_id: UUID, **kwargs: Any) -> Any:
+        with self._stripes[aggregate_id.int % LOCK_STRIPES]:
+            return super().get(aggregate_id, **kwargs)
+
+
 class ConfigurationError(Exception):
     """The data directory and the database do not belong together."""
 
@@ -158,7 +174,7 @@ class Ledger(Application[UUID]):
         #   so no half-applied command is ever seen by the next one.
         # Queries and checks on other aggregates read fresh (and copied) through this one.
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
-        self._reader = Repository(
+        self._reader = CopyingReader(
             event_store=self.events, cache_maxsize=CACHE_SIZE, fastforward=True
         )
         self.finish_erasures()  # complete any erasure a crash interrupted

@@ -4,6 +4,7 @@ with several workers, found in review. Separate Ledger instances stand for separ
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -133,3 +134,65 @@ def test_workers_starting_together_on_a_fresh_store_all_start(store_env):
     outcomes = race([start for _ in range(8)])
 
     assert outcomes == ["started"] * 8, [repr(o) for o in outcomes if o != "started"]
+
+
+def test_a_read_copy_is_never_taken_while_the_same_aggregate_is_fast_forwarded(
+        ledger, store_env, monkeypatch):
+    """The library copies a cached aggregate after releasing its fast-forward lock: another
+    thread's fast-forward could change it mid-copy (seen once in CI). A slow copy makes the
+    overlap certain if the reader allows it."""
+    import ledger.application as application
+    from ledger.domain.base import FastCopy
+
+    pid = ledger.register_participant("Copy Race", by="t")["id"]
+    ledger._participant(pid, fresh=True)  # now cached by the reader
+    copying: list[int] = []  # ids of the objects being copied right now
+    overlaps: list[int] = []
+    copy, apply = FastCopy.__deepcopy__, application.apply_events
+
+    def slow_copy(self, memo):
+        copying.append(id(self))
+        try:
+            time.sleep(0.01)
+            return copy(self, memo)
+        finally:
+            copying.remove(id(self))
+
+    def watched_apply(aggregate, events):
+        events = list(events)
+        if events and id(aggregate) in copying:  # changing the very object being copied
+            overlaps.append(id(aggregate))
+        return apply(aggregate, events)
+
+    monkeypatch.setattr(FastCopy, "__deepcopy__", slow_copy)
+    monkeypatch.setattr(application, "apply_events", watched_apply)
+    writer = Ledger(store_env)
+    stop = threading.Event()
+    errors: list[Exception] = []
+
+    def read():
+        while not stop.is_set():
+            try:
+                ledger._participant(pid, fresh=True)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for t in readers:
+        t.start()
+    try:
+        for i in range(40):
+            scope = ("take_part", "record", "analyse", "store")[i % 4]
+            if i < 4:
+                writer.grant_consent(pid, scope, "1.0", "online", by="t")
+            else:
+                writer.record_use(pid, scope, f"use {i}", by="t")
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(timeout=60)
+        writer.close()
+
+    assert errors == []
+    assert overlaps == []
