@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -12,6 +14,30 @@ from ledger.application import Ledger
 from ledger.domain import Payment
 from ledger.domain.base import topic
 from tests.concurrency import race
+
+
+@contextmanager
+def reading_meanwhile(read: Callable[[], object], threads: int) -> Iterator[list[Exception]]:
+    """Threads calling ``read`` over and over while the block runs; yields what they raised."""
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                read()
+            except Exception as e:  # noqa: BLE001 - every failure is the finding
+                errors.append(e)
+
+    readers = [threading.Thread(target=loop) for _ in range(threads)]
+    for t in readers:
+        t.start()
+    try:
+        yield errors
+    finally:  # a failing write must not leave the readers spinning and pytest unable to exit
+        stop.set()
+        for t in readers:
+            t.join(timeout=60)
 
 
 @pytest.fixture
@@ -83,27 +109,11 @@ def test_no_payment_is_recorded_after_an_erasure_even_when_they_race(two_workers
 
 def test_reading_the_study_while_forms_are_registered_never_fails(two_workers):
     a, b = two_workers
-    errors: list[Exception] = []
-    stop = threading.Event()
 
-    def read():
-        while not stop.is_set():
-            try:
-                a.study()
-            except Exception as e:  # noqa: BLE001
-                errors.append(e)
-
-    readers = [threading.Thread(target=read) for _ in range(3)]
-    for t in readers:
-        t.start()
-    try:
+    with reading_meanwhile(a.study, threads=3) as errors:
         for i in range(30):
             b.register_form(f"2.{i}", f"text {i}", by="t")
             a.register_form(f"3.{i}", f"text {i}", by="t")
-    finally:  # a failing write must not leave the readers spinning and pytest unable to exit
-        stop.set()
-        for t in readers:
-            t.join(timeout=60)
 
     assert errors == []
     assert len(a.study()["consent_forms"]) == 61
@@ -167,31 +177,16 @@ def test_a_read_copy_is_never_taken_while_the_same_aggregate_is_fast_forwarded(
     monkeypatch.setattr(FastCopy, "__deepcopy__", slow_copy)
     monkeypatch.setattr(application, "apply_events", watched_apply)
     writer = Ledger(store_env)
-    stop = threading.Event()
-    errors: list[Exception] = []
-
-    def read():
-        while not stop.is_set():
-            try:
-                ledger._participant(pid, fresh=True)
-            except Exception as e:  # noqa: BLE001
-                errors.append(e)
-
-    readers = [threading.Thread(target=read) for _ in range(4)]
-    for t in readers:
-        t.start()
     try:
-        for i in range(40):
-            scope = ("take_part", "record", "analyse", "store")[i % 4]
-            if i < 4:
-                writer.grant_consent(pid, scope, "1.0", "online", by="t")
-            else:
-                writer.record_use(pid, scope, f"use {i}", by="t")
-            time.sleep(0.005)
+        with reading_meanwhile(lambda: ledger._participant(pid, fresh=True), threads=4) as errors:
+            for i in range(40):
+                scope = ("take_part", "record", "analyse", "store")[i % 4]
+                if i < 4:
+                    writer.grant_consent(pid, scope, "1.0", "online", by="t")
+                else:
+                    writer.record_use(pid, scope, f"use {i}", by="t")
+                time.sleep(0.005)
     finally:
-        stop.set()
-        for t in readers:
-            t.join(timeout=60)
         writer.close()
 
     assert errors == []
