@@ -15,15 +15,14 @@ from flask import Response, g, json, request
 from flask.views import MethodView
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from ..domain.errors import InvalidAmount, LedgerError
-from ..domain.money import parse_pence
+from ..domain.errors import LedgerError
 from ..domain.vocab import PAYEES, PAYMENT_METHODS
 from ..idempotency import IdempotentRequest, Stored
 from . import errors
 from .auth import SECURITY, actor, require
 from .common import ledger
 from .fastdump import Schema
-from .parsing import AMOUNT, Blueprint, StrictBoolean
+from .parsing import Blueprint, StrictBoolean
 from .participants import ArrangementOut, PaymentOut
 from .schemas import document_errors
 
@@ -35,21 +34,9 @@ KEY_HEADER = {"in": "header", "name": "Idempotency-Key", "required": True,
               "description": "a unique value per intended payment (e.g. a UUID)"}
 
 
-def check_amount(value: str) -> None:
-    """Exactly the published pattern (no spaces, signs or extra digits), then the domain's own
-    checks, whose messages say what is wrong ("a whole number of pence", "more than zero")."""
-    try:
-        parse_pence(value)
-    except InvalidAmount as error:
-        raise ValidationError(error.message) from None
-    if not AMOUNT.match(value):
-        raise ValidationError('amount must be written as pounds and pence, such as "25.00": '
-                              "digits only, and at most two after the point")
-
-
 def amount_field() -> fields.String:
-    """An amount in pounds as a string ("25.00")."""
-    return fields.String(required=True, validate=[validate.Length(1, 20), check_amount],
+    """An amount in pounds as a string ("25.00"); the domain checks its spelling and value."""
+    return fields.String(required=True, validate=validate.Length(1, 20),
                          metadata={"example": "25.00", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,2})?$"})
 
 

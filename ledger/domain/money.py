@@ -9,21 +9,23 @@ from .errors import InvalidAmount, UnsupportedCurrency
 
 CURRENCY = "GBP"
 # Digits with an optional decimal part ("25", "25.00"; "-25.00" and "25.001" are read so that the
-# error can say what is wrong with them). No exponents, currency signs, separators or spaces inside.
-NUMBER = re.compile(r"^-?[0-9]{1,12}(\.[0-9]{1,12})?$")
+# error can say what is wrong with them). No exponents, currency signs, separators or spaces.
+NUMBER = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,12})?\Z")
+# How an amount is written (the API's published pattern): up to 9 digits, at most 2 after the point.
+WRITTEN = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?\Z")
 MAX_PENCE = 10**9  # £10,000,000: far above any real line; guards against absurd input
 
 
 def parse_pence(amount: object, *, field: str = "amount") -> int:
-    """Convert "25.00" (str or Decimal) to 2500; refuse floats, fractions of a penny, zero, negatives."""
+    """Convert "25.00" (str or Decimal) to 2500; refuse floats, fractions of a penny, zero,
+    negatives, and any other spelling (spaces, signs, extra digits)."""
     if isinstance(amount, bool) or isinstance(amount, float):
         raise InvalidAmount(f"{field} must be a string in pounds such as \"25.00\"", field=field)
     if isinstance(amount, int):
         amount = Decimal(amount)
     value: object = amount
     if isinstance(amount, str):
-        text = amount.strip()
-        value = Decimal(text) if NUMBER.match(text) else None
+        value = Decimal(amount) if NUMBER.match(amount) else None
     if not isinstance(value, Decimal) or not value.is_finite():
         raise InvalidAmount(f"{field} must be an amount in pounds such as \"25.00\"", field=field)
     pence = value * 100
@@ -33,6 +35,9 @@ def parse_pence(amount: object, *, field: str = "amount") -> int:
         raise InvalidAmount(f"{field} must be more than zero", field=field)
     if pence > MAX_PENCE:
         raise InvalidAmount(f"{field} is too large", field=field)
+    if isinstance(amount, str) and not WRITTEN.match(amount):  # "25.0000", "000000025"
+        raise InvalidAmount(f'{field} must be written as pounds and pence, such as "25.00": '
+                            "at most two digits after the point", field=field)
     return int(pence)
 
 
