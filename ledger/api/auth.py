@@ -41,7 +41,8 @@ def _caller() -> TokenInfo:
 
 
 def require(*roles: str) -> Callable[[F], F]:
-    """Allow the view only to valid tokens of these roles: 401 without one, 403 for others."""
+    """Allow the view only to valid tokens of these roles: 401 without one, 403 for others.
+    Then, as every API view passes here, refuse query parameters the view does not document."""
     def decorate(view: F) -> F:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:

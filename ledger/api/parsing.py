@@ -5,8 +5,10 @@
   required field reported missing when it had been sent.
 - Any JSON the parser cannot take is a 400 "Invalid JSON body", including an integer longer
   than Python converts (``ValueError``, not a ``JSONDecodeError``: it was a 500).
-- An unknown query parameter is a 422 naming it, as an unknown field of a body already is
-  (webargs ignores unknown query parameters by default).
+- A query parameter the operation does not document (or gives twice) is a 422 naming it, as an
+  unknown field of a body already is: ``refuse_unknown_query_parameters``, which every API view
+  runs once its caller is authenticated (webargs ignores unknown query parameters, and sees the
+  query string only of the views that declare a query schema).
 """
 
 from __future__ import annotations
@@ -25,10 +27,7 @@ from webargs.flaskparser import FlaskParser, abort, is_json_request
 
 
 class LedgerParser(FlaskParser):
-    """webargs' Flask parser with the three differences above."""
-
-    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
-                                   "query": ma.RAISE, "querystring": ma.RAISE}
+    """webargs' Flask parser, for bodies as above."""
 
     def _raw_load_json(self, req: Request) -> Any:
         if not is_json_request(req):
@@ -80,9 +79,6 @@ class StrictBoolean(ma.fields.Boolean):
             raise self.make_error("invalid")
         return value
 
-
-# An amount in pounds, as the OpenAPI document publishes it: digits, at most two after the point.
-AMOUNT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?\Z")
 
 
 class BodyMediaTypePlugin(BasePlugin):  # type: ignore[misc]
