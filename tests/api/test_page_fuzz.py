@@ -389,9 +389,17 @@ def test_hostile_form_posts_never_fail_and_never_write(client, staff, api_ledger
                     else set(scopes)
                 chosen = [n for n in KNOWN if n in wanted and n in given_now]
                 shown = re.findall(r'name="scope" value="([a-z_]+)"', page)
+                stopped_before = [n for n in dict.fromkeys(wanted) if n in KNOWN
+                                  and consents.get(n, {}).get("state") == "withdrawn"]
                 if chosen:
                     assert status == 200 and shown == chosen, what
                     seen["valid confirm"] += 1
+                elif stopped_before or not given_now:  # sent again after stopping: say so
+                    assert status == 303 and _writes(api_ledger) == before, what
+                    _, already, nothing = _outcome(response.headers["Location"])
+                    assert sorted(already) == sorted(stopped_before), what
+                    assert nothing == (not stopped_before), what
+                    seen["already stopped"] += 1
                 else:
                     assert status == 400 and "Tick at least one" in page, what
                     seen["asked again"] += 1
@@ -407,6 +415,9 @@ def test_hostile_form_posts_never_fail_and_never_write(client, staff, api_ledger
             assert already == [s for s in unique
                                if consents.get(s, {}).get("state") == "withdrawn"], what
             assert nothing == (not stopped and not already), what
+        if status == 303 and route == "confirm":  # nothing left to stop: changes nothing
+            assert _writes(api_ledger) == before, what
+            return
         if status == 303:  # a real withdrawal, predicted or not
             assert route == "withdraw", what
             check_withdrawal(response, request, path, before, consents, what)
