@@ -19,9 +19,16 @@ from .reports.render import FORMATS
 
 
 @contextmanager
-def open_ledger(**overrides: str) -> Iterator[Ledger]:
-    """A Ledger configured from the environment (and .env), closed afterwards."""
-    ledger = Ledger({**load_environment(), **overrides})
+def open_ledger(*, create: bool = False, **overrides: str) -> Iterator[Ledger]:
+    """A Ledger configured from the environment (and .env), closed afterwards. Unless
+    ``create``, one must exist where the settings point (SQLite: the database file), so a
+    mistyped LEDGER_DATA_DIR is an error, not an empty ledger created on the spot."""
+    env = {**load_environment(), **overrides}
+    settings = Settings.from_env(env)
+    if not create and not settings.database_url and not settings.sqlite_path.exists():
+        raise click.ClickException(f"there is no ledger at {settings.sqlite_path}: check "
+                                   "LEDGER_DATA_DIR, or run `ledger init` to create one")
+    ledger = Ledger(env)
     try:
         yield ledger
     finally:
@@ -74,20 +81,11 @@ def main() -> None:
     """Consent and remuneration ledger for participatory research."""
 
 
-def require_store() -> None:
-    """Stop unless a ledger exists where the settings point (SQLite: the database file), so a
-    mistyped LEDGER_DATA_DIR is an error, not an empty ledger created on the spot."""
-    settings = Settings.from_env(load_environment())
-    if not settings.database_url and not settings.sqlite_path.exists():
-        raise click.ClickException(f"there is no ledger at {settings.sqlite_path}: check "
-                                   "LEDGER_DATA_DIR, or run `ledger init` to create one")
-
-
 @main.command()
 def init() -> None:
     """Create the data directory, keys, database and the pilot study (safe to run twice)."""
     settings = Settings.from_env(load_environment())
-    with open_ledger() as ledger:
+    with open_ledger(create=True) as ledger:
         created = ledger.init_study(by="cli:init")
     where = "PostgreSQL" if settings.database_url else str(settings.sqlite_path)
     click.echo(f"{'Created' if created else 'Already set up:'} the pilot study in {where}",
@@ -99,7 +97,7 @@ def demo() -> None:
     """Add the demo's twelve fictional participants (once)."""
     from .demo import load_demo
 
-    with open_ledger() as ledger:
+    with open_ledger(create=True) as ledger:
         ledger.init_study(by="cli:demo")
         loaded = load_demo(ledger)
     click.echo("Added 12 fictional demo participants." if loaded
@@ -118,7 +116,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     from .api.server import serve as run
 
     settings = Settings.from_env(load_environment())
-    with open_ledger() as ledger:
+    with open_ledger(create=True) as ledger:
         ledger.init_study(by="cli:serve")  # tables and study exist before workers start
     store = "PostgreSQL" if settings.database_url else str(settings.sqlite_path)
     click.echo(f"Serving the ledger on http://{host}:{port} ({store}); API docs at "
@@ -140,7 +138,7 @@ def tokens() -> None:
 @click.option("--name", required=True, help="Who the token is for (kept in the token list).")
 def tokens_create(role: str, name: str) -> None:
     """Print a new token (only the token, on stdout). It is shown once and stored as a hash."""
-    with open_ledger() as ledger:
+    with open_ledger(create=True) as ledger:
         try:
             info, token = ledger.tokens.create(role, name)
         except ValueError as e:
@@ -152,7 +150,6 @@ def tokens_create(role: str, name: str) -> None:
 @tokens.command("list")
 def tokens_list() -> None:
     """List tokens (id, role, name, created, revoked); never the tokens themselves."""
-    require_store()
     with open_ledger() as ledger:
         for t in ledger.tokens.list():
             click.echo(f"{t.id}\t{t.role}\t{t.name}\t{t.created_at}\t{t.revoked_at or '-'}")
@@ -162,7 +159,6 @@ def tokens_list() -> None:
 @click.argument("token_id")
 def tokens_revoke(token_id: str) -> None:
     """Revoke a token by its id (from `ledger tokens list`)."""
-    require_store()
     with open_ledger() as ledger:
         if not ledger.tokens.revoke(token_id):
             raise click.ClickException("no live token with that id")
@@ -193,7 +189,6 @@ def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | Non
             moment = datetime.fromisoformat(as_of)
         except ValueError:
             raise click.BadParameter("not an ISO 8601 date and time", param_hint="--as-of") from None
-    require_store()
     with open_ledger() as ledger:
         try:
             data = render(report_data(ledger, moment, outstanding_days), fmt)
@@ -261,7 +256,6 @@ def verify(show_key: bool, kept: tuple[Any, ...]) -> None:
         raise click.BadParameter("each must be the JSON of GET /audit/checkpoint: size, root, "
                                  "time, signature and public_key",
                                  param_hint="--checkpoint") from None
-    require_store()
     with open_ledger(LEDGER_PROJECTIONS="external") as ledger:
         if show_key:
             click.echo(ledger.merkle.public_key, nl=False)
@@ -347,7 +341,6 @@ def study() -> None:
 def study_finance_retention(days: int) -> None:
     """Keep payment records naming the payee for DAYS after each payment (e.g. 2190, six
     years); erasing a person is refused until then. 0: payments stay as anonymous facts."""
-    require_store()
     with open_ledger() as ledger:
         ledger.set_finance_retention(days, by="cli:study")
     click.echo(f"Finance retention: {days} days after a payment.", err=True)
@@ -369,7 +362,6 @@ def projections_rebuild(page_size: int, workers: str | None) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    require_store()
     with open_ledger(LEDGER_PROJECTIONS="external") as ledger:
         total = ledger.recorder.max_notification_id() or 0
         with Progress("[progress.description]{task.description}", BarColumn(),

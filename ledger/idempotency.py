@@ -54,20 +54,21 @@ class IdempotencyStore:
     def __init__(self, sql: Sql, hmac_key: bytes) -> None:
         self.sql = sql
         self._key = hmac_key
-        blob = "BYTEA" if sql.is_postgres else "BLOB"
-        if sql.all_exist("ledger_idempotency", "ledger_idempotency_created"):
-            self._calls = 0
-            return  # (see Sql.all_exist: no DDL while others may be writing)
-        sql.execute(
+        self._calls = 0
+        if not sql.all_exist("ledger_idempotency", "ledger_idempotency_created"):
+            self._create()  # (see Sql.all_exist: no DDL while others may be writing)
+
+    def _create(self) -> None:
+        blob = "BYTEA" if self.sql.is_postgres else "BLOB"
+        self.sql.execute(
             "CREATE TABLE IF NOT EXISTS {t}ledger_idempotency (token_id TEXT NOT NULL, "
             "idem_key TEXT NOT NULL, request_hash TEXT NOT NULL, status INTEGER NOT NULL, "
             f"body {blob} NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (token_id, idem_key))"
         )
         # The purge finds old keys by this index, not by reading every key kept for 48 hours
         # (it runs in a write transaction: a scan of the table would hold every writer back).
-        sql.execute("CREATE INDEX IF NOT EXISTS ledger_idempotency_created "
-                    "ON {t}ledger_idempotency (created_at)")
-        self._calls = 0
+        self.sql.execute("CREATE INDEX IF NOT EXISTS ledger_idempotency_created "
+                         "ON {t}ledger_idempotency (created_at)")
 
     def fingerprint(self, request: bytes) -> str:
         """A keyed digest of a request: equal requests match, and the stored digest reveals

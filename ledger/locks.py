@@ -88,10 +88,14 @@ class FileLock:
             self._threads.release()
 
 
+def _in_use_file(database: str) -> int:
+    return os.open(f"{database}-in-use.lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+
 def in_use(database: str) -> int:
     """Mark a SQLite database as open by this process: a shared ``flock`` on a file beside it,
     held until the returned descriptor is closed (or the process ends)."""
-    fd = os.open(f"{database}-in-use.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _in_use_file(database)
     fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
 
@@ -105,17 +109,17 @@ class unused:  # noqa: N801 - used as a context manager, like open()
     ``InUse`` at once if one has it open now."""
 
     def __init__(self, database: str) -> None:
-        self.path = f"{database}-in-use.lock"
+        self.database = database
         self._fd = -1
 
     def __enter__(self) -> unused:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = _in_use_file(self.database)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
             self._fd = -1
-            raise InUse(self.path) from None
+            raise InUse(self.database) from None
         return self
 
     def __exit__(self, *_: object) -> None:

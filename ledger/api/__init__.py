@@ -38,6 +38,9 @@ from .schemas import ProblemSchema
 
 log = logging.getLogger("ledger.access")
 MAX_BODY = 64 * 1024
+# On every response (with a CSP for its kind of page), including gunicorn's own refusals.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                    "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 PAGES_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
              "frame-ancestors 'none'; base-uri 'none'")
@@ -162,12 +165,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def secure_and_log(response: Response) -> Response:
         is_docs = request.path.startswith("/api/v1/docs")
         is_page = errors.is_participant_page()
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
+        response.headers.update(SECURITY_HEADERS)
         response.headers["Content-Security-Policy"] = (
             DOCS_CSP if is_docs else PAGES_CSP if is_page else API_CSP)
-        response.headers["Cache-Control"] = "no-store"
         if https:  # served behind TLS (the links say so): browsers keep to it for a year
             response.headers["Strict-Transport-Security"] = "max-age=31536000"
         position = ledger.last_saved_position()

@@ -106,7 +106,8 @@ class LedgerWorker(ThreadWorker):  # type: ignore[misc]
         return keepalive
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        from . import API_CSP
+        from . import API_CSP, SECURITY_HEADERS
+        from .errors import TITLES
 
         if getattr(req, "ledger_answered", False):
             # The request was answered; what failed is reading the rest of its body (a chunk
@@ -122,17 +123,13 @@ class LedgerWorker(ThreadWorker):  # type: ignore[misc]
         phrase = HTTPStatus(status).phrase
         detail = ("The request could not be read as HTTP." if status != 500 else
                   "Something went wrong on our side. Please try again.")
-        body = json.dumps({"type": "about:blank", "status": status, "title": phrase,
-                           "detail": detail}).encode()
-        head = (f"HTTP/1.1 {status} {phrase}\r\n"
-                "Connection: close\r\n"
-                "Content-Type: application/problem+json\r\n"
-                f"Content-Length: {len(body)}\r\n"
-                "X-Content-Type-Options: nosniff\r\n"
-                "Cache-Control: no-store\r\n"
-                f"Content-Security-Policy: {API_CSP}\r\n"
-                "Referrer-Policy: no-referrer\r\n"
-                "X-Frame-Options: DENY\r\n\r\n")
+        body = json.dumps({"type": "about:blank", "status": status,
+                           "title": TITLES.get(status, phrase), "detail": detail}).encode()
+        headers = {"Connection": "close", "Content-Type": "application/problem+json",
+                   "Content-Length": str(len(body)), **SECURITY_HEADERS,
+                   "Content-Security-Policy": API_CSP}
+        head = f"HTTP/1.1 {status} {phrase}\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
         try:
             util.write_nonblock(client, head.encode("ascii") + body)
         except Exception:  # noqa: BLE001 - the client may be gone; nothing to tell it

@@ -63,14 +63,11 @@ class ViewStore:
             statements.append(f"CREATE TABLE IF NOT EXISTS {_table(name)} ({cols})")
             statements.append(f"CREATE INDEX IF NOT EXISTS ledger_view_{name}_pid ON "
                               f"{_table(name)} (participant_id)")
-        relations = [TRACKING, _table("participants").removeprefix("{t}"),
-                     "ledger_view_participants_seq",
-                     *(name for t in TABLES for name in (_table(t).removeprefix("{t}"),
-                                                         f"ledger_view_{t}_pid"))]
-        if self.sql.all_exist(*relations):
-            statements = []  # (see Sql.all_exist: no DDL while others may be writing)
+        relations = [TRACKING, "ledger_view_participants", "ledger_view_participants_seq",
+                     *(f"ledger_view_{t}{end}" for t in TABLES for end in ("", "_pid"))]
+        missing = not self.sql.all_exist(*relations)  # (see there: no DDL while others write)
         with self.sql.transaction(lock_first=True) as c:
-            for s in statements:
+            for s in statements if missing else ():
                 c.execute(s)
             c.execute(f"INSERT INTO {{t}}{TRACKING} (name, position) SELECT %s, 0 WHERE NOT "
                       f"EXISTS (SELECT 1 FROM {{t}}{TRACKING} WHERE name = %s)", (NAME, NAME))
