@@ -40,15 +40,20 @@ def describe(error: Exception) -> str:
     this (never personal data); any other is named by kind, with where to look."""
     import sqlite3
 
-    from eventsourcing.persistence import PersistenceError
+    from eventsourcing.persistence import MapperDeserialisationError, PersistenceError
 
     from .application import ConfigurationError
     from .backup import BackupError
     from .config import SettingsError
     from .domain.errors import LedgerError
+    from .projections.projector import UnreadableEvent
 
-    if isinstance(error, ConfigurationError | SettingsError | BackupError | LedgerError):
+    if isinstance(error, ConfigurationError | SettingsError | BackupError | LedgerError
+                  | UnreadableEvent):
         return str(error)
+    if isinstance(error, MapperDeserialisationError):
+        return ("a stored event cannot be read: it was changed after it was written, or it was "
+                "sealed with another key (`ledger verify` finds changed events)")
     if isinstance(error, sqlite3.DatabaseError | PersistenceError):
         return (f"the database could not be read ({type(error).__name__}): check "
                 "LEDGER_DATA_DIR or LEDGER_DATABASE_URL, and run `ledger verify`")
@@ -358,7 +363,8 @@ def projections() -> None:
               help="Processes that share the work [default: one per core, up to 4, once the "
                    "log has 20,000 events].")
 def projections_rebuild(page_size: int, workers: str | None) -> None:
-    """Empty every view and rebuild it from the log, with a progress bar."""
+    """Empty every view and rebuild it from the log, with a progress bar; if it cannot finish,
+    the views are put back as they were."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -368,9 +374,17 @@ def projections_rebuild(page_size: int, workers: str | None) -> None:
                       MofNCompleteColumn(), TimeRemainingColumn(), transient=False,
                       console=Console(stderr=True)) as bar:
             task = bar.add_task("Rebuilding the views", total=total)
-            position = ledger.projector.rebuild(progress=lambda n: bar.advance(task, n),
-                                                page_size=page_size,
-                                                workers=int(workers) if workers else None)
+            try:
+                position = ledger.projector.rebuild(progress=lambda n: bar.advance(task, n),
+                                                    page_size=page_size,
+                                                    workers=int(workers) if workers else None)
+            except Exception as error:
+                put_back = ledger.projector.put_back_at
+                if put_back is None:
+                    raise
+                raise click.ClickException(
+                    f"{describe(error)}. The rebuild stopped; the views are as they were before "
+                    f"it (up to position {put_back}).") from None
             bar.update(task, completed=total)
     click.echo(f"Rebuilt the views up to position {position}.", err=True)
 

@@ -59,7 +59,10 @@ class Follower:
                     if isinstance(delay, float) and (again is None or delay < again):
                         again = delay
             except Exception as error:  # noqa: BLE001 - logged by type; retried below
-                log.warning("could not follow the log (%s); retrying", type(error).__name__)
+                from .projector import UnreadableEvent  # (its message names only a position)
+
+                what = str(error) if isinstance(error, UnreadableEvent) else type(error).__name__
+                log.warning("could not follow the log (%s); retrying", what)
                 self._stopping.wait(RETRY_S)
                 self._wake.set()
 

@@ -81,6 +81,10 @@ def _next_page(readers: list[Any]) -> tuple[int, Changes]:
         except EOFError:
             raise WorkerFailed("a rebuild worker exited without finishing") from None
         if message[0] == "failed":
+            from .projector import UnreadableEvent
+
+            if message[1] == UnreadableEvent.__name__:
+                raise UnreadableEvent(message[2])
             raise WorkerFailed(f"a rebuild worker failed: {message[1]}")
         positions.add(message[1])
         parts.append(message[2])
@@ -113,8 +117,8 @@ def _work(env: Mapping[str, str], shard: tuple[int, int], stop: int, page_size: 
     except BrokenPipeError:
         return  # the rebuild stopped: nobody is reading
     except BaseException as e:  # noqa: BLE001 - reported by type only (messages may hold data)
-        try:
-            out.send(("failed", type(e).__name__))
+        try:  # (and, for an event that cannot be read, its position)
+            out.send(("failed", type(e).__name__, getattr(e, "position", None)))
         except OSError:
             pass
     finally:

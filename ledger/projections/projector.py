@@ -49,6 +49,18 @@ WRITTEN_KEEP = 1_000  # participants whose last written rows are remembered
 PARTICIPANT, PAYMENT, STUDY = "ledger:Participant", "ledger:Payment", "ledger:Study"
 
 
+class UnreadableEvent(Exception):
+    """A stored event that cannot be decrypted or decoded: changed after it was written, or
+    sealed with a key this process does not have. Names only its position (never its data)."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        super().__init__(
+            f"the event at position {position} cannot be read: it was changed after it was "
+            "written, or it was sealed with another key (check LEDGER_DATA_DIR and the keys; "
+            "`ledger verify` finds changed events)")
+
+
 class SealedRef(Transcoding):
     """A sealed personal value in a stored view document: still ciphertext under the person's
     own key, with what is needed to open it (erasing the person makes it unreadable here too)."""
@@ -116,7 +128,11 @@ class Replay:
                 and not self.in_shard(oid):
             self.position = n.id
             return None  # another shard's: not even decoded
-        event = event if event is not None else self.mapper.to_domain_event(n)
+        if event is None:
+            try:
+                event = self.mapper.to_domain_event(n)
+            except Exception:  # noqa: BLE001 - the message could quote the stored event
+                raise UnreadableEvent(n.id) from None
         aggregate = self._current(oid, n.originator_version - 1)
         if aggregate is None or aggregate.version < n.originator_version:
             aggregate = event.mutate(aggregate)
@@ -264,6 +280,7 @@ class Projector:
         self._written: OrderedDict[str, Entry] = OrderedDict()
         self._written_at = -1
         self._written_keep = WRITTEN_KEEP
+        self.put_back_at: int | None = None  # where a rebuild that stopped left the views
 
     def new_replay(self, keep: int | None, shard: tuple[int, int] | None = None) -> Replay:
         """A replay that reads the aggregates it is missing a page's worth at a time."""
@@ -398,20 +415,35 @@ class Projector:
             size = self.ledger.recorder.max_notification_id() or 0
             workers = min(os.cpu_count() or 1, MAX_WORKERS) if size >= PARALLEL_FROM else 1
         workers = 1 << (max(1, workers).bit_length() - 1)  # shards are split by a power of two
+        self.put_back_at = None
         with fewer_collections():
-            with self._lock:  # this process's own follower waits
-                if workers > 1:
-                    from .parallel import rebuild_in_parallel
+            self.views.drop_prior()  # a copy a killed rebuild left behind
+            try:
+                with self._lock:  # this process's own follower waits
+                    if workers > 1:
+                        from .parallel import rebuild_in_parallel
 
-                    rebuild_in_parallel(self, workers, page_size, progress)
-                else:
-                    self.reset()
-            # (the rest of the log, or all of it: also what was appended meanwhile)
-            return self.catch_up(progress=progress, page_size=page_size)
+                        rebuild_in_parallel(self, workers, page_size, progress)
+                    else:
+                        self.reset()
+                # (the rest of the log, or all of it: also what was appended meanwhile)
+                position = self.catch_up(progress=progress, page_size=page_size)
+            except BaseException:
+                # Stopped (an event that cannot be read, a failed worker, an interrupt): the
+                # views go back to what they were, not left part-built. Only a kill leaves
+                # them at a page boundary (still equal to a replay to there).
+                with self._lock:
+                    self._written.clear()
+                    self._written_at = -1
+                    self.put_back_at = self.views.put_back_prior()
+                raise
+            self.views.drop_prior()
+            return position
 
     def reset(self) -> None:
-        """Empty the views, and forget what was applied (the caller holds ``_lock``)."""
-        self.views.reset()
+        """Empty the views, keeping a copy until the rebuild ends, and forget what was applied
+        (the caller holds ``_lock``)."""
+        self.views.reset(keep_prior=True)
         self._written.clear()
         self._written_at = -1
         self.replay = self.new_replay(REBUILD_KEEP)

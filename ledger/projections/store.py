@@ -8,7 +8,8 @@ views, after any crash, whichever process (API worker or ``ledger projections ru
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any
 
@@ -17,6 +18,7 @@ from .rows import BOOLEAN_COLUMNS, INTEGER_COLUMNS, TABLES
 
 TRACKING = "ledger_view_tracking"
 NAME = "views"
+PRIOR = "views_prior"  # the tracking row of the copy a rebuild keeps until it has finished
 PARTICIPANTS = ("participant_id", "seq", "reference", "registered_at", "erased_at", "doc")
 
 
@@ -24,8 +26,24 @@ def _table(name: str) -> str:
     return f"{{t}}ledger_view_{name}"
 
 
+def _prior(name: str) -> str:
+    return f"{{t}}ledger_view_prior_{name}"
+
+
 def _columns(name: str) -> tuple[str, ...]:
     return PARTICIPANTS if name == "participants" else TABLES[name]
+
+
+def _definition(name: str) -> str:
+    """A view table's columns, as ``CREATE TABLE`` takes them."""
+    big = "BIGINT"
+    if name == "participants":
+        return (f"participant_id TEXT PRIMARY KEY, seq {big} NOT NULL, reference TEXT NOT NULL, "
+                "registered_at TEXT, erased_at TEXT, doc TEXT NOT NULL")
+    return ", ".join(f"{c} {big if c in INTEGER_COLUMNS else 'TEXT'}" for c in TABLES[name])
+
+
+VIEWS = ("participants", *TABLES)
 
 
 # A SQL condition (portable %s placeholders) and its parameters.
@@ -48,19 +66,16 @@ class ViewStore:
 
     def create(self) -> None:
         """Create the tables if missing (safe to run in many processes at once)."""
-        big = "BIGINT"
         statements = [
             f"CREATE TABLE IF NOT EXISTS {{t}}{TRACKING} (name TEXT PRIMARY KEY, "
-            f"position {big} NOT NULL)",
-            f"CREATE TABLE IF NOT EXISTS {_table('participants')} (participant_id TEXT "
-            f"PRIMARY KEY, seq {big} NOT NULL, reference TEXT NOT NULL, registered_at TEXT, "
-            "erased_at TEXT, doc TEXT NOT NULL)",
+            "position BIGINT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {_table('participants')} "
+            f"({_definition('participants')})",
             "CREATE INDEX IF NOT EXISTS ledger_view_participants_seq ON "
             f"{_table('participants')} (seq)",
         ]
-        for name, columns in TABLES.items():
-            cols = ", ".join(f"{c} {big if c in INTEGER_COLUMNS else 'TEXT'}" for c in columns)
-            statements.append(f"CREATE TABLE IF NOT EXISTS {_table(name)} ({cols})")
+        for name in TABLES:
+            statements.append(f"CREATE TABLE IF NOT EXISTS {_table(name)} ({_definition(name)})")
             statements.append(f"CREATE INDEX IF NOT EXISTS ledger_view_{name}_pid ON "
                               f"{_table(name)} (participant_id)")
         relations = [TRACKING, "ledger_view_participants", "ledger_view_participants_seq",
@@ -112,12 +127,67 @@ class ViewStore:
             for name, values in bulk.items():  # outside the pipeline, which COPY cannot join
                 c.insert_many(_table(name), _columns(name), values)
 
-    def reset(self) -> None:
-        """Empty every view and set the position to 0 (in one transaction)."""
-        with self.sql.transaction() as c:
-            for name in ("participants", *TABLES):
+    def reset(self, *, keep_prior: bool = False) -> None:
+        """Empty every view and set the position to 0, in one transaction.
+
+        ``keep_prior``: first copy the views and their position aside (tables that exist only
+        while a rebuild runs), in the same transaction, so that a rebuild that cannot finish
+        puts them back as they were (``put_back_prior``) instead of leaving them part-built."""
+        with self._locked() as c:
+            if keep_prior:
+                c.execute(f"DELETE FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
+                c.execute(f"INSERT INTO {{t}}{TRACKING} (name, position) SELECT %s, position "
+                          f"FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR, NAME))
+                for name in VIEWS:
+                    c.execute(f"CREATE TABLE IF NOT EXISTS {_prior(name)} ({_definition(name)})")
+                    c.execute(f"DELETE FROM {_prior(name)}")
+                    self._copy(c, _table(name), _prior(name), name)
+            for name in VIEWS:
                 c.execute(f"DELETE FROM {_table(name)}")
             c.execute(f"UPDATE {{t}}{TRACKING} SET position = 0 WHERE name = %s", (NAME,))
+
+    def put_back_prior(self) -> int | None:
+        """Put back the views a rebuild copied aside (``reset(keep_prior=True)``), in one
+        transaction, and drop the copy; returns their position, or None if there was none."""
+        with self._locked() as c:
+            c.execute(f"SELECT position FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
+            row = c.fetchone()
+            if row is None:
+                return None
+            for name in VIEWS:
+                c.execute(f"DELETE FROM {_table(name)}")
+                self._copy(c, _prior(name), _table(name), name)
+            position = int(row["position"])
+            c.execute(f"UPDATE {{t}}{TRACKING} SET position = %s WHERE name = %s",
+                      (position, NAME))
+            self._drop_prior(c)
+            return position
+
+    def drop_prior(self) -> None:
+        """Drop the copy a rebuild kept (once it has finished, or one a killed rebuild left)."""
+        with self._locked() as c:
+            self._drop_prior(c)
+
+    @contextmanager
+    def _locked(self) -> Iterator[Any]:
+        """A transaction that first locks the tracking row: no batch can land in the views
+        until it ends (a batch's own first step is to update that row). Without it, on
+        PostgreSQL, rows a batch committed after a ``DELETE`` began would survive the delete."""
+        with self.sql.transaction() as c:
+            c.execute(f"UPDATE {{t}}{TRACKING} SET position = position WHERE name = %s",
+                      (NAME,))
+            yield c
+
+    @staticmethod
+    def _copy(c: Any, source: str, target: str, name: str) -> None:
+        cols = ", ".join(_columns(name))
+        c.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {source}")
+
+    @staticmethod
+    def _drop_prior(c: Any) -> None:
+        c.execute(f"DELETE FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
+        for name in VIEWS:
+            c.execute(f"DROP TABLE IF EXISTS {_prior(name)}")
 
     def all_rows(self) -> dict[str, list[dict[str, Any]]]:
         """Every view table's rows, as JSON-ready dicts (the same as ``participant_rows``)."""
@@ -176,8 +246,8 @@ Changes = tuple[dict[str, list[str]], list[tuple[Any, ...]], dict[str, list[tupl
 def changes(participants: Iterable[Entry], previous: Mapping[str, Entry]) -> Changes:
     """The changes that replace each participant's rows (only their tables that differ from
     ``previous``, for those in it). Pure: a rebuild's workers work them out in parallel."""
-    stale: dict[str, list[str]] = {name: [] for name in ("participants", *TABLES)}
-    fresh: dict[str, list[tuple[Any, ...]]] = {name: [] for name in ("participants", *TABLES)}
+    stale: dict[str, list[str]] = {name: [] for name in VIEWS}
+    fresh: dict[str, list[tuple[Any, ...]]] = {name: [] for name in VIEWS}
     updates = []
     for summary, doc, rows in participants:
         pid = summary["participant_id"]

@@ -151,10 +151,12 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, w
     for n in writer.recorder.select_notifications(start=1, limit=stopped_at):
         replay.apply(n)
     at_kill = rows(writer)
+    copy_kept = writer.sql.all_exist("ledger_view_prior_participants")
     reader = Ledger(store_env)  # start-up catches the views up from where they stopped
     caught_up = rows(reader)
     reader.projector.rebuild()
     rebuilt = rows(reader)
+    copy_left = reader.sql.all_exist("ledger_view_prior_participants")
     reader.close()
     writer.close()
 
@@ -163,6 +165,7 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, w
     assert not any(map(_running, helpers))
     assert at_kill == {k: sorted(map(rows_key, v)) for k, v in replay.all_rows().items()}
     assert caught_up == rebuilt
+    assert copy_kept and not copy_left  # the next rebuild drops the copy the killed one kept
 
 
 def test_the_finance_retention_is_set_from_the_command_line(store_env):

@@ -144,3 +144,31 @@ def test_a_report_before_the_study_is_set_up_does_not_blame_as_of(tmp_path):
     stderr = _one_line_error(_run(data, "report"))
 
     assert "--as-of" not in stderr
+
+
+def test_a_rebuild_that_meets_a_changed_event_says_where_and_leaves_the_views(ready):
+    """The views are put back as they were; the error names the position, not the data."""
+    ledger = Ledger({"LEDGER_DATA_DIR": str(ready), "LEDGER_PROJECTIONS": "external"})
+    try:
+        pid = ledger.register_participant("Rebuild Probe", by="t")["id"]
+        ledger.grant_consent(pid, "take_part", "1.0", "online", by="t")
+        last = ledger.projector.catch_up()
+        before = ledger.projector.views.all_rows()
+        victim = ledger.recorder.select_notifications(start=last, limit=1)[0]
+    finally:
+        ledger.close()
+    with sqlite3.connect(ready / "ledger.sqlite3") as db:
+        db.execute("UPDATE stored_events SET state = ? WHERE rowid = ?",
+                   (victim.state[:-1] + bytes([victim.state[-1] ^ 1]), victim.id))
+
+    stderr = _one_line_error(_run(ready, "projections", "rebuild"))
+
+    assert f"the event at position {victim.id} cannot be read" in stderr
+    assert f"the views are as they were before it (up to position {last})" in stderr
+    assert "Rebuild Probe" not in stderr and str(pid) not in stderr
+    ledger = Ledger({"LEDGER_DATA_DIR": str(ready), "LEDGER_PROJECTIONS": "external"})
+    try:
+        assert ledger.projector.views.position() == last
+        assert ledger.projector.views.all_rows() == before
+    finally:
+        ledger.close()

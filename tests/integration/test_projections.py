@@ -13,7 +13,7 @@ import pytest
 from ledger.application import Ledger
 from ledger.demo import load_demo
 from ledger.projections.projector import Replay
-from ledger.projections.rows import rows_key
+from ledger.projections.rows import TABLES, rows_key
 
 
 def _snapshot(ledger: Ledger) -> tuple[int, dict[str, list[tuple[str, ...]]], list[Any]]:
@@ -261,34 +261,78 @@ def test_each_worker_reads_its_own_people_and_every_payment(ledger, shards):
     assert all(people) and sum(map(len, people)) == len(set().union(*people))
 
 
-def test_a_failing_worker_stops_the_rebuild_naming_only_the_error_and_views_stay_whole(
-        ledger):
-    """A tampered event cannot be decrypted: the worker that meets it reports the error's
-    type only (its message could hold data), and the views stay at a page boundary before
-    it, equal to a replay to there."""
-    from ledger.projections.parallel import WorkerFailed
+def _no_copy_left(ledger: Ledger) -> bool:
+    from ledger.projections.store import PRIOR, TRACKING
+
+    tables = [f"ledger_view_prior_{name}" for name in ("participants", *TABLES)]
+    return not any(ledger.sql.all_exist(t) for t in tables) and not ledger.sql.query(
+        f"SELECT 1 FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one process", "2 workers"])
+def test_an_event_that_cannot_be_read_stops_the_rebuild_and_the_views_are_put_back(
+        ledger, workers):
+    """A tampered event cannot be decrypted: the rebuild stops naming its position (never
+    its data), after some pages were written, and the views are put back as they were."""
+    from ledger.projections.projector import UnreadableEvent
 
     _bigger_history(ledger)
     ledger._follower.stop()
     ledger.views_at_least()
+    before = _snapshot(ledger)
     last = ledger.recorder.max_notification_id()
     victim = ledger.recorder.select_notifications(start=last - 20, limit=1)[0]
     table = ledger.recorder.events_table_name
     where = "notification_id" if ledger.sql.is_postgres else "rowid"
     ledger.sql.execute(f"UPDATE {{t}}{table} SET state = %s WHERE {where} = %s",
                        (victim.state[:-1] + bytes([victim.state[-1] ^ 1]), victim.id))
+    written: list[int] = []
 
-    with pytest.raises(WorkerFailed) as failed:
-        ledger.projector.rebuild(page_size=10, workers=2)
+    with pytest.raises(UnreadableEvent) as failed:
+        ledger.projector.rebuild(page_size=10, workers=workers,
+                                 progress=lambda n: written.append(
+                                     ledger.projector.views.position()))
 
-    assert str(failed.value) == "a rebuild worker failed: MapperDeserialisationError"
-    position = ledger.projector.views.position()
-    assert 0 < position < victim.id and position % 10 == 0
-    replay = Replay(ledger.mapper, ledger.events, keep=None)
-    for n in ledger.recorder.select_notifications(start=1, limit=position):
-        replay.apply(n)
-    assert {k: sorted(map(rows_key, v)) for k, v in ledger.projector.views.all_rows().items()} \
-        == {k: sorted(map(rows_key, v)) for k, v in replay.all_rows().items()}
+    assert failed.value.position == victim.id
+    assert str(failed.value).startswith(f"the event at position {victim.id} cannot be read")
+    assert 0 < max(written) < victim.id  # pages were written before it was met
+    assert ledger.projector.put_back_at == last
+    assert _snapshot(ledger) == before
+    assert _no_copy_left(ledger)
+
+
+def test_a_rebuild_interrupted_while_another_process_writes_puts_the_views_back(store_env):
+    """Stopped midway (here by its progress callback; Ctrl-C alike) while another process
+    moves the views on: they go back to what they were when the rebuild emptied them, and
+    catch up from there to equal a complete rebuild."""
+    writer = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    writer.init_study(by="t")
+    _bigger_history(writer)
+    assert writer.projector.catch_up() == writer.recorder.max_notification_id()
+    before = _snapshot(writer)
+    other = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    calls: list[int] = []
+
+    def progress(n: int) -> None:
+        calls.append(writer.projector.views.position())
+        if len(calls) == 2:
+            someone = other.register_participant("During Rebuild", by="t")["id"]
+            other.grant_consent(someone, "take_part", "1.0", "online", by="t")
+            assert other.projector.catch_up() > before[0]  # past where the rebuild started
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        writer.projector.rebuild(progress=progress, page_size=10, workers=1)
+
+    assert 0 < calls[-1] < before[0]
+    assert _snapshot(writer) == before
+    assert _no_copy_left(writer)
+    assert writer.projector.catch_up() == writer.recorder.max_notification_id()
+    live = _snapshot(writer)
+    writer.projector.rebuild(workers=1)
+    assert _snapshot(writer) == live
+    writer.close()
+    other.close()
 
 
 def test_a_rebuild_overtaken_by_another_process_ends_with_whole_views(store_env):
