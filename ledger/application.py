@@ -239,6 +239,11 @@ class Ledger(Application[UUID]):
             return False
         return True
 
+    def claimed(self, name: str) -> bool:
+        """Whether a one-off action was recorded (``claim_once``)."""
+        return bool(self.sql.query("SELECT 1 AS one FROM {t}ledger_meta WHERE name = %s",
+                                   (name,)))
+
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         """Save atomically; then (views kept inline) wake this process's view follower.
 

@@ -45,11 +45,12 @@ def describe(error: Exception) -> str:
     from .application import ConfigurationError
     from .backup import BackupError
     from .config import SettingsError
+    from .demo import DemoInterrupted
     from .domain.errors import LedgerError
     from .projections.projector import UnreadableEvent
 
     if isinstance(error, ConfigurationError | SettingsError | BackupError | LedgerError
-                  | UnreadableEvent):
+                  | UnreadableEvent | DemoInterrupted):
         return str(error)
     if isinstance(error, MapperDeserialisationError):
         return ("a stored event cannot be read: it was changed after it was written, or it was "

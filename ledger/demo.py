@@ -128,10 +128,35 @@ def _stories() -> list[Callable[[Ledger], None]]:
     return [amara, bilal, chen, dana, esi, farid, grace, hamza, ifeoma, jomo, kezia, lior]
 
 
+class DemoInterrupted(Exception):
+    """An earlier ``ledger demo`` stopped before it had added everyone."""
+
+    def __init__(self, added: int) -> None:
+        self.added = added
+        super().__init__(
+            f"an earlier demo load did not finish (it was stopped, or it is still running): "
+            f"{added} of its {len(_stories())} fictional participants are there, and a stopped "
+            "load cannot be completed in place. For a "
+            "whole demo, remove the data directory (LEDGER_DATA_DIR; ./var for `make run`), "
+            "which should hold only demo data, and run the demo again")
+
+
 def load_demo(ledger: Ledger) -> bool:
-    """Add the twelve demo participants once; False if they are already there."""
-    if not ledger.claim_once("demo_loaded"):
+    """Add the twelve demo participants once; False if they are already there.
+
+    The start and the end of the load are each recorded. A load stopped between them (Ctrl-C,
+    a crash) is not carried on, because the person it was adding may be half made; running the
+    demo again then raises ``DemoInterrupted`` instead of saying the demo is there."""
+    stories = _stories()
+    if ledger.claim_once("demo_loaded"):
+        for story in stories:
+            story(ledger)
+        ledger.claim_once("demo_complete")
+        return True
+    if ledger.claimed("demo_complete"):
         return False
-    for story in _stories():
-        story(ledger)
-    return True
+    added = len(ledger.participant_ids())
+    if added >= len(stories):  # loaded by a version that did not record the end
+        ledger.claim_once("demo_complete")
+        return False
+    raise DemoInterrupted(added)

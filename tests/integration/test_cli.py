@@ -64,6 +64,57 @@ def test_demo_loads_twelve_fictional_people_in_varied_states_once(store_env):
     assert all("example" in p["email"] for p in people)
 
 
+def test_a_demo_stopped_midway_is_reported_not_called_loaded(store_env):
+    """Ctrl-C (here on the third payment) leaves a part-made demo: running the demo again
+    says so, in one line, and adds nothing; a load by a version that did not record its end
+    still counts as whole once everyone is there."""
+    from ledger.demo import load_demo
+
+    lg = Ledger(store_env)
+    lg.init_study(by="t")
+    real, calls = lg.record_payment, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    lg.record_payment = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        load_demo(lg)
+    added = len(lg.participant_ids())
+    events = lg.recorder.max_notification_id()
+    lg.close()
+
+    again = _run(store_env, "demo")
+
+    assert 0 < added < 12
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert f"{added} of its 12 fictional participants are there" in again.stderr
+    assert "remove the data directory" in again.stderr
+    lg = Ledger(store_env)
+    assert lg.recorder.max_notification_id() == events  # nothing added
+    lg.close()
+
+
+def test_a_whole_demo_loaded_before_its_end_was_recorded_counts_as_loaded(store_env):
+    from ledger.demo import load_demo
+
+    lg = Ledger(store_env)
+    lg.init_study(by="t")
+    assert load_demo(lg)
+    lg.sql.execute("DELETE FROM {t}ledger_meta WHERE name = %s", ("demo_complete",))
+    lg.close()
+
+    again = _run(store_env, "demo")
+
+    assert again.returncode == 0 and "already" in again.stderr
+    lg = Ledger(store_env)
+    assert len(lg.participant_ids()) == 12 and lg.claimed("demo_complete")
+    lg.close()
+
+
 def test_commands_print_nothing_personal(store_env):
     result = _run(store_env, "demo")
 
