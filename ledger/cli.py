@@ -47,10 +47,10 @@ def describe(error: Exception) -> str:
     from .config import SettingsError
     from .demo import DemoInterrupted
     from .domain.errors import LedgerError
-    from .projections.projector import UnreadableEvent
+    from .projections.projector import RebuildRunning, UnreadableEvent
 
     if isinstance(error, ConfigurationError | SettingsError | BackupError | LedgerError
-                  | UnreadableEvent | DemoInterrupted):
+                  | UnreadableEvent | DemoInterrupted | RebuildRunning):
         return str(error)
     if isinstance(error, MapperDeserialisationError):
         return ("a stored event cannot be read: it was changed after it was written, or it was "
@@ -379,13 +379,15 @@ def projections_rebuild(page_size: int, workers: str | None) -> None:
                 position = ledger.projector.rebuild(progress=lambda n: bar.advance(task, n),
                                                     page_size=page_size,
                                                     workers=int(workers) if workers else None)
-            except Exception as error:
+            except (Exception, KeyboardInterrupt) as error:
                 put_back = ledger.projector.put_back_at
                 if put_back is None:
                     raise
+                why = ("interrupted" if isinstance(error, KeyboardInterrupt)
+                       else describe(error))
                 raise click.ClickException(
-                    f"{describe(error)}. The rebuild stopped; the views are as they were before "
-                    f"it (up to position {put_back}).") from None
+                    f"{why}. The rebuild stopped; the views are as they were before it (up to "
+                    f"position {put_back}).") from None
             bar.update(task, completed=total)
     click.echo(f"Rebuilt the views up to position {position}.", err=True)
 

@@ -131,32 +131,49 @@ def _stories() -> list[Callable[[Ledger], None]]:
 class DemoInterrupted(Exception):
     """An earlier ``ledger demo`` stopped before it had added everyone."""
 
-    def __init__(self, added: int) -> None:
+    def __init__(self, added: int, *, postgres: bool, whole: bool = True) -> None:
         self.added = added
+        start_again = (
+            "drop the PostgreSQL schema or database it is in (LEDGER_DATABASE_URL) and keep "
+            "LEDGER_DATA_DIR, which holds the keys" if postgres else
+            "remove the data directory (LEDGER_DATA_DIR; ./var for `make run`), which should "
+            "hold only demo data")
         super().__init__(
             f"an earlier demo load did not finish (it was stopped, or it is still running): "
-            f"{added} of its {len(_stories())} fictional participants are there, and a stopped "
-            "load cannot be completed in place. For a "
-            "whole demo, remove the data directory (LEDGER_DATA_DIR; ./var for `make run`), "
-            "which should hold only demo data, and run the demo again")
+            f"{added} of its {len(_stories())} fictional participants "
+            f"{'were added whole' if whole else 'are registered'}, and a stopped load "
+            f"cannot be completed in place. For a whole demo, {start_again}, and run the demo "
+            "again")
 
 
 def load_demo(ledger: Ledger) -> bool:
     """Add the twelve demo participants once; False if they are already there.
 
-    The start and the end of the load are each recorded. A load stopped between them (Ctrl-C,
-    a crash) is not carried on, because the person it was adding may be half made; running the
-    demo again then raises ``DemoInterrupted`` instead of saying the demo is there."""
+    The start, each person once whole, and the end are recorded. A load stopped midway (Ctrl-C,
+    a crash) is not carried on, since the person it was adding may be half made: running the
+    demo again raises ``DemoInterrupted`` instead of saying the demo is there."""
     stories = _stories()
-    if ledger.claim_once("demo_loaded"):
-        for story in stories:
-            story(ledger)
-        ledger.claim_once("demo_complete")
-        return True
     if ledger.claimed("demo_complete"):
         return False
-    added = len(ledger.participant_ids())
-    if added >= len(stories):  # loaded by a version that did not record the end
+    if ledger.claimed("demo_loaded") and not ledger.claimed("demo_started"):
+        # Loaded by a version that recorded only the start: whole if everyone is there.
+        added = len(ledger.participant_ids())
+        if added < len(stories):
+            raise DemoInterrupted(added, postgres=ledger.sql.is_postgres, whole=False)
         ledger.claim_once("demo_complete")
         return False
-    raise DemoInterrupted(added)
+    if not ledger.claim_once("demo_started"):  # (one load at a time wins this)
+        raise DemoInterrupted(_whole(ledger), postgres=ledger.sql.is_postgres)
+    ledger.claim_once("demo_loaded")  # what an earlier version looks for: it loads no second demo
+    for number, story in enumerate(stories, 1):
+        story(ledger)
+        ledger.claim_once(f"demo_person:{number}")
+    ledger.claim_once("demo_complete")
+    return True
+
+
+def _whole(ledger: Ledger) -> int:
+    """How many demo participants a load has recorded as whole."""
+    rows = ledger.sql.query("SELECT COUNT(*) AS n FROM {t}ledger_meta WHERE name LIKE %s",
+                            ("demo_person:%",))
+    return int(rows[0]["n"])

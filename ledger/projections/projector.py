@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import gc
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -27,6 +28,7 @@ from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
     JSONTranscoder,
+    MapperDeserialisationError,
     Notification,
     StoredEvent,
     Transcoding,
@@ -38,6 +40,8 @@ from ..privacy.mapper import Sealed
 from ..views import participant_view
 from .rows import TABLES, participant_rows, summary_row
 from .store import Entry, Stale, ViewStore
+
+log = logging.getLogger("ledger.projections")
 
 PAGE = 500
 REBUILD_PAGE = 20_000  # a participant's rows are rewritten once per page that touches them
@@ -59,6 +63,10 @@ class UnreadableEvent(Exception):
             f"the event at position {position} cannot be read: it was changed after it was "
             "written, or it was sealed with another key (check LEDGER_DATA_DIR and the keys; "
             "`ledger verify` finds changed events)")
+
+
+class RebuildRunning(Exception):
+    """Another rebuild holds the views (one at a time: each keeps the copy it puts back)."""
 
 
 class SealedRef(Transcoding):
@@ -131,7 +139,7 @@ class Replay:
         if event is None:
             try:
                 event = self.mapper.to_domain_event(n)
-            except Exception:  # noqa: BLE001 - the message could quote the stored event
+            except MapperDeserialisationError:  # (its message could quote the stored event)
                 raise UnreadableEvent(n.id) from None
         aggregate = self._current(oid, n.originator_version - 1)
         if aggregate is None or aggregate.version < n.originator_version:
@@ -271,6 +279,7 @@ class Projector:
     def __init__(self, ledger: Any, keep: int | None = FOLLOW_KEEP) -> None:
         self.ledger = ledger
         self.views = ViewStore(ledger.sql)
+        self.keep = keep
         self.replay = self.new_replay(keep)
         self.transcoder = doc_transcoder()
         self._lock = threading.Lock()
@@ -326,6 +335,12 @@ class Projector:
                 expected = self.views.position()
                 if expected >= notification_id:
                     return
+                if expected < notification_id - 1 and self.ledger.recorder.select_notifications(
+                        start=expected + 1, limit=1, stop=notification_id - 1):
+                    # The views are behind what was delivered (a rebuild emptied them or put
+                    # them back meanwhile): what lies between is read from the log, not skipped.
+                    self._catch_up(notification_id, PAGE, None)
+                    continue
                 n = Notification(id=notification_id, originator_id=event.originator_id,
                                  originator_version=event.originator_version,
                                  topic=type(event).TOPIC, state=b"")
@@ -363,6 +378,10 @@ class Projector:
                      decoded: dict[int, Any] | None = None) -> None:
         if expected != self._written_at:
             self._written.clear()  # another process wrote: what we wrote may be stale
+        if expected < self.replay.position:
+            # The views went back behind what this replay applied (a rebuild emptied them, or
+            # put them back): its aggregates are too far on for these pages. Start afresh.
+            self.replay = self.new_replay(self.replay.keep, self.replay.shard)
         try:
             entries = self.entries(page, decoded)
             try:
@@ -416,7 +435,10 @@ class Projector:
             workers = min(os.cpu_count() or 1, MAX_WORKERS) if size >= PARALLEL_FROM else 1
         workers = 1 << (max(1, workers).bit_length() - 1)  # shards are split by a power of two
         self.put_back_at = None
-        with fewer_collections():
+        with fewer_collections(), self.ledger.sql.shared_lock("rebuild", timeout_s=0) as alone:
+            if not alone:
+                raise RebuildRunning("another `ledger projections rebuild` is running on this "
+                                     "ledger; wait for it to finish")
             self.views.drop_prior()  # a copy a killed rebuild left behind
             try:
                 with self._lock:  # this process's own follower waits
@@ -432,13 +454,27 @@ class Projector:
                 # Stopped (an event that cannot be read, a failed worker, an interrupt): the
                 # views go back to what they were, not left part-built. Only a kill leaves
                 # them at a page boundary (still equal to a replay to there).
-                with self._lock:
-                    self._written.clear()
-                    self._written_at = -1
-                    self.put_back_at = self.views.put_back_prior()
+                self._put_back()
                 raise
-            self.views.drop_prior()
+            try:
+                self.views.drop_prior()
+            except Exception as error:  # noqa: BLE001 - the rebuild itself is done
+                log.warning("could not drop the copy of the views (%s); the next rebuild "
+                            "drops it", type(error).__name__)
             return position
+
+    def _put_back(self) -> None:
+        """Put the views back as the stopped rebuild found them; a failure here is logged (by
+        type) and leaves them part-built, never hiding why the rebuild stopped."""
+        with self._lock:
+            self._written.clear()
+            self._written_at = -1
+            self.replay = self.new_replay(self.keep)  # a follower's again, from the start
+            try:
+                self.put_back_at = self.views.put_back_prior()
+            except Exception as error:  # noqa: BLE001 - the caller re-raises the first error
+                log.warning("could not put the views back (%s); they stay part-built, equal "
+                            "to the log up to their position", type(error).__name__)
 
     def reset(self) -> None:
         """Empty the views, keeping a copy until the rebuild ends, and forget what was applied

@@ -138,8 +138,10 @@ class ViewStore:
                 c.execute(f"DELETE FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
                 c.execute(f"INSERT INTO {{t}}{TRACKING} (name, position) SELECT %s, position "
                           f"FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR, NAME))
+                unlogged = "UNLOGGED " if self.sql.is_postgres else ""  # (never read after a crash)
                 for name in VIEWS:
-                    c.execute(f"CREATE TABLE IF NOT EXISTS {_prior(name)} ({_definition(name)})")
+                    c.execute(f"CREATE {unlogged}TABLE IF NOT EXISTS {_prior(name)} "
+                              f"({_definition(name)})")
                     c.execute(f"DELETE FROM {_prior(name)}")
                     self._copy(c, _table(name), _prior(name), name)
             for name in VIEWS:

@@ -64,23 +64,25 @@ def test_demo_loads_twelve_fictional_people_in_varied_states_once(store_env):
     assert all("example" in p["email"] for p in people)
 
 
-def test_a_demo_stopped_midway_is_reported_not_called_loaded(store_env):
-    """Ctrl-C (here on the third payment) leaves a part-made demo: running the demo again
-    says so, in one line, and adds nothing; a load by a version that did not record its end
-    still counts as whole once everyone is there."""
+@pytest.mark.parametrize(("method", "nth", "whole"),
+                         [("record_payment", 3, 2), ("record_expense", 1, 11)],
+                         ids=["third person", "last person"])
+def test_a_demo_stopped_midway_is_reported_not_called_loaded(store_env, method, nth, whole):
+    """Ctrl-C (here at a given call) leaves a part-made demo, even when all twelve people are
+    registered: running the demo again says so, in one line, and adds nothing."""
     from ledger.demo import load_demo
 
     lg = Ledger(store_env)
     lg.init_study(by="t")
-    real, calls = lg.record_payment, []
+    real, calls = getattr(lg, method), []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == nth:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    lg.record_payment = interrupted  # type: ignore[method-assign]
+    setattr(lg, method, interrupted)
     with pytest.raises(KeyboardInterrupt):
         load_demo(lg)
     added = len(lg.participant_ids())
@@ -89,22 +91,29 @@ def test_a_demo_stopped_midway_is_reported_not_called_loaded(store_env):
 
     again = _run(store_env, "demo")
 
-    assert 0 < added < 12
+    assert added == whole + 1  # the person whose story stopped is registered
     assert again.returncode == 1 and "Traceback" not in again.stderr
-    assert f"{added} of its 12 fictional participants are there" in again.stderr
-    assert "remove the data directory" in again.stderr
+    assert f"{whole} of its 12 fictional participants were added whole" in again.stderr
+    if "LEDGER_DATABASE_URL" in store_env:  # the keys are in the data directory: keep them
+        assert "drop the PostgreSQL schema" in again.stderr
+        assert "keep LEDGER_DATA_DIR" in again.stderr
+    else:
+        assert "remove the data directory" in again.stderr
     lg = Ledger(store_env)
     assert lg.recorder.max_notification_id() == events  # nothing added
     lg.close()
 
 
 def test_a_whole_demo_loaded_before_its_end_was_recorded_counts_as_loaded(store_env):
+    """An earlier version recorded only the start of the load: whole once all twelve are
+    there, and interrupted (one line, exit 1) with fewer."""
     from ledger.demo import load_demo
 
     lg = Ledger(store_env)
     lg.init_study(by="t")
     assert load_demo(lg)
-    lg.sql.execute("DELETE FROM {t}ledger_meta WHERE name = %s", ("demo_complete",))
+    lg.sql.execute("DELETE FROM {t}ledger_meta WHERE name <> %s AND name LIKE %s",
+                   ("demo_loaded", "demo%"))  # as that version left it
     lg.close()
 
     again = _run(store_env, "demo")
@@ -113,6 +122,17 @@ def test_a_whole_demo_loaded_before_its_end_was_recorded_counts_as_loaded(store_
     lg = Ledger(store_env)
     assert len(lg.participant_ids()) == 12 and lg.claimed("demo_complete")
     lg.close()
+
+    fewer = {**store_env, "LEDGER_DATA_DIR": store_env["LEDGER_DATA_DIR"] + "-fewer"}
+    if "LEDGER_DATABASE_URL" not in store_env:
+        lg = Ledger(fewer)
+        lg.init_study(by="t")
+        lg.claim_once("demo_loaded")
+        lg.register_participant("Amara Example-Okafor", by="demo")
+        lg.close()
+        stopped = _run(fewer, "demo")
+        assert stopped.returncode == 1
+        assert "1 of its 12 fictional participants are registered" in stopped.stderr
 
 
 def test_commands_print_nothing_personal(store_env):

@@ -261,6 +261,73 @@ def test_each_worker_reads_its_own_people_and_every_payment(ledger, shards):
     assert all(people) and sum(map(len, people)) == len(set().union(*people))
 
 
+def _rows(ledger: Ledger) -> dict[str, list[tuple[str, ...]]]:
+    return {k: sorted(map(rows_key, v)) for k, v in ledger.projector.views.all_rows().items()}
+
+
+def _replayed(ledger: Ledger, position: int) -> dict[str, list[tuple[str, ...]]]:
+    replay = Replay(ledger.mapper, ledger.events, keep=None)
+    for n in ledger.recorder.select_notifications(start=1, limit=position):
+        replay.apply(n)
+    return {k: sorted(map(rows_key, v)) for k, v in replay.all_rows().items()}
+
+
+def test_the_log_runner_fills_a_gap_behind_the_event_it_delivers(ledger):
+    """``ledger projections run`` on PostgreSQL delivers each event once, in order from where
+    the views were when it started; if a rebuild has since moved the views back, what lies
+    between is read from the log instead of being skipped."""
+    _history(ledger)
+    ledger._follower.stop()
+    start = ledger.projector.catch_up()
+    late = ledger.register_participant("Between Events", by="t")["id"]
+    ledger.grant_consent(late, "take_part", "1.0", "online", by="t")
+    newest = ledger.recorder.select_notifications(
+        start=ledger.recorder.max_notification_id(), limit=1)[0]
+
+    ledger.projector.process_event(ledger.mapper.to_domain_event(newest), newest.id)
+
+    assert ledger.projector.views.position() == newest.id > start + 1
+    assert _rows(ledger) == _replayed(ledger, newest.id)
+    assert str(late) in {r["participant_id"] for r in
+                         ledger.projector.views.all_rows()["consents"]}
+
+
+def test_one_rebuild_at_a_time(ledger, store_env):
+    """Each rebuild keeps the copy it puts back: a second one is refused, changing nothing."""
+    from ledger.projections.projector import RebuildRunning
+
+    _history(ledger)
+    ledger.views_at_least()
+    before = _snapshot(ledger)
+    other = Ledger(store_env)
+    try:
+        with other.sql.shared_lock("rebuild", timeout_s=0) as had:
+            assert had
+            with pytest.raises(RebuildRunning):
+                ledger.projector.rebuild(workers=1)
+            assert _snapshot(ledger) == before
+        assert ledger.projector.rebuild(workers=1) == before[0]
+    finally:
+        other.close()
+    assert _snapshot(ledger) == before
+
+
+def test_a_failure_to_put_the_views_back_does_not_hide_why_the_rebuild_stopped(ledger):
+    _history(ledger)
+    ledger.views_at_least()
+
+    def stop(n: int) -> None:
+        raise ValueError("the first failure")
+
+    def cannot(*args: Any) -> None:
+        raise RuntimeError("the put-back failed")
+
+    ledger.projector.views.put_back_prior = cannot  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="the first failure"):
+        ledger.projector.rebuild(progress=stop, page_size=10, workers=1)
+    assert ledger.projector.put_back_at is None
+
+
 def _no_copy_left(ledger: Ledger) -> bool:
     from ledger.projections.store import PRIOR, TRACKING
 
@@ -322,11 +389,17 @@ def test_a_rebuild_interrupted_while_another_process_writes_puts_the_views_back(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        writer.projector.rebuild(progress=progress, page_size=10, workers=1)
+        writer.projector.rebuild(progress=progress, page_size=10, workers=2)
 
     assert 0 < calls[-1] < before[0]
     assert _snapshot(writer) == before
     assert _no_copy_left(writer)
+    # The other process had applied the log further than the views now are: each page it
+    # writes from here still equals a replay to that page (its replay starts afresh).
+    pages: list[bool] = []
+    other.projector.catch_up(page_size=1, progress=lambda n: pages.append(
+        _rows(other) == _replayed(other, other.projector.views.position())))
+    assert pages and all(pages)
     assert writer.projector.catch_up() == writer.recorder.max_notification_id()
     live = _snapshot(writer)
     writer.projector.rebuild(workers=1)
