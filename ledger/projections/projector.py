@@ -441,15 +441,17 @@ class Projector:
                                      "ledger; wait for it to finish")
             self.views.drop_prior()  # a copy a killed rebuild left behind
             try:
-                with self._lock:  # this process's own follower waits
+                with self._lock:  # this process's own follower waits until the end
                     if workers > 1:
                         from .parallel import rebuild_in_parallel
 
                         rebuild_in_parallel(self, workers, page_size, progress)
-                    else:
-                        self.reset()
-                # (the rest of the log, or all of it: also what was appended meanwhile)
-                position = self.catch_up(progress=progress, page_size=page_size)
+                    # (the rest of the log, or all of it: also what was appended meanwhile;
+                    # other processes' followers wait, as for any catch-up)
+                    with self.ledger.sql.shared_lock("views"):
+                        if workers == 1:
+                            self.reset()
+                        position = self._catch_up(None, page_size, progress)
             except BaseException:
                 # Stopped (an event that cannot be read, a failed worker, an interrupt): the
                 # views go back to what they were, not left part-built. Only a kill leaves

@@ -292,6 +292,69 @@ def test_the_log_runner_fills_a_gap_behind_the_event_it_delivers(ledger):
                          ledger.projector.views.all_rows()["consents"]}
 
 
+def test_reads_and_writes_in_another_process_go_on_while_the_views_are_set_aside(store_env):
+    """A rebuild sets the tables aside and puts them back (renaming them): another process
+    reading the views (as the staff list and the reports do) and following its own writes
+    meets no error, on either store, and the views end equal to a replay."""
+    writer = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    writer.init_study(by="t")
+    _bigger_history(writer)
+    writer.projector.catch_up()
+    other = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    stop, errors, reads = threading.Event(), [], [0]
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                other.projector.views.snapshot(other.recorder.events_table_name)
+                other.projector.views.page(after_seq=0, limit=50)
+                reads[0] += 1
+            except Exception as error:  # noqa: BLE001 - counted, then asserted empty
+                errors.append(repr(error))
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                pid = other.register_participant(f"Writer {i}", by="t")["id"]
+                other.grant_consent(pid, "take_part", "1.0", "online", by="t")
+                other.projector.catch_up()
+            except Exception as error:  # noqa: BLE001 - counted, then asserted empty
+                errors.append(repr(error))
+            i += 1
+
+    threads = [threading.Thread(target=read), threading.Thread(target=write)]
+    for t in threads:
+        t.start()
+    interrupted = 0
+    try:
+        for round_ in range(6):
+            if round_ % 2:
+                writer.projector.rebuild(workers=1, page_size=50)
+            else:
+                try:
+                    writer.projector.rebuild(workers=1, page_size=50, progress=_interrupt)
+                except KeyboardInterrupt:
+                    interrupted += 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+    assert errors == []
+    assert interrupted == 3  # put back each time
+    assert reads[0] > 0
+    position = writer.projector.catch_up()
+    assert _rows(writer) == _replayed(writer, position)
+    assert _no_copy_left(writer)
+    writer.close()
+    other.close()
+
+
+def _interrupt(n: int) -> None:
+    raise KeyboardInterrupt
+
+
 def test_one_rebuild_at_a_time(ledger, store_env):
     """Each rebuild keeps the copy it puts back: a second one is refused, changing nothing."""
     from ledger.projections.projector import RebuildRunning
