@@ -303,11 +303,20 @@ def test_reads_and_writes_in_another_process_go_on_while_the_views_are_set_aside
     other = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
     stop, errors, reads = threading.Event(), [], [0]
 
+    registered = "ledger:Participant.Registered"
+
     def read() -> None:
         while not stop.is_set():
             try:
-                other.projector.views.snapshot(other.recorder.events_table_name)
+                position, _, _, people = other.projector.views.snapshot(
+                    other.recorder.events_table_name)
                 other.projector.views.page(after_seq=0, limit=50)
+                # what a report reads agrees with its position (rows and all)
+                expected = len(other.recorder.select_notifications(
+                    start=1, limit=10**6, stop=position, topics=(registered,))) \
+                    if position else 0
+                if len(people) != expected:
+                    errors.append(f"at {position}: {len(people)} people, {expected} expected")
                 reads[0] += 1
             except Exception as error:  # noqa: BLE001 - counted, then asserted empty
                 errors.append(repr(error))
