@@ -157,18 +157,7 @@ class ViewStore:
                 c.execute(f"INSERT INTO {{t}}{TRACKING} (name, position) SELECT %s, position "
                           f"FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR, NAME))
                 for name in SET_ASIDE:
-                    if self.sql.is_postgres:
-                        # Logged: after a server crash PostgreSQL empties unlogged tables, and
-                        # a rebuild that outlived it would put back views with no rows.
-                        c.execute(f"CREATE TABLE {_prior(name)} ({_definition(name)})")
-                        self._copy(c, _table(name), _prior(name), name)
-                    else:
-                        # Index names are the database's: the new table needs its table's, so
-                        # the index goes (it is built again if the table is put back).
-                        c.execute(f"DROP INDEX IF EXISTS {_index_name(name)}")
-                        c.execute(f"ALTER TABLE {_table(name)} RENAME TO {_prior(name)}")
-                        c.execute(f"CREATE TABLE {_table(name)} ({_definition(name)})")
-                        c.execute(_index(name))
+                    self._move(c, name, back=False)
                 renamed = not self.sql.is_postgres
             for name in VIEWS if not renamed else ():
                 c.execute(f"DELETE FROM {_table(name)}")
@@ -184,13 +173,7 @@ class ViewStore:
             if row is None:
                 return None
             for name in SET_ASIDE:
-                if self.sql.is_postgres:
-                    c.execute(f"DELETE FROM {_table(name)}")
-                    self._copy(c, _prior(name), _table(name), name)
-                else:
-                    c.execute(f"DROP TABLE {_table(name)}")
-                    c.execute(f"ALTER TABLE {_prior(name)} RENAME TO ledger_view_{name}")
-                    c.execute(_index(name))
+                self._move(c, name, back=True)
             position = int(row["position"])
             c.execute(f"UPDATE {{t}}{TRACKING} SET position = %s WHERE name = %s",
                       (position, NAME))
@@ -223,10 +206,31 @@ class ViewStore:
                       (NAME,))
             yield c
 
-    @staticmethod
-    def _copy(c: Any, source: str, target: str, name: str) -> None:
-        cols = ", ".join(_columns(name))
-        c.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {source}")
+    def _move(self, c: Any, name: str, *, back: bool) -> None:
+        """Set one view table aside (``back``: put it back in place of what was built since),
+        each store its own way (see ``reset``)."""
+        live, prior = _table(name), _prior(name)
+        if self.sql.is_postgres:
+            if back:
+                c.execute(f"DELETE FROM {live}")
+            else:
+                # Logged: after a server crash PostgreSQL empties unlogged tables, and a
+                # rebuild that outlived it would put back views with no rows.
+                c.execute(f"CREATE TABLE {prior} ({_definition(name)})")
+            source, target = (prior, live) if back else (live, prior)
+            cols = ", ".join(_columns(name))
+            c.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {source}")
+        elif back:
+            c.execute(f"DROP TABLE {live}")
+            c.execute(f"ALTER TABLE {prior} RENAME TO ledger_view_{name}")
+            c.execute(_index(name))
+        else:
+            # Index names are the database's: the new table needs its table's, so the index
+            # goes (it is built again if the table is put back).
+            c.execute(f"DROP INDEX IF EXISTS {_index_name(name)}")
+            c.execute(f"ALTER TABLE {live} RENAME TO ledger_view_prior_{name}")
+            c.execute(f"CREATE TABLE {live} ({_definition(name)})")
+            c.execute(_index(name))
 
     def all_rows(self) -> dict[str, list[dict[str, Any]]]:
         """Every view table's rows, as JSON-ready dicts (the same as ``participant_rows``)."""
