@@ -52,9 +52,8 @@ def describe(error: Exception) -> str:
     if isinstance(error, ConfigurationError | SettingsError | BackupError | LedgerError
                   | UnreadableEvent | DemoInterrupted | RebuildRunning):
         return str(error)
-    if isinstance(error, MapperDeserialisationError):
-        return ("a stored event cannot be read: it was changed after it was written, or it was "
-                "sealed with another key (`ledger verify` finds changed events)")
+    if isinstance(error, MapperDeserialisationError):  # (its message could quote the event)
+        return str(UnreadableEvent(None))
     if isinstance(error, sqlite3.DatabaseError | PersistenceError):
         return (f"the database could not be read ({type(error).__name__}): check "
                 "LEDGER_DATA_DIR or LEDGER_DATABASE_URL, and run `ledger verify`")

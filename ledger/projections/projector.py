@@ -57,16 +57,17 @@ class UnreadableEvent(Exception):
     """A stored event that cannot be decrypted or decoded: changed after it was written, or
     sealed with a key this process does not have. Names only its position (never its data)."""
 
-    def __init__(self, position: int) -> None:
+    def __init__(self, position: int | None) -> None:
         self.position = position
+        which = "a stored event" if position is None else f"the event at position {position}"
         super().__init__(
-            f"the event at position {position} cannot be read: it was changed after it was "
-            "written, or it was sealed with another key (check LEDGER_DATA_DIR and the keys; "
-            "`ledger verify` finds changed events)")
+            f"{which} cannot be read: it was changed after it was written, or it was sealed "
+            "with another key (check LEDGER_DATA_DIR and the keys; `ledger verify` finds "
+            "changed events)")
 
 
 class RebuildRunning(Exception):
-    """Another rebuild holds the views (one at a time: each keeps the copy it puts back)."""
+    """Another rebuild holds the views (one at a time: each puts back what it set aside)."""
 
 
 class SealedRef(Transcoding):
@@ -439,7 +440,7 @@ class Projector:
             if not alone:
                 raise RebuildRunning("another `ledger projections rebuild` is running on this "
                                      "ledger; wait for it to finish")
-            self.views.drop_prior()  # a copy a killed rebuild left behind
+            self.views.drop_prior()  # what a killed rebuild set aside
             try:
                 with self._lock:  # this process's own follower waits until the end
                     if workers > 1:
@@ -461,8 +462,8 @@ class Projector:
             try:
                 self.views.drop_prior()
             except Exception as error:  # noqa: BLE001 - the rebuild itself is done
-                log.warning("could not drop the copy of the views (%s); the next rebuild "
-                            "drops it", type(error).__name__)
+                log.warning("could not drop the views set aside (%s); the next rebuild "
+                            "drops them", type(error).__name__)
             return position
 
     def _put_back(self) -> None:
@@ -479,8 +480,8 @@ class Projector:
                             "to the log up to their position", type(error).__name__)
 
     def reset(self) -> None:
-        """Empty the views, keeping a copy until the rebuild ends, and forget what was applied
-        (the caller holds ``_lock``)."""
+        """Empty the views, setting them aside until the rebuild ends, and forget what was
+        applied (the caller holds ``_lock``)."""
         self.views.reset(keep_prior=True)
         self._written.clear()
         self._written_at = -1

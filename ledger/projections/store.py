@@ -21,7 +21,7 @@ log = logging.getLogger("ledger.projections")
 
 TRACKING = "ledger_view_tracking"
 NAME = "views"
-PRIOR = "views_prior"  # the tracking row of the copy a rebuild keeps until it has finished
+PRIOR = "views_prior"  # the tracking row of the views a rebuild set aside until it ends
 PARTICIPANTS = ("participant_id", "seq", "reference", "registered_at", "erased_at", "doc")
 
 
@@ -47,9 +47,6 @@ def _definition(name: str) -> str:
 
 
 VIEWS = ("participants", *TABLES)
-# The order a rebuild sets the tables aside: the order readers read them in (``_read_tables``,
-# then the participants), so on PostgreSQL a rename waits for a reader and never deadlocks one.
-SET_ASIDE = (*TABLES, "participants")
 
 
 def _index_name(name: str) -> str:
@@ -88,8 +85,8 @@ class ViewStore:
         for name in VIEWS:
             statements.append(f"CREATE TABLE IF NOT EXISTS {_table(name)} ({_definition(name)})")
             statements.append(_index(name))
-        relations = [TRACKING, "ledger_view_participants", "ledger_view_participants_seq",
-                     *(f"ledger_view_{t}{end}" for t in TABLES for end in ("", "_pid"))]
+        relations = [TRACKING, *(f"ledger_view_{name}" for name in VIEWS),
+                     *(_index_name(name) for name in VIEWS)]
         missing = not self.sql.all_exist(*relations)  # (see there: no DDL while others write)
         with self.sql.transaction(lock_first=True) as c:
             for s in statements if missing else ():
@@ -156,7 +153,7 @@ class ViewStore:
                 c.execute(f"DELETE FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
                 c.execute(f"INSERT INTO {{t}}{TRACKING} (name, position) SELECT %s, position "
                           f"FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR, NAME))
-                for name in SET_ASIDE:
+                for name in VIEWS:
                     self._move(c, name, back=False)
                 renamed = not self.sql.is_postgres
             for name in VIEWS if not renamed else ():
@@ -172,7 +169,7 @@ class ViewStore:
             row = c.fetchone()
             if row is None:
                 return None
-            for name in SET_ASIDE:
+            for name in VIEWS:
                 self._move(c, name, back=True)
             position = int(row["position"])
             c.execute(f"UPDATE {{t}}{TRACKING} SET position = %s WHERE name = %s",
@@ -193,7 +190,7 @@ class ViewStore:
             if self.sql.is_postgres:
                 c.execute("SET LOCAL lock_timeout = 5000")
             c.execute(f"DELETE FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
-            for name in SET_ASIDE:
+            for name in VIEWS:
                 c.execute(f"DROP TABLE IF EXISTS {_prior(name)}")
 
     @contextmanager

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ledger.application import Ledger
+from tests.views import replayed_rows, view_rows
 
 LEDGER = str(Path(sys.executable).parent / "ledger")  # the console script pip installed
 
@@ -191,8 +192,6 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, w
     import signal
     import time
 
-    from ledger.projections.rows import rows_key
-
     _run(store_env, "init")
     writer = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
     for i in range(300):
@@ -214,19 +213,13 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, w
     while any(map(_running, helpers)) and time.monotonic() < deadline:
         time.sleep(0.05)
 
-    def rows(lg: Ledger) -> dict[str, list[tuple[str, ...]]]:
-        return {k: sorted(map(rows_key, v)) for k, v in lg.projector.views.all_rows().items()}
-
-    from ledger.projections.projector import Replay
-    replay = Replay(writer.mapper, writer.events, keep=None)
-    for n in writer.recorder.select_notifications(start=1, limit=stopped_at):
-        replay.apply(n)
-    at_kill = rows(writer)
+    replayed = replayed_rows(writer, stopped_at)
+    at_kill = view_rows(writer)
     copy_kept = writer.sql.all_exist("ledger_view_prior_participants")
     reader = Ledger(store_env)  # start-up catches the views up from where they stopped
-    caught_up = rows(reader)
+    caught_up = view_rows(reader)
     reader.projector.rebuild()
-    rebuilt = rows(reader)
+    rebuilt = view_rows(reader)
     copy_left = reader.sql.all_exist("ledger_view_prior_participants")
     reader.close()
     writer.close()
@@ -234,7 +227,7 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, w
     assert 0 < stopped_at < last  # really killed midway
     assert len(helpers) == (0 if workers == "1" else 3)  # 2 workers, and spawn's tracker
     assert not any(map(_running, helpers))
-    assert at_kill == {k: sorted(map(rows_key, v)) for k, v in replay.all_rows().items()}
+    assert at_kill == replayed
     assert caught_up == rebuilt
     assert copy_kept and not copy_left  # the next rebuild drops the copy the killed one kept
 

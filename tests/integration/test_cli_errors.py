@@ -172,3 +172,15 @@ def test_a_rebuild_that_meets_a_changed_event_says_where_and_leaves_the_views(re
         assert ledger.projector.views.all_rows() == before
     finally:
         ledger.close()
+
+
+def test_an_event_the_library_cannot_read_is_described_without_its_message():
+    """The library's message quotes the stored event; the one line never does."""
+    from eventsourcing.persistence import MapperDeserialisationError
+
+    from ledger.cli import describe
+
+    line = describe(MapperDeserialisationError("state of 'Ada Example' ada@example.invalid"))
+
+    assert line.startswith("a stored event cannot be read: it was changed after it was written")
+    assert "Ada" not in line and "example.invalid" not in line

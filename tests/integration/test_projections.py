@@ -14,6 +14,7 @@ from ledger.application import Ledger
 from ledger.demo import load_demo
 from ledger.projections.projector import Replay
 from ledger.projections.rows import TABLES, rows_key
+from tests.views import replayed_rows, view_rows
 
 
 def _snapshot(ledger: Ledger) -> tuple[int, dict[str, list[tuple[str, ...]]], list[Any]]:
@@ -83,14 +84,9 @@ def test_views_at_any_position_equal_a_replay_to_that_position(ledger, keep):
 
     ledger.projector.catch_up(limit=middle, page_size=10)
     position = ledger.projector.views.position()
-    replay = Replay(ledger.mapper, ledger.events, keep=None)
-    for n in ledger.recorder.select_notifications(start=1, limit=position, stop=position):
-        replay.apply(n)
 
     assert middle <= position < ledger.recorder.max_notification_id()
-    views_rows = ledger.projector.views.all_rows()
-    assert {k: sorted(map(rows_key, v)) for k, v in views_rows.items()} == \
-        {k: sorted(map(rows_key, v)) for k, v in replay.all_rows().items()}
+    assert view_rows(ledger) == replayed_rows(ledger, position)
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["read back a page at a time",
@@ -261,17 +257,6 @@ def test_each_worker_reads_its_own_people_and_every_payment(ledger, shards):
     assert all(people) and sum(map(len, people)) == len(set().union(*people))
 
 
-def _rows(ledger: Ledger) -> dict[str, list[tuple[str, ...]]]:
-    return {k: sorted(map(rows_key, v)) for k, v in ledger.projector.views.all_rows().items()}
-
-
-def _replayed(ledger: Ledger, position: int) -> dict[str, list[tuple[str, ...]]]:
-    replay = Replay(ledger.mapper, ledger.events, keep=None)
-    for n in ledger.recorder.select_notifications(start=1, limit=position):
-        replay.apply(n)
-    return {k: sorted(map(rows_key, v)) for k, v in replay.all_rows().items()}
-
-
 def test_the_log_runner_fills_a_gap_behind_the_event_it_delivers(ledger):
     """``ledger projections run`` on PostgreSQL delivers each event once, in order from where
     the views were when it started; if a rebuild has since moved the views back, what lies
@@ -287,7 +272,7 @@ def test_the_log_runner_fills_a_gap_behind_the_event_it_delivers(ledger):
     ledger.projector.process_event(ledger.mapper.to_domain_event(newest), newest.id)
 
     assert ledger.projector.views.position() == newest.id > start + 1
-    assert _rows(ledger) == _replayed(ledger, newest.id)
+    assert view_rows(ledger) == replayed_rows(ledger, newest.id)
     assert str(late) in {r["participant_id"] for r in
                          ledger.projector.views.all_rows()["consents"]}
 
@@ -354,7 +339,7 @@ def test_reads_and_writes_in_another_process_go_on_while_the_views_are_set_aside
     assert interrupted == 3  # put back each time
     assert reads[0] > 0
     position = writer.projector.catch_up()
-    assert _rows(writer) == _replayed(writer, position)
+    assert view_rows(writer) == replayed_rows(writer, position)
     assert _no_copy_left(writer)
     writer.close()
     other.close()
@@ -470,7 +455,7 @@ def test_a_rebuild_interrupted_while_another_process_writes_puts_the_views_back(
     # writes from here still equals a replay to that page (its replay starts afresh).
     pages: list[bool] = []
     other.projector.catch_up(page_size=1, progress=lambda n: pages.append(
-        _rows(other) == _replayed(other, other.projector.views.position())))
+        view_rows(other) == replayed_rows(other, other.projector.views.position())))
     assert pages and all(pages)
     assert writer.projector.catch_up() == writer.recorder.max_notification_id()
     live = _snapshot(writer)
