@@ -14,9 +14,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.persistence import MapperDeserialisationError, Tracking, TrackingRecorder
 from eventsourcing.projection import BaseProjectionRunner, Projection
 
+from .projector import UnreadableEvent
 from .store import ViewStore
 
 POLL_S = 0.2
@@ -68,6 +69,22 @@ def wake_if_stalled(ledger: Any, seen: int) -> int:
     return position
 
 
+def first_unreadable(ledger: Any) -> int | None:
+    """The position of the event the library's subscription could not decode: the first after
+    the views' position that the mapper cannot read (it hands events over in log order)."""
+    position = ledger.projector.views.position()
+    while True:
+        page = ledger.recorder.select_notifications(start=position + 1, limit=100)
+        if not page:
+            return None
+        for n in page:
+            try:
+                ledger.mapper.to_domain_event(n)
+            except MapperDeserialisationError:
+                return int(n.id)
+        position = page[-1].id
+
+
 def run_views(env: Mapping[str, str], *, until_idle: bool = False,
               stop: threading.Event | None = None) -> None:
     """Follow the log until SIGTERM/SIGINT (or, with ``until_idle``, until caught up)."""
@@ -96,7 +113,10 @@ def run_views(env: Mapping[str, str], *, until_idle: bool = False,
         with runner:
             seen = -1
             while not stop.is_set():
-                runner.run_forever(timeout=POLL_S)  # re-raises the processing thread's error
+                try:
+                    runner.run_forever(timeout=POLL_S)  # re-raises the processing thread's error
+                except MapperDeserialisationError:  # (its message could quote the event)
+                    raise UnreadableEvent(first_unreadable(ledger)) from None
                 ledger.checkpoint_if_due()  # the Merkle leaves and signed checkpoints
                 if runner.is_interrupted.is_set():
                     break

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,47 @@ def test_an_event_the_library_cannot_read_is_described_without_its_message():
 
     assert line.startswith("a stored event cannot be read: it was changed after it was written")
     assert "Ada" not in line and "example.invalid" not in line
+
+
+def test_the_follower_that_meets_a_changed_event_says_where(store_env, tmp_path):
+    """``ledger projections run`` (on PostgreSQL the library's subscription, on SQLite polling)
+    handed an event that cannot be read stops with one line naming its position, and leaves
+    the views where they were."""
+    from eventsourcing.persistence import StoredEvent
+
+    external = {**store_env, "LEDGER_PROJECTIONS": "external"}
+    ledger = Ledger(external)
+    try:
+        ledger.init_study(by="t")
+        pid = ledger.register_participant("Follower Probe", by="t")["id"]
+        ledger.grant_consent(pid, "take_part", "1.0", "online", by="t")
+        last = ledger.recorder.select_notifications(
+            start=ledger.recorder.max_notification_id(), limit=1)[0]
+    finally:
+        ledger.close()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    follower = subprocess.Popen([LEDGER, "projections", "run"], env={**full, **store_env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=tmp_path)
+    ledger = Ledger(external)
+    try:
+        deadline = time.monotonic() + 60
+        while ledger.projector.views.position() < last.id:  # subscribed and caught up
+            assert follower.poll() is None and time.monotonic() < deadline, follower.stderr
+            time.sleep(0.1)
+        ledger.recorder.insert_events([StoredEvent(  # a changed event arrives after that
+            originator_id=last.originator_id, originator_version=last.originator_version + 1,
+            topic=last.topic, state=last.state[:-1] + bytes([last.state[-1] ^ 1]))])
+        victim = ledger.recorder.max_notification_id()
+        try:
+            _, stderr = follower.communicate(timeout=60)
+        finally:
+            follower.kill()
+
+        assert follower.returncode == 1, stderr
+        assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+        assert f"the event at position {victim} cannot be read" in stderr
+        assert "Follower Probe" not in stderr and str(pid) not in stderr
+        assert ledger.projector.views.position() == last.id
+    finally:
+        ledger.close()
