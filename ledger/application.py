@@ -178,6 +178,7 @@ class Ledger(Application[UUID]):
             event_store=self.events, cache_maxsize=CACHE_SIZE, fastforward=True
         )
         self.finish_erasures()  # complete any erasure a crash interrupted
+        self.projector.recover()  # put back the views a killed rebuild set aside
         self._saved = threading.local()
         self._follower = Follower(self.projector.catch_up, self.checkpoint_if_due)
         if self.settings.projections == "inline":

@@ -440,7 +440,7 @@ class Projector:
             if not alone:
                 raise RebuildRunning("another `ledger projections rebuild` is running on this "
                                      "ledger; wait for it to finish")
-            self.views.drop_prior()  # what a killed rebuild set aside
+            self.views.drop_prior()  # what a killed rebuild set aside (if no ledger opened since)
             try:
                 with self._lock:  # this process's own follower waits until the end
                     if workers > 1:
@@ -465,6 +465,30 @@ class Projector:
                 log.warning("could not drop the views set aside (%s); the next rebuild "
                             "drops them", type(error).__name__)
             return position
+
+    def recover(self) -> None:
+        """Put back the views a killed rebuild set aside, unless what it built is further on (then
+        only drop them). Run when a ledger opens: a rebuild that stopped any other way has
+        already put them back, and one still running holds the rebuild lock (it is left alone)."""
+        if self.views.prior_position() is None:  # (the usual case: one read)
+            return
+        with self.ledger.sql.shared_lock("rebuild", timeout_s=0) as alone:
+            if not alone:
+                return
+            with self._lock:
+                self._written.clear()
+                self._written_at = -1
+                self.replay = self.new_replay(self.keep)
+                position = self.views.put_back_prior(unless_behind=True)
+            if position is not None:
+                log.warning("a rebuild of the views did not finish (it was killed, or could not "
+                            "put them back itself); the views it set aside are back, up to "
+                            "position %d", position)
+            else:
+                log.warning("a rebuild of the views did not finish (it was killed, or could not "
+                            "put them back itself) after passing where they had been; they stay "
+                            "as it left them (up to position %d) and catch up",
+                            self.views.position())
 
     def _put_back(self) -> None:
         """Put the views back as the stopped rebuild found them; a failure here is logged (by

@@ -160,20 +160,30 @@ class ViewStore:
                 c.execute(f"DELETE FROM {_table(name)}")
             c.execute(f"UPDATE {{t}}{TRACKING} SET position = 0 WHERE name = %s", (NAME,))
 
-    def put_back_prior(self) -> int | None:
+    def prior_position(self) -> int | None:
+        """The position of the views a rebuild set aside, if it has not ended (or was killed)."""
+        rows = self.sql.query(f"SELECT position FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
+        return int(rows[0]["position"]) if rows else None
+
+    def put_back_prior(self, *, unless_behind: bool = False) -> int | None:
         """Put back the views a rebuild set aside (``reset(keep_prior=True)``), in one
-        transaction, replacing what it had built; returns their position, or None if none.
-        The set-aside tables are then dropped on their own (see ``drop_prior``)."""
+        transaction, replacing what it had built; returns their position, or None if none was
+        put back. ``unless_behind``: keep what was built instead if it is further on. The
+        set-aside tables are then dropped on their own (see ``drop_prior``)."""
         with self._locked() as c:
-            c.execute(f"SELECT position FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
-            row = c.fetchone()
-            if row is None:
+            c.execute(f"SELECT name, position FROM {{t}}{TRACKING} WHERE name IN (%s, %s)",
+                      (PRIOR, NAME))
+            at = {row["name"]: int(row["position"]) for row in c.fetchall()}
+            if PRIOR not in at:
                 return None
-            for name in VIEWS:
-                self._move(c, name, back=True)
-            position = int(row["position"])
-            c.execute(f"UPDATE {{t}}{TRACKING} SET position = %s WHERE name = %s",
-                      (position, NAME))
+            position: int | None = at[PRIOR]
+            if unless_behind and at[PRIOR] < at.get(NAME, 0):
+                position = None
+            else:
+                for name in VIEWS:
+                    self._move(c, name, back=True)
+                c.execute(f"UPDATE {{t}}{TRACKING} SET position = %s WHERE name = %s",
+                          (position, NAME))
             c.execute(f"DELETE FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
         try:
             self.drop_prior()

@@ -186,9 +186,13 @@ def _running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, workers):
-    """Also when worker processes share the rebuild: they stop once it is gone."""
+@pytest.mark.parametrize(("workers", "before"), [("1", "empty"), ("2", "empty"),
+                                               ("1", "whole"), ("2", "whole")])
+def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, workers, before):
+    """Killed, a rebuild leaves the views at a page boundary (equal to a replay to there), also
+    when worker processes share it (they stop once it is gone). The next ledger to open puts
+    back the views it set aside if they were further on ("whole"), else keeps what it built
+    ("empty": the views had never been filled); either way they catch up exactly."""
     import signal
     import time
 
@@ -199,28 +203,35 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, w
         writer.grant_consent(pid, "take_part", "1.0", "online", by="t")
         writer.record_payment(pid, "conversation", "25.00", "cash", by="t")
     last = writer.recorder.max_notification_id()
+    if before == "whole":
+        writer.projector.catch_up()
+    before_rows = view_rows(writer)
     env = {**os.environ, **store_env}
     proc = subprocess.Popen([LEDGER, "projections", "rebuild", "--page-size", "100",
                              "--workers", workers], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    views = writer.projector.views
     deadline = time.monotonic() + 60
-    while writer.projector.views.position() < 600 and time.monotonic() < deadline:
+    while not (views.prior_position() is not None and 600 <= views.position() < last) \
+            and time.monotonic() < deadline:
         time.sleep(0.005)
     helpers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    stopped_at = writer.projector.views.position()
+    stopped_at = views.position()
     while any(map(_running, helpers)) and time.monotonic() < deadline:
         time.sleep(0.05)
 
     replayed = replayed_rows(writer, stopped_at)
     at_kill = view_rows(writer)
     copy_kept = writer.sql.all_exist("ledger_view_prior_participants")
-    reader = Ledger(store_env)  # start-up catches the views up from where they stopped
+    reader = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})  # puts back, or keeps
+    opened_at, reopened = reader.projector.views.position(), view_rows(reader)
+    reader.projector.catch_up()
     caught_up = view_rows(reader)
+    copy_left = reader.sql.all_exist("ledger_view_prior_participants")
     reader.projector.rebuild()
     rebuilt = view_rows(reader)
-    copy_left = reader.sql.all_exist("ledger_view_prior_participants")
     reader.close()
     writer.close()
 
@@ -228,8 +239,12 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, w
     assert len(helpers) == (0 if workers == "1" else 3)  # 2 workers, and spawn's tracker
     assert not any(map(_running, helpers))
     assert at_kill == replayed
+    assert copy_kept and not copy_left  # the set-aside copy is used or dropped when one opens
     assert caught_up == rebuilt
-    assert copy_kept and not copy_left  # the next rebuild drops the copy the killed one kept
+    if before == "whole":  # put back as they were (nothing was written since)
+        assert opened_at == last and reopened == before_rows
+    else:  # what the killed rebuild built is kept
+        assert opened_at == stopped_at and reopened == at_kill
 
 
 def test_the_finance_retention_is_set_from_the_command_line(store_env):

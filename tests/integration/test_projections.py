@@ -385,6 +385,56 @@ def test_a_failure_to_put_the_views_back_does_not_hide_why_the_rebuild_stopped(l
     assert ledger.projector.put_back_at is None
 
 
+def test_the_next_ledger_to_open_puts_back_what_a_rebuild_could_not(ledger, store_env):
+    """A rebuild that could not put the views back itself leaves them set aside; the next
+    ledger to open puts them back (as for a killed rebuild, tested in test_cli)."""
+    _history(ledger)
+    ledger.views_at_least()
+    before = _snapshot(ledger)
+
+    def stop(n: int) -> None:
+        raise ValueError("stopped")
+
+    def cannot(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the put-back failed")
+
+    put_back = ledger.projector.views.put_back_prior
+    ledger.projector.views.put_back_prior = cannot  # type: ignore[method-assign]
+    with pytest.raises(ValueError):
+        ledger.projector.rebuild(progress=stop, page_size=10, workers=1)
+    ledger.projector.views.put_back_prior = put_back  # type: ignore[method-assign]
+    part_built = ledger.projector.views.position()
+    other = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    try:
+        assert 0 < part_built < before[0]
+        assert _snapshot(other) == before and _no_copy_left(other)
+    finally:
+        other.close()
+
+
+def test_a_ledger_opened_during_a_rebuild_leaves_it_alone(ledger, store_env):
+    """Opening puts back only what a rebuild that is no longer running set aside."""
+    _history(ledger)
+    ledger.views_at_least()
+    before = _snapshot(ledger)
+    seen: list[tuple[int | None, int]] = []
+
+    def open_another(n: int) -> None:
+        if not seen:
+            other = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+            try:
+                seen.append((other.projector.views.prior_position(),
+                             other.projector.views.position()))
+            finally:
+                other.close()
+
+    ledger.projector.rebuild(progress=open_another, page_size=10, workers=1)
+
+    [(prior, part_built)] = seen  # still set aside, with the rebuild's first page kept
+    assert prior == before[0] and 0 < part_built < before[0]
+    assert _snapshot(ledger) == before and _no_copy_left(ledger)
+
+
 def _no_copy_left(ledger: Ledger) -> bool:
     from ledger.projections.store import PRIOR, TRACKING
 
