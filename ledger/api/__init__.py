@@ -171,7 +171,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if https:  # served behind TLS (the links say so): browsers keep to it for a year
             response.headers["Strict-Transport-Security"] = "max-age=31536000"
         position = ledger.last_saved_position()
-        if position is not None:  # read-your-writes: GET /participants?min_position=
+        if position is not None and not is_page:  # read-your-writes: GET /participants?min_position=
+            # (not on the participant pages: the log's size says how busy the study is)
             response.headers["Ledger-Position"] = str(position)
         # The route's pattern, never the raw path or query: paths can carry tokens.
         rule = request.url_rule.rule if request.url_rule else "<unmatched>"

@@ -86,8 +86,8 @@ def test_withdrawing_one_choice_after_checking_it(client, staff, person, api_led
     done = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "analyse"})
     page = client.get(done.headers["Location"]).get_data(as_text=True)
 
-    assert "We will not use your story in the workshop. You keep your payment." in check.get_data(
-        as_text=True)
+    assert "We will not use your story in the workshop. This does not change your payment." \
+        in check.get_data(as_text=True)
     assert unchanged == before
     assert done.status_code == 303 and "These are now stopped" in page
     view = client.get(f"/api/v1/participants/{person}", headers=staff).json
@@ -293,6 +293,56 @@ def test_after_the_deadline_the_check_page_promises_only_what_can_still_be_done(
 
     assert "We will stop what we still can" in page
     assert "We will not use your story in the workshop" not in page
+
+
+def test_after_the_deadline_the_done_page_promises_no_more_than_the_check_page(
+        client, staff, person, api_ledger, clock):
+    api_ledger.set_withdrawal_deadline("analyse", clock.now - timedelta(days=3), by="test")
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+
+    done = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "analyse"})
+    page = client.get(done.headers["Location"]).get_data(as_text=True)
+    stopped = page[page.index("These are now stopped"):page.index("Our team will now")]
+
+    assert "Use your story in the workshop" in stopped and "We will stop what we still can" in stopped
+    assert "We will not use your story in the workshop" not in page
+
+
+def test_the_pages_say_stopping_does_not_change_a_payment_rather_than_promise_one(
+        client, staff, person):
+    """Someone who declined payment, or gave it away, is not told they keep it."""
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+
+    check = client.post(path + "/confirm", data={"csrf": csrf, "scope": "record"})
+    done = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "record"})
+    page = client.get(done.headers["Location"]).get_data(as_text=True)
+
+    for html in (check.get_data(as_text=True), page):
+        assert "keep your payment" not in html and "not change your payment" in html
+
+
+def test_a_page_where_nothing_changed_is_not_titled_done(client, staff, person):
+    path = _link(client, staff, person)
+
+    page = client.get(path + "/done?nothing=1").get_data(as_text=True)
+
+    assert "<h1>Nothing has changed</h1>" in page
+    assert re.search(r"<title>Nothing has changed\b", page) and "<title>Done" not in page
+
+
+def test_a_withdrawal_by_link_does_not_tell_the_person_the_size_of_the_log(client, staff,
+                                                                            person):
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+
+    done = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "record"})
+    staff_write = client.post(f"/api/v1/participants/{person}/consents/quote/withdrawal",
+                              headers=staff, json={"channel": "phone"})
+
+    assert done.status_code == 303 and "Ledger-Position" not in done.headers
+    assert "Ledger-Position" in staff_write.headers  # the staff API's read-your-writes stays
 
 
 def test_the_check_sent_again_after_stopping_says_already_stopped(client, staff, person,

@@ -120,7 +120,7 @@ def test_withdraw_one_choice_by_keyboard_alone_and_keep_the_receipt(server, staf
     with page.expect_navigation():
         page.keyboard.press("Enter")
     assert page.locator("h1").inner_text() == "Check before you stop"
-    assert "We will take your story down where we can. You keep your payment." in page.content()
+    assert "We will take your story down where we can. This does not change your payment." in page.content()
     assert _axe(page) == []
     _shot(page, "2-check")
     _tab_to(page, "e.tagName === 'BUTTON' && e.textContent.includes('Yes, stop')")
