@@ -38,12 +38,23 @@ TITLES = {
     429: "Too many requests", 500: "Internal error", 503: "Not ready yet",
 }
 
+# The ``code`` of a problem that no domain error names (a domain error's code is its class name).
+CODES = {
+    400: "BadRequest", 401: "AuthenticationRequired", 403: "RoleNotAllowed", 404: "NotFound",
+    405: "MethodNotAllowed", 409: "Conflict", 413: "RequestTooLarge",
+    415: "UnsupportedMediaType", 422: "InvalidInput", 429: "TooManyRequests",
+    500: "InternalError", 503: "NotReady",
+}
+
 
 def problem(status: int, detail: str | None = None, errors: dict[str, Any] | None = None,
-            headers: dict[str, str] | None = None, **extra: Any) -> Response:
-    """An application/problem+json response."""
+            headers: dict[str, str] | None = None, code: str | None = None,
+            **extra: Any) -> Response:
+    """An application/problem+json response; every one has a ``code`` (by default its
+    status's), so a script can tell problems apart without parsing the words."""
     body: dict[str, Any] = {"type": "about:blank", "status": status,
-                            "title": TITLES.get(status, "Error")}
+                            "title": TITLES.get(status, "Error"),
+                            "code": code or CODES.get(status, "Error")}
     if detail:
         body["detail"] = detail
     if errors:
@@ -132,7 +143,7 @@ def http_error(error: HTTPException) -> Response:
 def too_deep(error: RecursionError) -> Response:
     """JSON nested beyond what any request needs."""
     return problem(400, "The request body is nested too deeply.",
-                   {"json": ["nested too deeply"]})
+                   {"json": ["nested too deeply"]}, code="MalformedJSON")
 
 
 def unexpected_error(error: Exception) -> Response:

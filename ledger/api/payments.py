@@ -104,7 +104,8 @@ def require_idempotency_key(view: Any) -> Any:
         if not KEY.match(request.headers.get("Idempotency-Key", "")):
             return errors.problem(
                 400, "Idempotency-Key header is required (1 to 200 printable ASCII characters).",
-                {"Idempotency-Key": ["required, 1 to 200 printable ASCII characters"]})
+                {"Idempotency-Key": ["required, 1 to 200 printable ASCII characters"]},
+                code="IdempotencyKeyRequired")
         return view(*args, **kwargs)
     return wrapper
 
@@ -144,7 +145,8 @@ def _replay_or_refuse(kept: Stored, once: IdempotentRequest) -> Response:
     if kept.request_hash != once.request_hash:
         return errors.problem(
             422, "This Idempotency-Key was already used for a different request.",
-            {"Idempotency-Key": ["already used with a different body"]})
+            {"Idempotency-Key": ["already used with a different body"]},
+            code="IdempotencyKeyReused")
     response = _replay(kept.status, kept.body)
     # Read-your-writes for a client whose first answer was lost: the log's position now, which
     # is at or after the payment's own (the views at this position include the payment).

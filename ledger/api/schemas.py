@@ -21,7 +21,10 @@ class ProblemSchema(Schema):
     detail = fields.String()
     errors = fields.Dict(keys=fields.String(), values=fields.Raw(),
                          metadata={"description": "offending fields and what is wrong with each"})
-    code = fields.String(metadata={"description": "the ledger's error name, when it has one"})
+    code = fields.String(metadata={
+        "description": "the ledger's name for the error: a domain error's own (e.g. "
+                       "PaymentAlreadyRecorded), else one per status (e.g. InvalidInput, "
+                       "AuthenticationRequired, RoleNotAllowed, IdempotencyKeyRequired)"})
 
 
 def document_errors(blp: Blueprint, *codes: int) -> Callable[[Any], Any]:

@@ -104,10 +104,51 @@ def test_bad_input_gets_a_clear_problem_and_writes_nothing(client, staff, pid, a
     assert response.status_code == status, response.json
     assert response.content_type == "application/problem+json"
     assert response.json["status"] == status and response.json["title"]
+    assert response.json["code"], response.json
     if field:
         assert field in response.json["errors"], response.json
     assert "Traceback" not in response.get_data(as_text=True)
     assert _written(api_ledger) == before
+
+
+def test_every_problem_has_a_code(client, staff, tokens, pid):
+    """The README promises each problem its ``code``, not only the domain's errors."""
+    auditor = {"Authorization": f"Bearer {tokens['auditor']}"}
+    pay = f"/api/v1/participants/{pid}/payments"
+    body = {"activity": "conversation", "amount": "25.00", "method": "cash"}
+    client.post(f"/api/v1/participants/{pid}/payment-arrangements", headers=staff, json={
+        "activity": "conversation", "method": "cash", "payee": "self",
+        "benefits_advice_offered": True})
+    assert client.post(pay, headers={**staff, "Idempotency-Key": "k1"}, json=body).status_code \
+        == 201
+    answers = {
+        "AuthenticationRequired": client.get("/api/v1/study"),
+        "RoleNotAllowed": client.get("/api/v1/participants", headers=auditor),
+        "ParticipantNotFound": client.get(f"/api/v1/participants/{uuid.uuid4()}",
+                                          headers=staff),
+        "NotFound": client.get("/api/v1/nowhere", headers=staff),
+        "MethodNotAllowed": client.delete(f"/api/v1/participants/{pid}", headers=staff),
+        "IdempotencyKeyRequired": client.post(pay, headers=staff, json=body),
+        "IdempotencyKeyReused": client.post(pay, headers={**staff, "Idempotency-Key": "k1"},
+                                            json={**body, "amount": "20.00"}),
+        "InvalidInput": client.post("/api/v1/participants", headers=staff,
+                                    json={"name": "x", "extra": 1}),
+        "UnsupportedMediaType": client.post("/api/v1/participants", headers=staff,
+                                            data="name=x", content_type="text/plain"),
+        "RequestTooLarge": client.post("/api/v1/participants", headers=staff,
+                                       data=b'{"name": "' + b"x" * 70_000 + b'"}',
+                                       content_type="application/json"),
+    }
+    for _ in range(200):
+        answers["TooManyRequests"] = client.get("/api/v1/study",
+                                                headers={"Authorization": "Bearer wrong"})
+        if answers["TooManyRequests"].status_code == 429:
+            break
+
+    got = {code: (r.status_code, r.content_type, r.json.get("code")) for code, r in answers.items()}
+    assert all(ct == "application/problem+json" and c == code
+               for code, (_, ct, c) in got.items()), got
+    assert got["TooManyRequests"][0] == 429
 
 
 def test_a_body_over_the_size_limit_is_413(client, staff, api_ledger):
