@@ -77,7 +77,9 @@ def need_view(n: AccessNeed, reveal: Reveal) -> dict[str, Any]:
     return {"id": n.id, "category": _text(n.category, reveal),
             "detail": _text(n.detail, reveal), "outcome": n.outcome,
             "note": _text(n.note, reveal), "requested_at": n.requested_at,
-            "outcome_at": n.outcome_at, "met_at": n.met_at}
+            "outcome_at": n.outcome_at, "met_at": n.met_at,
+            "history": [{"outcome": step["outcome"], "at": step["at"], "by": step["by"],
+                         "note": _text(step.get("note"), reveal)} for step in n.history]}
 
 
 def arrangement_view(a: Arrangement, reveal: Reveal) -> dict[str, Any]:
@@ -85,7 +87,21 @@ def arrangement_view(a: Arrangement, reveal: Reveal) -> dict[str, Any]:
     return {"activity": a.activity, "method": a.method, "payee": a.payee,
             "benefits_advice_offered": a.benefits_advice_offered, "declined": a.declined,
             "reduced_to": None if a.reduced_to_pence is None else format_pence(a.reduced_to_pence),
-            "reason": _text(a.reason, reveal)}
+            "reason": _text(a.reason, reveal),
+            "history": [arrangement_step(step, reveal) for step in a.history]}
+
+
+def arrangement_step(step: dict[str, Any], reveal: Reveal) -> dict[str, Any]:
+    """One change to an arrangement: arranged, declined, reduced (each with what was said),
+    paid or reversed."""
+    amount = step.get("amount_pence")
+    payment = step.get("payment_id")
+    return {"event": step["event"], "at": step["at"], "by": step["by"],
+            "method": step.get("method"), "payee": step.get("payee"),
+            "benefits_advice_offered": step.get("benefits_advice_offered"),
+            "amount": None if amount is None else format_pence(amount),
+            "reason": _text(step.get("reason"), reveal),
+            "payment_id": None if payment is None else str(payment)}
 
 
 def participant_view(p: Participant, payments: list[Payment], reveal: Reveal) -> dict[str, Any]:

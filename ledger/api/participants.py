@@ -64,6 +64,13 @@ class ObligationOut(Schema):
     note = fields.String(allow_none=True)
 
 
+class NeedStep(Schema):
+    outcome = fields.String()
+    at = fields.DateTime()
+    by = fields.String()
+    note = fields.String(allow_none=True)
+
+
 class NeedOut(Schema):
     id = fields.UUID()
     category = fields.String()
@@ -73,6 +80,21 @@ class NeedOut(Schema):
     requested_at = fields.DateTime()
     outcome_at = fields.DateTime(allow_none=True)
     met_at = fields.DateTime(allow_none=True)
+    history = fields.List(fields.Nested(NeedStep), metadata={
+        "description": "every outcome recorded, with its note, oldest first"})
+
+
+class ArrangementStep(Schema):
+    event = fields.String(metadata={"description": "arranged, declined, reduced, paid or "
+                                                   "reversed"})
+    at = fields.DateTime()
+    by = fields.String()
+    method = fields.String(allow_none=True)
+    payee = fields.String(allow_none=True)
+    benefits_advice_offered = fields.Boolean(allow_none=True)
+    amount = fields.String(allow_none=True, metadata={"description": "the reduced amount"})
+    reason = fields.String(allow_none=True)
+    payment_id = fields.UUID(allow_none=True)
 
 
 class ArrangementOut(Schema):
@@ -83,6 +105,8 @@ class ArrangementOut(Schema):
     declined = fields.Boolean()
     reduced_to = fields.String(allow_none=True)
     reason = fields.String(allow_none=True)
+    history = fields.List(fields.Nested(ArrangementStep), metadata={
+        "description": "every change, with what was said, oldest first"})
 
 
 class PaymentOut(Schema):

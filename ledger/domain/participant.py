@@ -324,7 +324,7 @@ class Participant(FastCopy, Aggregate):
         need.outcome, need.note, need.outcome_at = outcome, note, at
         if outcome == "met":
             need.met_at = at
-        need.history.append({"outcome": outcome, "at": at, "by": by})
+        need.history.append({"outcome": outcome, "at": at, "by": by, "note": note})
 
     # -- remuneration arrangements -----------------------------------------------------------
 
@@ -348,7 +348,7 @@ class Participant(FastCopy, Aggregate):
         a.method, a.payee, a.benefits_advice_offered = method, payee, benefits_advice_offered
         a.declined = False
         a.history.append({"event": "arranged", "at": at, "by": by, "method": method,
-                          "payee": payee})
+                          "payee": payee, "benefits_advice_offered": benefits_advice_offered})
 
     def decline_payment(
         self, activity: Activity, reason: object = None, *, at: datetime, by: str,
@@ -363,7 +363,7 @@ class Participant(FastCopy, Aggregate):
     def _payment_declined(self, activity: str, reason: str | None, at: datetime, by: str) -> None:
         a = self._arrangement_for_update(activity)
         a.declined, a.reason = True, reason
-        a.history.append({"event": "declined", "at": at, "by": by})
+        a.history.append({"event": "declined", "at": at, "by": by, "reason": reason})
 
     def reduce_payment(
         self, activity: Activity, amount_pence: int, reason: object, *, at: datetime, by: str
@@ -379,7 +379,8 @@ class Participant(FastCopy, Aggregate):
     ) -> None:
         a = self._arrangement_for_update(activity)
         a.reduced_to_pence, a.reason = amount_pence, reason
-        a.history.append({"event": "reduced", "at": at, "by": by, "amount_pence": amount_pence})
+        a.history.append({"event": "reduced", "at": at, "by": by, "amount_pence": amount_pence,
+                          "reason": reason})
 
     def pay(
         self, activity: Activity, amount_pence: int, currency: object, method: object,
@@ -536,6 +537,9 @@ class Participant(FastCopy, Aggregate):
         for need in self.needs.values():
             need.category, need.detail = REDACTED, REDACTED
             need.note = REDACTED if need.note is not None else None
+            for step in need.history:
+                if step.get("note") is not None:
+                    step["note"] = REDACTED
         for o in self.obligations.values():
             o.note = REDACTED if o.note is not None else None
         for c in self.consents.values():
@@ -544,6 +548,9 @@ class Participant(FastCopy, Aggregate):
                     step["reason"] = REDACTED
         for a in self.arrangements.values():
             a.reason = REDACTED if a.reason is not None else None
+            for step in a.history:
+                if step.get("reason") is not None:
+                    step["reason"] = REDACTED
         for e in self.expenses:
             e["description"] = REDACTED
         for u in self.uses:

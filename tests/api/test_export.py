@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import logging
 import re
@@ -29,6 +30,9 @@ PERSONAL = {  # every personal value seeded below, each recognisable anywhere in
     "need_category": "Pictorial timetable",
     "need_detail": "Pictorial timetable printed on lilac paper, large type",
     "need_note": "Venue printed it on lilac card",
+    "first_need_note": "Only a black-and-white printer at the first venue",
+    "decline_reason": "Worried the workshop fee would affect Universal Credit",
+    "reduce_reason": "Asked for a smaller fee after the benefits advice call",
     "withdrawal_reason": "Prefers no recording after reflecting overnight",
     "obligation_note": "Recording wiped from the shared drive",
     "payment_reference": "VOUCHER-ZQ-4471",
@@ -66,7 +70,16 @@ def seeded(client, staff, clock):
     need = _post(client, staff, f"{pid}/access-needs", {
         "category": PERSONAL["need_category"], "detail": PERSONAL["need_detail"]})
     _post(client, staff, f"{pid}/access-needs/{need['need_id']}/outcome",
+          {"outcome": "partly_met", "note": PERSONAL["first_need_note"]})
+    _post(client, staff, f"{pid}/access-needs/{need['need_id']}/outcome",
           {"outcome": "met", "note": PERSONAL["need_note"]})
+    _post(client, staff, f"{pid}/payment-arrangements", {
+        "activity": "workshop", "declined": True, "reason": PERSONAL["decline_reason"]})
+    _post(client, staff, f"{pid}/payment-arrangements", {
+        "activity": "workshop", "method": "bank_transfer", "payee": "self",
+        "benefits_advice_offered": True})
+    _post(client, staff, f"{pid}/payment-reductions", {
+        "activity": "workshop", "amount": "10.00", "reason": PERSONAL["reduce_reason"]})
     for scope, method in [("take_part", "online"), ("record", "verbal_recorded"),
                           ("store", "written")]:
         _post(client, staff, f"{pid}/consents", {"scope": scope, "form_version": "1.0",
@@ -115,13 +128,29 @@ def test_the_json_export_holds_every_seeded_value(client, staff, seeded):
     assert doc["access_needs"][0]["detail"] == PERSONAL["need_detail"]
     assert doc["payments"][0]["reference"] == PERSONAL["payment_reference"]
     assert doc["payments"][0]["amount"] == "25.00"
-    assert doc["arrangements"][0]["method"] == "voucher"
+    assert {a["activity"]: a["method"] for a in doc["arrangements"]} == {
+        "workshop": "bank_transfer", "conversation": "voucher"}
     assert doc["expenses"][0]["description"] == PERSONAL["expense_description"]
     assert doc["obligations"][0]["note"] == PERSONAL["obligation_note"]
     assert doc["uses"][0]["purpose"] == PERSONAL["use_purpose"]
     assert doc["controller"]["email"] == pilot.CONTROLLER["email"]
     text = response.get_data(as_text=True)
     assert [key for key, value in PERSONAL.items() if value not in text] == []
+    # earlier outcomes and arrangements too, each with what was said, not only the latest
+    assert [(h["outcome"], h["note"]) for h in doc["access_needs"][0]["history"]] == [
+        ("partly_met", PERSONAL["first_need_note"]), ("met", PERSONAL["need_note"])]
+    workshop = next(a for a in doc["arrangements"] if a["activity"] == "workshop")
+    assert [(h["event"], h["reason"], h["amount"]) for h in workshop["history"]] == [
+        ("declined", PERSONAL["decline_reason"], None), ("arranged", None, None),
+        ("reduced", PERSONAL["reduce_reason"], "10.00")]
+
+
+def test_the_html_export_holds_every_seeded_value(client, staff, seeded):
+    pid, _, _ = seeded
+
+    body = html.unescape(_export(client, staff, pid, "html").get_data(as_text=True))
+
+    assert [key for key, value in PERSONAL.items() if value not in body] == []
 
 
 def test_each_consent_record_has_the_27560_fields_with_status_form_and_events(client, staff,
