@@ -552,7 +552,8 @@ class Ledger(Application[UUID]):
         """
         def command(p: Participant, s: Study) -> dict[str, Any]:
             now = self.clock()
-            s.check_erasure([self._payment(pid) for pid in p.payment_ids()], now)
+            s.check_erasure([self._payment(pid) for pid in p.payment_ids()], now,
+                            p.expenses)
             p.erase(reason, at=now, by=by)
             return {"id": p.id, "reference": p.reference, "erased": True,
                     "erased_at": p.erased_at}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -206,18 +207,20 @@ class Study(Aggregate):
     def _finance_retention_set(self, days: int, at: datetime, by: str) -> None:
         self.finance_retention_days = days
 
-    def check_erasure(self, payments: list[Any], now: datetime) -> None:
+    def check_erasure(self, payments: list[Any], now: datetime,
+                      expenses: Sequence[dict[str, Any]] = ()) -> None:
         """Refuse to erase a person whose payment records (reversed ones too: they are finance
-        records as well) finance must still keep with their identity, saying from when erasure
-        will be possible."""
-        if not self.finance_retention_days or not payments:
+        records as well) or expenses paid back to them finance must still keep with their
+        identity, saying from when erasure will be possible."""
+        times = [p.paid_at for p in payments] + [e["at"] for e in expenses]
+        if not self.finance_retention_days or not times:
             return
-        until = max(p.paid_at for p in payments) + timedelta(days=self.finance_retention_days)
+        until = max(times) + timedelta(days=self.finance_retention_days)
         if now < until:
             raise ErasureRefused(
-                f"the study keeps payment records with the payee's identity for "
-                f"{self.finance_retention_days} days after the last payment (finance retention); "
-                f"this person's data can be erased from {until.date().isoformat()}")
+                f"the study keeps payment and expense records with the payee's identity for "
+                f"{self.finance_retention_days} days after the last of them (finance "
+                f"retention); this person's data can be erased from {until.date().isoformat()}")
 
     def set_rate(self, activity: str, rate_pence: int, *, at: datetime, by: str) -> None:
         """Change an activity's standard rate."""

@@ -140,6 +140,26 @@ def test_a_reversed_payment_is_a_finance_record_too(client, admin, staff, person
     assert refused.status_code == 409 and refused.json["code"] == "ErasureRefused"
 
 
+def test_an_expense_paid_back_is_a_finance_record_too(client, admin, staff, person, api_ledger,
+                                                       clock):
+    api_ledger.set_finance_retention(30, by="test")
+    spent = client.post(f"/api/v1/participants/{person}/expenses", headers=staff, json={
+        "activity": "workshop", "amount": "7.40", "method": "cash", "description": "Bus fare"})
+    before = api_ledger.recorder.max_notification_id()
+
+    refused = client.post(f"/api/v1/participants/{person}/erasure", headers=admin,
+                          json={"reason": "asked"})
+    unchanged = api_ledger.recorder.max_notification_id()
+    clock.now += timedelta(days=31)
+    allowed = client.post(f"/api/v1/participants/{person}/erasure", headers=admin,
+                          json={"reason": "asked"})
+
+    assert spent.status_code == 201
+    assert refused.status_code == 409 and refused.json["code"] == "ErasureRefused"
+    assert "expense" in refused.json["detail"] and unchanged == before
+    assert allowed.status_code == 200
+
+
 def test_without_payments_or_retention_erasure_goes_ahead(client, admin, staff, person,
                                                           api_ledger):
     api_ledger.set_finance_retention(2190, by="test")
