@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -66,6 +67,7 @@ A = TypeVar("A", bound=Aggregate)
 MAX_ATTEMPTS = 20
 LOCK_STRIPES = 64
 CACHE_SIZE = 1000
+log = logging.getLogger("ledger")
 VIEW_WAIT_S = 5.0
 CHECKPOINT_EVERY_S = 2.0  # while writes go on, a signed checkpoint at least this often
 REFERENCE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"  # no 0/O, 1/I/L, U: easy to read aloud
@@ -603,14 +605,41 @@ class Ledger(Application[UUID]):
         if participant_ids is None:
             participant_ids = [n.originator_id for n in self._notifications(  # type: ignore[misc]
                 topic("Participant.Erased"))]
-        destroyed = 0
+        destroyed, erased = 0, []
         for pid in participant_ids:
             p = self._participant(pid)
-            if p.erased_at is not None and self.keys.exists(pid):
-                self.keys.destroy(pid)
-                destroyed += 1
+            if p.erased_at is not None:
+                erased.append(pid)
+                if self.keys.exists(pid):
+                    self.keys.destroy(pid)
+                    destroyed += 1
         self.keys.scrub_if_pending()
+        if not self.sql.is_postgres and erased:
+            from .backup import shred_keys_in_kept
+
+            for kept in shred_keys_in_kept(self.settings.sqlite_path, erased):
+                log.warning("erasure: could not remove erased people's keys from %s, which a "
+                            "restore kept; retried at the next start", kept.name)
         return destroyed
+
+    def repeat_erasures(self, participant_ids: list[UUID], *, by: str) -> tuple[int, list[str]]:
+        """Erase again each of these people who is here and not erased (after a restore from a
+        backup taken before their erasure). Returns how many were erased, and why any could
+        not be (messages without personal data)."""
+        repeated, refused = 0, []
+        for pid in dict.fromkeys(participant_ids):
+            try:
+                if self._participant(pid).erased_at is not None:
+                    continue
+            except ParticipantNotFound:
+                continue  # registered after the backup was taken: not in it
+            try:
+                self.erase(pid, "erased before a restore brought them back; repeated by "
+                                "`ledger restore`", by=by)
+                repeated += 1
+            except LedgerError as error:
+                refused.append(str(error))
+        return repeated, refused
 
     # -- the audit feed ------------------------------------------------------------------------
 

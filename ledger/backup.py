@@ -19,6 +19,7 @@ import os
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 from .locks import InUse, unused
 
@@ -140,3 +141,50 @@ def put_back(database: Path, kept: Path | None) -> None:
         Path(f"{database}{suffix}").unlink(missing_ok=True)
         if kept is not None and Path(f"{kept}{suffix}").exists():
             os.replace(Path(f"{kept}{suffix}"), Path(f"{database}{suffix}"))
+
+
+def kept_databases(database: Path) -> list[Path]:
+    """The databases ``ledger restore`` replaced and kept beside ``database``."""
+    return sorted(p for p in database.parent.glob(f"{database.name}.before-restore-*")
+                  if not p.name.endswith(("-wal", "-shm", "-journal")))
+
+
+def shred_keys_in_kept(database: Path, participant_ids: list[UUID]) -> list[Path]:
+    """Delete these (erased) participants' data keys from every database a restore kept beside
+    ``database``, then rewrite the file, so that no freed page still holds the bytes: those
+    files sit next to the master key, so erasure must reach them as it reaches the live one.
+    Returns the kept databases it could not change (left as they were, to retry)."""
+    failed: list[Path] = []
+    if not participant_ids:
+        return failed
+    ids = [pid.hex for pid in participant_ids]
+    for kept in kept_databases(database):
+        try:
+            connection = sqlite3.connect(kept, timeout=5, isolation_level=None)
+            try:
+                connection.execute("PRAGMA secure_delete = ON")
+                deleted = 0
+                for i in range(0, len(ids), 500):
+                    part = ids[i:i + 500]
+                    deleted += connection.execute(
+                        "DELETE FROM ledger_data_keys WHERE participant_id IN "
+                        f"({', '.join('?' * len(part))})", part).rowcount
+                if deleted:
+                    connection.execute("VACUUM")
+                    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                connection.close()
+        except sqlite3.Error:
+            failed.append(kept)
+    return failed
+
+
+def erased_in(kept: Path, events_table: str, erased_topic: str) -> list[UUID]:
+    """The participants a database recorded as erased (topics and ids are stored in the clear)."""
+    connection = sqlite3.connect(f"file:{kept}?mode=ro", uri=True)
+    try:
+        rows = connection.execute(f"SELECT originator_id FROM {events_table} WHERE topic = ?",
+                                  (erased_topic,)).fetchall()
+    finally:
+        connection.close()
+    return [UUID(str(row[0])) for row in rows]

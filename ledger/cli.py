@@ -307,7 +307,8 @@ def restore(source: Path) -> None:
     otherwise the previous database is put back."""
     from .application import ConfigurationError
     from .audit.checkpoints import verify as verify_log
-    from .backup import BackupError, put_back, restore_sqlite
+    from .backup import BackupError, erased_in, put_back, restore_sqlite
+    from .domain.base import topic
 
     settings = Settings.from_env(load_environment())
     if settings.database_url:
@@ -318,10 +319,18 @@ def restore(source: Path) -> None:
         events, kept = restore_sqlite(source, settings.sqlite_path)
     except BackupError as e:
         raise click.ClickException(str(e)) from None
+    repeated, refused = 0, list[str]()
     try:
         with open_ledger(LEDGER_PROJECTIONS="external") as ledger:
             verdict = verify_log(ledger.merkle)
             ledger.merkle.record_verification(verdict)
+            if verdict.ok and kept is not None:
+                # An erasure must not be undone by a restore: whoever the replaced database
+                # recorded as erased is erased again here (the kept copy loses their keys too).
+                erased = erased_in(kept, ledger.recorder.events_table_name,  # type: ignore[attr-defined]
+                                   topic("Participant.Erased"))
+                repeated, refused = ledger.repeat_erasures(erased, by="cli:restore")
+                ledger.finish_erasures(erased)
     except ConfigurationError as e:
         put_back(settings.sqlite_path, kept)
         raise click.ClickException(f"{e}; the previous database was put back") from None
@@ -334,6 +343,14 @@ def restore(source: Path) -> None:
     if kept is not None:
         click.echo(f"The replaced database was kept as {kept}.", err=True)
     click.echo(f"Restored {events} events; verified: root {verdict.root}.", err=True)
+    if repeated:
+        click.echo(f"Erased {repeated} participant(s) again: the replaced database recorded "
+                   "their erasure after this backup was taken.", err=True)
+    if refused:
+        click.echo(f"Could not erase {len(refused)} participant(s) again, whom the replaced "
+                   f"database recorded as erased: {refused[0]}. Erase them when allowed.",
+                   err=True)
+        sys.exit(1)
 
 
 @main.group()

@@ -189,3 +189,72 @@ def test_a_backup_that_fails_verification_never_becomes_the_record(tmp_path):
     assert "put back" in refused.stderr
     assert _rows(data / "ledger.sqlite3") == original
     assert _run(data, "verify").returncode == 0
+
+
+def _key_row(path: Path, pid) -> bytes | None:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as c:
+        row = c.execute("SELECT wrapped FROM ledger_data_keys WHERE participant_id = ?",
+                        (pid.hex,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _files_holding(data: Path, needle: bytes) -> list[str]:
+    return [p.name for p in data.iterdir() if p.is_file() and needle in p.read_bytes()]
+
+
+def test_an_erasure_reaches_the_database_a_restore_kept(tmp_path):
+    """The replaced database sits beside the master key that unwraps its keys: erasing someone
+    afterwards removes their key from it too, bytes and all."""
+    data = tmp_path / "data"
+    assert _run(data, "init").returncode == 0
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    pid = lg.register_participant("Yusuf Othersonfake", by="t")["id"]
+    other = lg.register_participant("Stays Registered", by="t")["id"]
+    lg.close()
+    assert _run(data, "backup", str(tmp_path / "b.sqlite3")).returncode == 0
+    assert _run(data, "restore", str(tmp_path / "b.sqlite3")).returncode == 0
+    [kept] = [p for p in data.glob("ledger.sqlite3.before-restore-*")
+              if not p.name.endswith(("-wal", "-shm"))]
+    wrapped = _key_row(kept, pid)
+    assert wrapped is not None and _files_holding(data, wrapped)
+
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    try:
+        lg.erase(pid, "asked", by="t")
+    finally:
+        lg.close()
+
+    assert _key_row(kept, pid) is None and _key_row(kept, other) is not None
+    assert _files_holding(data, wrapped) == []  # nowhere in the data directory, any file
+
+
+def test_a_restore_repeats_the_erasures_the_replaced_database_recorded(tmp_path):
+    """A backup taken before an erasure would bring the person back: the restore erases them
+    again, and says so."""
+    data = tmp_path / "data"
+    assert _run(data, "init").returncode == 0
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    pid = lg.register_participant("Yusuf Othersonfake", by="t")["id"]
+    other = lg.register_participant("Stays Registered", by="t")["id"]
+    lg.close()
+    assert _run(data, "backup", str(tmp_path / "b.sqlite3")).returncode == 0
+    wrapped = _key_row(tmp_path / "b.sqlite3", pid)
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    lg.erase(pid, "asked", by="t")
+    lg.register_participant("After The Backup", by="t")
+    lg.close()
+
+    restored = _run(data, "restore", str(tmp_path / "b.sqlite3"))
+
+    assert restored.returncode == 0, restored.stderr
+    assert "Erased 1 participant(s) again" in restored.stderr
+    assert "Othersonfake" not in restored.stderr and str(pid) not in restored.stderr
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    try:
+        assert lg.participant(pid)["name"] == "[erased]" and not lg.keys.exists(pid)
+        assert lg.participant(other)["name"] == "Stays Registered"
+        assert len(lg.participant_ids()) == 2  # the backup's two, not the one added after
+    finally:
+        lg.close()
+    assert wrapped is not None and _files_holding(data, wrapped) == []
+    assert _run(data, "verify").returncode == 0
