@@ -4,7 +4,9 @@
   it as "no body", so a note sent with curl's default form type was silently dropped, and a
   required field reported missing when it had been sent.
 - Any JSON the parser cannot take is a 400 "Invalid JSON body", including an integer longer
-  than Python converts (``ValueError``, not a ``JSONDecodeError``: it was a 500).
+  than Python converts (``ValueError``, not a ``JSONDecodeError``: it was a 500). So is what
+  Python's parser takes but RFC 8259 does not mean: a key given twice in one object (the last
+  would win, silently) and NaN or Infinity.
 - A query parameter the operation does not document (or gives twice) is a 422 naming it, as an
   unknown field of a body already is: ``refuse_unknown_query_parameters``, which every API view
   runs once its caller is authenticated (webargs ignores unknown query parameters, and sees the
@@ -26,6 +28,33 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 
 
+class StrictJSONError(json.JSONDecodeError):
+    """JSON that Python's parser takes but that is ambiguous or not JSON: said as it is."""
+
+
+def _one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are each given once: ``{"amount": "25.00", "amount": "2500"}``
+    would otherwise record the last silently. (The key is not repeated: it is submitted text.)"""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise StrictJSONError("a key is given more than once in one object", "?", 0)
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise StrictJSONError(f"{name} is not JSON", "?", 0)
+
+
+def parse_strict_json(data: bytes) -> Any:
+    """A request body as JSON (RFC 8259): each key once per object, no NaN or Infinity."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as error:
+        raise json.JSONDecodeError(f"Bytes decoding error : {error.reason}", "?",
+                                   error.start) from None
+    return json.loads(text, object_pairs_hook=_one_value_per_key, parse_constant=_no_constant)
+
+
 class LedgerParser(FlaskParser):
     """webargs' Flask parser, for bodies as above."""
 
@@ -36,11 +65,16 @@ class LedgerParser(FlaskParser):
                     "the body must be sent as application/json"]})
             return core.missing
         try:
-            return core.parse_json(req.get_data(cache=True))
+            return parse_strict_json(req.get_data(cache=True))
         except json.JSONDecodeError:
             raise
         except ValueError as error:  # e.g. an integer of more than 4,300 digits
             raise json.JSONDecodeError(type(error).__name__, "?", 0) from None
+
+    def _handle_invalid_json_error(self, error: Any, req: Request, *args: Any,
+                                   **kwargs: Any) -> Any:
+        message = error.msg if isinstance(error, StrictJSONError) else "Invalid JSON body."
+        abort(400, exc=error, messages={"json": [message]})
 
 
 class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]

@@ -30,7 +30,7 @@ blp = Blueprint("payments", __name__, url_prefix="/api/v1", description="Remuner
 
 KEY_HEADER = {"in": "header", "name": "Idempotency-Key", "required": True,
               "schema": {"type": "string", "minLength": 1, "maxLength": 200,
-                         "pattern": "^[\\x20-\\x7e]{1,200}$"},
+                         "pattern": "^[\\x20-\\x2b\\x2d-\\x7e]{1,200}$"},
               "description": "a unique value per intended payment (e.g. a UUID)"}
 
 
@@ -94,7 +94,9 @@ class ExpenseCreated(Schema):
 
 
 PAYMENT_OUT = PaymentOut()  # schemas are stateless once built; building one per request is slow
-KEY = re.compile(r"^[\x20-\x7e]{1,200}$")
+# Printable ASCII but the comma: a header sent twice reaches the app as one, joined by commas,
+# and two keys must not become a third.
+KEY = re.compile(r"^[\x20-\x2b\x2d-\x7e]{1,200}$")
 
 
 def require_idempotency_key(view: Any) -> Any:
@@ -103,8 +105,10 @@ def require_idempotency_key(view: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not KEY.match(request.headers.get("Idempotency-Key", "")):
             return errors.problem(
-                400, "Idempotency-Key header is required (1 to 200 printable ASCII characters).",
-                {"Idempotency-Key": ["required, 1 to 200 printable ASCII characters"]},
+                400, "One Idempotency-Key header is required (1 to 200 printable ASCII "
+                     "characters, no commas).",
+                {"Idempotency-Key": ["required once: 1 to 200 printable ASCII characters, no "
+                                     "commas"]},
                 code="IdempotencyKeyRequired")
         return view(*args, **kwargs)
     return wrapper

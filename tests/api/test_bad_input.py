@@ -21,6 +21,13 @@ CASES = [
     # (name, path, body or raw bytes, expected status, field named)
     ("malformed json", "/participants", b'{"name": ', 400, "json"),
     ("non-utf8 bytes", "/participants", b'{"name": "\xff\xfe"}', 400, "json"),
+    ("a key given twice", "/participants", b'{"name": "Ada", "name": "Bo"}', 400, "json"),
+    ("a key given twice, in a consent", "/participants/{pid}/consents",
+     b'{"scope": "take_part", "form_version": "1.0", "method": "online", "method": "bsl"}', 400,
+     "json"),
+    ("NaN", "/participants", b'{"name": NaN}', 400, "json"),
+    ("Infinity as an amount", "/participants/{pid}/payments",
+     b'{"activity": "conversation", "amount": Infinity, "method": "cash"}', 400, "json"),
     ("json array", "/participants", b"[1, 2]", 422, None),
     ("wrong type", "/participants", {"name": 42}, 422, "name"),
     ("missing field", "/participants", {}, 422, "name"),
@@ -109,6 +116,19 @@ def test_bad_input_gets_a_clear_problem_and_writes_nothing(client, staff, pid, a
         assert field in response.json["errors"], response.json
     assert "Traceback" not in response.get_data(as_text=True)
     assert _written(api_ledger) == before
+
+
+@pytest.mark.parametrize("body, said", [
+    (b'{"name": "Ada", "name": "Bo"}', "a key is given more than once in one object"),
+    (b'{"name": -Infinity}', "-Infinity is not JSON"),
+    (b'{"name": "Ada",}', "Invalid JSON body."),
+])
+def test_json_python_would_take_but_that_is_ambiguous_says_why(client, staff, body, said):
+    response = client.post("/api/v1/participants", headers=staff, data=body,
+                           content_type="application/json")
+
+    assert response.status_code == 400 and response.json["errors"] == {"json": [said]}
+    assert b"Bo" not in response.data
 
 
 def test_every_problem_has_a_code(client, staff, tokens, pid):

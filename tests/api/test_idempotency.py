@@ -22,7 +22,7 @@ def _events(api_ledger):
     return api_ledger.recorder.max_notification_id()
 
 
-@pytest.mark.parametrize("key", [None, "", "x" * 201, "caf\u00e9", "tab\there"])
+@pytest.mark.parametrize("key", [None, "", "x" * 201, "caf\u00e9", "tab\there", "k1, k2"])
 def test_a_payment_without_a_usable_key_is_400_and_writes_nothing(client, staff, pid,
                                                                    api_ledger, key):
     before = _events(api_ledger)

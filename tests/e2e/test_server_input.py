@@ -171,3 +171,26 @@ def test_a_malformed_chunk_after_the_answer_gets_no_second_answer(served):
 
     assert answer.startswith(b"HTTP/1.1 413")
     assert answer.count(b"HTTP/1.1 ") == 1, answer[:600]
+
+
+def test_an_idempotency_key_sent_twice_is_refused_not_joined_into_a_third(served):
+    """gunicorn hands a repeated header to the app joined by commas: refused (400), so a retry
+    with either key alone cannot miss the payment the pair made."""
+    server, token = served
+    status, _, body = server.request("POST", "/api/v1/participants", {"name": NAME},
+                                     headers={"Authorization": f"Bearer {token}"})
+    pid = json.loads(body)["id"]
+    payment = json.dumps({"activity": "conversation", "amount": "25.00",
+                          "method": "cash"}).encode()
+    request = (f"POST /api/v1/participants/{pid}/payments HTTP/1.1\r\nHost: x\r\n"
+               f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+               "Idempotency-Key: dupA\r\nIdempotency-Key: dupB\r\nConnection: close\r\n"
+               f"Content-Length: {len(payment)}\r\n\r\n").encode() + payment
+
+    answer = _raw(server, request)
+    status_after, _, record = server.request("GET", f"/api/v1/participants/{pid}",
+                                             headers={"Authorization": f"Bearer {token}"})
+
+    assert status == 201 and answer.startswith(b"HTTP/1.1 400 ")
+    assert b'"Idempotency-Key"' in answer and b"application/problem+json" in answer
+    assert status_after == 200 and json.loads(record)["payments"] == []
