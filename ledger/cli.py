@@ -54,6 +54,12 @@ def describe(error: Exception) -> str:
         return str(error)
     if isinstance(error, MapperDeserialisationError):  # (its message could quote the event)
         return str(UnreadableEvent(None))
+    from psycopg import Error as PostgresError
+
+    if isinstance(error, PostgresError):
+        return (f"PostgreSQL could not be reached or refused the connection "
+                f"({type(error).__name__}): check LEDGER_DATABASE_URL, and libpq's PG* variables "
+                "(PGSSLMODE, ...) if any are set")
     if isinstance(error, sqlite3.DatabaseError | PersistenceError):
         return (f"the database could not be read ({type(error).__name__}): check "
                 "LEDGER_DATA_DIR or LEDGER_DATABASE_URL, and run `ledger verify`")

@@ -31,7 +31,7 @@ class Settings:
         """Read LEDGER_* variables from a mapping (never from os.environ directly)."""
         return cls(
             data_dir=Path(env.get("LEDGER_DATA_DIR") or "./var"),
-            database_url=env.get("LEDGER_DATABASE_URL") or None,
+            database_url=_database_url(env.get("LEDGER_DATABASE_URL") or None),
             base_url=(env.get("LEDGER_BASE_URL") or "http://127.0.0.1:8000").rstrip("/"),
             link_days=_link_days(env.get("LEDGER_LINK_DAYS")),
             projections=_projections(env.get("LEDGER_PROJECTIONS")),
@@ -54,6 +54,33 @@ def _link_days(value: str | None) -> int:
     if not 1 <= days <= 3650:
         raise SettingsError("LEDGER_LINK_DAYS must be a whole number of days from 1 to 3650")
     return days
+
+
+def _database_url(value: str | None) -> str | None:
+    """LEDGER_DATABASE_URL: ``postgresql://user:password@host:port/dbname``, optionally with
+    ``?schema=name`` and nothing else. Anything else in the query (``sslmode=require``, say) would
+    be dropped, and a connection meant to be encrypted would silently not be: refused instead.
+    libpq's own variables (``PGSSLMODE``, ``PGSSLROOTCERT``, ...) apply to every connection."""
+    if value is None:
+        return None
+    from urllib.parse import parse_qsl, urlparse
+
+    u = urlparse(value)
+    if u.scheme not in ("postgres", "postgresql") or not u.path.strip("/"):
+        raise SettingsError("LEDGER_DATABASE_URL must look like "
+                            "postgresql://user@host:port/dbname")
+    try:
+        names = [name for name, _ in parse_qsl(u.query, keep_blank_values=True,
+                                                strict_parsing=bool(u.query))]
+    except ValueError:
+        names = ["?"]
+    others = sorted({name for name in names if name != "schema"})
+    if others or len(names) > 1:
+        raise SettingsError(
+            "LEDGER_DATABASE_URL takes only ?schema=name after the database name (it had "
+            f"{', '.join(others) if others else 'schema twice'}); set connection options with "
+            "libpq's variables instead, e.g. PGSSLMODE=verify-full and PGSSLROOTCERT")
+    return value
 
 
 def _projections(value: str | None) -> str:

@@ -49,12 +49,37 @@ def test_a_mistyped_data_directory_is_an_error_not_a_new_ledger(tmp_path, comman
     assert not missing.exists()
 
 
-@pytest.mark.parametrize("variable, value", [("LEDGER_LINK_DAYS", "abc"),
-                                             ("LEDGER_PROJECTIONS", "bogus")])
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("LEDGER_LINK_DAYS", "abc"), ("LEDGER_PROJECTIONS", "bogus"),
+    ("LEDGER_DATABASE_URL", "mysql://root@127.0.0.1/test"),
+    ("LEDGER_DATABASE_URL", PG + "?schema=a&sslmode=require"),  # TLS would have been dropped
+    ("LEDGER_DATABASE_URL", PG + "?sslmode=verify-full"),
+    ("LEDGER_DATABASE_URL", PG + "?schema=a&schema=b"),
+])
 def test_a_bad_setting_is_named_in_one_line(ready, variable, value):
     stderr = _one_line_error(_run(ready, "tokens", "list", **{variable: value}))
 
     assert variable in stderr
+    if "sslmode" in value:
+        assert "sslmode" in stderr and "PGSSLMODE" in stderr
+
+
+@pytest.mark.postgres
+def test_libpq_variables_reach_the_ledger_s_connections(pg_schema, tmp_path):
+    """The README sends TLS settings to libpq's variables: they are honoured (here, a server
+    certificate that cannot be verified against a missing root refuses the connection)."""
+    data = tmp_path / "data"
+    url = f"{PG}?schema={pg_schema}"
+
+    plain = _run(data, "init", LEDGER_DATABASE_URL=url)
+    verified = _run(data, "tokens", "list", LEDGER_DATABASE_URL=url, PGSSLMODE="verify-full",
+                    PGSSLROOTCERT=str(tmp_path / "no-such-root.crt"))
+
+    assert plain.returncode == 0, plain.stderr
+    assert "PostgreSQL could not be reached or refused the connection" in _one_line_error(verified)
 
 
 def test_another_master_key_is_one_line(ready, tmp_path):
