@@ -3,6 +3,7 @@ for the ledger's own tables (data keys, metadata) in the same database as the ev
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -108,12 +109,17 @@ def schema_lock(env: dict[str, str], settings: Settings) -> Iterator[None]:
         import fcntl
 
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(settings.data_dir / "setup.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        # 0600, as every file the ledger makes in the data directory
+        fd = os.open(settings.data_dir / "setup.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
         return
     import psycopg
 

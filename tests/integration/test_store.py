@@ -79,10 +79,16 @@ def test_sqlite_keeps_wal_and_full_synchronous_commits(tmp_path):
 
 
 def test_key_files_and_database_are_readable_by_the_owner_only(tmp_path):
-    Ledger({"LEDGER_DATA_DIR": str(tmp_path)}).close()
+    ledger = Ledger({"LEDGER_DATA_DIR": str(tmp_path)})
+    ledger.init_study(by="t")
+    ledger.register_participant("Mode Check", by="t")
+    ledger.projector.rebuild(workers=1)  # its lock file too
+    files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir() if p.is_file()}
+    ledger.close()
 
-    for name in ("master.key", "signing.key", "ledger.sqlite3"):
-        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
+    for name in ("master.key", "signing.key", "ledger.sqlite3", "setup.lock"):
+        assert name in files
+    assert {name: mode for name, mode in files.items() if mode != 0o600} == {}
 
 
 def test_a_master_key_that_does_not_belong_to_the_database_is_refused(store_env, tmp_path):
