@@ -69,6 +69,7 @@ LOCK_STRIPES = 64
 CACHE_SIZE = 1000
 log = logging.getLogger("ledger")
 VIEW_WAIT_S = 5.0
+SCRUB_RETRY_S = 30.0  # how often a pending scrub of erased keys is retried (and looked for)
 CHECKPOINT_EVERY_S = 2.0  # while writes go on, a signed checkpoint at least this often
 REFERENCE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"  # no 0/O, 1/I/L, U: easy to read aloud
 
@@ -179,10 +180,12 @@ class Ledger(Application[UUID]):
         self._reader = CopyingReader(
             event_store=self.events, cache_maxsize=CACHE_SIZE, fastforward=True
         )
+        self._scrub_next, self._scrub_pending = time.monotonic() + SCRUB_RETRY_S, False
         self.finish_erasures()  # complete any erasure a crash interrupted
         self.projector.recover()  # put back the views a killed rebuild set aside
         self._saved = threading.local()
-        self._follower = Follower(self.projector.catch_up, self.checkpoint_if_due)
+        self._follower = Follower(self.projector.catch_up, self.checkpoint_if_due,
+                                  self.retry_scrub)
         if self.settings.projections == "inline":
             self.projector.catch_up()  # what a crash left behind, or a first build
 
@@ -613,7 +616,11 @@ class Ledger(Application[UUID]):
                 if self.keys.exists(pid):
                     self.keys.destroy(pid)
                     destroyed += 1
-        self.keys.scrub_if_pending()
+        if not self.keys.scrub_if_pending():  # a reader still holds the old bytes
+            self._scrub_pending = True
+            self._scrub_next = time.monotonic() + SCRUB_RETRY_S
+            if hasattr(self, "_follower") and self.settings.projections == "inline":
+                self._follower.wake()  # it comes back to retry (not yet at start-up)
         if not self.sql.is_postgres and erased:
             from .backup import shred_keys_in_kept
 
@@ -621,6 +628,19 @@ class Ledger(Application[UUID]):
                 log.warning("erasure: could not remove erased people's keys from %s, which a "
                             "restore kept; retried at the next start", kept.name)
         return destroyed
+
+    def retry_scrub(self) -> float | None:
+        """A job of the follower (and of ``ledger projections run``): every ``SCRUB_RETRY_S``,
+        retry a scrub of erased keys left pending by a reader that held the old bytes (in this
+        process or another), so it finishes without waiting for the next erasure or start.
+        Returns when to come back while one is known to be pending."""
+        now = time.monotonic()
+        if now >= self._scrub_next:
+            self._scrub_next = now + SCRUB_RETRY_S
+            self._scrub_pending = not self.keys.scrub_if_pending()
+            if not self._scrub_pending:
+                return None
+        return self._scrub_next - now if self._scrub_pending else None
 
     def repeat_erasures(self, participant_ids: list[UUID], *, by: str) -> tuple[int, list[str]]:
         """Erase again each of these people who is here and not erased (after a restore from a

@@ -105,6 +105,7 @@ def run_views(env: Mapping[str, str], *, until_idle: bool = False,
             while not stop.wait(POLL_S):
                 ledger.projector.catch_up()
                 ledger.checkpoint_if_due()
+                ledger.retry_scrub()
             return
         runner = BaseProjectionRunner(
             projection=ViewsProjection(ViewTracking(ledger.projector.views), ledger.projector),
@@ -118,6 +119,7 @@ def run_views(env: Mapping[str, str], *, until_idle: bool = False,
                 except MapperDeserialisationError:  # (its message could quote the event)
                     raise UnreadableEvent(first_unreadable(ledger)) from None
                 ledger.checkpoint_if_due()  # the Merkle leaves and signed checkpoints
+                ledger.retry_scrub()  # erased keys a reader kept on disk, once it has gone
                 if runner.is_interrupted.is_set():
                     break
                 seen = wake_if_stalled(ledger, seen)

@@ -284,6 +284,53 @@ def test_an_erasure_with_a_reader_open_finishes_its_scrub_once_the_reader_leaves
     ledger.close()
 
 
+def test_a_scrub_left_pending_by_a_reader_finishes_on_its_own_once_the_reader_leaves(
+        store_env, tmp_path, monkeypatch):
+    """No further erasure, restart or call needed: the views' follower retries the scrub."""
+    import sqlite3
+
+    import psycopg
+
+    import ledger.application
+    from tests.conftest import PG_URL
+
+    monkeypatch.setattr(ledger.application, "SCRUB_RETRY_S", 0.3)
+    lg = Ledger(store_env)
+    lg.init_study()
+    pid = _seed(lg)
+    postgres = "LEDGER_DATABASE_URL" in store_env
+    keys = "{t}ledger_data_keys"
+    wrapped = bytes(lg.sql.query(f"SELECT wrapped FROM {keys} WHERE participant_id = %s",
+                                 (pid.hex,))[0]["wrapped"])
+    if postgres:
+        reader = psycopg.connect(PG_URL.split("?")[0])
+        reader.execute(f"SELECT COUNT(*) FROM {lg.sql.prefix}ledger_data_keys").fetchall()
+    else:
+        reader = sqlite3.connect(tmp_path / "data" / "ledger.sqlite3", isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM stored_events").fetchall()
+    try:
+        lg.erase(pid, "asked", by="admin")
+        pending = bool(lg.sql.query("SELECT name FROM {t}ledger_meta WHERE name = %s",
+                                    ("erasure_scrub_pending",)))
+    finally:
+        reader.rollback() if postgres else reader.execute("COMMIT")
+        reader.close()
+    deadline = time.monotonic() + 20
+    while lg.sql.query("SELECT name FROM {t}ledger_meta WHERE name = %s",
+                       ("erasure_scrub_pending",)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = lg.sql.query("SELECT name FROM {t}ledger_meta WHERE name = %s",
+                        ("erasure_scrub_pending",))
+
+    try:
+        assert pending and not left
+        on_disk = _postgres_key_pages(lg) if postgres else _sqlite_files(tmp_path / "data")
+        assert wrapped not in on_disk
+    finally:
+        lg.close()
+
+
 @pytest.mark.postgres
 def test_a_postgres_erasure_does_not_hang_behind_a_reader_and_scrubs_later(pg_schema, tmp_path):
     import time
