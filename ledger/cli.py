@@ -320,7 +320,12 @@ def restore(source: Path) -> None:
     if settings.database_url:
         raise click.UsageError("the ledger is on PostgreSQL: restore with pg_restore "
                                "(see the README's Backup section)")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from .privacy.keys import MASTER_KEY_FILE
+
+    if not (settings.data_dir / MASTER_KEY_FILE).exists():  # a new one could never open it
+        raise click.ClickException(
+            f"there is no {MASTER_KEY_FILE} in {settings.data_dir}: put the backed-up keys "
+            f"({MASTER_KEY_FILE} and signing.key) there first; nothing was changed")
     try:
         events, kept = restore_sqlite(source, settings.sqlite_path)
     except BackupError as e:

@@ -258,3 +258,16 @@ def test_a_restore_repeats_the_erasures_the_replaced_database_recorded(tmp_path)
         lg.close()
     assert wrapped is not None and _files_holding(data, wrapped) == []
     assert _run(data, "verify").returncode == 0
+
+
+def test_a_restore_into_a_directory_without_the_keys_is_refused_and_makes_none(tmp_path):
+    data = tmp_path / "data"
+    assert _run(data, "init").returncode == 0
+    assert _run(data, "backup", str(tmp_path / "b.sqlite3")).returncode == 0
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+
+    refused = _run(empty, "restore", str(tmp_path / "b.sqlite3"))
+
+    assert refused.returncode == 1 and "master.key" in refused.stderr
+    assert list(empty.iterdir()) == []  # no new key that could never open the backup
