@@ -726,7 +726,7 @@ class Ledger(Application[UUID]):
         view = participant_view(p, [self._payment(pid) for pid in p.payment_ids()],
                                 self._revealer())
         return {**consent_receipt(p, study, issued_at=self.clock()),
-                "consent_records": consent_records(view, study_view(study), with_reasons=False)}
+                "consent_records": consent_records(view, study_view(study), for_receipt=True)}
 
     # -- consent -----------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ DPVCG guide "Consent Records and Receipts as per ISO/IEC TS 27560:2023 using DPV
 Community Group Report, 2024-08-01, https://w3id.org/dpv/guides/consent-27560):
 
 - header: ``schema_version``, ``record_id``, ``pii_principal_id`` (the participant's random id;
-  never a name or contact detail)
+  never a name or contact detail; in the person's own receipt, their reference instead, and
+  ``recorded_by`` in words rather than token ids)
 - processing: ``privacy_notice`` (each consent form version the events refer to, with its
   SHA-256), ``language``, ``purposes`` (``purpose``, ``purpose_type``, ``lawful_basis``,
   ``pii_information`` with ``pii_type`` and ``special_pii_category``, ``pii_controllers``,
@@ -87,15 +88,25 @@ def subject_access_export(view: dict[str, Any], study: dict[str, Any], *,
 
 
 def consent_records(view: dict[str, Any], study: dict[str, Any], *,
-                    with_reasons: bool = True) -> list[dict[str, Any]]:
+                    for_receipt: bool = False) -> list[dict[str, Any]]:
     """One ISO/IEC TS 27560 record per scope with any history, in the study's order, JSON-ready.
-    Without ``with_reasons`` the person's own words for a withdrawal are left out (the receipt
-    file, which may be passed on, never carried them)."""
+    ``for_receipt``: as the person's own receipt file, which may be passed on: without their own
+    words for a withdrawal, the person named by their reference rather than the ledger's id for
+    them, and who recorded each step in words ("the research team") rather than token ids."""
     order = [s["name"] for s in study["scopes"]]
     consents = sorted((c for c in view["consents"].values() if c["history"]),
                       key=lambda c: order.index(c["scope"]) if c["scope"] in order else len(order))
-    return _plain([consent_record(view["id"], c, study, with_reasons=with_reasons)  # type: ignore[no-any-return]
+    return _plain([consent_record(view["id"], c, study, for_receipt=for_receipt,  # type: ignore[no-any-return]
+                                  shown_as=view["reference"] if for_receipt else None)
                    for c in consents])
+
+
+def _recorded_by(by: Any) -> str | None:
+    """Who recorded a step, in words for the person (their receipt)."""
+    if by is None:
+        return None
+    return ("you, through your personal link" if str(by).startswith("participant:")
+            else "the research team")
 
 
 def link_status(link: dict[str, Any] | None, now: datetime, *, erased: bool) -> dict[str, Any]:
@@ -115,8 +126,10 @@ def controller_party_id(study: dict[str, Any]) -> str:
 
 
 def consent_record(principal_id: UUID, consent: dict[str, Any], study: dict[str, Any], *,
-                   with_reasons: bool = True) -> dict[str, Any]:
-    """One scope's consent as an ISO/IEC TS 27560 consent record (see the module docstring)."""
+                   for_receipt: bool = False, shown_as: str | None = None) -> dict[str, Any]:
+    """One scope's consent as an ISO/IEC TS 27560 consent record (see the module docstring);
+    ``shown_as`` names the person instead of their id (the record id stays the same)."""
+    person = shown_as or str(principal_id)
     scope = next((s for s in study["scopes"] if s["name"] == consent["scope"]), None) or {
         "name": consent["scope"], "label": consent["scope"], "description": None,
         "withdrawal_deadline": None}
@@ -147,7 +160,7 @@ def consent_record(principal_id: UUID, consent: dict[str, Any], study: dict[str,
     return {
         "schema_version": SCHEMA_VERSION,
         "record_id": str(derived_id("consent-record", principal_id, scope["name"])),
-        "pii_principal_id": str(principal_id),
+        "pii_principal_id": person,
         "language": LANGUAGE,
         "privacy_notice": _notices(consent, forms),
         "consent_status": consent["state"],
@@ -157,10 +170,10 @@ def consent_record(principal_id: UUID, consent: dict[str, Any], study: dict[str,
              "party_role": "pii_controller", "party_type": "organisation",
              "party_contact": controller.get("email"), "party_email": controller.get("email"),
              "party_address": controller.get("address")},
-            {"party_id": str(principal_id), "party_role": "pii_principal",
+            {"party_id": person, "party_role": "pii_principal",
              "party_type": "individual"},
         ],
-        "events": [_event(step, str(principal_id), controller_id, forms, with_reasons)
+        "events": [_event(step, person, controller_id, forms, for_receipt)
                    for step in consent["history"]],
     }
 
@@ -179,7 +192,7 @@ def _notices(consent: dict[str, Any], forms: dict[str, Any]) -> list[dict[str, A
 
 
 def _event(step: dict[str, Any], principal_id: str, controller_id: str,
-           forms: dict[str, Any], with_reasons: bool) -> dict[str, Any]:
+           forms: dict[str, Any], for_receipt: bool) -> dict[str, Any]:
     state = step["state"]
     event: dict[str, Any] = {
         "event_time": step["at"],
@@ -196,9 +209,9 @@ def _event(step: dict[str, Any], principal_id: str, controller_id: str,
         "indication_method": step.get("method"),
         "attribution": step.get("attribution"),
         "withdrawal_channel": step.get("channel"),
-        "withdrawal_reason": step.get("reason") if with_reasons else None,
+        "withdrawal_reason": None if for_receipt else step.get("reason"),
         "past_withdrawal_deadline": step.get("past_deadline"),
-        "recorded_by": step.get("by"),
+        "recorded_by": _recorded_by(step.get("by")) if for_receipt else step.get("by"),
     }
     event.update({k: v for k, v in optional.items() if v is not None})
     return event

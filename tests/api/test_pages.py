@@ -515,8 +515,31 @@ def test_the_receipt_carries_the_export_s_27560_records_without_the_person_s_own
     withdrawn = next(r for r in records if r["purposes"][0]["purpose_id"] == "record")
     assert withdrawn["consent_status"] == "withdrawn"
     assert withdrawn["events"][-1]["withdrawal_channel"] == "phone"
-    assert "Zanzibar" not in receipt.get_data(as_text=True)
-    # the same records as the subject access export, but for the person's own words
+    text = receipt.get_data(as_text=True)
+    assert "Zanzibar" not in text
+    # No ids of the ledger's own: the person is their reference, staff and links are words.
+    reference = client.get(f"/api/v1/participants/{person}", headers=staff).json["reference"]
+    assert person not in text and "staff:" not in text and "participant:link:" not in text
+    assert {r["pii_principal_id"] for r in records} == {reference}
+    assert {e["recorded_by"] for r in records for e in r["events"]} == {"the research team"}
+    # otherwise the same records as the subject access export (the same record ids too)
     for event in (e for r in export["consent_records"] for e in r["events"]):
         event.pop("withdrawal_reason", None)
+        event["recorded_by"] = "the research team"
+        if event["entity_id"] == person:
+            event["entity_id"] = reference
+    for r in export["consent_records"]:
+        r["pii_principal_id"] = reference
+        r["parties"][1]["party_id"] = reference
     assert records == export["consent_records"]
+
+
+def test_a_withdrawal_through_the_link_is_recorded_by_you_in_the_receipt(client, staff, person):
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+    client.post(path + "/withdraw", data={"csrf": csrf, "scope": "record"})
+
+    records = client.get(path + "/receipt.json").json["consent_records"]
+
+    record = next(r for r in records if r["purposes"][0]["purpose_id"] == "record")
+    assert record["events"][-1]["recorded_by"] == "you, through your personal link"
