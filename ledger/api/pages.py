@@ -133,24 +133,49 @@ def choices(token: str) -> ResponseReturnValue:
     return _page("my/choices.html", view=view, token=token, csrf=ledger().links.csrf_token(ref))
 
 
+def _already_stopped(token: str, view: dict[str, Any], names: list[str]) -> ResponseReturnValue | None:
+    """Nothing of ``names`` left to stop (sent again after stopping, or Back to the check
+    page): where that is said, not "tick one"."""
+    if any(s["state"] == "given" for s in _chosen(view, names)):
+        return None
+    already = [s["name"] for s in _chosen(view, names) if s["state"] == "withdrawn"]
+    if not already and view["can_withdraw"]:
+        return None
+    return redirect(url_for("pages.done", token=token, already=",".join(already),
+                            nothing="" if already else "1"), code=303)
+
+
 @blp.post("/my/<token>/confirm")
 def confirm(token: str) -> ResponseReturnValue:
-    """Check before anything changes: what stopping each choice means."""
+    """The choices ticked: on to the check page (303 to a GET, so that Back from the page after
+    stopping finds a page, not the browser's "Confirm form resubmission")."""
     ref, view = ledger().open_link(token)
     if not _csrf_ok(ref):
         return _bad_form()
     names = view["can_withdraw"] if request.form.get("all") else request.form.getlist("scope")
-    chosen = [s for s in _chosen(view, names) if s["state"] == "given"]
-    already = [s["name"] for s in _chosen(view, names) if s["state"] == "withdrawn"]
-    if not chosen and (already or not view["can_withdraw"]):
-        # Sent again (Back, then resend) after the choices were stopped: say so, not "tick one".
-        return redirect(url_for("pages.done", token=token, already=",".join(already),
-                                nothing="" if already else "1"), code=303)
+    stopped = _already_stopped(token, view, names)
+    if stopped is not None:
+        return stopped
+    chosen = [s["name"] for s in _chosen(view, names) if s["state"] == "given"]
     if not chosen:
         return _page("my/choices.html", 400, view=view, token=token,
                      csrf=ledger().links.csrf_token(ref),
                      error="Tick at least one thing you want us to stop.",
                      first=view["can_withdraw"][0] if view["can_withdraw"] else "")
+    return redirect(url_for("pages.check", token=token, scope=chosen), code=303)
+
+
+@blp.get("/my/<token>/check")
+def check(token: str) -> ResponseReturnValue:
+    """Check before anything changes: what stopping each choice means (reading only)."""
+    ref, view = ledger().open_link(token)
+    names = request.args.getlist("scope")
+    stopped = _already_stopped(token, view, names)
+    if stopped is not None:
+        return stopped
+    chosen = [s for s in _chosen(view, names) if s["state"] == "given"]
+    if not chosen:  # an address made by hand: back to the choices
+        return redirect(url_for("pages.choices", token=token), code=303)
     return _page("my/confirm.html", chosen=chosen, token=token,
                  csrf=ledger().links.csrf_token(ref))
 

@@ -70,7 +70,7 @@ def test_ten_gets_and_heads_change_nothing(client, staff, person, api_ledger):
     for _ in range(5):
         assert client.get(path).status_code == 200
         assert client.head(path).status_code == 200
-    for suffix in ("/receipt", "/receipt.json", "/done?stopped=record"):
+    for suffix in ("/receipt", "/receipt.json", "/done?stopped=record", "/check?scope=record"):
         assert client.get(path + suffix).status_code == 200
 
     assert _events(api_ledger) == before
@@ -81,7 +81,8 @@ def test_withdrawing_one_choice_after_checking_it(client, staff, person, api_led
     csrf = _csrf(client.get(path).get_data(as_text=True))
     before = _events(api_ledger)
 
-    check = client.post(path + "/confirm", data={"csrf": csrf, "scope": "analyse"})
+    check = client.post(path + "/confirm", data={"csrf": csrf, "scope": "analyse"},
+                        follow_redirects=True)
     unchanged = _events(api_ledger)
     done = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "analyse"})
     page = client.get(done.headers["Location"]).get_data(as_text=True)
@@ -94,6 +95,33 @@ def test_withdrawing_one_choice_after_checking_it(client, staff, person, api_led
     assert view["consents"]["analyse"]["state"] == "withdrawn"
     assert view["consents"]["analyse"]["history"][-1]["channel"] == "participant_link"
     assert [o["kind"] for o in view["obligations"]] == ["remove_from_analysis"]
+
+
+def test_back_from_the_page_after_stopping_finds_a_page_not_a_resubmission(client, staff,
+                                                                           person, api_ledger):
+    """The check page is a GET of its own (the form posts, then is redirected there), so the
+    browser's Back from the page after stopping reloads it, and it says the choice is stopped."""
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+
+    ticked = client.post(path + "/confirm", data={"csrf": csrf, "scope": "record"})
+    check = client.get(ticked.headers["Location"])
+    client.post(path + "/withdraw", data={"csrf": csrf, "scope": "record"})
+    before = _events(api_ledger)
+    back = client.get(ticked.headers["Location"])
+
+    assert ticked.status_code == 303 and ticked.headers["Location"].startswith(path + "/check?")
+    assert check.status_code == 200 and "Check before you stop" in check.get_data(as_text=True)
+    assert back.status_code == 303 and "already=record" in back.headers["Location"]
+    assert _events(api_ledger) == before
+
+
+def test_a_check_page_address_made_by_hand_goes_back_to_the_choices(client, staff, person):
+    path = _link(client, staff, person)
+
+    response = client.get(path + "/check?scope=nonsense")
+
+    assert response.status_code == 303 and response.headers["Location"] == path
 
 
 def test_a_repeated_post_writes_nothing_and_says_it_is_done(client, staff, person, api_ledger):
@@ -113,7 +141,8 @@ def test_stop_everything(client, staff, person):
     path = _link(client, staff, person)
     csrf = _csrf(client.get(path).get_data(as_text=True))
 
-    check = client.post(path + "/confirm", data={"csrf": csrf, "all": "yes"}).get_data(
+    check = client.post(path + "/confirm", data={"csrf": csrf, "all": "yes"},
+                        follow_redirects=True).get_data(
         as_text=True)
     scopes = re.findall(r'name="scope" value="([a-z_]+)"', check)
     client.post(path + "/withdraw", data={"csrf": csrf, "scope": scopes})
@@ -288,8 +317,8 @@ def test_after_the_deadline_the_check_page_promises_only_what_can_still_be_done(
     path = _link(client, staff, person)
     csrf = _csrf(client.get(path).get_data(as_text=True))
 
-    page = client.post(path + "/confirm", data={"csrf": csrf, "scope": "analyse"}).get_data(
-        as_text=True)
+    page = client.post(path + "/confirm", data={"csrf": csrf, "scope": "analyse"},
+                       follow_redirects=True).get_data(as_text=True)
 
     assert "We will stop what we still can" in page
     assert "We will not use your story in the workshop" not in page
@@ -315,7 +344,8 @@ def test_the_pages_say_stopping_does_not_change_a_payment_rather_than_promise_on
     path = _link(client, staff, person)
     csrf = _csrf(client.get(path).get_data(as_text=True))
 
-    check = client.post(path + "/confirm", data={"csrf": csrf, "scope": "record"})
+    check = client.post(path + "/confirm", data={"csrf": csrf, "scope": "record"},
+                        follow_redirects=True)
     done = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "record"})
     page = client.get(done.headers["Location"]).get_data(as_text=True)
 

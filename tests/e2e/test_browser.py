@@ -225,6 +225,28 @@ def test_withdrawing_needs_no_javascript(server, staff, browser):
     assert json.loads(body)["consents"]["record"]["state"] == "withdrawn"
 
 
+def test_back_after_stopping_shows_a_page_that_says_it_is_stopped(server, staff, browser):
+    """Back from the page after stopping reloads the check page (a GET), which now says the
+    choice is already stopped; before, Chromium showed its "Confirm form resubmission" error."""
+    _, url = _participant_with_link(server, staff)
+    page = browser.new_page()
+
+    page.goto(url)
+    page.check("#scope-record")
+    with page.expect_navigation():
+        page.click("text=Continue")
+    with page.expect_navigation():
+        page.click("text=Yes, stop this")
+    response = page.go_back()
+    heading, text = page.locator("h1").inner_text(), page.content()
+    problems = _axe(page)
+    page.close()
+
+    assert response is not None and response.status == 200
+    assert heading == "Done. We have your choice" and "You had already stopped" in text
+    assert problems == []
+
+
 @pytest.fixture
 def clocked_server(tmp_path):
     """The app on a real HTTP server in this process, with a clock the test can move."""
