@@ -10,6 +10,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,17 +207,22 @@ def test_link_pages_that_do_not_work_are_kind_and_accessible(server, staff, page
     assert "coproduction@ucl.ac.uk" in page.content()
 
 
-def test_withdrawing_needs_no_javascript(server, staff, browser):
-    pid, url = _participant_with_link(server, staff)
-    context = browser.new_context(java_script_enabled=False)
-    page = context.new_page()
-
+def _stop_record_by_clicking(page: Any, url: str) -> None:
+    """Open the link, tick "Record the talk", Continue, then "Yes, stop this"."""
     page.goto(url)
     page.check("#scope-record")
     with page.expect_navigation():
         page.click("text=Continue")
     with page.expect_navigation():
         page.click("text=Yes, stop this")
+
+
+def test_withdrawing_needs_no_javascript(server, staff, browser):
+    pid, url = _participant_with_link(server, staff)
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+
+    _stop_record_by_clicking(page, url)
     heading = page.locator("h1").inner_text()
     context.close()
 
@@ -231,12 +237,7 @@ def test_back_after_stopping_shows_a_page_that_says_it_is_stopped(server, staff,
     _, url = _participant_with_link(server, staff)
     page = browser.new_page()
 
-    page.goto(url)
-    page.check("#scope-record")
-    with page.expect_navigation():
-        page.click("text=Continue")
-    with page.expect_navigation():
-        page.click("text=Yes, stop this")
+    _stop_record_by_clicking(page, url)
     response = page.go_back()
     heading, text = page.locator("h1").inner_text(), page.content()
     problems = _axe(page)

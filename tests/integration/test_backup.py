@@ -12,6 +12,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from ledger.application import Ledger
 
@@ -202,9 +203,8 @@ def _files_holding(data: Path, needle: bytes) -> list[str]:
     return [p.name for p in data.iterdir() if p.is_file() and needle in p.read_bytes()]
 
 
-def test_an_erasure_reaches_the_database_a_restore_kept(tmp_path):
-    """The replaced database sits beside the master key that unwraps its keys: erasing someone
-    afterwards removes their key from it too, bytes and all."""
+def _two_people_backed_up(tmp_path: Path) -> tuple[Path, Any, Any]:
+    """A ledger with two people, backed up to b.sqlite3: (data directory, their ids)."""
     data = tmp_path / "data"
     assert _run(data, "init").returncode == 0
     lg = Ledger({"LEDGER_DATA_DIR": str(data)})
@@ -212,6 +212,13 @@ def test_an_erasure_reaches_the_database_a_restore_kept(tmp_path):
     other = lg.register_participant("Stays Registered", by="t")["id"]
     lg.close()
     assert _run(data, "backup", str(tmp_path / "b.sqlite3")).returncode == 0
+    return data, pid, other
+
+
+def test_an_erasure_reaches_the_database_a_restore_kept(tmp_path):
+    """The replaced database sits beside the master key that unwraps its keys: erasing someone
+    afterwards removes their key from it too, bytes and all."""
+    data, pid, other = _two_people_backed_up(tmp_path)
     assert _run(data, "restore", str(tmp_path / "b.sqlite3")).returncode == 0
     [kept] = [p for p in data.glob("ledger.sqlite3.before-restore-*")
               if not p.name.endswith(("-wal", "-shm"))]
@@ -231,13 +238,7 @@ def test_an_erasure_reaches_the_database_a_restore_kept(tmp_path):
 def test_a_restore_repeats_the_erasures_the_replaced_database_recorded(tmp_path):
     """A backup taken before an erasure would bring the person back: the restore erases them
     again, and says so."""
-    data = tmp_path / "data"
-    assert _run(data, "init").returncode == 0
-    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
-    pid = lg.register_participant("Yusuf Othersonfake", by="t")["id"]
-    other = lg.register_participant("Stays Registered", by="t")["id"]
-    lg.close()
-    assert _run(data, "backup", str(tmp_path / "b.sqlite3")).returncode == 0
+    data, pid, other = _two_people_backed_up(tmp_path)
     wrapped = _key_row(tmp_path / "b.sqlite3", pid)
     lg = Ledger({"LEDGER_DATA_DIR": str(data)})
     lg.erase(pid, "asked", by="t")
