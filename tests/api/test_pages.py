@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 import pytest
 
@@ -61,6 +62,16 @@ def test_the_page_shows_each_choice_in_plain_words(client, staff, person):
     for label in ("Stop: Take part", "Stop: Record the talk", "Stop: Quote your words"):
         assert label in html
     assert "It never costs you your payment" in html and "Ada" not in html
+
+
+def test_the_page_does_not_assume_the_person_has_taken_part(client, staff, pid, api_ledger):
+    """Someone asked but not yet answered is not told they shared their story; with nothing
+    left to stop, the list is not "your other choices"."""
+    api_ledger.request_consent(UUID(pid), "take_part", "1.0", by="test")
+    html = client.get(_link(client, staff, pid)).get_data(as_text=True)
+
+    assert "You shared your story" not in html and "Your other choices" not in html
+    assert "Where each choice stands" in html and "Take part: Not answered yet" in html
 
 
 def test_ten_gets_and_heads_change_nothing(client, staff, person, api_ledger):
