@@ -591,8 +591,10 @@ class Ledger(Application[UUID]):
                       "the erasure still hold the key until they are deleted under the "
                       "backup retention policy",
             "kept": "the facts, without the person's identity: consent given and withdrawn "
-                    "(scope, form version, when), access needs met or not, payments (amount, "
-                    "method, date), and the reference",
+                    "(scope, form version, when, and how it was given, e.g. online, in BSL or "
+                    "through a supporter), access needs met or not, payment arrangements and "
+                    "payments (amount, method, date), expenses (amount, method), and the "
+                    "reference",
             "event": {"position": proof["position"], "notification_id": erased.id,
                       "leaf_hash": proof["leaf_hash"]},
             "audit_path": proof["audit_path"],

@@ -204,3 +204,20 @@ def test_a_list_page_opens_each_living_person_with_their_own_key_and_shows_the_e
     assert api_ledger.mapper.keys.get_many([]) == {}
     got = api_ledger.mapper.keys.get_many([uuid.UUID(p) for p in pids])
     assert [got[uuid.UUID(p)] is None for p in pids] == [bool(i % 2) for i in range(6)]
+
+
+def test_the_receipt_says_how_consent_was_given_is_kept_as_it_is(client, admin, staff, person,
+                                                                  api_ledger):
+    """A consent given in BSL stays in the views as a fact after erasure (a report counts it);
+    the receipt says so rather than implying only scope and dates are kept."""
+    client.post(f"/api/v1/participants/{person}/consents", headers=staff,
+                json={"scope": "take_part", "form_version": "1.0", "method": "bsl"})
+
+    erased = client.post(f"/api/v1/participants/{person}/erasure", headers=admin,
+                         json={"reason": "asked"}).json
+    api_ledger.views_at_least()
+    methods = {r["method"] for r in api_ledger.sql.query(
+        "SELECT method FROM ledger_view_grants WHERE participant_id = %s", (person,))}
+
+    assert "bsl" in methods
+    assert "how it was given" in erased["receipt"]["kept"] and "BSL" in erased["receipt"]["kept"]
