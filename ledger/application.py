@@ -698,7 +698,9 @@ class Ledger(Application[UUID]):
             raise LinkNotFound("no such link")
         p = self._participant(ref.participant_id)
         p.check_link(ref.link_id, self.clock())
-        return ref, my_consents_view(p, self._study(), self.clock())
+        view = my_consents_view(p, self._study(), self.clock())
+        view["link_expires_at"] = p.link.expires_at if p.link is not None else None
+        return ref, view
 
     def withdraw_by_link(self, token: str, scopes: list[str]) -> dict[str, list[str]]:
         """Withdraw the given scopes for the link's owner, all in one save; scopes already

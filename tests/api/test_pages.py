@@ -6,6 +6,7 @@ import logging
 import re
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -72,6 +73,13 @@ def test_the_page_does_not_assume_the_person_has_taken_part(client, staff, pid, 
 
     assert "You shared your story" not in html and "Your other choices" not in html
     assert "Where each choice stands" in html and "Take part: Not answered yet" in html
+
+
+def test_the_page_says_until_when_the_link_works(client, staff, person, clock):
+    html = client.get(_link(client, staff, person)).get_data(as_text=True)
+
+    until = (clock.now + timedelta(days=180)).astimezone(ZoneInfo("Europe/London"))
+    assert f"This link works until {until.day} {until:%B %Y}." in html
 
 
 def test_ten_gets_and_heads_change_nothing(client, staff, person, api_ledger):
