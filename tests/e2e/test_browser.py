@@ -293,3 +293,40 @@ def test_an_expired_link_gets_a_kind_accessible_410(clocked_server, page):
     assert response.status == 410
     assert page.locator("h1").inner_text() == "This link does not work any more"
     assert _axe(page) == []
+
+
+def _text_margins_pt(pdf: bytes) -> list[tuple[float, float]]:
+    """For each page of a PDF: the space above its first line of text and below its last (pt)."""
+    import io
+
+    from pypdf import PdfReader
+
+    margins = []
+    for page in PdfReader(io.BytesIO(pdf)).pages:
+        height = float(page.mediabox.height)
+        ys: list[float] = []
+
+        def visit(text: str, cm: Any, tm: Any, font: Any, size: float, ys: list = ys) -> None:
+            if text.strip():
+                ys.append(float(tm[5]) * float(cm[3]) + float(cm[5]))
+
+        page.extract_text(visitor_text=visit)
+        if ys:
+            margins.append((height - max(ys), min(ys)))
+    return margins
+
+
+def test_every_printed_page_of_the_receipt_keeps_a_margin(server, staff, browser):
+    """The receipt prints with no browser header or footer (they would print the private link),
+    so the page itself keeps the margin, on every sheet, not only the first."""
+    _, url = _participant_with_link(server, staff)
+    page = browser.new_page()
+    page.goto(url + "/receipt")
+    page.emulate_media(media="print")
+    pdf = page.pdf(format="A4", prefer_css_page_size=True)
+    page.close()
+
+    margins = _text_margins_pt(pdf)
+
+    assert len(margins) >= 2, margins  # long enough to break across sheets
+    assert all(top >= 36 and bottom >= 28 for top, bottom in margins), margins  # 1.3 cm, 1 cm
