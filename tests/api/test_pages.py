@@ -63,6 +63,7 @@ def test_the_page_shows_each_choice_in_plain_words(client, staff, person):
     for label in ("Stop: Take part", "Stop: Record the talk", "Stop: Quote your words"):
         assert label in html
     assert "It never costs you your payment" in html and "Ada" not in html
+    assert "You said yes to each of these" in html  # what the ticks are about, said first
 
 
 def test_the_page_does_not_assume_the_person_has_taken_part(client, staff, pid, api_ledger):
