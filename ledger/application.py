@@ -131,9 +131,12 @@ class Ledger(Application[UUID]):
 
     def __init__(
         self, env: Mapping[str, str] | None = None, *, clock: Callable[[], datetime] = utcnow,
-        study_slug: str = pilot.SLUG,
+        study_slug: str = pilot.SLUG, shred_kept: bool = True,
     ) -> None:
         self.settings = Settings.from_env(env or {})
+        # Whether erasures reach the databases a restore kept (not while a restore has yet to
+        # verify the copy it put in place: an altered copy must not change the one it replaced).
+        self.shred_kept = shred_kept
         # What another process needs to open this same ledger (a rebuild's workers).
         self.ledger_env = {k: v for k, v in (env or {}).items() if k.startswith("LEDGER_")}
         self.master_key = MasterKey.load_or_create(self.settings.data_dir)
@@ -181,6 +184,7 @@ class Ledger(Application[UUID]):
             event_store=self.events, cache_maxsize=CACHE_SIZE, fastforward=True
         )
         self._scrub_next, self._scrub_pending = time.monotonic() + SCRUB_RETRY_S, False
+        self._scrub_marked = 0  # counts the times an erasure found a scrub left pending
         self.finish_erasures()  # complete any erasure a crash interrupted
         self.projector.recover()  # put back the views a killed rebuild set aside
         self._saved = threading.local()
@@ -612,18 +616,22 @@ class Ledger(Application[UUID]):
                 topic("Participant.Erased"))]
         destroyed, erased = 0, []
         for pid in participant_ids:
-            p = self._participant(pid)
+            try:
+                p = self._participant(pid)
+            except ParticipantNotFound:  # (a restore's: erased after the backup was taken)
+                continue
             if p.erased_at is not None:
                 erased.append(pid)
                 if self.keys.exists(pid):
                     self.keys.destroy(pid)
                     destroyed += 1
         if not self.keys.scrub_if_pending():  # a reader still holds the old bytes
+            self._scrub_marked += 1
             self._scrub_pending = True
             self._scrub_next = time.monotonic() + SCRUB_RETRY_S
             if hasattr(self, "_follower") and self.settings.projections == "inline":
                 self._follower.wake()  # it comes back to retry (not yet at start-up)
-        if not self.sql.is_postgres and erased:
+        if self.shred_kept and not self.sql.is_postgres and erased:
             from .backup import shred_keys_in_kept
 
             for kept in shred_keys_in_kept(self.settings.sqlite_path, erased):
@@ -639,28 +647,34 @@ class Ledger(Application[UUID]):
         now = time.monotonic()
         if now >= self._scrub_next:
             self._scrub_next = now + SCRUB_RETRY_S
-            self._scrub_pending = not self.keys.scrub_if_pending()
+            marked = self._scrub_marked
+            # One short try (not the erasure's two seconds): a TRUNCATE checkpoint waiting for
+            # a reader holds up this database's writers meanwhile.
+            done = self.keys.scrub_if_pending(patient=False)
+            if marked == self._scrub_marked:  # no erasure left one pending meanwhile
+                self._scrub_pending = not done
             if not self._scrub_pending:
                 return None
         return self._scrub_next - now if self._scrub_pending else None
 
     def repeat_erasures(self, participant_ids: list[UUID], *, by: str) -> tuple[int, list[str]]:
         """Erase again each of these people who is here and not erased (after a restore from a
-        backup taken before their erasure). Returns how many were erased, and why any could
-        not be (messages without personal data)."""
+        backup taken before their erasure). Returns how many were erased, and for any that
+        could not be, their reference and why (no personal data)."""
         repeated, refused = 0, []
         for pid in dict.fromkeys(participant_ids):
             try:
-                if self._participant(pid).erased_at is not None:
-                    continue
+                p = self._participant(pid)
             except ParticipantNotFound:
                 continue  # registered after the backup was taken: not in it
+            if p.erased_at is not None:
+                continue
             try:
                 self.erase(pid, "erased before a restore brought them back; repeated by "
                                 "`ledger restore`", by=by)
                 repeated += 1
             except LedgerError as error:
-                refused.append(str(error))
+                refused.append(f"{p.reference} ({error})")
         return repeated, refused
 
     # -- the audit feed ------------------------------------------------------------------------

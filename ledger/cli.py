@@ -54,12 +54,15 @@ def describe(error: Exception) -> str:
         return str(error)
     if isinstance(error, MapperDeserialisationError):  # (its message could quote the event)
         return str(UnreadableEvent(None))
-    from psycopg import Error as PostgresError
+    import psycopg
 
-    if isinstance(error, PostgresError):
+    if isinstance(error, psycopg.OperationalError):
         return (f"PostgreSQL could not be reached or refused the connection "
                 f"({type(error).__name__}): check LEDGER_DATABASE_URL, and libpq's PG* variables "
                 "(PGSSLMODE, ...) if any are set")
+    if isinstance(error, psycopg.Error):  # (its message can quote values)
+        return (f"PostgreSQL refused an operation ({type(error).__name__}): check that the "
+                "database is writable and the user may use the schema")
     if isinstance(error, sqlite3.DatabaseError | PersistenceError):
         return (f"the database could not be read ({type(error).__name__}): check "
                 "LEDGER_DATA_DIR or LEDGER_DATABASE_URL, and run `ledger verify`")
@@ -330,18 +333,32 @@ def restore(source: Path) -> None:
         events, kept = restore_sqlite(source, settings.sqlite_path)
     except BackupError as e:
         raise click.ClickException(str(e)) from None
-    repeated, refused = 0, list[str]()
+    import sqlite3
+
+    from .application import Ledger
+
+    repeated, refused, unread = 0, list[str](), False
     try:
-        with open_ledger(LEDGER_PROJECTIONS="external") as ledger:
+        # Not reaching into the kept databases until the copy has verified: an altered copy
+        # must not change the database it replaced, which may have to be put back.
+        ledger = Ledger({**load_environment(), "LEDGER_PROJECTIONS": "external"},
+                        shred_kept=False)
+        try:
             verdict = verify_log(ledger.merkle)
             ledger.merkle.record_verification(verdict)
             if verdict.ok and kept is not None:
                 # An erasure must not be undone by a restore: whoever the replaced database
                 # recorded as erased is erased again here (the kept copy loses their keys too).
-                erased = erased_in(kept, ledger.recorder.events_table_name,  # type: ignore[attr-defined]
-                                   topic("Participant.Erased"))
+                try:
+                    erased = erased_in(kept, ledger.recorder.events_table_name,  # type: ignore[attr-defined]
+                                       topic("Participant.Erased"))
+                except sqlite3.Error:  # restoring over a damaged database: it cannot say
+                    erased, unread = [], True
                 repeated, refused = ledger.repeat_erasures(erased, by="cli:restore")
-                ledger.finish_erasures(erased)
+                ledger.shred_kept = True
+                ledger.finish_erasures()  # every erased person's key, from every kept database
+        finally:
+            ledger.close()
     except ConfigurationError as e:
         put_back(settings.sqlite_path, kept)
         raise click.ClickException(f"{e}; the previous database was put back") from None
@@ -357,10 +374,14 @@ def restore(source: Path) -> None:
     if repeated:
         click.echo(f"Erased {repeated} participant(s) again: the replaced database recorded "
                    "their erasure after this backup was taken.", err=True)
+    if unread:
+        click.echo("Warning: the replaced database could not be read, so erasures recorded only "
+                   "there were not repeated: repeat any made after this backup was taken (their "
+                   "erasure receipts name each person's reference).", err=True)
     if refused:
         click.echo(f"Could not erase {len(refused)} participant(s) again, whom the replaced "
-                   f"database recorded as erased: {refused[0]}. Erase them when allowed.",
-                   err=True)
+                   f"database recorded as erased: {'; '.join(refused)}. Erase them when "
+                   "allowed.", err=True)
         sys.exit(1)
 
 

@@ -105,19 +105,20 @@ class DataKeyStore:
                       "(name) DO UPDATE SET value = excluded.value", (SCRUB_PENDING, xid))
         return self.scrub_if_pending()
 
-    def scrub_if_pending(self) -> bool:
-        """Finish scrubbing deleted keys from the files: True when nothing is left pending."""
+    def scrub_if_pending(self, *, patient: bool = True) -> bool:
+        """Finish scrubbing deleted keys from the files: True when nothing is left pending.
+        ``patient``: on SQLite, keep trying for up to 2 s (else one short try)."""
         if not self.sql.query("SELECT 1 AS one FROM {t}ledger_meta WHERE name = %s",
                               (SCRUB_PENDING,)):
             return True
-        if not self._scrub():
-            log.warning("erasure: deleted keys not yet scrubbed from the database files; "
-                        "will retry")
+        if not self._scrub(patient):
+            say = log.warning if patient else log.info  # (a retry: said once already)
+            say("erasure: deleted keys not yet scrubbed from the database files; will retry")
             return False
         self.sql.execute("DELETE FROM {t}ledger_meta WHERE name = %s", (SCRUB_PENDING,))
         return True
 
-    def _scrub(self) -> bool:
+    def _scrub(self, patient: bool = True) -> bool:
         if self.sql.is_postgres:
             # VACUUM FULL copies a deleted row that a transaction older than the delete could
             # still see: wait (stay pending) until no such transaction is open.
@@ -139,10 +140,11 @@ class DataKeyStore:
             return True
         # secure_delete zeroed the row in its page; a completed TRUNCATE checkpoint copies
         # that page into the database file and empties the WAL, which held the old images.
-        deadline = time.monotonic() + 2  # then leave it pending rather than hold the request
-        while time.monotonic() < deadline:
-            busy, _, _ = self.sql.checkpoint()
+        deadline = time.monotonic() + (2 if patient else 0)  # then leave it pending
+        while True:
+            busy, _, _ = self.sql.checkpoint(busy_timeout_ms=200 if patient else 20)
             if busy == 0:
                 return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.1)
-        return False

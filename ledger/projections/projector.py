@@ -479,16 +479,15 @@ class Projector:
                 self._written.clear()
                 self._written_at = -1
                 self.replay = self.new_replay(self.keep)
-                position = self.views.put_back_prior(unless_behind=True)
-            if position is not None:
+                did, position = self.views.put_back_or_keep(unless_behind=True)
+            if did == "put back":
                 log.warning("a rebuild of the views did not finish (it was killed, or could not "
                             "put them back itself); the views it set aside are back, up to "
-                            "position %d", position)
-            else:
-                log.warning("a rebuild of the views did not finish (it was killed, or could not "
-                            "put them back itself) after passing where they had been; they stay "
-                            "as it left them (up to position %d) and catch up",
-                            self.views.position())
+                            "position %s", position)
+            elif did == "kept":
+                log.warning("a rebuild of the views left them set aside (it was killed, or could "
+                            "not drop them) after getting as far as they had been; they stay as "
+                            "it left them (up to position %s) and catch up", position)
 
     def _put_back(self) -> None:
         """Put the views back as the stopped rebuild found them; a failure here is logged (by

@@ -168,28 +168,36 @@ class ViewStore:
     def put_back_prior(self, *, unless_behind: bool = False) -> int | None:
         """Put back the views a rebuild set aside (``reset(keep_prior=True)``), in one
         transaction, replacing what it had built; returns their position, or None if none was
-        put back. ``unless_behind``: keep what was built instead if it is further on. The
-        set-aside tables are then dropped on their own (see ``drop_prior``)."""
+        put back. ``unless_behind``: keep what was built instead if it has got as far (then the
+        set-aside views are only dropped). The set-aside tables are then dropped on their own
+        (see ``drop_prior``)."""
+        return self.put_back_or_keep(unless_behind=unless_behind)[1]
+
+    def put_back_or_keep(self, *, unless_behind: bool) -> tuple[str, int | None]:
+        """``put_back_prior``, saying what it did: ("none", None) if nothing was set aside (any
+        more), ("put back", position) or ("kept", position of what was built)."""
         with self._locked() as c:
             c.execute(f"SELECT name, position FROM {{t}}{TRACKING} WHERE name IN (%s, %s)",
                       (PRIOR, NAME))
             at = {row["name"]: int(row["position"]) for row in c.fetchall()}
             if PRIOR not in at:
-                return None
-            position: int | None = at[PRIOR]
-            if unless_behind and at[PRIOR] < at.get(NAME, 0):
-                position = None
+                return "none", None
+            # As far, or further: the rebuild got where the views had been (it may have finished
+            # and only failed to drop the set-aside tables), so what it built is whole to there.
+            if unless_behind and at[PRIOR] <= at.get(NAME, 0):
+                done: tuple[str, int | None] = ("kept", at.get(NAME, 0))
             else:
                 for name in VIEWS:
                     self._move(c, name, back=True)
                 c.execute(f"UPDATE {{t}}{TRACKING} SET position = %s WHERE name = %s",
-                          (position, NAME))
+                          (at[PRIOR], NAME))
+                done = ("put back", at[PRIOR])
             c.execute(f"DELETE FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
         try:
             self.drop_prior()
         except Exception as error:  # noqa: BLE001 - the views are back; the next rebuild drops it
             log.warning("could not drop the views set aside (%s)", type(error).__name__)
-        return position
+        return done
 
     def drop_prior(self) -> None:
         """Drop the views a rebuild set aside (once it has finished, or ones a killed rebuild

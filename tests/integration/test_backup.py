@@ -272,3 +272,60 @@ def test_a_restore_into_a_directory_without_the_keys_is_refused_and_makes_none(t
 
     assert refused.returncode == 1 and "master.key" in refused.stderr
     assert list(empty.iterdir()) == []  # no new key that could never open the backup
+
+
+def test_a_restore_whose_replaced_database_erased_someone_the_backup_never_had(tmp_path):
+    """Someone registered after the backup and erased: not in the copy, so nothing to repeat,
+    and the restore still says what it kept and what it repeated."""
+    data, pid, _ = _two_people_backed_up(tmp_path)
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    late = lg.register_participant("After The Backup", by="t")["id"]
+    lg.erase(late, "asked", by="t")
+    lg.erase(pid, "asked", by="t")
+    lg.close()
+
+    restored = _run(data, "restore", str(tmp_path / "b.sqlite3"))
+
+    assert restored.returncode == 0, restored.stderr
+    assert "The replaced database was kept as" in restored.stderr
+    assert "Erased 1 participant(s) again" in restored.stderr
+
+
+def test_a_restore_over_a_damaged_database_restores_and_says_what_it_could_not_check(tmp_path):
+    data, pid, _ = _two_people_backed_up(tmp_path)
+    (data / "ledger.sqlite3").write_bytes(b"scribbled over " * 1000)
+    for suffix in ("-wal", "-shm"):
+        (data / f"ledger.sqlite3{suffix}").unlink(missing_ok=True)
+
+    restored = _run(data, "restore", str(tmp_path / "b.sqlite3"))
+
+    assert restored.returncode == 0, restored.stderr
+    assert "could not be read, so erasures recorded only there were not repeated" \
+        in restored.stderr
+    assert _run(data, "verify").returncode == 0
+
+
+def test_a_repeat_erasure_the_finance_retention_refuses_names_the_reference(tmp_path):
+    """The backup's study kept payment records for six years; the live one had dropped that and
+    erased the person. Their erasure cannot be repeated yet: the restore says whom, by
+    reference, and exits 1."""
+    data = tmp_path / "data"
+    assert _run(data, "init").returncode == 0
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    pid = lg.register_participant("Paid Before The Backup", by="t")["id"]
+    lg.record_payment(pid, "conversation", "25.00", "cash", by="t")
+    lg.set_finance_retention(2190, by="t")
+    reference = lg.participant(pid)["reference"]
+    lg.close()
+    assert _run(data, "backup", str(tmp_path / "b.sqlite3")).returncode == 0
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    lg.set_finance_retention(0, by="t")
+    lg.erase(pid, "asked", by="t")
+    lg.close()
+
+    restored = _run(data, "restore", str(tmp_path / "b.sqlite3"))
+
+    assert restored.returncode == 1
+    assert "Could not erase 1 participant(s) again" in restored.stderr
+    assert reference in restored.stderr and "finance retention" in restored.stderr
+    assert "Paid Before" not in restored.stderr

@@ -80,6 +80,11 @@ def test_libpq_variables_reach_the_ledger_s_connections(pg_schema, tmp_path):
 
     assert plain.returncode == 0, plain.stderr
     assert "PostgreSQL could not be reached or refused the connection" in _one_line_error(verified)
+    read_only = _run(data, "tokens", "create", "--role", "staff", "--name", "Read Only",
+                     LEDGER_DATABASE_URL=url, PGOPTIONS="-c default_transaction_read_only=on")
+    said = _one_line_error(read_only)
+    assert "PostgreSQL refused an operation (ReadOnlySqlTransaction)" in said
+    assert "could not be reached" not in said and "Read Only" not in said
 
 
 def test_another_master_key_is_one_line(ready, tmp_path):

@@ -412,6 +412,36 @@ def test_the_next_ledger_to_open_puts_back_what_a_rebuild_could_not(ledger, stor
         other.close()
 
 
+def test_a_finished_rebuild_that_could_not_drop_what_it_set_aside_is_not_undone(ledger,
+                                                                                 store_env):
+    """The rebuild got as far as the views had been (here: all the way, and only the final
+    drop failed): the next ledger to open keeps what it built, not the old views."""
+    from ledger.projections.store import PRIOR, TRACKING
+
+    _history(ledger)
+    ledger.views_at_least()
+    rebuilt_from_scratch = replayed_rows(ledger, ledger.projector.views.position())
+    with ledger.sql.transaction() as c:  # a row the rebuild will not write again
+        c.execute("UPDATE {t}ledger_view_consents SET state = 'STALE'")
+    drop = ledger.projector.views.drop_prior
+    calls = []
+
+    def fails_the_last_time() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("lock timeout")
+        drop()
+
+    ledger.projector.views.drop_prior = fails_the_last_time  # type: ignore[method-assign]
+    ledger.projector.rebuild(workers=1)
+    left = ledger.sql.query(f"SELECT 1 FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
+    other = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    try:
+        assert left and view_rows(other) == rebuilt_from_scratch and _no_copy_left(other)
+    finally:
+        other.close()
+
+
 def test_a_ledger_opened_during_a_rebuild_leaves_it_alone(ledger, store_env):
     """Opening puts back only what a rebuild that is no longer running set aside."""
     _history(ledger)
