@@ -179,12 +179,13 @@ def shred_keys_in_kept(database: Path, participant_ids: list[UUID]) -> list[Path
     return failed
 
 
-def erased_in(kept: Path, events_table: str, erased_topic: str) -> list[UUID]:
-    """The participants a database recorded as erased (topics and ids are stored in the clear)."""
+def originators_in(kept: Path, events_table: str, event_topic: str) -> list[UUID]:
+    """The aggregates a database recorded events of this topic for (e.g. the participants it
+    erased): topics and ids are stored in the clear, so no key is needed."""
     connection = sqlite3.connect(f"file:{kept}?mode=ro", uri=True)
     try:
         rows = connection.execute(f"SELECT originator_id FROM {events_table} WHERE topic = ?",
-                                  (erased_topic,)).fetchall()
+                                  (event_topic,)).fetchall()
     finally:
         connection.close()
     return [UUID(str(row[0])) for row in rows]

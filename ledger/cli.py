@@ -316,7 +316,7 @@ def restore(source: Path) -> None:
     otherwise the previous database is put back."""
     from .application import ConfigurationError
     from .audit.checkpoints import verify as verify_log
-    from .backup import BackupError, erased_in, put_back, restore_sqlite
+    from .backup import BackupError, originators_in, put_back, restore_sqlite
     from .domain.base import topic
 
     settings = Settings.from_env(load_environment())
@@ -337,7 +337,7 @@ def restore(source: Path) -> None:
 
     from .application import Ledger
 
-    repeated, refused, unread = 0, list[str](), False
+    repeated, refused, unread, only_kept = 0, list[str](), False, 0
     try:
         # Not reaching into the kept databases until the copy has verified: an altered copy
         # must not change the database it replaced, which may have to be put back.
@@ -349,11 +349,13 @@ def restore(source: Path) -> None:
             if verdict.ok and kept is not None:
                 # An erasure must not be undone by a restore: whoever the replaced database
                 # recorded as erased is erased again here (the kept copy loses their keys too).
+                table = ledger.recorder.events_table_name  # type: ignore[attr-defined]
                 try:
-                    erased = erased_in(kept, ledger.recorder.events_table_name,  # type: ignore[attr-defined]
-                                       topic("Participant.Erased"))
+                    erased = originators_in(kept, table, topic("Participant.Erased"))
+                    registered = originators_in(kept, table, topic("Participant.Registered"))
                 except sqlite3.Error:  # restoring over a damaged database: it cannot say
-                    erased, unread = [], True
+                    erased, registered, unread = [], [], True
+                only_kept = len(set(registered) - set(ledger.participant_ids()))
                 repeated, refused = ledger.repeat_erasures(erased, by="cli:restore")
                 ledger.shred_kept = True
                 ledger.finish_erasures()  # every erased person's key, from every kept database
@@ -374,6 +376,11 @@ def restore(source: Path) -> None:
     if repeated:
         click.echo(f"Erased {repeated} participant(s) again: the replaced database recorded "
                    "their erasure after this backup was taken.", err=True)
+    if only_kept:
+        click.echo(f"Warning: {only_kept} participant(s) registered after this backup was taken "
+                   "are only in the replaced database, out of reach of the API (and of erasure "
+                   "requests): register them again from your records, and delete the kept file "
+                   "once nothing in it is needed.", err=True)
     if unread:
         click.echo("Warning: the replaced database could not be read, so erasures recorded only "
                    "there were not repeated: repeat any made after this backup was taken (their "

@@ -249,7 +249,10 @@ def test_a_restore_repeats_the_erasures_the_replaced_database_recorded(tmp_path)
 
     assert restored.returncode == 0, restored.stderr
     assert "Erased 1 participant(s) again" in restored.stderr
+    assert "Warning: 1 participant(s) registered after this backup was taken are only in the " \
+        "replaced database" in restored.stderr  # "After The Backup"
     assert "Othersonfake" not in restored.stderr and str(pid) not in restored.stderr
+    assert "After The Backup" not in restored.stderr
     lg = Ledger({"LEDGER_DATA_DIR": str(data)})
     try:
         assert lg.participant(pid)["name"] == "[erased]" and not lg.keys.exists(pid)
