@@ -83,6 +83,25 @@ def test_the_page_says_until_when_the_link_works(client, staff, person, clock):
     assert f"This link works until {until.day} {until:%B %Y}." in html
 
 
+def test_no_page_title_says_what_the_study_is_about(client, staff, person):
+    """Titles stay in the browser's history on a shared device; the study's name is on the
+    page itself, not in its title."""
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+    pages = [client.get(path), client.get(path + "/receipt"),
+             client.post(path + "/confirm", data={"csrf": csrf, "scope": "record"},
+                         follow_redirects=True),
+             client.get(path + "/done?stopped=record"), client.get("/my/" + "x" * 43)]
+
+    titles = [re.search(r"<title>(.*?)</title>", r.get_data(as_text=True)).group(1)
+              for r in pages]
+
+    assert all(title.endswith(" | Your personal page") for title in titles), titles
+    assert not any("racism" in title.lower() or "co-production" in title.lower()
+                   for title in titles), titles
+    assert "Racism within co-production" in pages[0].get_data(as_text=True)  # on the page
+
+
 def test_ten_gets_and_heads_change_nothing(client, staff, person, api_ledger):
     path = _link(client, staff, person)
     before = _events(api_ledger)
