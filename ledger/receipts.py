@@ -103,7 +103,8 @@ def consent_receipt(p: Participant, study: Study, *, issued_at: datetime) -> dic
             "online": "the personal link we sent you (not included here, so that this file "
                       "cannot be used to change your choices)",
             "email": study.controller.get("email"),
-            "note": "You can withdraw at any time. Withdrawing never costs you your payment.",
+            "note": "You can stop any of your choices at any time. Stopping never costs you "
+                    "your payment.",
         },
     }
 

@@ -102,6 +102,15 @@ def test_no_page_title_says_what_the_study_is_about(client, staff, person):
     assert "Racism within co-production" in pages[0].get_data(as_text=True)  # on the page
 
 
+def test_the_printable_receipt_speaks_as_the_other_pages_do(client, staff, person):
+    """The pages say "stop", not "withdraw"; the receipt's numbers and codes are explained."""
+    html = client.get(_link(client, staff, person) + "/receipt").get_data(as_text=True)
+    words = re.sub(r"<[^>]+>", " ", html)
+
+    assert "withdraw" not in words.lower() and "Copy number" not in words
+    assert "Receipt number" in words and "made from the form's exact words" in words
+
+
 def test_ten_gets_and_heads_change_nothing(client, staff, person, api_ledger):
     path = _link(client, staff, person)
     before = _events(api_ledger)
