@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
@@ -103,22 +105,20 @@ def _kept_name(database: Path) -> Path:
     raise BackupError("too many restores kept beside the database; move some away")
 
 
-def restore_sqlite(backup: Path, database: Path) -> tuple[int, Path | None]:
-    """Put ``backup`` in place of ``database``. Refused while any process (the service, another
-    command) has the database open. The database it replaces is kept beside it, renamed, never
-    deleted or overwritten. Returns the number of events restored and where the replaced
+@contextmanager
+def restoring(backup: Path, database: Path) -> Iterator[tuple[int, Path | None]]:
+    """Put ``backup`` in place of ``database`` and hold the database for the block: no other
+    process can open it from before the swap until the block has verified the copy (and done
+    whatever else a restore owes). Refused while any process has it open. The database it
+    replaces is kept beside it, renamed, never deleted or overwritten; if the block raises
+    (verification failed, an interrupt, any error), that database is put back before anyone
+    else can open either. Yields the number of events restored and where the replaced
     database went."""
     events = _check(backup)
-    kept: Path | None = None
+    incoming = database.with_name(database.name + ".restoring")
     try:
         with unused(str(database)):
-            if database.exists():
-                kept = _kept_name(database)
-                for suffix in ("", "-wal", "-shm"):
-                    current = Path(f"{database}{suffix}")
-                    if current.exists():
-                        os.replace(current, Path(f"{kept}{suffix}"))
-            incoming = database.with_name(database.name + ".restoring")
+            # The copy first, beside the live database: a kill meanwhile leaves it in place.
             fd = os.open(incoming, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
             try:
                 with open(backup, "rb") as src:
@@ -127,12 +127,34 @@ def restore_sqlite(backup: Path, database: Path) -> tuple[int, Path | None]:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(incoming, database)
+            kept: Path | None = None
+            try:
+                if database.exists():
+                    kept = _kept_name(database)
+                    for suffix in ("", "-wal", "-shm"):
+                        current = Path(f"{database}{suffix}")
+                        if current.exists():
+                            os.replace(current, Path(f"{kept}{suffix}"))
+                os.replace(incoming, database)
+                _fsync_directory(database.parent)
+                yield events, kept
+            except BaseException:
+                put_back(database, kept)
+                raise
     except InUse:
         raise BackupError("the database is open in another process (`ledger serve`, "
                           "`ledger projections run` or another command): stop it first; "
                           "nothing was changed") from None
-    return events, kept
+    finally:
+        incoming.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def put_back(database: Path, kept: Path | None) -> None:
@@ -179,13 +201,20 @@ def shred_keys_in_kept(database: Path, participant_ids: list[UUID]) -> list[Path
     return failed
 
 
-def originators_in(kept: Path, events_table: str, event_topic: str) -> list[UUID]:
+def originators_in(kept: Path, events_table: str, event_topic: str) -> tuple[list[UUID], int]:
     """The aggregates a database recorded events of this topic for (e.g. the participants it
-    erased): topics and ids are stored in the clear, so no key is needed."""
+    erased): topics and ids are stored in the clear, so no key is needed. Also how many rows
+    could not be read (a damaged database): ``sqlite3.Error`` if none can be."""
     connection = sqlite3.connect(f"file:{kept}?mode=ro", uri=True)
     try:
         rows = connection.execute(f"SELECT originator_id FROM {events_table} WHERE topic = ?",
                                   (event_topic,)).fetchall()
     finally:
         connection.close()
-    return [UUID(str(row[0])) for row in rows]
+    found, unreadable = [], 0
+    for row in rows:
+        try:
+            found.append(UUID(str(row[0])))
+        except ValueError:
+            unreadable += 1
+    return found, unreadable

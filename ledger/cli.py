@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import click
 
@@ -314,81 +315,93 @@ def restore(source: Path) -> None:
     service runs). The database it replaces is kept beside it, renamed. The master key in the
     data directory must be the one the backup was made with, and the restored log must verify;
     otherwise the previous database is put back."""
+    import sqlite3
+
     from .application import ConfigurationError
     from .audit.checkpoints import verify as verify_log
-    from .backup import BackupError, originators_in, put_back, restore_sqlite
+    from .backup import BackupError, kept_databases, originators_in, restoring
     from .domain.base import topic
+    from .privacy.keys import MASTER_KEY_FILE
 
     settings = Settings.from_env(load_environment())
     if settings.database_url:
         raise click.UsageError("the ledger is on PostgreSQL: restore with pg_restore "
                                "(see the README's Backup section)")
-    from .privacy.keys import MASTER_KEY_FILE
-
     if not (settings.data_dir / MASTER_KEY_FILE).exists():  # a new one could never open it
         raise click.ClickException(
             f"there is no {MASTER_KEY_FILE} in {settings.data_dir}: put the backed-up keys "
             f"({MASTER_KEY_FILE} and signing.key) there first; nothing was changed")
-    try:
-        events, kept = restore_sqlite(source, settings.sqlite_path)
-    except BackupError as e:
-        raise click.ClickException(str(e)) from None
-    import sqlite3
 
-    from .application import Ledger
+    class Failed(Exception):
+        """The copy failed verification: put the previous database back."""
 
-    repeated, refused, unread, only_kept = 0, list[str](), False, 0
+    repeated, refused, unread, only_kept = 0, list[str](), 0, 0
     try:
-        # Not reaching into the kept databases until the copy has verified: an altered copy
-        # must not change the database it replaced, which may have to be put back.
-        ledger = Ledger({**load_environment(), "LEDGER_PROJECTIONS": "external"},
-                        shred_kept=False)
-        try:
-            verdict = verify_log(ledger.merkle)
-            ledger.merkle.record_verification(verdict)
-            if verdict.ok and kept is not None:
-                # An erasure must not be undone by a restore: whoever the replaced database
-                # recorded as erased is erased again here (the kept copy loses their keys too).
+        # No other process can open the database until all of this is done: the copy is
+        # verified, and the erasures it would undo are repeated, before anyone reads it.
+        with restoring(source, settings.sqlite_path) as (events, kept):
+            # Not reaching into the kept databases until the copy has verified: an altered
+            # copy must not change the database that would be put back.
+            ledger = Ledger({**load_environment(), "LEDGER_PROJECTIONS": "external"},
+                            shred_kept=False)
+            try:
+                verdict = verify_log(ledger.merkle)
+                if not verdict.ok:  # a damaged or altered copy never becomes the record
+                    raise Failed()
+                ledger.merkle.record_verification(verdict)
+                # An erasure must not be undone by a restore: whoever any database a restore
+                # kept recorded as erased (the one just replaced, and earlier ones: a person
+                # erased after an older backup) is erased again here.
                 table = ledger.recorder.events_table_name  # type: ignore[attr-defined]
-                try:
-                    erased = originators_in(kept, table, topic("Participant.Erased"))
-                    registered = originators_in(kept, table, topic("Participant.Registered"))
-                except sqlite3.Error:  # restoring over a damaged database: it cannot say
-                    erased, registered, unread = [], [], True
-                only_kept = len(set(registered) - set(ledger.participant_ids()))
-                repeated, refused = ledger.repeat_erasures(erased, by="cli:restore")
+                erased, registered = set[UUID](), set[UUID]()
+                for older in kept_databases(settings.sqlite_path):
+                    try:
+                        ids, bad = originators_in(older, table, topic("Participant.Erased"))
+                        erased.update(ids)
+                        unread += bad
+                        ids, bad = originators_in(older, table, topic("Participant.Registered"))
+                        registered.update(ids)
+                    except sqlite3.Error:  # restoring over a damaged database: it cannot say
+                        unread += 1
+                repeated, refused = ledger.repeat_erasures(sorted(erased), by="cli:restore")
+                only_kept = len(registered - erased - set(ledger.participant_ids()))
                 ledger.shred_kept = True
                 ledger.finish_erasures()  # every erased person's key, from every kept database
-        finally:
-            ledger.close()
+            finally:
+                ledger.close()
+    except BackupError as e:
+        raise click.ClickException(str(e)) from None
     except ConfigurationError as e:
-        put_back(settings.sqlite_path, kept)
         raise click.ClickException(f"{e}; the previous database was put back") from None
-    if not verdict.ok:  # a damaged or altered copy never becomes the record
-        put_back(settings.sqlite_path, kept)
+    except Failed:
         click.echo(f"The backup's {events} events failed verification: "
                    f"{'; '.join(verdict.problems[:3])}. The previous database was put back; "
                    "nothing was changed.", err=True)
         sys.exit(1)
+    except (Exception, KeyboardInterrupt) as error:
+        why = "interrupted" if isinstance(error, KeyboardInterrupt) else describe(error)
+        raise click.ClickException(f"{why}. The restore stopped; the previous database was "
+                                   "put back, and nothing was changed") from None
     if kept is not None:
         click.echo(f"The replaced database was kept as {kept}.", err=True)
     click.echo(f"Restored {events} events; verified: root {verdict.root}.", err=True)
     if repeated:
-        click.echo(f"Erased {repeated} participant(s) again: the replaced database recorded "
+        click.echo(f"Erased {repeated} participant(s) again: a replaced database recorded "
                    "their erasure after this backup was taken.", err=True)
     if only_kept:
         click.echo(f"Warning: {only_kept} participant(s) registered after this backup was taken "
-                   "are only in the replaced database, out of reach of the API (and of erasure "
+                   "are only in a replaced database, out of reach of the API (and of erasure "
                    "requests): register them again from your records, and delete the kept file "
                    "once nothing in it is needed.", err=True)
     if unread:
-        click.echo("Warning: the replaced database could not be read, so erasures recorded only "
-                   "there were not repeated: repeat any made after this backup was taken (their "
-                   "erasure receipts name each person's reference).", err=True)
+        click.echo("Warning: a replaced database could not be read whole, so erasures recorded "
+                   "only there may not have been repeated: repeat any made after this backup "
+                   "was taken (their erasure receipts name each person's reference).", err=True)
     if refused:
-        click.echo(f"Could not erase {len(refused)} participant(s) again, whom the replaced "
+        click.echo(f"Could not erase {len(refused)} participant(s) again, whom a replaced "
                    f"database recorded as erased: {'; '.join(refused)}. Erase them when "
                    "allowed.", err=True)
+    if refused or unread:
         sys.exit(1)
 
 

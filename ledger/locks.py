@@ -92,9 +92,17 @@ def _in_use_file(database: str) -> int:
     return os.open(f"{database}-in-use.lock", os.O_RDWR | os.O_CREAT, 0o600)
 
 
+# Databases this process holds with ``unused``: it may open them itself (a restore verifying
+# the copy it put in place), which a shared mark would otherwise wait for forever.
+_HELD: set[str] = set()
+
+
 def in_use(database: str) -> int:
     """Mark a SQLite database as open by this process: a shared ``flock`` on a file beside it,
-    held until the returned descriptor is closed (or the process ends)."""
+    held until the returned descriptor is closed (or the process ends). -1 (no mark needed)
+    while this process holds it with ``unused``."""
+    if os.path.abspath(database) in _HELD:
+        return -1
     fd = _in_use_file(database)
     fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
@@ -120,8 +128,10 @@ class unused:  # noqa: N801 - used as a context manager, like open()
             os.close(self._fd)
             self._fd = -1
             raise InUse(self.database) from None
+        _HELD.add(os.path.abspath(self.database))
         return self
 
     def __exit__(self, *_: object) -> None:
+        _HELD.discard(os.path.abspath(self.database))
         os.close(self._fd)
         self._fd = -1

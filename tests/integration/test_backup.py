@@ -249,7 +249,7 @@ def test_a_restore_repeats_the_erasures_the_replaced_database_recorded(tmp_path)
 
     assert restored.returncode == 0, restored.stderr
     assert "Erased 1 participant(s) again" in restored.stderr
-    assert "Warning: 1 participant(s) registered after this backup was taken are only in the " \
+    assert "Warning: 1 participant(s) registered after this backup was taken are only in a " \
         "replaced database" in restored.stderr  # "After The Backup"
     assert "Othersonfake" not in restored.stderr and str(pid) not in restored.stderr
     assert "After The Backup" not in restored.stderr
@@ -302,9 +302,10 @@ def test_a_restore_over_a_damaged_database_restores_and_says_what_it_could_not_c
 
     restored = _run(data, "restore", str(tmp_path / "b.sqlite3"))
 
-    assert restored.returncode == 0, restored.stderr
-    assert "could not be read, so erasures recorded only there were not repeated" \
-        in restored.stderr
+    assert restored.returncode == 1, restored.stderr  # restored, but an erasure may be owed
+    assert "Restored 4 events; verified" in restored.stderr
+    assert "could not be read whole, so erasures recorded only there may not have been " \
+        "repeated" in restored.stderr
     assert _run(data, "verify").returncode == 0
 
 
@@ -332,3 +333,121 @@ def test_a_repeat_erasure_the_finance_retention_refuses_names_the_reference(tmp_
     assert "Could not erase 1 participant(s) again" in restored.stderr
     assert reference in restored.stderr and "finance retention" in restored.stderr
     assert "Paid Before" not in restored.stderr
+
+
+def test_an_erasure_in_an_earlier_replaced_database_is_repeated_by_a_later_restore(tmp_path):
+    """Two restores in a row: the person erased before the first is erased again by the
+    second, though the database the second replaced never had them."""
+    data, _, _ = _two_people_backed_up(tmp_path)  # b.sqlite3: without V
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    vera = lg.register_participant("Vera Secondbackupfake", by="t")["id"]
+    lg.close()
+    assert _run(data, "backup", str(tmp_path / "b2.sqlite3")).returncode == 0  # with V
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    lg.erase(vera, "asked", by="t")
+    lg.close()
+
+    first = _run(data, "restore", str(tmp_path / "b.sqlite3"))
+    second = _run(data, "restore", str(tmp_path / "b2.sqlite3"))
+
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert "Erased 1 participant(s) again" in second.stderr
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    try:
+        assert lg.participant(vera)["name"] == "[erased]" and not lg.keys.exists(vera)
+    finally:
+        lg.close()
+
+
+def test_someone_erased_after_the_backup_is_not_counted_as_to_register_again(tmp_path):
+    data, _, _ = _two_people_backed_up(tmp_path)
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    gone = lg.register_participant("Zed Erasedafterbackup", by="t")["id"]
+    lg.erase(gone, "asked", by="t")
+    lg.register_participant("Wanda Stillhere", by="t")
+    lg.close()
+
+    restored = _run(data, "restore", str(tmp_path / "b.sqlite3"))
+
+    assert restored.returncode == 0, restored.stderr
+    assert "Warning: 1 participant(s) registered after this backup" in restored.stderr
+
+
+def test_a_restore_stopped_at_any_point_puts_the_previous_database_back(tmp_path):
+    """Interrupted (or failing) inside the restore, after the swap: the previous database is
+    back in place, whole, and nothing is left half-made beside it."""
+    import pytest
+
+    from ledger.backup import restoring
+
+    data, _, _ = _two_people_backed_up(tmp_path)
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    lg.register_participant("After The Backup", by="t")
+    lg.close()
+    before = _rows(data / "ledger.sqlite3")
+
+    with pytest.raises(KeyboardInterrupt):
+        with restoring(tmp_path / "b.sqlite3", data / "ledger.sqlite3"):
+            assert _rows(data / "ledger.sqlite3") != before  # the copy is in place here
+            raise KeyboardInterrupt
+
+    assert _rows(data / "ledger.sqlite3") == before
+    assert list(data.glob("*before-restore*")) == [] and list(data.glob("*.restoring")) == []
+    assert _run(data, "verify").returncode == 0
+
+
+def test_no_other_process_can_open_the_database_until_the_restore_has_verified_it(tmp_path):
+    """The database is held from the swap to the end: nothing can write to a copy that might
+    yet be put back, nor read people whose erasure is still to be repeated."""
+    from ledger.backup import restoring
+
+    data, _, _ = _two_people_backed_up(tmp_path)
+    probe = ("import sys; from ledger.locks import InUse, unused\n"
+             "try:\n    unused(sys.argv[1]).__enter__()\nexcept InUse:\n    sys.exit(3)\n")
+
+    with restoring(tmp_path / "b.sqlite3", data / "ledger.sqlite3"):
+        lg = Ledger({"LEDGER_DATA_DIR": str(data)})  # this process may open it itself
+        lg.close()
+        during = subprocess.run([sys.executable, "-c", probe, str(data / "ledger.sqlite3")],
+                                timeout=60).returncode
+    after = subprocess.run([sys.executable, "-c", probe, str(data / "ledger.sqlite3")],
+                           timeout=60).returncode
+
+    assert (during, after) == (3, 0)
+
+
+def test_a_backup_that_is_not_a_usable_ledger_leaves_the_previous_database_in_place(tmp_path):
+    data, _, _ = _two_people_backed_up(tmp_path)
+    before = _rows(data / "ledger.sqlite3")
+    junk = sqlite3.connect(tmp_path / "junk.sqlite3")
+    junk.execute("CREATE TABLE stored_events (x)")
+    junk.commit()
+    junk.close()
+
+    refused = _run(data, "restore", str(tmp_path / "junk.sqlite3"))
+
+    assert refused.returncode == 1 and "the previous database was put back" in refused.stderr
+    assert _rows(data / "ledger.sqlite3") == before
+    assert list(data.glob("*before-restore*")) == []
+    assert _run(data, "verify").returncode == 0
+
+
+def test_an_unreadable_erasure_row_does_not_stop_the_others_being_repeated(tmp_path):
+    data, pid, other = _two_people_backed_up(tmp_path)
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    lg.erase(pid, "asked", by="t")
+    lg.erase(other, "asked", by="t")
+    lg.close()
+    with sqlite3.connect(data / "ledger.sqlite3") as c:
+        c.execute("UPDATE stored_events SET originator_id = 'garbled' WHERE topic = "
+                  "'ledger:Participant.Erased' AND originator_id = ?", (other.hex,))
+
+    restored = _run(data, "restore", str(tmp_path / "b.sqlite3"))
+
+    assert restored.returncode == 1 and "Erased 1 participant(s) again" in restored.stderr
+    assert "could not be read whole" in restored.stderr
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    try:
+        assert lg.participant(pid)["name"] == "[erased]"
+    finally:
+        lg.close()
