@@ -201,20 +201,29 @@ def shred_keys_in_kept(database: Path, participant_ids: list[UUID]) -> list[Path
     return failed
 
 
-def originators_in(kept: Path, events_table: str, event_topic: str) -> tuple[list[UUID], int]:
-    """The aggregates a database recorded events of this topic for (e.g. the participants it
-    erased): topics and ids are stored in the clear, so no key is needed. Also how many rows
-    could not be read (a damaged database): ``sqlite3.Error`` if none can be."""
-    connection = sqlite3.connect(f"file:{kept}?mode=ro", uri=True)
-    try:
-        rows = connection.execute(f"SELECT originator_id FROM {events_table} WHERE topic = ?",
-                                  (event_topic,)).fetchall()
-    finally:
-        connection.close()
-    found, unreadable = [], 0
-    for row in rows:
+def recorded_in_kept(database: Path, events_table: str, erased_topic: str,
+                     registered_topic: str) -> tuple[set[UUID], set[UUID], int]:
+    """Across every database a restore kept beside ``database``: the participants recorded as
+    erased, those recorded as registered, and how many rows or files could not be read (a
+    damaged database). Topics and ids are stored in the clear, so no key is needed."""
+    erased, registered, unreadable = set[UUID](), set[UUID](), 0
+    for kept in kept_databases(database):
         try:
-            found.append(UUID(str(row[0])))
-        except ValueError:
+            connection = sqlite3.connect(f"file:{kept}?mode=ro", uri=True)
+            try:
+                rows = connection.execute(
+                    f"SELECT topic, originator_id FROM {events_table} WHERE topic IN (?, ?)",
+                    (erased_topic, registered_topic)).fetchall()
+            finally:
+                connection.close()
+        except sqlite3.Error:  # restoring over a damaged database: it cannot say
             unreadable += 1
-    return found, unreadable
+            continue
+        for event_topic, originator in rows:
+            try:
+                pid = UUID(str(originator))
+            except ValueError:
+                unreadable += 1
+                continue
+            (erased if event_topic == erased_topic else registered).add(pid)
+    return erased, registered, unreadable

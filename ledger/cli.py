@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import click
 
@@ -315,11 +314,9 @@ def restore(source: Path) -> None:
     service runs). The database it replaces is kept beside it, renamed. The master key in the
     data directory must be the one the backup was made with, and the restored log must verify;
     otherwise the previous database is put back."""
-    import sqlite3
-
     from .application import ConfigurationError
     from .audit.checkpoints import verify as verify_log
-    from .backup import BackupError, kept_databases, originators_in, restoring
+    from .backup import BackupError, recorded_in_kept, restoring
     from .domain.base import topic
     from .privacy.keys import MASTER_KEY_FILE
 
@@ -352,17 +349,9 @@ def restore(source: Path) -> None:
                 # An erasure must not be undone by a restore: whoever any database a restore
                 # kept recorded as erased (the one just replaced, and earlier ones: a person
                 # erased after an older backup) is erased again here.
-                table = ledger.recorder.events_table_name  # type: ignore[attr-defined]
-                erased, registered = set[UUID](), set[UUID]()
-                for older in kept_databases(settings.sqlite_path):
-                    try:
-                        ids, bad = originators_in(older, table, topic("Participant.Erased"))
-                        erased.update(ids)
-                        unread += bad
-                        ids, bad = originators_in(older, table, topic("Participant.Registered"))
-                        registered.update(ids)
-                    except sqlite3.Error:  # restoring over a damaged database: it cannot say
-                        unread += 1
+                erased, registered, unread = recorded_in_kept(
+                    settings.sqlite_path, ledger.recorder.events_table_name,  # type: ignore[attr-defined]
+                    topic("Participant.Erased"), topic("Participant.Registered"))
                 repeated, refused = ledger.repeat_erasures(sorted(erased), by="cli:restore")
                 only_kept = len(registered - erased - set(ledger.participant_ids()))
                 ledger.shred_kept = True

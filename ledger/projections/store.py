@@ -165,13 +165,10 @@ class ViewStore:
         rows = self.sql.query(f"SELECT position FROM {{t}}{TRACKING} WHERE name = %s", (PRIOR,))
         return int(rows[0]["position"]) if rows else None
 
-    def put_back_prior(self, *, unless_behind: bool = False) -> int | None:
+    def put_back_prior(self) -> int | None:
         """Put back the views a rebuild set aside (``reset(keep_prior=True)``), in one
-        transaction, replacing what it had built; returns their position, or None if none was
-        put back. ``unless_behind``: keep what was built instead if it has got as far (then the
-        set-aside views are only dropped). The set-aside tables are then dropped on their own
-        (see ``drop_prior``)."""
-        return self.put_back_or_keep(unless_behind=unless_behind)[1]
+        transaction, replacing what it had built; returns their position, or None if none."""
+        return self.put_back_or_keep(unless_behind=False)[1]
 
     def put_back_or_keep(self, *, unless_behind: bool) -> tuple[str, int | None]:
         """``put_back_prior``, saying what it did: ("none", None) if nothing was set aside (any
