@@ -16,9 +16,13 @@ failure only its type, never its message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
-from collections.abc import Callable, Mapping
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from multiprocessing import resource_tracker
 from typing import TYPE_CHECKING, Any
 
 from .store import Changes, Stale, changes, merge_changes
@@ -43,14 +47,15 @@ def rebuild_in_parallel(projector: Projector, workers: int, page_size: int,
     ctx = multiprocessing.get_context("spawn")  # a fork could inherit open connections
     readers, processes = [], []
     try:
-        for k in range(workers):
-            reader, writer = ctx.Pipe(duplex=False)
-            process = ctx.Process(target=_work, daemon=True, args=(
-                ledger.ledger_env, (k, workers), stop, page_size, writer))
-            process.start()
-            writer.close()  # the worker holds the only writing end: its exit ends our reads
-            readers.append(reader)
-            processes.append(process)
+        with _interrupts_left_to_us():
+            for k in range(workers):
+                reader, writer = ctx.Pipe(duplex=False)
+                process = ctx.Process(target=_work, daemon=True, args=(
+                    ledger.ledger_env, (k, workers), stop, page_size, writer))
+                process.start()
+                writer.close()  # the worker holds the only writing end: its exit ends our reads
+                readers.append(reader)
+                processes.append(process)
         projector.reset()  # while the workers start (they only read the log)
         expected = 0
         while expected < stop:
@@ -70,6 +75,30 @@ def rebuild_in_parallel(projector: Projector, workers: int, page_size: int,
             process.join()
         for reader in readers:
             reader.close()
+
+
+@contextlib.contextmanager
+def _interrupts_left_to_us() -> Iterator[None]:
+    """Start the workers with Ctrl-C blocked: they inherit that, and never see it.
+
+    A Ctrl-C in a terminal reaches every process of the foreground group, the workers too. This
+    process stops the rebuild, puts the views back and ends the workers; a worker interrupted
+    on its own would add a traceback to the one line the command prints (seen when it came
+    while a worker was still importing). Only the signal mask of this thread changes, which a
+    started process keeps across exec; this process still gets a Ctrl-C that arrives meanwhile
+    (through another thread, or on leaving). Ignoring SIGINT instead would lose that one: a
+    process-wide disposition. (multiprocessing protects its resource tracker the same way,
+    bpo-33613; it is started first, since starting it unblocks SIGINT again.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python raises KeyboardInterrupt in the main thread only
+        return
+    resource_tracker.ensure_running()
+    mask = {signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, mask)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, mask)
 
 
 def _next_page(readers: list[Any]) -> tuple[int, Changes]:

@@ -4,8 +4,13 @@ losing races and crashes; on both stores."""
 from __future__ import annotations
 
 import gc
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +20,8 @@ from ledger.demo import load_demo
 from ledger.projections.projector import Replay
 from ledger.projections.rows import TABLES, rows_key
 from tests.views import replayed_rows, view_rows
+
+LEDGER = str(Path(sys.executable).parent / "ledger")  # the console script pip installed
 
 
 def _snapshot(ledger: Ledger) -> tuple[int, dict[str, list[tuple[str, ...]]], list[Any]]:
@@ -649,3 +656,88 @@ def test_the_follower_catches_up_on_events_whose_notify_it_never_heard(pg_schema
         follower.join(timeout=30)
         writer.close()
     assert errors == [] and not follower.is_alive()
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    """The rebuild workers among ``pid``'s children (not multiprocessing's resource tracker)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+            except OSError:
+                pass
+    return found
+
+
+def _sigint_blocked(pid: int) -> bool | None:
+    """Whether SIGINT is blocked in ``pid``'s main thread (None: it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    blocked = int(next(line for line in status.splitlines()
+                       if line.startswith("SigBlk:")).split()[1], 16)
+    return bool(blocked & (1 << (signal.SIGINT - 1)))
+
+
+def test_ctrl_c_during_a_rebuild_with_workers_prints_its_one_line_and_puts_the_views_back(
+        store_env):
+    """A terminal's Ctrl-C reaches the whole foreground process group, the workers too, here
+    sent the moment they exist (while they still import): the command prints its one line and
+    nothing else (each worker used to add a KeyboardInterrupt traceback of its own), exits 1,
+    and the views are as they were."""
+    setup = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    setup.init_study(by="t")
+    _bigger_history(setup)
+    setup.projector.catch_up()
+    before = _snapshot(setup)
+    setup.close()
+    env = {**os.environ, **store_env}
+    env.pop("LEDGER_DATABASE_URL", None)
+    env.update(store_env)
+    rebuild = subprocess.Popen([LEDGER, "projections", "rebuild", "--workers", "2",
+                                "--page-size", "1"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(_spawned_workers(rebuild.pid)) < 2 and rebuild.poll() is None:
+        assert time.monotonic() < deadline, "no workers started"
+        time.sleep(0.005)
+    blocked = [_sigint_blocked(worker) for worker in _spawned_workers(rebuild.pid)]
+    os.killpg(rebuild.pid, signal.SIGINT)
+    _, err = rebuild.communicate(timeout=120)
+
+    assert blocked == [True, True]  # (a Ctrl-C in their first moments still raised, if any)
+    assert rebuild.returncode == 1, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "interrupted" in err or "Aborted!" in err, err
+    after = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    assert _snapshot(after) == before
+    after.close()
+
+
+def test_a_ctrl_c_while_the_workers_start_is_not_lost_and_they_never_see_theirs():
+    """While workers start, a Ctrl-C to this process waits or comes through another thread
+    (it is not lost), and a process started meanwhile begins with SIGINT blocked."""
+    from ledger.projections.parallel import _interrupts_left_to_us
+
+    reached = False
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupts_left_to_us():
+            child = subprocess.run([sys.executable, "-c", "import signal; print(signal.SIGINT "
+                                    "in signal.pthread_sigmask(signal.SIG_BLOCK, []))"],
+                                   capture_output=True, text=True, timeout=60)
+            busy = threading.Thread(target=time.sleep, args=(0.5,))  # SIGINT not blocked there
+            busy.start()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached = True
+            busy.join()
+    assert reached
+    assert child.stdout.strip() == "True"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
