@@ -387,8 +387,9 @@ class Ledger(Application[UUID]):
         ``Also``) in one atomic save; on a lost race, reload and run it again.
 
         The domain decides again on fresh state, so a retried duplicate gets the domain's own
-        error (e.g. already withdrawn) rather than a silent second write. A refusal decided on a
-        cached copy is only reported once the copy is known to be current.
+        error (e.g. already withdrawn) rather than a silent second write. A refusal, or a
+        decision to change nothing, made on a cached copy is only reported once the copy is
+        known to be current.
         """
         for _ in range(MAX_ATTEMPTS):
             with self._exclusive(participant_id) as touched:
@@ -404,6 +405,12 @@ class Ledger(Application[UUID]):
                     (outcome.result, outcome.aggregates, outcome.idempotent)
                     if isinstance(outcome, Also) else (outcome, (), None))
                 touched.extend(a.id for a in others)
+                if (not participant.pending_events and not any(a.pending_events for a in others)
+                        and self._probe.latest(participant_id) != participant.version):
+                    # Nothing to save is an answer too ("already stopped", "never given"): on
+                    # a stale copy it could be wrong, and no version clash would say so.
+                    self._evict(participant_id)
+                    continue
                 extra = {"idempotency": once.record(result)} if once is not None else {}
                 try:
                     self.save(participant, *others, **extra)

@@ -60,6 +60,27 @@ def test_a_stale_cached_copy_never_refuses_a_valid_withdrawal(two_workers):
     assert a.participant(pid)["consents"]["publish"]["state"] == "withdrawn"
 
 
+@pytest.mark.parametrize("before", ["never given", "given, stopped and given again"])
+def test_a_stale_cached_copy_never_turns_a_link_withdrawal_into_nothing(two_workers, before):
+    """Through the personal link, a choice already stopped (or never given) is an answer, not
+    an error: decided on a worker's stale copy it told the person "Nothing has changed" (or
+    "already stopped") and wrote nothing, while the choice stood given."""
+    a, b = two_workers
+    pid = a.register_participant("Stale Link", by="t")["id"]
+    a.grant_consent(pid, "take_part", "1.0", "online", by="t")
+    if before != "never given":
+        a.grant_consent(pid, "publish", "1.0", "online", by="t")
+        a.withdraw_consent(pid, "publish", "phone", by="t")
+    token = a.issue_withdrawal_link(pid, by="t")["url"].rsplit("/", 1)[1]  # a caches them
+    b.grant_consent(pid, "publish", "1.0", "online", by="t")
+
+    done = a.withdraw_by_link(token, ["publish"])
+
+    assert done == {"withdrawn": ["publish"], "already": [], "not_given": []}
+    for worker in (a, b):
+        assert worker.participant(pid)["consents"]["publish"]["state"] == "withdrawn"
+
+
 def test_a_need_recorded_by_one_worker_can_be_met_through_another(two_workers):
     a, b = two_workers
     pid = a.register_participant("Two Workers", by="t")["id"]
