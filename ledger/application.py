@@ -194,8 +194,17 @@ class Ledger(Application[UUID]):
             self.projector.catch_up()  # what a crash left behind, or a first build
 
     def close(self) -> None:
-        """Stop following the log, then close connections."""
-        self._follower.stop()
+        """Stop following the log, and finish what the follower had still to do for this
+        process's saves: the views, the Merkle leaves and a signed checkpoint of the whole log
+        (else a command such as `ledger demo` would exit leaving its last events unhashed and
+        unsigned, for the next process to hash as it then found them). Then close connections.
+        """
+        if self._follower.stop() and self.settings.projections == "inline":
+            try:
+                self.projector.catch_up()
+                self.merkle.checkpoint()
+            except Exception as error:  # noqa: BLE001 - the next writer's follower does it
+                log.warning("could not sign a checkpoint on closing (%s)", type(error).__name__)
         self._probe.close()
         self.sql.close()
         super().close()

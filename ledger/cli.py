@@ -279,6 +279,12 @@ def verify(show_key: bool, kept: tuple[Any, ...]) -> None:
     if verdict.ok:
         click.echo(f"OK: {verdict.size} events, root {verdict.root}, "
                    f"{verdict.checkpoints} signed checkpoints hold.")
+        if verdict.signed_up_to < verdict.size:
+            first = verdict.signed_up_to + 1
+            click.echo(f"Not yet under a signed checkpoint: events {first} to {verdict.size} "
+                       f"(a change made there together with the recorded hashes would not "
+                       f"show). A running service signs one within seconds of a write.",
+                       err=True)
         return
     where = ("a signed checkpoint does not hold" if verdict.first_bad_position is None
              else f"first bad position {verdict.first_bad_position}")

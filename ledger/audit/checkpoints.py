@@ -206,6 +206,15 @@ class MerkleLog:
         for r in rows:
             yield _checkpoint(r, self.public_key)
 
+    def rows_up_to(self, notification_id: int) -> int:
+        """How many rows the events table holds with a notification id up to this one: the
+        events the log reads, plus any row it does not (an id below 1)."""
+        table = self.recorder.events_table_name
+        column = "notification_id" if self.sql.is_postgres else "rowid"
+        rows = self.sql.query(f"SELECT COUNT(*) AS n FROM {{t}}{table} WHERE {column} <= %s",
+                              (notification_id,))
+        return int(rows[0]["n"])
+
     def stored_leaves(self) -> Iterator[tuple[int, int, str]]:
         """(index, notification id, hash hex) of every recorded leaf, in order, in pages."""
         after = -1
@@ -304,6 +313,7 @@ class Verdict:
     checkpoints: int
     problems: list[str] = field(default_factory=list)
     first_bad_position: int | None = None
+    signed_up_to: int = 0  # the largest size a signed checkpoint that holds covers
 
 
 def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
@@ -348,6 +358,12 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
     held_at = 0  # the size of the last checkpoint that held
     recorded = log.stored_leaves()
     leaf_reported = False
+    # What this ledger recorded when it last hashed: the tree's size and state then. Not
+    # signed, so it only catches what was changed without it (an event and its recorded hash
+    # changed after the last checkpoint, recorded hashes deleted); signed checkpoints are what
+    # an alteration made with all of it in step cannot pass.
+    hashed, hashed_last_id, hashed_stack = log._state()
+    hashed_root = RootBuilder.from_state(hashed, bytes.fromhex(hashed_stack)).root().hex()
 
     def hold(size: int) -> None:
         nonlocal held_at
@@ -362,7 +378,7 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
             held_at = size
 
     hold(0)
-    start = 1
+    start, last_read = 1, 0
     while True:
         page = log.recorder.select_notifications(start=start, limit=PAGE)
         for n in page:
@@ -373,11 +389,32 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
                 bad(position, f"event at position {position} (notification {n.id}) differs "
                               f"from the event recorded there (notification {leaf[1]})")
                 leaf_reported = True
+            elif not leaf_reported and leaf is None and position <= hashed:
+                bad(position, f"event at position {position} (notification {n.id}): its "
+                              f"recorded hash is missing, though {hashed} events were hashed")
+                leaf_reported = True
             builder.append(h)
             hold(builder.size)
+            last_read = n.id
+            if builder.size == hashed and (builder.root().hex() != hashed_root
+                                           or n.id != hashed_last_id):
+                if held_at == hashed:  # the log holds against a signed checkpoint there
+                    bad(None, "the record of how far this ledger hashed the log was changed")
+                else:
+                    bad(None, f"the log's first {hashed} events are not the ones this ledger "
+                              f"hashed: an event in positions {held_at + 1} to {hashed} was "
+                              "changed, with its recorded hash", somewhere_from=held_at + 1)
         if len(page) < PAGE:
             break
         start = page[-1].id + 1
+    if builder.size < hashed:
+        bad(builder.size + 1, f"the log ends at {builder.size} events, but this ledger had "
+                              f"hashed {hashed}")
+    unread = log.rows_up_to(last_read) - builder.size
+    if unread:
+        bad(None, f"the events table holds {unread} row(s) outside the log's order (a "
+                  "notification id below 1, or repeated), which the log does not read but an "
+                  "aggregate's history would")
     leftover = next(recorded, None)
     if leftover is not None and not leaf_reported:
         bad(leftover[0] + 1, f"the log ends at {builder.size} events, but event "
@@ -388,4 +425,5 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
                               f"covers {max(beyond)}")
     return Verdict(ok=not problems, size=builder.size, root=builder.root().hex(),
                    checkpoints=len(checkpoints), problems=problems,
-                   first_bad_position=min(exact or ranges or [0]) or None)
+                   first_bad_position=min(exact or ranges or [0]) or None,
+                   signed_up_to=held_at)
