@@ -70,6 +70,14 @@ class IdempotencyStore:
         self.sql.execute("CREATE INDEX IF NOT EXISTS ledger_idempotency_created "
                          "ON {t}ledger_idempotency (created_at)")
 
+    def stored_key(self, key: str) -> str:
+        """What is kept of a client's Idempotency-Key: a keyed digest, never its text (a key is
+        whatever the client chose, and could hold a name). Rows kept in plain text by an
+        earlier version are purged with the rest after 48 hours; a retry meanwhile of a request
+        made before the upgrade is answered as a new request (a second payment is refused)."""
+        digest = hmac.new(self._key, b"Idempotency-Key\x00" + key.encode(), hashlib.sha256)
+        return "h1:" + digest.hexdigest()
+
     def fingerprint(self, request: bytes) -> str:
         """A keyed digest of a request: equal requests match, and the stored digest reveals
         nothing about a body (such as a payment reference) to anyone without the master key."""

@@ -124,7 +124,8 @@ def idempotent_payment(participant_id: UUID, body: dict[str, Any]) -> Response:
     store = ledger().idempotency
     store.maybe_purge()
     once = IdempotentRequest(
-        token_id=str(g.token_id), key=request.headers["Idempotency-Key"], status=201,
+        token_id=str(g.token_id), key=store.stored_key(request.headers["Idempotency-Key"]),
+        status=201,
         # The validated request, so equivalent requests match (defaults filled in, ids normalised).
         request_hash=store.fingerprint(json.dumps(
             {"participant": str(participant_id), "body": body}, sort_keys=True, default=str

@@ -113,7 +113,26 @@ def test_keys_are_kept_in_the_same_database_as_the_events(client, staff, pid, ap
 
     rows = api_ledger.sql.query("SELECT idem_key, status FROM ledger_idempotency")
 
-    assert [(r["idem_key"], r["status"]) for r in rows] == [("kept", 201)]
+    assert [(r["idem_key"], r["status"]) for r in rows] == [
+        (api_ledger.idempotency.stored_key("kept"), 201)]
+
+
+def test_a_key_is_kept_as_a_keyed_digest_never_as_its_text(client, staff, pid, api_ledger):
+    """A key is the client's own text and could hold a name; it outlives an erasure by up to
+    48 hours."""
+    key = "Quarrington-payment-1"
+    first = _pay(client, staff, pid, key=key)
+    again = _pay(client, staff, pid, key=key)
+
+    kept = api_ledger.sql.query("SELECT idem_key FROM ledger_idempotency")
+    assert first.status_code == 201 and again.data == first.data  # still replayed
+    assert [r["idem_key"] for r in kept] == [api_ledger.idempotency.stored_key(key)]
+    assert key not in kept[0]["idem_key"] and len(kept[0]["idem_key"]) == 67
+    if not api_ledger.sql.is_postgres:
+        data_dir = api_ledger.settings.sqlite_path.parent
+        for file in data_dir.iterdir():
+            if file.is_file():
+                assert b"Quarrington" not in file.read_bytes(), file.name
 
 
 def test_concurrent_requests_with_one_key_write_once_and_agree(app, staff, pid, api_ledger):
