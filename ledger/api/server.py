@@ -191,4 +191,8 @@ def serve(host: str, port: int, workers: int, threads: int = 4) -> None:
         "post_worker_init": _post_worker_init,
         "logger_class": "ledger.api.server.ScrubbingLogger",
         "preload_app": False,
+        # gunicorn 25.1+ opens a control socket (~/.gunicorn/gunicorn.ctl) by default, through
+        # which its workers can be added, removed or reloaded; a second server on the host takes
+        # it over. The ledger is run by its own command and signals: no such socket.
+        "control_socket_disable": True,
     }).run()

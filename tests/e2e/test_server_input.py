@@ -194,3 +194,21 @@ def test_an_idempotency_key_sent_twice_is_refused_not_joined_into_a_third(served
     assert status == 201 and answer.startswith(b"HTTP/1.1 400 ")
     assert b'"Idempotency-Key"' in answer and b"application/problem+json" in answer
     assert status_after == 200 and json.loads(record)["payments"] == []
+
+
+def test_the_server_opens_no_control_socket(tmp_path):
+    """gunicorn 25.1+ opens one by default (in $XDG_RUNTIME_DIR or ~/.gunicorn), through which
+    workers can be added, removed or reloaded, and which a second server on the host takes
+    over. `ledger serve` opens none."""
+    home, runtime = tmp_path / "home", tmp_path / "runtime"
+    home.mkdir()
+    runtime.mkdir()
+    proc, _ = start_server({"LEDGER_DATA_DIR": str(tmp_path / "data"), "HOME": str(home),
+                            "XDG_RUNTIME_DIR": str(runtime)}, tmp_path / "server.log", workers=1)
+    try:
+        made = [p.relative_to(tmp_path).as_posix() for p in (*home.rglob("*"),
+                                                             *runtime.rglob("*"))]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert made == []
