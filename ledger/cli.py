@@ -28,6 +28,13 @@ def open_ledger(*, create: bool = False, **overrides: str) -> Iterator[Ledger]:
     if not create and not settings.database_url and not settings.sqlite_path.exists():
         raise click.ClickException(f"there is no ledger at {settings.sqlite_path}: check "
                                    "LEDGER_DATA_DIR, or run `ledger init` to create one")
+    if not create and settings.database_url:
+        from .store import postgres_env, postgres_ledger_exists
+
+        if not postgres_ledger_exists(postgres_env(settings.database_url)):
+            raise click.ClickException("there is no ledger in the PostgreSQL database and schema "
+                                       "LEDGER_DATABASE_URL names: check it, or run `ledger "
+                                       "init` to create one")
     ledger = Ledger(env)
     try:
         yield ledger
@@ -235,7 +242,10 @@ def write_report(output: Path, data: bytes, signature: str) -> None:
         for path, content in ((output, data), (sig, (signature + "\n").encode())):
             temporary = path.with_name(f"{path.name}.partial-{os.getpid()}")
             written.append(temporary)
-            with open(temporary, "wb") as f:
+            # 0600, as backups are: a report is pseudonymous, but says who took part in a study
+            # about racism and what they agreed to
+            with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                      "wb") as f:
                 f.write(content)
                 f.flush()
                 os.fsync(f.fileno())

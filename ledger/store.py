@@ -22,6 +22,7 @@ from .locks import FileLock, advisory_key
 from .privacy.keys import write_secret_file
 
 SQLITE_LOCK_TIMEOUT_S = 30
+EVENTS_TABLE = "ledger_events"  # the library names it after the application ("Ledger")
 COPY_FROM = 100  # rows from which PostgreSQL inserts go by COPY
 
 IDEMPOTENCY_INSERT = (
@@ -81,6 +82,21 @@ def postgres_env(url: str) -> dict[str, str]:
         "POSTGRES_LOCK_TIMEOUT": "30",
         "APPLICATION_RECORDER_TOPIC": "ledger.store:LedgerPostgresApplicationRecorder",
     }
+
+
+def postgres_ledger_exists(env: dict[str, str]) -> bool:
+    """Whether the database and schema hold a ledger (its events table), asked without creating
+    anything: a mistyped database or schema is an error, not an empty ledger made on the spot."""
+    import psycopg
+
+    with psycopg.connect(
+        dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
+        user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None, autocommit=True,
+        connect_timeout=10,
+    ) as conn:
+        row = conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))",
+                           (env.get("POSTGRES_SCHEMA") or "public", EVENTS_TABLE)).fetchone()
+    return row is not None and row[0] is not None
 
 
 def ensure_postgres_schema(env: dict[str, str]) -> None:

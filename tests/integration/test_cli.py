@@ -166,6 +166,8 @@ def test_the_report_command_gives_the_same_bytes_as_the_api(store_env, tmp_path)
             # Ed25519 is deterministic: the same bytes, the same signature, in the .sig file
             signature = (tmp_path / f"report.{EXTENSIONS[fmt]}.sig").read_text().strip()
             assert signature == api.headers["Ledger-Signature"]
+            for written in (out, tmp_path / f"report.{EXTENSIONS[fmt]}.sig"):
+                assert written.stat().st_mode & 0o777 == 0o600, written.name  # as backups
             assert check_signature(load_public_key(ledger.merkle.public_key), out.read_bytes(),
                                    signature)
         bad = _run(store_env, "report", "--as-of", "not-a-date")

@@ -52,6 +52,25 @@ def test_a_mistyped_data_directory_is_an_error_not_a_new_ledger(tmp_path, comman
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+@pytest.mark.parametrize("command", [("verify",), ("report",), ("tokens", "list"),
+                                     ("projections", "rebuild")])
+def test_a_mistyped_postgresql_schema_is_an_error_not_a_new_ledger(tmp_path, pg_schema, command):
+    """On PostgreSQL `ledger verify` used to create an empty ledger in a mistyped schema (or
+    database) and print "OK: 0 events"."""
+    import psycopg
+
+    data = tmp_path / "data"
+    assert _run(data, "init", LEDGER_DATABASE_URL=f"{PG}?schema={pg_schema}").returncode == 0
+    typo = f"{pg_schema}_typo"
+
+    stderr = _one_line_error(_run(data, *command, LEDGER_DATABASE_URL=f"{PG}?schema={typo}"))
+
+    assert "there is no ledger in the PostgreSQL database" in stderr and "ledger init" in stderr
+    with psycopg.connect(PG) as conn:
+        assert conn.execute("SELECT count(*) FROM information_schema.schemata WHERE "
+                            "schema_name = %s", (typo,)).fetchone() == (0,)
+
+
 @pytest.mark.parametrize("variable, value", [
     ("LEDGER_LINK_DAYS", "abc"), ("LEDGER_PROJECTIONS", "bogus"),
     ("LEDGER_DATABASE_URL", "mysql://root@127.0.0.1/test"),
