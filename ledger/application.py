@@ -609,7 +609,10 @@ class Ledger(Application[UUID]):
                       "communities, access-need details, and every note and reason recorded "
                       "about them can no longer be read from the ledger. Backups taken before "
                       "the erasure still hold the key until they are deleted under the "
-                      "backup retention policy",
+                      "backup retention policy" + (
+                          "; so do the PostgreSQL server's write-ahead log, its archive and "
+                          "any replica's, until they are recycled or deleted under theirs"
+                          if self.sql.is_postgres else ""),
             "kept": "the facts, without the person's identity: consent given and withdrawn "
                     "(scope, form version, when, and how it was given, e.g. online, in BSL or "
                     "through a supporter), access needs met or not, payment arrangements and "

@@ -379,3 +379,15 @@ def test_no_cached_aggregate_keeps_personal_data_in_plaintext(ledger):
 
     assert b"Participant" in held  # the caches do hold the person, sealed
     assert _occurrences(held) == []
+
+
+def test_the_erasure_receipt_names_the_copies_beyond_the_ledgers_reach(ledger):
+    """On PostgreSQL the server's write-ahead log keeps the wrapped key's bytes (found in the
+    security review: read back from pg_wal after the erasure and its VACUUM FULL), as do its
+    archive and replicas: the receipt says so, as it says so of backups."""
+    pid = ledger.register_participant("Receipt Person", by="t")["id"]
+
+    erased = ledger.erase(pid, "asked", by="admin")["receipt"]["erased"]
+
+    assert "Backups taken before the erasure still hold the key" in erased
+    assert ("write-ahead log" in erased) == ledger.sql.is_postgres
