@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Response
 from flask.views import MethodView
-from marshmallow import fields, validate
+from marshmallow import ValidationError, fields, validate
 
 from ..reports import DEFAULT_OUTSTANDING_DAYS, report_data, sign_report
 from ..reports.render import EXTENSIONS, FORMATS, render
@@ -19,8 +19,23 @@ from .schemas import document_errors
 blp = Blueprint("reports", __name__, url_prefix="/api/v1", description="For auditors")
 
 
+class QueryMoment(fields.AwareDateTime):
+    """An ISO 8601 moment with its offset, in a query string, where an unencoded ``+`` arrives
+    as a space (``?as_of=2026-12-04T10:00:00+01:00``): that mistake is named, with its fix."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._deserialize(value, attr, data, **kwargs)
+        except ValidationError:
+            if isinstance(value, str) and " " in value:
+                raise ValidationError(
+                    "Not a valid datetime: a '+' in a query string arrives as a space; write the "
+                    "offset as %2B (2026-12-04T10:00:00%2B01:00), or use Z for UTC") from None
+            raise
+
+
 class ReportQuery(Schema):
-    as_of = fields.AwareDateTime(load_default=None, metadata={
+    as_of = QueryMoment(load_default=None, metadata={
         "description": "the moment to report on, ISO 8601 with offset (default: now); "
                        "not in the future, not before the study was set up"})
     format = fields.String(load_default="json", validate=validate.OneOf(list(FORMATS)))

@@ -186,6 +186,15 @@ def test_bad_report_requests_are_refused_and_write_nothing(client, auditor, api_
     assert api_ledger.recorder.max_notification_id() == before
 
 
+def test_an_offset_sent_with_a_raw_plus_gets_a_message_that_says_how_to_send_it(client,
+                                                                               auditor):
+    response = client.get("/api/v1/reports/compliance?as_of=2026-12-04T10:00:00+01:00",
+                          headers=auditor)
+
+    assert response.status_code == 422
+    assert "%2B" in response.json["errors"]["as_of"][0]
+
+
 def test_staff_cannot_read_the_report(client, staff):
     assert client.get("/api/v1/reports/compliance", headers=staff).status_code == 403
 
