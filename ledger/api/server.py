@@ -173,6 +173,14 @@ def _post_worker_init(worker: Any) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def _worker_exit(server: Any, worker: Any) -> None:
+    """A worker stopping (SIGTERM, a restart): its ledger finishes what the follower had still
+    to do for its saves (the views, the Merkle leaves, a signed checkpoint), then closes."""
+    ledger = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("ledger")
+    if ledger is not None:
+        ledger.close()
+
+
 def serve(host: str, port: int, workers: int, threads: int = 4) -> None:
     """Serve until SIGTERM/SIGINT; in-flight requests get ``graceful_timeout`` to finish."""
     LedgerServer({
@@ -189,6 +197,7 @@ def serve(host: str, port: int, workers: int, threads: int = 4) -> None:
         "limit_request_fields": 50,
         "post_fork": _post_fork,
         "post_worker_init": _post_worker_init,
+        "worker_exit": _worker_exit,
         "logger_class": "ledger.api.server.ScrubbingLogger",
         "preload_app": False,
         # gunicorn 25.1+ opens a control socket (~/.gunicorn/gunicorn.ctl) by default, through

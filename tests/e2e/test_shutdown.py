@@ -105,3 +105,29 @@ def test_sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_write(sto
     finally:
         check.close()
     assert unpaid == []  # every acknowledged payment is stored
+
+
+def test_a_worker_stopping_signs_what_it_saved(store_env, tmp_path):
+    """A worker's follower signs a checkpoint at most every 2 s; a server stopped sooner after
+    a write used to leave that write unsigned. Each worker now finishes on its way out."""
+    setup = Ledger(store_env)
+    setup.init_study(by="test")
+    staff = {"Authorization": f"Bearer {setup.tokens.create('staff', 's')[1]}"}
+    setup.close()
+    proc, server = start_server(store_env, tmp_path / "server.log", workers=1)
+    try:
+        fresh = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+        fresh.merkle.checkpoint()  # signed just now: the worker's next one is 2 s away
+        fresh.close()
+        status, _, _ = server.request("POST", "/api/v1/participants",
+                                      {"name": "Stopping Person"}, staff)
+        assert status == 201
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+
+    check = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    size, latest = check.recorder.max_notification_id(), check.merkle.latest()
+    check.close()
+    assert code == 0
+    assert latest is not None and latest["size"] == size
