@@ -272,7 +272,7 @@ def check_store(lg: Ledger, where: str, acks: list[Acked], in_flight: list[Write
     # A payment in flight at the kill is stored together with its idempotency key, or neither.
     kept: dict[str, bytes | None] = {}
     for w in in_flight:
-        stored = lg.idempotency.lookup(token_id, w.key)
+        stored = lg.idempotency.lookup(token_id, lg.idempotency.stored_key(w.key))
         exists = Payment.create_id(w.pid, w.what, 0) in recorded
         assert (stored is not None) == exists, \
             f"{where}: payment in flight at the kill {'without' if exists else 'only'} " \
