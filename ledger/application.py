@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
@@ -140,8 +141,7 @@ class Ledger(Application[UUID]):
         # What another process needs to open this same ledger (a rebuild's workers).
         self.ledger_env = {k: v for k, v in (env or {}).items() if k.startswith("LEDGER_")}
         self.master_key = MasterKey.load_or_create(self.settings.data_dir)
-        had_signing_key = (self.settings.data_dir / SIGNING_KEY_FILE).exists()
-        signing_key = ensure_signing_key(self.settings.data_dir)
+        signing_key, made_signing_key = ensure_signing_key(self.settings.data_dir)
         self.clock = clock
         self.study_id = derived_id("study", study_slug)
         es_env = eventsourcing_env(self.settings, self.master_key.at_rest_cipher_key())
@@ -156,9 +156,11 @@ class Ledger(Application[UUID]):
                                                 self.master_key.derive("idempotency/v1"))
             self.projector = Projector(self)
             self.merkle = MerkleLog(self.sql, self.recorder, signing_key, clock)
-            if not had_signing_key and self.merkle.latest() is not None:
+            if made_signing_key and not self.merkle.signed_with_this_key():
                 # The key was just made, but checkpoints signed with the one that went missing
-                # are in the database: every one would look forged.
+                # are in the database: every one would look forged. (Checkpoints another
+                # process, starting at the same moment, signed with the new key are fine: the
+                # key is only removed if the latest checkpoint does not hold under it.)
                 signing_key.unlink(missing_ok=True)
                 raise ConfigurationError(
                     f"{SIGNING_KEY_FILE} is missing from the data directory, but the database "
@@ -188,6 +190,7 @@ class Ledger(Application[UUID]):
         self.finish_erasures()  # complete any erasure a crash interrupted
         self.projector.recover()  # put back the views a killed rebuild set aside
         self._saved = threading.local()
+        self._wrote_in = 0  # the process that saved through this ledger (0: none yet)
         self._follower = Follower(self.projector.catch_up, self.checkpoint_if_due,
                                   self.retry_scrub)
         if self.settings.projections == "inline":
@@ -199,9 +202,17 @@ class Ledger(Application[UUID]):
         (else a command such as `ledger demo` would exit leaving its last events unhashed and
         unsigned, for the next process to hash as it then found them). Then close connections.
         """
-        if self._follower.stop() and self.settings.projections == "inline":
+        woken = self._follower.stop()
+        # (the library's __del__ closes again: only the first close finishes anything)
+        wrote, self._wrote_in = getattr(self, "_wrote_in", 0) == os.getpid(), 0
+        if woken and self.settings.projections == "inline":
             try:
                 self.projector.catch_up()
+            except Exception as error:  # noqa: BLE001 - the next catch-up does it
+                log.warning("could not catch the views up on closing (%s)",
+                            type(error).__name__)
+        if woken or wrote:  # (with the views external, nothing here woke the follower)
+            try:
                 self.merkle.checkpoint()
             except Exception as error:  # noqa: BLE001 - the next writer's follower does it
                 log.warning("could not sign a checkpoint on closing (%s)", type(error).__name__)
@@ -275,6 +286,7 @@ class Ledger(Application[UUID]):
         self._notify(recordings)
         if recordings:
             self._saved.position = recordings[-1].notification.id
+            self._wrote_in = os.getpid()  # this process saved: it signs on closing
         if self.settings.projections == "inline":
             self._follower.wake()
         return recordings

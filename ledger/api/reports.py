@@ -27,11 +27,19 @@ class QueryMoment(fields.AwareDateTime):
         try:
             return super()._deserialize(value, attr, data, **kwargs)
         except ValidationError:
-            if isinstance(value, str) and " " in value:
+            if isinstance(value, str) and " " in value and self._parses(value.replace(" ", "+")):
                 raise ValidationError(
                     "Not a valid datetime: a '+' in a query string arrives as a space; write the "
                     "offset as %2B (2026-12-04T10:00:00%2B01:00), or use Z for UTC") from None
             raise
+
+
+    def _parses(self, value: str) -> bool:
+        try:
+            super()._deserialize(value, None, None)
+        except ValidationError:
+            return False
+        return True
 
 
 class ReportQuery(Schema):

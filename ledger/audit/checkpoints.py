@@ -190,6 +190,13 @@ class MerkleLog:
         return {"at": r["at"], "size": int(r["size"]), "root": r["root"], "ok": bool(r["ok"]),
                 "first_bad_position": r["first_bad_position"]}
 
+    def signed_with_this_key(self) -> bool:
+        """Whether the latest stored checkpoint (if any) holds under this ledger's key."""
+        latest = self.latest()
+        return latest is None or check_signature(
+            self._key.public_key(), checkpoint_message(latest["size"], latest["root"],
+                                                       latest["time"]), latest["signature"])
+
     def latest(self) -> dict[str, Any] | None:
         rows = self.sql.query(f"SELECT size, root, time, signature FROM {{t}}{CHECKPOINTS} "
                               "ORDER BY size DESC LIMIT 1")
@@ -214,6 +221,11 @@ class MerkleLog:
         rows = self.sql.query(f"SELECT COUNT(*) AS n FROM {{t}}{table} WHERE {column} <= %s",
                               (notification_id,))
         return int(rows[0]["n"])
+
+    def leaves_recorded(self) -> int:
+        """How many leaves are recorded now (the highest index, plus one)."""
+        rows = self.sql.query(f"SELECT MAX(idx) AS m FROM {{t}}{LEAVES}")
+        return 0 if rows[0]["m"] is None else int(rows[0]["m"]) + 1
 
     def stored_leaves(self) -> Iterator[tuple[int, int, str]]:
         """(index, notification id, hash hex) of every recorded leaf, in order, in pages."""
@@ -364,6 +376,9 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
     # an alteration made with all of it in step cannot pass.
     hashed, hashed_last_id, hashed_stack = log._state()
     hashed_root = RootBuilder.from_state(hashed, bytes.fromhex(hashed_stack)).root().hex()
+    # The leaves recorded before the events are read: a live follower records more meanwhile,
+    # for events appended past the end this walk reads, and those say nothing of the log.
+    leaves_before = log.leaves_recorded()
 
     def hold(size: int) -> None:
         nonlocal held_at
@@ -416,7 +431,7 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
                   "notification id below 1, or repeated), which the log does not read but an "
                   "aggregate's history would")
     leftover = next(recorded, None)
-    if leftover is not None and not leaf_reported:
+    if leftover is not None and not leaf_reported and leftover[0] < leaves_before:
         bad(leftover[0] + 1, f"the log ends at {builder.size} events, but event "
                              f"{leftover[0] + 1} (notification {leftover[1]}) was recorded")
     beyond = [cp["size"] for cp in signed if cp["size"] > builder.size]

@@ -72,8 +72,9 @@ class MasterKey:
         return self.derive("data-key-wrap/v1")
 
 
-def ensure_signing_key(data_dir: Path) -> Path:
-    """Create the Ed25519 key that signs checkpoints and reports (mode 0600), once."""
+def ensure_signing_key(data_dir: Path) -> tuple[Path, bool]:
+    """Create the Ed25519 key that signs checkpoints and reports (mode 0600), once. Returns its
+    path, and whether this call created it (of processes starting together, exactly one)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -83,5 +84,5 @@ def ensure_signing_key(data_dir: Path) -> Path:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        write_secret_file(path, pem)
-    return path
+        return path, write_secret_file(path, pem)
+    return path, False

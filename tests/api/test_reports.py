@@ -193,6 +193,10 @@ def test_an_offset_sent_with_a_raw_plus_gets_a_message_that_says_how_to_send_it(
 
     assert response.status_code == 422
     assert "%2B" in response.json["errors"]["as_of"][0]
+    for other in ("2026-12-04 10:00:00", "yesterday at noon"):  # a space, but not that mistake
+        response = client.get(f"/api/v1/reports/compliance?as_of={other}", headers=auditor)
+        assert response.status_code == 422
+        assert "%2B" not in response.json["errors"]["as_of"][0], other
 
 
 def test_staff_cannot_read_the_report(client, staff):
