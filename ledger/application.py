@@ -202,16 +202,16 @@ class Ledger(Application[UUID]):
         (else a command such as `ledger demo` would exit leaving its last events unhashed and
         unsigned, for the next process to hash as it then found them). Then close connections.
         """
-        woken = self._follower.stop()
+        self._follower.stop()
         # (the library's __del__ closes again: only the first close finishes anything)
         wrote, self._wrote_in = getattr(self, "_wrote_in", 0) == os.getpid(), 0
-        if woken and self.settings.projections == "inline":
+        if wrote and self.settings.projections == "inline":
             try:
                 self.projector.catch_up()
             except Exception as error:  # noqa: BLE001 - the next catch-up does it
                 log.warning("could not catch the views up on closing (%s)",
                             type(error).__name__)
-        if woken or wrote:  # (with the views external, nothing here woke the follower)
+        if wrote:
             try:
                 self.merkle.checkpoint()
             except Exception as error:  # noqa: BLE001 - the next writer's follower does it

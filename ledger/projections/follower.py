@@ -66,15 +66,12 @@ class Follower:
                 self._stopping.wait(RETRY_S)
                 self._wake.set()
 
-    def stop(self) -> bool:
-        """Stop the thread (after any catch-up in progress). True if it had been woken in this
-        process: something was saved here that its jobs may not have reached yet (only the
-        first time)."""
+    def stop(self) -> None:
+        """Stop the thread, after any catch-up in progress (the owner finishes what is left)."""
         if self._stopping.is_set():
-            return False
+            return
         self._stopping.set()
         self._wake.set()
-        woken = self._thread is not None and self._pid == os.getpid()
-        if woken and self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout=30)
-        return woken
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+            thread.join(timeout=30)
