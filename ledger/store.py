@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
@@ -84,16 +85,22 @@ def postgres_env(url: str) -> dict[str, str]:
     }
 
 
-def postgres_ledger_exists(env: dict[str, str]) -> bool:
-    """Whether the database and schema hold a ledger (its events table), asked without creating
-    anything: a mistyped database or schema is an error, not an empty ledger made on the spot."""
+def _connect(env: dict[str, str]) -> Any:
+    """An autocommit connection to the database the environment names (for set-up and checks,
+    outside the library's pool)."""
     import psycopg
 
-    with psycopg.connect(
+    return psycopg.connect(
         dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
         user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None, autocommit=True,
         connect_timeout=10,
-    ) as conn:
+    )
+
+
+def postgres_ledger_exists(env: dict[str, str]) -> bool:
+    """Whether the database and schema hold a ledger (its events table), asked without creating
+    anything: a mistyped database or schema is an error, not an empty ledger made on the spot."""
+    with _connect(env) as conn:
         row = conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))",
                            (env.get("POSTGRES_SCHEMA") or "public", EVENTS_TABLE)).fetchone()
     return row is not None and row[0] is not None
@@ -104,14 +111,9 @@ def ensure_postgres_schema(env: dict[str, str]) -> None:
     schema = env.get("POSTGRES_SCHEMA")
     if not schema or schema == "public":
         return
-    import psycopg
     from psycopg import sql
 
-    with psycopg.connect(
-        dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
-        user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None, autocommit=True,
-        connect_timeout=10,
-    ) as conn:
+    with _connect(env) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
 
 
@@ -137,14 +139,8 @@ def schema_lock(env: dict[str, str], settings: Settings) -> Iterator[None]:
         finally:
             os.close(fd)
         return
-    import psycopg
-
     key = advisory_key(f"ledger-schema|{env.get('POSTGRES_SCHEMA') or 'public'}")
-    with psycopg.connect(
-        dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
-        user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None, autocommit=True,
-        connect_timeout=10,
-    ) as conn:
+    with _connect(env) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         try:
             ensure_postgres_schema(env)
@@ -213,6 +209,47 @@ class VersionProbe:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+class UnreadableEvent(Exception):
+    """A stored event that cannot be decrypted or decoded: changed after it was written, or
+    sealed with a key this process does not have. Names only its position (never its data)."""
+
+    def __init__(self, position: int | None) -> None:
+        self.position = position
+        which = "a stored event" if position is None else f"the event at position {position}"
+        super().__init__(
+            f"{which} cannot be read: it was changed after it was written, or it was sealed "
+            "with another key (check LEDGER_DATA_DIR and the keys; `ledger verify` finds "
+            "changed events)")
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """One row of the events table as stored, read without the library (which fails on a row
+    rewritten with a NULL, or with an id or version that is not one). An unreadable value
+    stands as one no event has (the nil id, version 0, the empty topic), so the row's hash
+    differs from the one recorded for it, and ``intact`` is false."""
+
+    id: int
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    state: Any
+    intact: bool
+
+    @classmethod
+    def read(cls, row: Any) -> StoredRow:
+        oid, version, topic = row["originator_id"], row["originator_version"], row["topic"]
+        intact = isinstance(topic, str) and isinstance(row["state"], bytes | memoryview)
+        try:
+            oid = oid if isinstance(oid, UUID) else UUID(str(oid))
+        except ValueError:
+            oid, intact = UUID(int=0), False
+        if not (isinstance(version, int) and 0 <= version < 2 ** 63):
+            version, intact = 0, False
+        return cls(int(row["id"]), oid, version, topic if isinstance(topic, str) else "",
+                   row["state"], intact)
 
 
 class Sql:
@@ -327,6 +364,34 @@ class Sql:
             rows = self.query(f"SELECT count(*) AS n FROM sqlite_master WHERE name IN ({marks})",
                               tuple(wanted))
         return int(rows[0]["n"]) == len(wanted)
+
+    def read_page(self, recorder: Any, start: int, limit: int,
+                  **kwargs: Any) -> list[Notification]:
+        """The library's ``select_notifications``; if it cannot read a row (see ``StoredRow``),
+        ``UnreadableEvent`` naming the first such row's position."""
+        try:
+            page = list(recorder.select_notifications(start=start, limit=limit, **kwargs))
+        except (TypeError, ValueError, AttributeError):
+            bad = next((r.id for r in self.stored_rows(recorder.events_table_name, start, limit)
+                        if not r.intact), None)
+            if bad is None:
+                raise
+            raise UnreadableEvent(bad) from None
+        for n in page:  # (SQLite hands back any value as read; a NULL topic passes on both)
+            if not (isinstance(n.topic, str) and isinstance(n.originator_version, int)
+                    and isinstance(n.state, bytes | memoryview)):
+                raise UnreadableEvent(n.id)
+        return page
+
+    def stored_rows(self, events_table: str, start: int, limit: int) -> list[StoredRow]:
+        """Up to ``limit`` rows of the events table from notification id ``start`` on, in log
+        order, as stored (see ``StoredRow``)."""
+        column = "notification_id" if self.is_postgres else "rowid"
+        rows = self.query(
+            f"SELECT {column} AS id, originator_id, originator_version, topic, state "
+            f"FROM {{t}}{events_table} WHERE {column} >= %s ORDER BY {column} LIMIT %s",
+            (start, limit))
+        return [StoredRow.read(r) for r in rows]
 
     def events_of(self, events_table: str, ids: list[UUID]) -> list[StoredEvent]:
         """Every stored event of these aggregates, by aggregate and version, in one query a

@@ -21,6 +21,7 @@ from ..domain.errors import (
     NotFound,
     ViewsBehind,
 )
+from ..store import UnreadableEvent
 
 log = logging.getLogger("ledger.api")
 
@@ -146,6 +147,17 @@ def too_deep(error: RecursionError) -> Response:
                    {"json": ["nested too deeply"]}, code="MalformedJSON")
 
 
+def unreadable_event(error: UnreadableEvent) -> Response:
+    """A stored event that cannot be read (a past report over an altered log): a 500 that says
+    which position, as the CLI does (the message names only the position)."""
+    log.error("%s", error)
+    if is_participant_page():
+        from .pages import kind_error
+
+        return kind_error(500)
+    return problem(500, str(error), code="UnreadableEvent")
+
+
 def unexpected_error(error: Exception) -> Response:
     """Anything else: logged by type only, answered with a bare 500."""
     log.error("unhandled %s", type(error).__name__)
@@ -162,4 +174,5 @@ def register(app: Flask) -> None:
     app.register_error_handler(LedgerError, ledger_error)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(RecursionError, too_deep)
+    app.register_error_handler(UnreadableEvent, unreadable_event)
     app.register_error_handler(Exception, unexpected_error)

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..domain.errors import InvalidInput
-from ..store import Sql
+from ..store import Sql, UnreadableEvent
 from .merkle import RootBuilder, consistency_proof, inclusion_proof, leaf_bytes, leaf_hash
 from .merkle import root as merkle_root
 
@@ -118,7 +118,7 @@ class MerkleLog:
     def catch_up(self) -> tuple[int, bytes]:
         """Hash every event not yet in the leaves; returns (size, root)."""
         size, last_id, stack = self._state()
-        if not self.recorder.select_notifications(start=last_id + 1, limit=1):
+        if not self.sql.read_page(self.recorder, last_id + 1, 1):
             return size, RootBuilder.from_state(size, bytes.fromhex(stack)).root()
         with self.sql.shared_lock("merkle"):  # one process at a time (see Projector.catch_up)
             return self._catch_up()
@@ -127,7 +127,7 @@ class MerkleLog:
         while True:
             size, last_id, stack = self._state()
             builder = RootBuilder.from_state(size, bytes.fromhex(stack))
-            page = self.recorder.select_notifications(start=last_id + 1, limit=PAGE)
+            page = self.sql.read_page(self.recorder, last_id + 1, PAGE)
             if not page:
                 return size, builder.root()
             rows = []
@@ -221,6 +221,15 @@ class MerkleLog:
         rows = self.sql.query(f"SELECT COUNT(*) AS n FROM {{t}}{table} WHERE {column} <= %s",
                               (notification_id,))
         return int(rows[0]["n"])
+
+    def events_page(self, start: int, limit: int) -> list[Any]:
+        """The events from notification id ``start`` on, as the library reads them; or, if it
+        cannot (see ``StoredRow``), as stored, so that verification names the position of a
+        row it cannot read instead of failing."""
+        try:
+            return self.sql.read_page(self.recorder, start, limit)
+        except UnreadableEvent:
+            return self.sql.stored_rows(self.recorder.events_table_name, start, limit)
 
     def leaves_recorded(self) -> int:
         """How many leaves are recorded now (the highest index, plus one)."""
@@ -395,7 +404,7 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
     hold(0)
     start, last_read = 1, 0
     while True:
-        page = log.recorder.select_notifications(start=start, limit=PAGE)
+        page = log.events_page(start, PAGE)
         for n in page:
             h = _leaf(n)
             position = builder.size + 1

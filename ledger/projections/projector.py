@@ -37,6 +37,7 @@ from eventsourcing.persistence import (
 
 from ..domain import Participant, Payment, Study, apply_events, is_redacted
 from ..privacy.mapper import Sealed
+from ..store import UnreadableEvent
 from ..views import participant_view
 from .rows import TABLES, participant_rows, summary_row
 from .store import Entry, Stale, ViewStore
@@ -51,19 +52,6 @@ MAX_WORKERS = 4
 FOLLOW_KEEP = 2_000  # aggregates held while following the log (each worker process holds its own)
 WRITTEN_KEEP = 1_000  # participants whose last written rows are remembered
 PARTICIPANT, PAYMENT, STUDY = "ledger:Participant", "ledger:Payment", "ledger:Study"
-
-
-class UnreadableEvent(Exception):
-    """A stored event that cannot be decrypted or decoded: changed after it was written, or
-    sealed with a key this process does not have. Names only its position (never its data)."""
-
-    def __init__(self, position: int | None) -> None:
-        self.position = position
-        which = "a stored event" if position is None else f"the event at position {position}"
-        super().__init__(
-            f"{which} cannot be read: it was changed after it was written, or it was sealed "
-            "with another key (check LEDGER_DATA_DIR and the keys; `ledger verify` finds "
-            "changed events)")
 
 
 class RebuildRunning(Exception):
@@ -304,7 +292,7 @@ class Projector:
         that notification id); returns the new position."""
         with self._lock:
             expected = self.views.position()
-            if not self.ledger.recorder.select_notifications(start=expected + 1, limit=1):
+            if not self.ledger.sql.read_page(self.ledger.recorder, expected + 1, 1):
                 return expected  # (nothing to do: no need to wait for the shared lock)
             # One process at a time: two that apply the same page both compute it, and one
             # finds the views moved on and throws its work away (two API workers under writes
@@ -316,7 +304,7 @@ class Projector:
                   progress: Callable[[int], None] | None) -> int:
         while True:
             expected = self.views.position()
-            page = self.ledger.recorder.select_notifications(start=expected + 1, limit=page_size)
+            page = self.ledger.sql.read_page(self.ledger.recorder, expected + 1, page_size)
             if not page:
                 return expected
             try:

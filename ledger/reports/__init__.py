@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from eventsourcing.persistence import MapperDeserialisationError
+
 from ..domain.errors import InvalidInput
 from ..projections.projector import Replay
 from ..projections.rows import summary_row
 from ..projections.store import Filter
+from ..store import UnreadableEvent
 from .build import compliance_report
 
 # A command takes its time from the clock, then commits within the store's lock timeout (30 s),
@@ -27,9 +30,12 @@ def replay_until(ledger: Any, as_of: datetime) -> Replay:
     later: set[Any] = set()
     start = 1
     while True:
-        page = recorder.select_notifications(start=start, limit=PAGE)
+        page = ledger.sql.read_page(recorder, start, PAGE)
         for n in page:
-            event = mapper.to_domain_event(n)
+            try:
+                event = mapper.to_domain_event(n)
+            except MapperDeserialisationError:  # (its message could quote the stored event)
+                raise UnreadableEvent(n.id) from None
             at = getattr(event, "at", None) or event.timestamp
             if at > as_of or n.originator_id in later:
                 if at > as_of + SKEW:

@@ -282,3 +282,27 @@ def test_a_past_report_from_before_anyone_registered_is_empty_not_an_error(clien
     counts = {k: v for k, v in _summary(report).items()
               if k.startswith(("participants", "payments", "access_needs", "obligations"))}
     assert counts and set(counts.values()) <= {0, None, "0.00"}, counts
+
+
+@pytest.mark.parametrize("change", ["flip", "null"])
+def test_a_past_report_over_an_altered_event_says_which_position(client, auditor, api_ledger,
+                                                                 clock, caplog, change):
+    """A past report replays the log; an event it cannot read is a 500 naming its position
+    (the auditor's next step is `ledger verify`), not a bare "something went wrong"."""
+    moments = _script(api_ledger, clock)
+    table = api_ledger.recorder.events_table_name
+    row = api_ledger.sql.query(f"SELECT rowid, state FROM {{t}}{table} WHERE topic = %s "
+                               "ORDER BY rowid LIMIT 1", ("ledger:Participant.Registered",))[0]
+    state = bytearray(row["state"])
+    state[-1] ^= 1
+    api_ledger.sql.execute(f"UPDATE {{t}}{table} SET state = %s WHERE rowid = %s",
+                           (bytes(state) if change == "flip" else None, row["rowid"]))
+    q = f"/api/v1/reports/compliance?as_of={moments['day3'].isoformat().replace('+', '%2B')}"
+
+    response = client.get(q, headers=auditor)
+
+    assert response.status_code == 500
+    assert response.mimetype == "application/problem+json"
+    assert response.json["code"] == "UnreadableEvent"
+    assert f"the event at position {row['rowid']} cannot be read" in response.json["detail"]
+    assert "Script" not in response.get_data(as_text=True) + caplog.text

@@ -261,24 +261,63 @@ def test_erasure_leaves_the_log_verifiable(store_env):
     assert f"OK: {size + 1} events" in out
 
 
-@pytest.mark.parametrize("new_state", ["tampered as text", None], ids=["text", "null"])
-def test_an_event_rewritten_as_another_type_is_caught_at_its_position(store_env, new_state):
-    """SQLite keeps any value in any column: a state rewritten as text or NULL must be named,
-    not crash the verifier."""
-    lg, size = _history(store_env)
-    if lg.sql.is_postgres:
+# (column, value, stores that take it): SQLite keeps any value in any column; PostgreSQL's
+# columns keep their types, but the state and the topic may be NULL. The library cannot read
+# such a row at all (a TypeError or a ValueError, not a decoding error).
+REWRITES = [
+    pytest.param("state", "tampered as text", {"sqlite"}, id="state-text"),
+    pytest.param("state", None, {"sqlite", "postgres"}, id="state-null"),
+    pytest.param("topic", None, {"sqlite", "postgres"}, id="topic-null"),
+    pytest.param("originator_id", "not an id", {"sqlite"}, id="id-text"),
+    pytest.param("originator_version", "seven", {"sqlite"}, id="version-text"),
+]
+
+
+def _rewrite(lg: Ledger, position: int, column: str, value: object, stores: set[str]) -> None:
+    if ("postgres" if lg.sql.is_postgres else "sqlite") not in stores:
         lg.close()
-        pytest.skip("PostgreSQL's bytea column takes bytes only")
-    ident = _rows(lg)[6][0]
-    lg.sql.execute(f"UPDATE {{t}}{_events(lg)} SET state = %s WHERE rowid = %s",
-                   (new_state, ident))
+        pytest.skip("this store's column does not take that value")
+    ident = _rows(lg)[position - 1][0]
+    lg.sql.execute(f"UPDATE {{t}}{_events(lg)} SET {column} = %s WHERE {_column(lg)} = %s",
+                   (value, ident))
+
+
+@pytest.mark.parametrize(("column", "value", "stores"), REWRITES)
+def test_an_event_rewritten_with_a_value_the_library_cannot_read_is_caught_at_its_position(
+        store_env, column, value, stores):
+    """A row the library cannot even read (it raised TypeError or ValueError, and verify failed
+    with "unexpected TypeError") is named at its position, like any other change."""
+    lg, size = _history(store_env)
+    _rewrite(lg, 7, column, value, stores)
     lg.close()
 
     code, out = _verify(store_env)
 
     assert code == 1, out
-    assert "Traceback" not in out
+    assert "Traceback" not in out and "unexpected" not in out, out
     assert "first bad position 7 " in out
+
+
+@pytest.mark.parametrize(("column", "value", "stores"), [
+    *REWRITES, pytest.param("flip", None, {"sqlite", "postgres"}, id="state-flipped")])
+def test_a_past_report_over_a_changed_event_names_its_position(store_env, column, value, stores):
+    """A report of a past moment replays the log: an event it cannot read stops it with the
+    position to look at, not "unexpected TypeError"."""
+    from datetime import UTC, datetime, timedelta
+
+    lg, size = _history(store_env)
+    if column == "flip":
+        _flip_a_byte(lg, 7)
+    else:
+        _rewrite(lg, 7, column, value, stores)
+    lg.close()
+    moment = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+
+    result = _run(store_env, "report", "--as-of", moment)
+
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+    assert "the event at position 7 cannot be read" in result.stderr, result.stderr
 
 
 def test_a_write_command_leaves_its_events_hashed_and_signed(store_env):
