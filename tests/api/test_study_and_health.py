@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from .conftest import bearer
@@ -74,6 +76,12 @@ def test_openapi_document_and_local_swagger_ui_are_served(client):
     assert spec.status_code == docs.status_code == asset.status_code == 200
     assert "/api/v1/study" in spec.json["paths"]
     assert b"/api/v1/docs/static/swagger-ui-bundle.js" in docs.data
+    start = client.get("/api/v1/docs/start.js")
+    assert start.status_code == 200 and b"SwaggerUIBundle" in start.data
+    # No inline script: the CSP allows scripts from the ledger's own address only.
+    scripts = re.findall(rb"<script[^>]*>", docs.data)
+    assert len(scripts) == 3 and all(b" src=" in s for s in scripts), scripts
+    assert "'unsafe-inline'" not in docs.headers["Content-Security-Policy"]
 
 
 def test_every_operation_that_takes_a_body_documents_415(client):

@@ -330,3 +330,22 @@ def test_every_printed_page_of_the_receipt_keeps_a_margin(server, staff, browser
 
     assert len(margins) >= 2, margins  # long enough to break across sheets
     assert all(top >= 36 and bottom >= 28 for top, bottom in margins), margins  # 1.3 cm, 1 cm
+
+
+def test_the_api_docs_run_under_a_csp_without_inline_script(server, browser):
+    """Swagger UI at /api/v1/docs draws every operation with the page's own CSP in force (no
+    'unsafe-inline' for scripts): the browser reports no violation."""
+    page = browser.new_page()  # (the CSP is enforced: no bypass here)
+    messages: list[str] = []
+    page.on("console", lambda m: messages.append(m.text))
+    page.on("pageerror", lambda e: messages.append(str(e)))
+    response = page.goto(server.url + "/api/v1/docs")
+    assert response is not None
+    csp = response.headers["content-security-policy"]
+    page.wait_for_selector(".opblock", timeout=30_000)
+    operations = page.locator(".opblock").count()
+    page.close()
+
+    assert "unsafe-inline" not in csp.split("script-src", 1)[1].split(";")[0], csp
+    assert operations >= 20
+    assert [m for m in messages if "Content Security Policy" in m or "Refused" in m] == []
