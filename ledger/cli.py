@@ -425,6 +425,57 @@ def study_finance_retention(days: int) -> None:
     click.echo(f"Finance retention: {days} days after a payment.", err=True)
 
 
+@study.command("form")
+@click.argument("version")
+@click.argument("text_file", type=click.Path(exists=True, dir_okay=False))
+def study_form(version: str, text_file: str) -> None:
+    """Register consent form VERSION (e.g. 1.1) with its full text, read from TEXT_FILE
+    (UTF-8); it becomes the current version, and its SHA-256 is what grants are checked
+    against. A version is registered once."""
+    try:
+        text = Path(text_file).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise click.BadParameter("not UTF-8 text", param_hint="TEXT_FILE") from None
+    with open_ledger() as ledger:
+        sha256 = ledger.register_form(version, text, by="cli:study")
+    click.echo(f"Registered consent form {version}, now the current version "
+               f"(SHA-256 {sha256}).", err=True)
+
+
+@study.command("deadline")
+@click.argument("scope")
+@click.argument("moment", metavar="DEADLINE")
+def study_deadline(scope: str, moment: str) -> None:
+    """Set SCOPE's withdrawal DEADLINE (ISO 8601 with offset, e.g. 2027-03-01T00:00:00+00:00),
+    after which a withdrawal is still recorded, flagged as past the deadline; `none` clears
+    it."""
+    from datetime import datetime
+
+    deadline = None
+    if moment.lower() != "none":
+        try:
+            deadline = datetime.fromisoformat(moment)
+        except ValueError:
+            raise click.BadParameter("not an ISO 8601 date and time (or `none`)",
+                                     param_hint="DEADLINE") from None
+    with open_ledger() as ledger:
+        ledger.set_withdrawal_deadline(scope, deadline, by="cli:study")
+    click.echo(f"Withdrawal deadline for {scope}: "
+               f"{deadline.isoformat() if deadline else 'none'}.", err=True)
+
+
+@study.command("rate")
+@click.argument("activity")
+@click.argument("amount")
+def study_rate(activity: str, amount: str) -> None:
+    """Set ACTIVITY's standard rate to AMOUNT in pounds (e.g. 25.00): payments of another
+    amount then need a reason, and reports hold payments against it."""
+    with open_ledger() as ledger:
+        ledger.set_rate(activity, amount, by="cli:study")
+        rate = next(a["rate"] for a in ledger.study()["activities"] if a["name"] == activity)
+    click.echo(f"Rate for {activity}: £{rate}.", err=True)
+
+
 @main.group()
 def projections() -> None:
     """The views the staff list and the reports read."""

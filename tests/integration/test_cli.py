@@ -249,6 +249,50 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, w
         assert opened_at == stopped_at and reopened == at_kill
 
 
+def test_form_versions_deadlines_and_rates_are_set_from_the_command_line(store_env, tmp_path):
+    """The study's settings the design calls configurable, without writing Python: a new
+    consent form version, a scope's withdrawal deadline, an activity's rate. A refused
+    setting says why and writes nothing."""
+    import hashlib
+
+    _run(store_env, "init")
+    form = tmp_path / "form-1.1.txt"
+    form.write_text("Consent form 1.1\n\nYou can stop at any time, and keep your payment.\n")
+    not_utf8 = tmp_path / "form.bin"
+    not_utf8.write_bytes(b"\xff\xfe")
+
+    done = [_run(store_env, "study", *args) for args in [
+        ("form", "1.1", str(form)), ("deadline", "analyse", "2027-03-01T00:00:00+00:00"),
+        ("deadline", "publish", "2027-06-01T12:00:00+01:00"), ("deadline", "publish", "none"),
+        ("rate", "workshop", "30.00")]]
+    ledger = Ledger(store_env)
+    size = ledger.recorder.max_notification_id()
+    ledger.close()
+    refused = [_run(store_env, "study", *args) for args in [
+        ("form", "1.1", str(form)), ("form", "2.0", str(not_utf8)),
+        ("deadline", "analyse", "2027-03-01"), ("deadline", "analyse", "soon"),
+        ("deadline", "nosuch", "none"), ("rate", "workshop", "30.001"),
+        ("rate", "workshop", "GBP 25"), ("rate", "lunch", "5.00")]]
+
+    assert [r.returncode for r in done] == [0] * 5, [r.stderr for r in done]
+    assert [r.returncode for r in refused] == [1, 2, 1, 2, 1, 1, 1, 1], [r.stderr for r in refused]
+    assert all(r.stderr.strip().splitlines()[-1].startswith("Error: ")
+               and "Traceback" not in r.stderr for r in refused), [r.stderr for r in refused]
+    ledger = Ledger(store_env)
+    try:
+        study = ledger.study()
+        assert ledger.recorder.max_notification_id() == size
+    finally:
+        ledger.close()
+    current = [f for f in study["consent_forms"] if f["current"]]
+    assert [(f["version"], f["sha256"]) for f in current] == [
+        ("1.1", hashlib.sha256(form.read_bytes()).hexdigest())]
+    scopes = {s["name"]: s["withdrawal_deadline"] for s in study["scopes"]}
+    assert str(scopes["analyse"]).startswith("2027-03-01") and scopes["publish"] is None
+    assert {a["name"]: a["rate"] for a in study["activities"]} == {
+        "conversation": "25.00", "workshop": "30.00"}
+
+
 def test_the_finance_retention_is_set_from_the_command_line(store_env):
     _run(store_env, "init")
 

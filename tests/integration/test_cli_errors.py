@@ -39,7 +39,9 @@ def ready(tmp_path) -> Path:
 
 @pytest.mark.parametrize("command", [("verify",), ("report",), ("tokens", "list"),
                                      ("tokens", "revoke", "abc"),
-                                     ("study", "finance-retention", "5")])
+                                     ("study", "finance-retention", "5"),
+                                     ("study", "rate", "workshop", "30.00"),
+                                     ("study", "deadline", "analyse", "none")])
 def test_a_mistyped_data_directory_is_an_error_not_a_new_ledger(tmp_path, command):
     missing = tmp_path / "mistyped"
 
