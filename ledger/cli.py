@@ -221,7 +221,9 @@ def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | Non
         signature = sign_report(ledger, data)
     if output:
         write_report(Path(output), data, signature)
-        click.echo(f"Wrote the {fmt} report to {output}, and its signature (Ed25519, base64, "
+        what = "csv report (a zip of one CSV file per section)" if fmt == "csv" else \
+            f"{fmt} report"
+        click.echo(f"Wrote the {what} to {output}, and its signature (Ed25519, base64, "
                    f"over the file's bytes) to {output}.sig.", err=True)
     else:
         sys.stdout.buffer.write(data)

@@ -163,6 +163,7 @@ def test_the_report_command_gives_the_same_bytes_as_the_api(store_env, tmp_path)
                 "as_of": moment, "format": fmt}, headers={"Authorization": f"Bearer {auditor}"})
             assert done.returncode == 0, done.stderr
             assert api.status_code == 200 and out.read_bytes() == api.data
+            assert ("a zip of one CSV file per section" in done.stderr) == (fmt == "csv")
             # Ed25519 is deterministic: the same bytes, the same signature, in the .sig file
             signature = (tmp_path / f"report.{EXTENSIONS[fmt]}.sig").read_text().strip()
             assert signature == api.headers["Ledger-Signature"]
