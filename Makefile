@@ -1,5 +1,6 @@
 # The two commands of the README. Both create .venv and install the package on first use.
 PYTHON ?= python3
+PORT ?= 8000
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -13,11 +14,11 @@ $(BIN)/ledger: pyproject.toml
 
 install: $(BIN)/ledger
 
-## make run: the service on SQLite (./var) with the demo study, on http://127.0.0.1:8000
+## make run: the service on SQLite (./var) with the demo study, on http://127.0.0.1:8000 (PORT=...)
 run: install
 	$(BIN)/ledger init
 	$(BIN)/ledger demo
-	$(BIN)/ledger serve --host 127.0.0.1 --port 8000
+	$(BIN)/ledger serve --host 127.0.0.1 --port $(PORT)
 
 ## make test: the whole test suite (PostgreSQL tests skip with a reason when no server answers)
 test: install

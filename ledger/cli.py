@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,9 +144,13 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     click.echo(f"Serving the ledger on http://{host}:{port} ({store}); API docs at "
                f"http://{host}:{port}/api/v1/docs", err=True)
     if not load_environment().get("LEDGER_BASE_URL"):
+        # Links then point at this server as started (on another --port too), for the workers
+        # it forks; a wildcard address names no host a browser can reach, so 127.0.0.1 stands.
+        reachable = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+        base = f"http://{f'[{reachable}]' if ':' in reachable else reachable}:{port}"
+        os.environ["LEDGER_BASE_URL"] = base
         click.echo(f"LEDGER_BASE_URL is not set: participants' withdrawal links will start with "
-                   f"{settings.base_url}. Set it to the address people reach this service at.",
-                   err=True)
+                   f"{base}. Set it to the address people reach this service at.", err=True)
     run(host, port, workers, threads)
 
 
@@ -159,7 +164,7 @@ def tokens() -> None:
 @click.option("--name", required=True, help="Who the token is for (kept in the token list).")
 def tokens_create(role: str, name: str) -> None:
     """Print a new token (only the token, on stdout). It is shown once and stored as a hash."""
-    with open_ledger(create=True) as ledger:
+    with open_ledger() as ledger:  # (a token made in a mistyped place would only get 401s)
         try:
             info, token = ledger.tokens.create(role, name)
         except ValueError as e:

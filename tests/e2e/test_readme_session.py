@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,30 @@ def test_the_readme_curl_session_runs_as_written(server, tmp_path):
     assert [(p["amount"], p["reference"]) for p in record["payments"]] == [("25.00", "VCH-0042")]
     assert record["consents"]["quote"]["state"] == "withdrawn"
     assert record["consents"]["take_part"]["state"] == "given"
+
+
+def _blocks(section: str) -> list[tuple[str, str]]:
+    text = README.read_text()
+    start = text.index(f"## {section}\n")
+    end = text.index("\n## ", start + 1)
+    return re.findall(r"```(sh|python)\n(.*?)```", text[start:end], re.S)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_the_readme_tamper_evidence_snippets_run_as_written(server, tmp_path):
+    """An auditor's commands and the Python that checks a kept checkpoint and a report's
+    signature, pasted in order (they once used an $AUDITOR the README never made)."""
+    blocks = _blocks("Tamper evidence")
+    assert [kind for kind, _ in blocks] == ["sh", "python", "sh", "python"]
+    script = "".join(  # one shell, as when pasted into a terminal
+        code.replace("http://127.0.0.1:8000", server.url).replace(".venv/bin/ledger", LEDGER)
+        if kind == "sh" else f"'{sys.executable}' - <<'PYTHON'\n{code}PYTHON\n"
+        for kind, code in blocks)
+    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script],
+                          env={**clean_environ(), **server.env}, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    checkpoint = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert checkpoint["size"] > 0
+    assert (tmp_path / "report.pdf").read_bytes().startswith(b"%PDF")

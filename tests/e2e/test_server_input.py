@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ledger.application import Ledger
+
 from .conftest import Server, start_server
 
 NAME = "Zebedee Quarrington"
@@ -138,12 +140,31 @@ def test_serve_warns_when_links_would_only_work_on_this_machine(tmp_path, served
     from .conftest import LEDGER, _free_port, clean_environ
 
     env = {**clean_environ(), "LEDGER_DATA_DIR": str(tmp_path / "data")}  # no LEDGER_BASE_URL
-    proc = subprocess.Popen([LEDGER, "serve", "--port", str(_free_port()), "--workers", "1"],
+    port = _free_port()
+    proc = subprocess.Popen([LEDGER, "serve", "--port", str(port), "--workers", "1"],
                             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
         lines = [proc.stderr.readline() for _ in range(2)]  # written before gunicorn starts
+        own = Server(f"http://127.0.0.1:{port}", env, tmp_path / "unused.log")
+        for _ in range(300):
+            try:
+                if own.request("GET", "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        lg = Ledger({"LEDGER_DATA_DIR": env["LEDGER_DATA_DIR"]})
+        try:
+            staff = {"Authorization": f"Bearer {lg.tokens.create('staff', 'links')[1]}"}
+        finally:
+            lg.close()
+        _, _, body = own.request("POST", "/api/v1/participants", {"name": "Lin Kport"}, staff)
+        pid = json.loads(body)["id"]
+        _, _, body = own.request("POST", f"/api/v1/participants/{pid}/withdrawal-link", {},
+                                 staff)
+        url = json.loads(body)["url"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -152,6 +173,9 @@ def test_serve_warns_when_links_would_only_work_on_this_machine(tmp_path, served
 
     assert lines[0].startswith("Serving the ledger")
     assert lines[1].startswith("LEDGER_BASE_URL is not set")
+    assert f"http://127.0.0.1:{port}." in lines[1]
+    # The links point at the port it serves on (they said 8000 whatever --port was)
+    assert url.startswith(f"http://127.0.0.1:{port}/my/"), url
     server, _ = served  # started with LEDGER_BASE_URL: no warning
     assert "LEDGER_BASE_URL is not set" not in Path(server.log).read_text()
 

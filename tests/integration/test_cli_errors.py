@@ -39,6 +39,7 @@ def ready(tmp_path) -> Path:
 
 @pytest.mark.parametrize("command", [("verify",), ("report",), ("tokens", "list"),
                                      ("tokens", "revoke", "abc"),
+                                     ("tokens", "create", "--role", "staff", "--name", "Mia"),
                                      ("study", "finance-retention", "5"),
                                      ("study", "rate", "workshop", "30.00"),
                                      ("study", "deadline", "analyse", "none")])
@@ -55,6 +56,7 @@ PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.mark.parametrize("command", [("verify",), ("report",), ("tokens", "list"),
+                                     ("tokens", "create", "--role", "staff", "--name", "Mia"),
                                      ("projections", "rebuild")])
 def test_a_mistyped_postgresql_schema_is_an_error_not_a_new_ledger(tmp_path, pg_schema, command):
     """On PostgreSQL `ledger verify` used to create an empty ledger in a mistyped schema (or
@@ -191,7 +193,7 @@ def test_a_backup_of_an_unreadable_database_leaves_nothing(ready, tmp_path):
 
 def test_a_report_before_the_study_is_set_up_does_not_blame_as_of(tmp_path):
     data = tmp_path / "data"
-    assert _run(data, "tokens", "create", "--role", "auditor", "--name", "Early").returncode == 0
+    Ledger({"LEDGER_DATA_DIR": str(data)}).close()  # a store, and no study in it
 
     stderr = _one_line_error(_run(data, "report"))
 

@@ -7,6 +7,7 @@ from tests.integration.test_cli import _run
 
 
 def test_tokens_create_list_and_revoke(store_env):
+    _run(store_env, "init")
     created = _run(store_env, "tokens", "create", "--role", "auditor", "--name", "Ethics cttee")
     token = created.stdout.strip()
     listed = _run(store_env, "tokens", "list")
@@ -30,6 +31,7 @@ def test_tokens_create_list_and_revoke(store_env):
 
 
 def test_a_bad_role_or_name_is_refused(store_env):
+    _run(store_env, "init")
     bad_role = _run(store_env, "tokens", "create", "--role", "root", "--name", "x")
     bad_name = _run(store_env, "tokens", "create", "--role", "staff", "--name", " ")
 
