@@ -21,7 +21,12 @@ from eventsourcing.application import (
     Repository,
 )
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import InfrastructureFactory, IntegrityError, JSONTranscoder
+from eventsourcing.persistence import (
+    InfrastructureFactory,
+    IntegrityError,
+    JSONTranscoder,
+    MapperDeserialisationError,
+)
 from eventsourcing.utils import Environment, EnvType
 
 from . import pilot
@@ -53,7 +58,7 @@ from .privacy.tokens import TokenStore
 from .projections.follower import Follower
 from .projections.projector import Projector
 from .receipts import consent_receipt, my_consents_view
-from .store import Sql, VersionProbe, eventsourcing_env, schema_lock
+from .store import Sql, UnreadableEvent, VersionProbe, eventsourcing_env, schema_lock
 from .views import (
     arrangement_view,
     consent_view,
@@ -187,7 +192,14 @@ class Ledger(Application[UUID]):
         )
         self._scrub_next, self._scrub_pending = time.monotonic() + SCRUB_RETRY_S, False
         self._scrub_marked = 0  # counts the times an erasure found a scrub left pending
-        self.finish_erasures()  # complete any erasure a crash interrupted
+        try:
+            self.finish_erasures()  # complete any erasure a crash interrupted
+        except (UnreadableEvent, MapperDeserialisationError) as error:
+            # Opened all the same, so that `ledger verify` can say what was changed; retried at
+            # the next start and after the next erasure. (The library's message could quote the
+            # stored event: ours names only its position.)
+            log.warning("could not finish interrupted erasures: %s", error
+                        if isinstance(error, UnreadableEvent) else str(UnreadableEvent(None)))
         self.projector.recover()  # put back the views a killed rebuild set aside
         self._saved = threading.local()
         self._wrote_in = 0  # the process that saved through this ledger (0: none yet)
@@ -529,7 +541,7 @@ class Ledger(Application[UUID]):
         """Notifications of the given topics, in log order, read a page at a time."""
         start = 1
         while True:
-            page = self.recorder.select_notifications(start=start, limit=500, topics=topics)
+            page = self.sql.read_page(self.recorder, start, 500, topics=topics)
             yield from page
             if len(page) < 500:
                 return
@@ -713,8 +725,14 @@ class Ledger(Application[UUID]):
     def audit_events(self, *, after: int, limit: int) -> dict[str, Any]:
         """The log in order after notification ``after``: what happened, when, by whom. Personal
         fields are never opened here: they read as "[personal data]"."""
-        page = self.recorder.select_notifications(start=after + 1, limit=limit)
-        items = [audit_item(n.id, n.topic, self.mapper.to_domain_event(n)) for n in page]
+        page = self.sql.read_page(self.recorder, after + 1, limit)
+        items = []
+        for n in page:
+            try:
+                event = self.mapper.to_domain_event(n)
+            except MapperDeserialisationError:  # (its message could quote the stored event)
+                raise UnreadableEvent(n.id) from None
+            items.append(audit_item(n.id, n.topic, event))
         return {"items": items, "next_after": page[-1].id if len(page) == limit else None}
 
     # -- the personal withdrawal link ---------------------------------------------------------

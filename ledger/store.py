@@ -4,6 +4,7 @@ for the ledger's own tables (data keys, metadata) in the same database as the ev
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -15,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
 from eventsourcing.persistence import Notification, StoredEvent
+from eventsourcing.persistence import OperationalError as PersistenceOperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
 from .config import Settings
@@ -224,12 +226,29 @@ class UnreadableEvent(Exception):
             "changed events)")
 
 
+MAX_VERSION = 2 ** 63  # (a version is a positive 64-bit integer; the leaf packs it in 8 bytes)
+# What reading a row the ledger never wrote raises (text that is not UTF-8, on SQLite, is an
+# OperationalError, wrapped by the library in its own). A real operational error also lands
+# here: the rows are then read as stored, and when none of them is malformed it is raised again.
+UNREADABLE = (TypeError, ValueError, AttributeError, sqlite3.OperationalError,
+              PersistenceOperationalError)
+
+
+def readable(n: Any) -> bool:
+    """Whether an event the library read holds what the ledger writes: a text topic, a version
+    from 1, bytes. (SQLite hands back any value as stored; a NULL topic passes on both.)"""
+    v = n.originator_version
+    return (isinstance(n.topic, str) and isinstance(v, int) and 0 < v < MAX_VERSION
+            and isinstance(n.state, bytes | memoryview))
+
+
 @dataclass(frozen=True)
 class StoredRow:
     """One row of the events table as stored, read without the library (which fails on a row
-    rewritten with a NULL, or with an id or version that is not one). An unreadable value
-    stands as one no event has (the nil id, version 0, the empty topic), so the row's hash
-    differs from the one recorded for it, and ``intact`` is false."""
+    rewritten with a NULL, an id or version that is not one, or on SQLite text that is not
+    UTF-8). ``intact`` is false for a row in any form the ledger never writes; an unreadable
+    value then stands as one no event has (the nil id, version 0, the empty topic), so the
+    row's hash also differs from the one recorded for it."""
 
     id: int
     originator_id: UUID
@@ -240,16 +259,31 @@ class StoredRow:
 
     @classmethod
     def read(cls, row: Any) -> StoredRow:
-        oid, version, topic = row["originator_id"], row["originator_version"], row["topic"]
-        intact = isinstance(topic, str) and isinstance(row["state"], bytes | memoryview)
+        oid, version, topic, state = (row["originator_id"], row["originator_version"],
+                                      row["topic"], row["state"])
+        intact = bool(row["typed"]) if "typed" in row.keys() else True  # (SQLite: the types)
+        if isinstance(oid, bytes):  # SQLite's text, read as its bytes
+            intact = intact and CANONICAL_ID.fullmatch(oid) is not None
+            oid = oid.decode("utf-8", "replace")
         try:
             oid = oid if isinstance(oid, UUID) else UUID(str(oid))
         except ValueError:
             oid, intact = UUID(int=0), False
-        if not (isinstance(version, int) and 0 <= version < 2 ** 63):
+        if not (isinstance(version, int) and 0 < version < MAX_VERSION):
             version, intact = 0, False
-        return cls(int(row["id"]), oid, version, topic if isinstance(topic, str) else "",
-                   row["state"], intact)
+        if isinstance(topic, bytes):
+            try:
+                topic = topic.decode("utf-8")
+            except UnicodeDecodeError:
+                topic, intact = topic.decode("utf-8", "replace"), False
+        if not isinstance(topic, str):
+            topic, intact = "", False
+        if not isinstance(state, bytes | memoryview):
+            intact = False
+        return cls(int(row["id"]), oid, version, topic, state, intact)
+
+
+CANONICAL_ID = re.compile(rb"[0-9a-f]{32}")  # how the library writes an id on SQLite
 
 
 class Sql:
@@ -365,55 +399,98 @@ class Sql:
                               tuple(wanted))
         return int(rows[0]["n"]) == len(wanted)
 
-    def read_page(self, recorder: Any, start: int, limit: int,
-                  **kwargs: Any) -> list[Notification]:
-        """The library's ``select_notifications``; if it cannot read a row (see ``StoredRow``),
-        ``UnreadableEvent`` naming the first such row's position."""
+    def read_page(self, recorder: Any, start: int, limit: int, *, topics: Sequence[str] = (),
+                  stop: int | None = None) -> list[Notification]:
+        """The library's ``select_notifications``; if it cannot read a row, or reads one in a
+        form the ledger never writes (see ``readable``), ``UnreadableEvent`` naming the first
+        such row's position."""
         try:
-            page = list(recorder.select_notifications(start=start, limit=limit, **kwargs))
-        except (TypeError, ValueError, AttributeError):
-            bad = next((r.id for r in self.stored_rows(recorder.events_table_name, start, limit)
+            page = list(recorder.select_notifications(start=start, limit=limit, topics=topics,
+                                                      stop=stop))
+        except UNREADABLE:
+            bad = next((r.id for r in self.stored_rows(recorder.events_table_name, start, limit,
+                                                       topics=topics, stop=stop)
                         if not r.intact), None)
             if bad is None:
                 raise
             raise UnreadableEvent(bad) from None
-        for n in page:  # (SQLite hands back any value as read; a NULL topic passes on both)
-            if not (isinstance(n.topic, str) and isinstance(n.originator_version, int)
-                    and isinstance(n.state, bytes | memoryview)):
+        for n in page:
+            if not readable(n):
                 raise UnreadableEvent(n.id)
         return page
 
-    def stored_rows(self, events_table: str, start: int, limit: int) -> list[StoredRow]:
-        """Up to ``limit`` rows of the events table from notification id ``start`` on, in log
-        order, as stored (see ``StoredRow``)."""
+    def stored_rows(self, events_table: str, start: int, limit: int, *,
+                    topics: Sequence[str] = (), stop: int | None = None) -> list[StoredRow]:
+        """Up to ``limit`` rows of the events table from notification id ``start`` on (to
+        ``stop``; of ``topics``), in log order, as stored (see ``StoredRow``). On SQLite each
+        value is read as its bytes (text that is not UTF-8 cannot be read otherwise), with
+        whether every value has the type the library writes."""
         column = "notification_id" if self.is_postgres else "rowid"
-        rows = self.query(
-            f"SELECT {column} AS id, originator_id, originator_version, topic, state "
-            f"FROM {{t}}{events_table} WHERE {column} >= %s ORDER BY {column} LIMIT %s",
-            (start, limit))
+        values = ("originator_id, originator_version, topic, state" if self.is_postgres else
+                  "CAST(originator_id AS BLOB) AS originator_id, originator_version, "
+                  "CAST(topic AS BLOB) AS topic, CAST(state AS BLOB) AS state, "
+                  "(typeof(originator_id) = 'text' AND typeof(originator_version) = 'integer' "
+                  "AND typeof(topic) = 'text' AND typeof(state) = 'blob') AS typed")
+        where, params = f"{column} >= %s", [start]  # type: tuple[str, list[Any]]
+        if stop is not None:
+            where, params = where + f" AND {column} <= %s", [*params, stop]
+        if topics:
+            where += f" AND topic IN ({', '.join(['%s'] * len(topics))})"
+            params += list(topics)
+        rows = self.query(f"SELECT {column} AS id, {values} FROM {{t}}{events_table} "
+                          f"WHERE {where} ORDER BY {column} LIMIT %s", (*params, limit))
         return [StoredRow.read(r) for r in rows]
+
+    def malformed_rows(self, events_table: str) -> tuple[int, int | None]:
+        """How many rows of the events table are in a form the ledger never writes, and the
+        first one's notification id. The library reads some such rows without complaint: on
+        SQLite an id in capitals or with hyphens reads as the same UUID, yet the aggregate's
+        own history, matched by exact text, no longer holds that event."""
+        if self.is_postgres:
+            column, test = "notification_id", (
+                "state IS NULL OR topic IS NULL OR originator_version < 1")
+        else:
+            column, test = "rowid", (
+                "typeof(originator_id) != 'text' OR length(originator_id) != 32 "
+                "OR originator_id GLOB '*[^0-9a-f]*' OR typeof(originator_version) != 'integer' "
+                "OR originator_version < 1 OR typeof(topic) != 'text' "
+                "OR typeof(state) != 'blob'")
+        rows = self.query(f"SELECT COUNT(*) AS n, MIN({column}) AS first "
+                          f"FROM {{t}}{events_table} WHERE {test}")
+        first = rows[0]["first"]
+        return int(rows[0]["n"]), None if first is None else int(first)
 
     def events_of(self, events_table: str, ids: list[UUID]) -> list[StoredEvent]:
         """Every stored event of these aggregates, by aggregate and version, in one query a
-        few hundred aggregates at a time (the library reads one aggregate a query)."""
+        few hundred aggregates at a time (the library reads one aggregate a query). A row in a
+        form the ledger never writes is ``UnreadableEvent`` at its position."""
         out: list[StoredEvent] = []
+        column = "notification_id" if self.is_postgres else "rowid"
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
+            params: tuple[Any, ...]
             if self.is_postgres:
-                rows = self.query(
-                    "SELECT originator_id, originator_version, topic, state FROM "
-                    f"{{t}}{events_table} WHERE originator_id = ANY(%s) "
+                statement, params = (
+                    f"SELECT {column} AS id, originator_id, originator_version, topic, state "
+                    f"FROM {{t}}{events_table} WHERE originator_id = ANY(%s) "
                     "ORDER BY originator_id, originator_version", (chunk,))
             else:
-                rows = self.query(
-                    "SELECT originator_id, originator_version, topic, state FROM "
-                    f"{{t}}{events_table} WHERE originator_id IN "
+                statement, params = (
+                    f"SELECT {column} AS id, originator_id, originator_version, topic, state "
+                    f"FROM {{t}}{events_table} WHERE originator_id IN "
                     f"({', '.join(['%s'] * len(chunk))}) ORDER BY originator_id, "
                     "originator_version", tuple(u.hex for u in chunk))
-            out += [StoredEvent(originator_id=r["originator_id"] if self.is_postgres
-                                else UUID(r["originator_id"]),
-                                originator_version=r["originator_version"], topic=r["topic"],
-                                state=bytes(r["state"])) for r in rows]
+            rows = self.query(statement, params)
+            for r in rows:
+                try:
+                    oid = r["originator_id"] if self.is_postgres else UUID(r["originator_id"])
+                except ValueError:
+                    raise UnreadableEvent(int(r["id"])) from None
+                event = StoredEvent(originator_id=oid, originator_version=r["originator_version"],
+                                    topic=r["topic"], state=r["state"])
+                if not readable(event):
+                    raise UnreadableEvent(int(r["id"]))
+                out.append(event)
         return out
 
     def shard_notifications(self, events_table: str, first: int, last: int,
@@ -437,11 +514,22 @@ class Sql:
                 f"FROM {{t}}{events_table} WHERE rowid BETWEEN %s AND %s AND (topic NOT LIKE %s OR "
                 f"(instr('0123456789abcdef', substr(originator_id, 32, 1)) - 1) & {n - 1} = {k}) "
                 "ORDER BY rowid")
-        rows = self.query(statement, (first, last, f"{sharded_topics}%"))
-        return [Notification(id=r["id"], originator_id=r["originator_id"] if self.is_postgres
-                             else UUID(r["originator_id"]),
-                             originator_version=r["originator_version"], topic=r["topic"],
-                             state=bytes(r["state"])) for r in rows]
+        try:
+            rows = self.query(statement, (first, last, f"{sharded_topics}%"))
+            page = [Notification(id=r["id"], originator_id=r["originator_id"] if self.is_postgres
+                                 else UUID(r["originator_id"]),
+                                 originator_version=r["originator_version"], topic=r["topic"],
+                                 state=r["state"]) for r in rows]
+        except UNREADABLE:  # (a row this shard may not even own: the first that cannot be read)
+            bad = next((r.id for r in self.stored_rows(events_table, first, last - first + 1,
+                                                       stop=last) if not r.intact), None)
+            if bad is None:
+                raise
+            raise UnreadableEvent(bad) from None
+        for note in page:
+            if not readable(note):
+                raise UnreadableEvent(note.id)
+        return page
 
     def maintenance(self, statement: str, *, lock_timeout_ms: int = 0) -> None:
         """Run a PostgreSQL statement outside any transaction (VACUUM), waiting for locks at most

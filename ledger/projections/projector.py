@@ -324,8 +324,8 @@ class Projector:
                 expected = self.views.position()
                 if expected >= notification_id:
                     return
-                if expected < notification_id - 1 and self.ledger.recorder.select_notifications(
-                        start=expected + 1, limit=1, stop=notification_id - 1):
+                if expected < notification_id - 1 and self.ledger.sql.read_page(
+                        self.ledger.recorder, expected + 1, 1, stop=notification_id - 1):
                     # The views are behind what was delivered (a rebuild emptied them or put
                     # them back meanwhile): what lies between is read from the log, not skipped.
                     self._catch_up(notification_id, PAGE, None)

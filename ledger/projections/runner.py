@@ -74,7 +74,10 @@ def first_unreadable(ledger: Any) -> int | None:
     the views' position that the mapper cannot read (it hands events over in log order)."""
     position = ledger.projector.views.position()
     while True:
-        page = ledger.recorder.select_notifications(start=position + 1, limit=100)
+        try:
+            page = ledger.sql.read_page(ledger.recorder, position + 1, 100)
+        except UnreadableEvent as error:  # (a row the library cannot even read)
+            return error.position
         if not page:
             return None
         for n in page:
@@ -116,8 +119,14 @@ def run_views(env: Mapping[str, str], *, until_idle: bool = False,
             while not stop.is_set():
                 try:
                     runner.run_forever(timeout=POLL_S)  # re-raises the processing thread's error
-                except MapperDeserialisationError:  # (its message could quote the event)
-                    raise UnreadableEvent(first_unreadable(ledger)) from None
+                except (MapperDeserialisationError, TypeError, ValueError,
+                        AttributeError) as error:  # (its message could quote the event)
+                    # On PostgreSQL a NULL state is a TypeError, not a decoding error: either
+                    # way, the first event that cannot be read is named, if there is one.
+                    position = first_unreadable(ledger)
+                    if position is None and not isinstance(error, MapperDeserialisationError):
+                        raise
+                    raise UnreadableEvent(position) from None
                 ledger.checkpoint_if_due()  # the Merkle leaves and signed checkpoints
                 ledger.retry_scrub()  # erased keys a reader kept on disk, once it has gone
                 if runner.is_interrupted.is_set():

@@ -71,3 +71,32 @@ def test_bad_paging_is_a_clear_422(client, auditor, query):
 
 def test_staff_cannot_read_the_feed(client, staff):
     assert client.get("/api/v1/audit/events", headers=staff).status_code == 403
+
+
+@pytest.mark.parametrize("change", ["flip", "null"])
+def test_an_event_changed_in_the_database_is_named_by_the_feed_and_the_proof(
+        client, auditor, history, api_ledger, caplog, change):
+    """The feed and the inclusion proof read stored events: one changed after it was written is
+    a 500 that names its position (the next step is `ledger verify`), not a bare one."""
+    api_ledger.merkle.checkpoint()
+    table = api_ledger.recorder.events_table_name
+    row = api_ledger.sql.query(f"SELECT rowid, state FROM {{t}}{table} WHERE topic = %s",
+                               ("ledger:Participant.AccessNeedRequested",))[0]
+    state = bytearray(row["state"])
+    state[-1] ^= 1
+    api_ledger.sql.execute(f"UPDATE {{t}}{table} SET state = %s WHERE rowid = %s",
+                           (bytes(state) if change == "flip" else None, row["rowid"]))
+
+    feed = client.get("/api/v1/audit/events?limit=1000", headers=auditor)
+    proof = client.get(f"/api/v1/audit/proofs/inclusion?position={row['rowid']}",
+                       headers=auditor)
+
+    answers = [feed] if change == "flip" else [feed, proof]  # (a proof shows bytes as stored)
+    for answer in answers:
+        assert answer.status_code == 500, answer.json
+        assert answer.json["code"] == "UnreadableEvent"
+        assert f"the event at position {row['rowid']} cannot be read" in answer.json["detail"]
+    if change == "flip":
+        assert proof.status_code == 200  # the bytes as stored, whose leaf no longer matches
+    text = feed.get_data(as_text=True) + proof.get_data(as_text=True) + caplog.text
+    assert not [s for s in SECRETS if s in text]

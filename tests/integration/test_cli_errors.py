@@ -240,7 +240,8 @@ def test_an_event_the_library_cannot_read_is_described_without_its_message():
     assert "Ada" not in line and "example.invalid" not in line
 
 
-def test_the_follower_that_meets_a_changed_event_says_where(store_env, tmp_path):
+@pytest.mark.parametrize("change", ["flipped", "null"])
+def test_the_follower_that_meets_a_changed_event_says_where(store_env, tmp_path, change):
     """``ledger projections run`` (on PostgreSQL the library's subscription, on SQLite polling)
     handed an event that cannot be read stops with one line naming its position, and leaves
     the views where they were."""
@@ -268,7 +269,8 @@ def test_the_follower_that_meets_a_changed_event_says_where(store_env, tmp_path)
             time.sleep(0.1)
         ledger.recorder.insert_events([StoredEvent(  # a changed event arrives after that
             originator_id=last.originator_id, originator_version=last.originator_version + 1,
-            topic=last.topic, state=last.state[:-1] + bytes([last.state[-1] ^ 1]))])
+            topic=last.topic, state=last.state[:-1] + bytes([last.state[-1] ^ 1])
+            if change == "flipped" else None)])  # (NULL: a TypeError in the library's reading)
         victim = ledger.recorder.max_notification_id()
         try:
             _, stderr = follower.communicate(timeout=60)

@@ -264,12 +264,29 @@ def test_erasure_leaves_the_log_verifiable(store_env):
 # (column, value, stores that take it): SQLite keeps any value in any column; PostgreSQL's
 # columns keep their types, but the state and the topic may be NULL. The library cannot read
 # such a row at all (a TypeError or a ValueError, not a decoding error).
+class Expr(str):
+    """An SQL expression to set a column to (rather than a value)."""
+
+
+BOTH, SQLITE = {"sqlite", "postgres"}, {"sqlite"}
 REWRITES = [
-    pytest.param("state", "tampered as text", {"sqlite"}, id="state-text"),
-    pytest.param("state", None, {"sqlite", "postgres"}, id="state-null"),
-    pytest.param("topic", None, {"sqlite", "postgres"}, id="topic-null"),
-    pytest.param("originator_id", "not an id", {"sqlite"}, id="id-text"),
-    pytest.param("originator_version", "seven", {"sqlite"}, id="version-text"),
+    pytest.param("state", "tampered as text", SQLITE, id="state-text"),
+    pytest.param("state", None, BOTH, id="state-null"),
+    pytest.param("topic", None, BOTH, id="topic-null"),
+    pytest.param("originator_id", "not an id", SQLITE, id="id-text"),
+    pytest.param("originator_version", "seven", SQLITE, id="version-text"),
+    pytest.param("originator_version", Expr("-originator_version"), BOTH, id="version-negative"),
+    pytest.param("originator_version", 0, BOTH, id="version-zero"),
+    # text that is not UTF-8: Python's sqlite3 cannot read the row at all (OperationalError)
+    pytest.param("state", Expr("CAST(x'ff00' AS TEXT)"), SQLITE, id="state-not-utf8"),
+    pytest.param("topic", Expr("CAST(x'ff' AS TEXT)"), SQLITE, id="topic-not-utf8"),
+]
+# Rows the library reads as if whole: the same UUID, so the same hash; but the aggregate's own
+# history is matched by the id's exact text, and no longer holds the event.
+SAME_HASH = [
+    pytest.param("originator_id", Expr("upper(originator_id)"), SQLITE, id="id-capitals"),
+    pytest.param("originator_id", Expr("substr(originator_id, 1, 8) || '-' || "
+                                       "substr(originator_id, 9)"), SQLITE, id="id-hyphen"),
 ]
 
 
@@ -278,15 +295,20 @@ def _rewrite(lg: Ledger, position: int, column: str, value: object, stores: set[
         lg.close()
         pytest.skip("this store's column does not take that value")
     ident = _rows(lg)[position - 1][0]
-    lg.sql.execute(f"UPDATE {{t}}{_events(lg)} SET {column} = %s WHERE {_column(lg)} = %s",
-                   (value, ident))
+    if isinstance(value, Expr):
+        lg.sql.execute(f"UPDATE {{t}}{_events(lg)} SET {column} = {value} "
+                       f"WHERE {_column(lg)} = %s", (ident,))
+    else:
+        lg.sql.execute(f"UPDATE {{t}}{_events(lg)} SET {column} = %s WHERE {_column(lg)} = %s",
+                       (value, ident))
 
 
-@pytest.mark.parametrize(("column", "value", "stores"), REWRITES)
+@pytest.mark.parametrize(("column", "value", "stores"), REWRITES + SAME_HASH)
 def test_an_event_rewritten_with_a_value_the_library_cannot_read_is_caught_at_its_position(
         store_env, column, value, stores):
     """A row the library cannot even read (it raised TypeError or ValueError, and verify failed
-    with "unexpected TypeError") is named at its position, like any other change."""
+    with "unexpected TypeError"), or reads as if whole though the ledger never writes it so, is
+    named at its position, like any other change."""
     lg, size = _history(store_env)
     _rewrite(lg, 7, column, value, stores)
     lg.close()
@@ -318,6 +340,37 @@ def test_a_past_report_over_a_changed_event_names_its_position(store_env, column
     assert result.returncode == 1, result.stdout
     assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
     assert "the event at position 7 cannot be read" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("column", "value", "stores"), REWRITES[:3] + REWRITES[5:8])
+def test_a_rebuild_by_workers_names_the_position_of_an_event_it_cannot_read(
+        store_env, column, value, stores):
+    """The workers read their share of the log themselves: a row they could not read failed
+    the rebuild as "unexpected WorkerFailed"."""
+    lg, size = _history(store_env)
+    _rewrite(lg, 7, column, value, stores)
+    lg.close()
+
+    result = _run(store_env, "projections", "rebuild", "--workers", "2")
+
+    assert result.returncode == 1, result.stdout
+    assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
+    assert "position 7" in result.stderr, result.stderr
+
+
+def test_verify_opens_a_ledger_whose_erasure_event_was_changed(store_env):
+    """Opening a ledger finishes interrupted erasures, reading every erasure event: one that
+    cannot be read stopped `ledger verify` itself from running."""
+    lg, size = _history(store_env)
+    ident = _rows(lg)[6][0]
+    lg.sql.execute(f"UPDATE {{t}}{_events(lg)} SET topic = %s, state = NULL "
+                   f"WHERE {_column(lg)} = %s", ("ledger:Participant.Erased", ident))
+    lg.close()
+
+    code, out = _verify(store_env)
+
+    assert code == 1, out
+    assert "unexpected" not in out and "first bad position 7 " in out, out
 
 
 def test_a_write_command_leaves_its_events_hashed_and_signed(store_env):
