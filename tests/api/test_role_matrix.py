@@ -36,7 +36,8 @@ MATRIX = {
     ("POST", "/api/v1/participants/{id}/withdrawal-link/revocation"): {"staff"},
 }
 CALLERS = ["staff", "auditor", "admin", "no token", "revoked", "malformed", "unknown"]
-PUBLIC = {"/api/v1/openapi.json", "/api/v1/docs", "/api/v1/docs/static/<path:filename>"}
+PUBLIC = {"/api/v1/openapi.json", "/api/v1/docs", "/api/v1/docs/static/<path:filename>",
+          "/api/v1/docs/start.js"}
 
 
 def _normalise(rule: str) -> str:
