@@ -234,12 +234,16 @@ UNREADABLE = (TypeError, ValueError, AttributeError, sqlite3.OperationalError,
               PersistenceOperationalError)
 
 
+BYTES = (bytes, memoryview)
+
+
 def readable(n: Any) -> bool:
     """Whether an event the library read holds what the ledger writes: a text topic, a version
-    from 1, bytes. (SQLite hands back any value as stored; a NULL topic passes on both.)"""
+    from 1, bytes. (SQLite hands back any value as stored; a NULL topic passes on both.) Run on
+    every event read, so kept to the cheapest tests (about 0.2 us)."""
     v = n.originator_version
-    return (isinstance(n.topic, str) and isinstance(v, int) and 0 < v < MAX_VERSION
-            and isinstance(n.state, bytes | memoryview))
+    return (type(n.topic) is str and type(v) is int and 0 < v < MAX_VERSION
+            and isinstance(n.state, BYTES))
 
 
 @dataclass(frozen=True)
@@ -442,21 +446,17 @@ class Sql:
         return [StoredRow.read(r) for r in rows]
 
     def malformed_rows(self, events_table: str) -> tuple[int, int | None]:
-        """How many rows of the events table are in a form the ledger never writes, and the
-        first one's notification id. The library reads some such rows without complaint: on
-        SQLite an id in capitals or with hyphens reads as the same UUID, yet the aggregate's
-        own history, matched by exact text, no longer holds that event."""
+        """How many rows of the events table hold an id in a form the library never writes, and
+        the first one's notification id: on SQLite an id in capitals or with hyphens reads as
+        the same UUID (so hashes the same), yet the aggregate's own history, matched by the id's
+        exact text, no longer holds that event. Every other malformed value fails the reading
+        itself (see ``readable``). (32 characters in lower case that read as a UUID are 32 hex
+        digits; this costs about 0.3 s a million rows, a third of a GLOB for the digits.)"""
         if self.is_postgres:
-            column, test = "notification_id", (
-                "state IS NULL OR topic IS NULL OR originator_version < 1")
-        else:
-            column, test = "rowid", (
-                "typeof(originator_id) != 'text' OR length(originator_id) != 32 "
-                "OR originator_id GLOB '*[^0-9a-f]*' OR typeof(originator_version) != 'integer' "
-                "OR originator_version < 1 OR typeof(topic) != 'text' "
-                "OR typeof(state) != 'blob'")
-        rows = self.query(f"SELECT COUNT(*) AS n, MIN({column}) AS first "
-                          f"FROM {{t}}{events_table} WHERE {test}")
+            return 0, None  # (a uuid column)
+        rows = self.query(f"SELECT COUNT(*) AS n, MIN(rowid) AS first FROM {{t}}{events_table} "
+                          "WHERE length(originator_id) != 32 "
+                          "OR originator_id != lower(originator_id)")
         first = rows[0]["first"]
         return int(rows[0]["n"]), None if first is None else int(first)
 

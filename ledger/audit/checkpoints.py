@@ -402,8 +402,9 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
             held_at = size
 
     hold(0)
-    # Rows in a form the ledger never writes: some read as if whole (an id in capitals on SQLite
-    # hashes as the same UUID), yet an aggregate's own history no longer holds them.
+    # Rows in a form the ledger never writes: most fail the reading (and are read as stored), but
+    # an id in capitals on SQLite reads and hashes as the same UUID, yet the aggregate's own
+    # history no longer holds the event.
     malformed, first_malformed = log.sql.malformed_rows(log.recorder.events_table_name)
     form_reported = False
     start, last_read = 1, 0
@@ -414,8 +415,10 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
             position = builder.size + 1
             leaf = next(recorded, None)
             if not form_reported and (n.id == first_malformed or not getattr(n, "intact", True)):
+                how = (f"an id not as the library writes it; {malformed} row(s) hold one"
+                       if n.id == first_malformed else "a value the library cannot read")
                 bad(position, f"event at position {position} (notification {n.id}) is stored in "
-                              f"a form the ledger never writes ({max(malformed, 1)} such row(s))")
+                              f"a form the ledger never writes ({how})")
                 form_reported = True
             if not leaf_reported and leaf is not None and (leaf[2] != h.hex() or leaf[1] != n.id):
                 bad(position, f"event at position {position} (notification {n.id}) differs "
