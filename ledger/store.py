@@ -480,7 +480,16 @@ class Sql:
                     f"FROM {{t}}{events_table} WHERE originator_id IN "
                     f"({', '.join(['%s'] * len(chunk))}) ORDER BY originator_id, "
                     "originator_version", tuple(u.hex for u in chunk))
-            rows = self.query(statement, params)
+            try:
+                rows = self.query(statement, params)
+            except sqlite3.OperationalError:  # (SQLite: text that is not UTF-8, say)
+                raw = self.query(statement.replace(
+                    "topic, state", "CAST(topic AS BLOB) AS topic, CAST(state AS BLOB) AS state, "
+                    "(typeof(topic) = 'text' AND typeof(state) = 'blob') AS typed"), params)
+                bad = next((r.id for r in map(StoredRow.read, raw) if not r.intact), None)
+                if bad is None:
+                    raise
+                raise UnreadableEvent(bad) from None
             for r in rows:
                 try:
                     oid = r["originator_id"] if self.is_postgres else UUID(r["originator_id"])

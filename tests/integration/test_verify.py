@@ -517,3 +517,35 @@ def test_leaves_recorded_while_verify_reads_are_no_false_alarm(store_env, monkey
         lg.close()
 
     assert verdict.ok, verdict.problems
+
+
+def test_an_older_event_a_catch_up_fetches_is_named_if_it_cannot_be_read(store_env):
+    """Catching the views up to a person's new event reads their older events back (one query
+    for a page's people): one of those that cannot be read is named at its position, not
+    "the database could not be read"."""
+    from uuid import UUID
+
+    from eventsourcing.persistence import StoredEvent
+
+    lg, size = _history(store_env)
+    lg.projector.catch_up()
+    victim = _rows(lg)[6]
+    # (SQLite: text that is not UTF-8, which Python's sqlite3 cannot read; PostgreSQL: NULL)
+    _rewrite(lg, 7, "state", None if lg.sql.is_postgres else Expr("CAST(x'ff00' AS TEXT)"), BOTH)
+    last = lg.sql.query(f"SELECT originator_version AS v, topic, state FROM {{t}}{_events(lg)} "
+                        f"WHERE originator_id = %s ORDER BY originator_version DESC LIMIT 1",
+                        (victim[1],))[0]
+    oid = victim[1] if lg.sql.is_postgres else UUID(victim[1])
+    lg.recorder.insert_events([StoredEvent(  # the person's next event, as another process wrote
+        originator_id=oid, originator_version=last["v"] + 1, topic=last["topic"],
+        state=bytes(last["state"]))])
+    lg.close()
+    fresh = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})  # holds no one yet
+    try:
+        with pytest.raises(Exception) as caught:
+            fresh.projector.catch_up()
+    finally:
+        fresh.close()
+
+    assert type(caught.value).__name__ == "UnreadableEvent", repr(caught.value)
+    assert caught.value.position == victim[0]
