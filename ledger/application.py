@@ -194,12 +194,13 @@ class Ledger(Application[UUID]):
         self._scrub_marked = 0  # counts the times an erasure found a scrub left pending
         try:
             self.finish_erasures()  # complete any erasure a crash interrupted
-        except (UnreadableEvent, MapperDeserialisationError) as error:
-            # Opened all the same, so that `ledger verify` can say what was changed; retried at
-            # the next start and after the next erasure. (The library's message could quote the
-            # stored event: ours names only its position.)
-            log.warning("could not finish interrupted erasures: %s", error
-                        if isinstance(error, UnreadableEvent) else str(UnreadableEvent(None)))
+        except Exception as error:  # noqa: BLE001 - logged; retried at the next start
+            # Opened all the same, so that `ledger verify` can say what was changed (an erased
+            # person's record altered in the database); retried at the next start and after the
+            # next erasure. Logged by kind only: the library's messages can quote stored values,
+            # ours name only a position.
+            log.warning("could not finish interrupted erasures (%s)", error
+                        if isinstance(error, UnreadableEvent) else type(error).__name__)
         self.projector.recover()  # put back the views a killed rebuild set aside
         self._saved = threading.local()
         self._wrote_in = 0  # the process that saved through this ledger (0: none yet)

@@ -19,8 +19,13 @@ from typing import Any
 from uuid import UUID
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from eventsourcing.persistence import Mapper, StoredEvent, Transcoding
-from eventsourcing.utils import get_topic
+from eventsourcing.persistence import (
+    Mapper,
+    MapperDeserialisationError,
+    StoredEvent,
+    Transcoding,
+)
+from eventsourcing.utils import TopicError, get_topic
 
 from ..domain import REDACTED
 from ..domain.base import personal_fields
@@ -90,8 +95,19 @@ class PersonalDataMapper(Mapper[UUID]):
         return super().to_stored_event(sealed)
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
-        """Decrypt and decode; personal fields stay sealed, labelled so a view can open them."""
-        event = super().to_domain_event(stored_event)
+        """Decrypt and decode; personal fields stay sealed, labelled so a view can open them.
+        A stored event that is not one of the ledger's (another topic, or a state that does not
+        fit its topic's class) is ``MapperDeserialisationError``, as a changed ciphertext is:
+        the library would otherwise import whatever module a stored topic names, and fail in
+        ways that name no position."""
+        if not (isinstance(stored_event.topic, str) and stored_event.topic.startswith("ledger:")):
+            raise MapperDeserialisationError("not one of the ledger's topics")
+        try:
+            event = super().to_domain_event(stored_event)
+        except MapperDeserialisationError:
+            raise
+        except (TopicError, TypeError, ValueError, AttributeError, KeyError) as error:
+            raise MapperDeserialisationError(type(error).__name__) from None
         spec = personal_fields(type(event))
         if spec is None:
             return event

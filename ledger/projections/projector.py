@@ -23,7 +23,7 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.application import Repository
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, OriginatorIDError, OriginatorVersionError
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
@@ -132,8 +132,13 @@ class Replay:
                 raise UnreadableEvent(n.id) from None
         aggregate = self._current(oid, n.originator_version - 1)
         if aggregate is None or aggregate.version < n.originator_version:
-            aggregate = event.mutate(aggregate)
-        assert aggregate is not None
+            try:
+                aggregate = event.mutate(aggregate)
+            except (TypeError, AttributeError, KeyError, ValueError, AssertionError,
+                    OriginatorIDError, OriginatorVersionError):
+                aggregate = None  # (an event that does not fit its history: its topic or
+        if aggregate is None:  # version was changed in the database)
+            raise UnreadableEvent(n.id)
         self._hold(oid, aggregate)
         self.position, self.count = n.id, self.count + 1
         if n.topic.startswith(STUDY):
