@@ -8,7 +8,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -237,6 +237,14 @@ UNREADABLE = (TypeError, ValueError, AttributeError, sqlite3.OperationalError,
 BYTES = (bytes, memoryview)
 
 
+def _checked(page: list[Notification]) -> list[Notification]:
+    """The page, once every event in it is ``readable``; else ``UnreadableEvent``."""
+    for n in page:
+        if not readable(n):
+            raise UnreadableEvent(n.id)
+    return page
+
+
 def _unreadable(error: BaseException) -> bool:
     """Whether an error from reading rows may come from a row's values, rather than from the
     database (locked, gone): an operational error only when SQLite could not decode text."""
@@ -416,22 +424,26 @@ class Sql:
         """The library's ``select_notifications``; if it cannot read a row, or reads one in a
         form the ledger never writes (see ``readable``), ``UnreadableEvent`` naming the first
         such row's position."""
-        try:
+        with self._naming_unreadable(lambda: self.stored_rows(
+                recorder.events_table_name, start, limit, topics=topics, stop=stop)):
             page = list(recorder.select_notifications(start=start, limit=limit, topics=topics,
                                                       stop=stop))
+        return _checked(page)
+
+    @contextmanager
+    def _naming_unreadable(self, stored: Callable[[], Iterable[StoredRow]]) -> Iterator[None]:
+        """Turn an error that a row's values can cause (see ``_unreadable``) into
+        ``UnreadableEvent`` naming the first row ``stored()`` finds not intact; any other
+        error, or one with no such row, is raised as it is."""
+        try:
+            yield
         except UNREADABLE as error:
             if not _unreadable(error):
                 raise
-            bad = next((r.id for r in self.stored_rows(recorder.events_table_name, start, limit,
-                                                       topics=topics, stop=stop)
-                        if not r.intact), None)
+            bad = next((r.id for r in stored() if not r.intact), None)
             if bad is None:
                 raise
             raise UnreadableEvent(bad) from None
-        for n in page:
-            if not readable(n):
-                raise UnreadableEvent(n.id)
-        return page
 
     def stored_rows(self, events_table: str, start: int, limit: int, *,
                     topics: Sequence[str] = (), stop: int | None = None) -> list[StoredRow]:
@@ -491,28 +503,20 @@ class Sql:
                     f"FROM {{t}}{events_table} WHERE originator_id IN "
                     f"({', '.join(['%s'] * len(chunk))}) ORDER BY originator_id, "
                     "originator_version", tuple(u.hex for u in chunk))
-            try:
+            raw = statement if self.is_postgres else statement.replace(  # (see stored_rows)
+                "topic, state", "CAST(topic AS BLOB) AS topic, CAST(state AS BLOB) AS state, "
+                "(typeof(topic) = 'text' AND typeof(state) = 'blob') AS typed")
+            with self._naming_unreadable(lambda raw=raw, params=params: map(  # type: ignore[misc]
+                    StoredRow.read, self.query(raw, params))):
                 rows = self.query(statement, params)
-            except sqlite3.OperationalError as error:  # (SQLite: text that is not UTF-8)
-                if not _unreadable(error):
-                    raise
-                raw = self.query(statement.replace(
-                    "topic, state", "CAST(topic AS BLOB) AS topic, CAST(state AS BLOB) AS state, "
-                    "(typeof(topic) = 'text' AND typeof(state) = 'blob') AS typed"), params)
-                bad = next((r.id for r in map(StoredRow.read, raw) if not r.intact), None)
-                if bad is None:
-                    raise
-                raise UnreadableEvent(bad) from None
-            for r in rows:
-                try:
-                    oid = r["originator_id"] if self.is_postgres else UUID(r["originator_id"])
-                except ValueError:
-                    raise UnreadableEvent(int(r["id"])) from None
-                event = StoredEvent(originator_id=oid, originator_version=r["originator_version"],
-                                    topic=r["topic"], state=r["state"])
+                events = [StoredEvent(originator_id=r["originator_id"] if self.is_postgres
+                                      else UUID(r["originator_id"]),
+                                      originator_version=r["originator_version"],
+                                      topic=r["topic"], state=r["state"]) for r in rows]
+            for r, event in zip(rows, events, strict=True):
                 if not readable(event):
                     raise UnreadableEvent(int(r["id"]))
-                out.append(event)
+            out += events
         return out
 
     def shard_notifications(self, events_table: str, first: int, last: int,
@@ -536,24 +540,15 @@ class Sql:
                 f"FROM {{t}}{events_table} WHERE rowid BETWEEN %s AND %s AND (topic NOT LIKE %s OR "
                 f"(instr('0123456789abcdef', substr(originator_id, 32, 1)) - 1) & {n - 1} = {k}) "
                 "ORDER BY rowid")
-        try:
+        # (a row this shard may not own: the first unreadable in the range is named)
+        with self._naming_unreadable(lambda: self.stored_rows(
+                events_table, first, last - first + 1, stop=last)):
             rows = self.query(statement, (first, last, f"{sharded_topics}%"))
             page = [Notification(id=r["id"], originator_id=r["originator_id"] if self.is_postgres
                                  else UUID(r["originator_id"]),
                                  originator_version=r["originator_version"], topic=r["topic"],
                                  state=r["state"]) for r in rows]
-        except UNREADABLE as error:  # (a row this shard may not own: the first unreadable)
-            if not _unreadable(error):
-                raise
-            bad = next((r.id for r in self.stored_rows(events_table, first, last - first + 1,
-                                                       stop=last) if not r.intact), None)
-            if bad is None:
-                raise
-            raise UnreadableEvent(bad) from None
-        for note in page:
-            if not readable(note):
-                raise UnreadableEvent(note.id)
-        return page
+        return _checked(page)
 
     def maintenance(self, statement: str, *, lock_timeout_ms: int = 0) -> None:
         """Run a PostgreSQL statement outside any transaction (VACUUM), waiting for locks at most
