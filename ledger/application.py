@@ -25,7 +25,6 @@ from eventsourcing.persistence import (
     InfrastructureFactory,
     IntegrityError,
     JSONTranscoder,
-    MapperDeserialisationError,
 )
 from eventsourcing.utils import Environment, EnvType
 
@@ -58,7 +57,7 @@ from .privacy.tokens import TokenStore
 from .projections.follower import Follower
 from .projections.projector import Projector
 from .receipts import consent_receipt, my_consents_view
-from .store import Sql, UnreadableEvent, VersionProbe, eventsourcing_env, schema_lock
+from .store import Sql, UnreadableEvent, VersionProbe, decoded, eventsourcing_env, schema_lock
 from .views import (
     arrangement_view,
     consent_view,
@@ -727,13 +726,7 @@ class Ledger(Application[UUID]):
         """The log in order after notification ``after``: what happened, when, by whom. Personal
         fields are never opened here: they read as "[personal data]"."""
         page = self.sql.read_page(self.recorder, after + 1, limit)
-        items = []
-        for n in page:
-            try:
-                event = self.mapper.to_domain_event(n)
-            except MapperDeserialisationError:  # (its message could quote the stored event)
-                raise UnreadableEvent(n.id) from None
-            items.append(audit_item(n.id, n.topic, event))
+        items = [audit_item(n.id, n.topic, decoded(self.mapper, n)) for n in page]
         return {"items": items, "next_after": page[-1].id if len(page) == limit else None}
 
     # -- the personal withdrawal link ---------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
-from eventsourcing.persistence import Notification, StoredEvent
+from eventsourcing.persistence import MapperDeserialisationError, Notification, StoredEvent
 from eventsourcing.persistence import OperationalError as PersistenceOperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
@@ -224,6 +224,15 @@ class UnreadableEvent(Exception):
             f"{which} cannot be read: it was changed after it was written, or it was sealed "
             "with another key (check LEDGER_DATA_DIR and the keys; `ledger verify` finds "
             "changed events)")
+
+
+def decoded(mapper: Any, n: Notification) -> Any:
+    """The domain event stored at notification ``n``; ``UnreadableEvent`` naming its position
+    when the mapper cannot decrypt or decode it (the mapper's own message could quote it)."""
+    try:
+        return mapper.to_domain_event(n)
+    except MapperDeserialisationError:
+        raise UnreadableEvent(n.id) from None
 
 
 MAX_VERSION = 2 ** 63  # (a version is a positive 64-bit integer; the leaf packs it in 8 bytes)

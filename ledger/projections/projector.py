@@ -28,7 +28,6 @@ from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
     JSONTranscoder,
-    MapperDeserialisationError,
     Notification,
     StoredEvent,
     Transcoding,
@@ -37,7 +36,7 @@ from eventsourcing.persistence import (
 
 from ..domain import Participant, Payment, Study, apply_events, is_redacted
 from ..privacy.mapper import Sealed
-from ..store import UnreadableEvent
+from ..store import UnreadableEvent, decoded
 from ..views import participant_view
 from .rows import TABLES, participant_rows, summary_row
 from .store import Entry, Stale, ViewStore
@@ -126,10 +125,7 @@ class Replay:
             self.position = n.id
             return None  # another shard's: not even decoded
         if event is None:
-            try:
-                event = self.mapper.to_domain_event(n)
-            except MapperDeserialisationError:  # (its message could quote the stored event)
-                raise UnreadableEvent(n.id) from None
+            event = decoded(self.mapper, n)
         aggregate = self._current(oid, n.originator_version - 1)
         if aggregate is None or aggregate.version < n.originator_version:
             try:

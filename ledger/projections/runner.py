@@ -17,7 +17,7 @@ from typing import Any
 from eventsourcing.persistence import MapperDeserialisationError, Tracking, TrackingRecorder
 from eventsourcing.projection import BaseProjectionRunner, Projection
 
-from .projector import UnreadableEvent
+from .projector import UnreadableEvent, decoded
 from .store import ViewStore
 
 POLL_S = 0.2
@@ -82,9 +82,9 @@ def first_unreadable(ledger: Any) -> int | None:
             return None
         for n in page:
             try:
-                ledger.mapper.to_domain_event(n)
-            except MapperDeserialisationError:
-                return int(n.id)
+                decoded(ledger.mapper, n)
+            except UnreadableEvent as error:
+                return error.position
         position = page[-1].id
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from eventsourcing.persistence import MapperDeserialisationError
-
 from ..domain.errors import InvalidInput
 from ..projections.projector import Replay
 from ..projections.rows import summary_row
 from ..projections.store import Filter
-from ..store import UnreadableEvent
+from ..store import decoded
 from .build import compliance_report
 
 # A command takes its time from the clock, then commits within the store's lock timeout (30 s),
@@ -32,10 +30,7 @@ def replay_until(ledger: Any, as_of: datetime) -> Replay:
     while True:
         page = ledger.sql.read_page(recorder, start, PAGE)
         for n in page:
-            try:
-                event = mapper.to_domain_event(n)
-            except MapperDeserialisationError:  # (its message could quote the stored event)
-                raise UnreadableEvent(n.id) from None
+            event = decoded(mapper, n)
             at = getattr(event, "at", None) or event.timestamp
             if at > as_of or n.originator_id in later:
                 if at > as_of + SKEW:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -61,6 +61,28 @@ def test_event_state_is_encrypted_at_rest(ledger):
     for n in ledger.recorder.select_notifications(start=1, limit=100):
         with pytest.raises((UnicodeDecodeError, json.JSONDecodeError)):
             json.loads(n.state)
+
+
+def test_a_changed_or_foreign_event_is_named_by_its_position_only(ledger):
+    """``decoded`` is what every reader of the log (replays, past reports, the audit feed, the
+    follower) uses: a stored event it cannot open is ``UnreadableEvent`` at its position."""
+    from dataclasses import replace
+
+    from ledger.store import UnreadableEvent, decoded
+
+    pid = ledger.register_participant("Decoy Decoded", by="t")["id"]
+    page = ledger.recorder.select_notifications(start=1, limit=100)
+    n = next(n for n in page if UUID(str(n.originator_id)) == UUID(str(pid)))
+    assert decoded(ledger.mapper, n).originator_id == n.originator_id  # it reads as written
+
+    state = bytearray(n.state)
+    state[-1] ^= 1
+    for changed in (replace(n, state=bytes(state)), replace(n, topic="os:system")):
+        with pytest.raises(UnreadableEvent) as failed:
+            decoded(ledger.mapper, changed)
+        assert failed.value.position == n.id
+        assert failed.value.__cause__ is None and failed.value.__suppress_context__
+        assert "Decoy" not in str(failed.value) and str(pid) not in str(failed.value)
 
 
 def test_sqlite_keeps_wal_and_full_synchronous_commits(tmp_path):
