@@ -107,12 +107,27 @@ def test_every_inclusion_proof_verifies_and_nothing_wrong_does():
             assert verify_inclusion(MANY[index], index, size, proof, tree_root)
             assert not verify_inclusion(MANY[index], index, size, proof, ROOTS[1])
             assert not verify_inclusion(MANY[(index + 1) % 40], index, size, proof, tree_root)
+            # An index outside the tree, however the rest is made, is refused.
+            for outside in (size, size + 1, -1, -size):
+                assert not verify_inclusion(MANY[index], outside, size, proof, tree_root)
+            longer = [*proof, proof[0] if proof else MANY[0]]  # one element too many
+            assert not verify_inclusion(MANY[index], index, size, longer, tree_root)
             if size > 1:
-                assert not verify_inclusion(MANY[index], index ^ 1, size, proof, tree_root) \
-                    or (index ^ 1) >= size
+                if (index ^ 1) < size:
+                    assert not verify_inclusion(MANY[index], index ^ 1, size, proof, tree_root)
                 bad = [*proof[:-1], bytes(32)]
                 assert not verify_inclusion(MANY[index], index, size, bad, tree_root)
                 assert not verify_inclusion(MANY[index], index, size, proof[:-1], tree_root)
+                # A leaf passed off as the root of a bigger tree, with an empty proof.
+                assert not verify_inclusion(MANY[index], index, size, [], MANY[index])
+
+
+def test_a_leaf_is_not_the_root_of_a_bigger_tree_and_no_index_lies_outside_its_tree():
+    assert verify_inclusion(MANY[0], 0, 1, [], MANY[0])  # a tree of one: the leaf is the root
+    assert not verify_inclusion(MANY[0], 0, 2, [], MANY[0])
+    assert not verify_inclusion(MANY[0], 1, 1, [], MANY[0])
+    assert not verify_inclusion(MANY[0], -1, 1, [], MANY[0])
+    assert not verify_inclusion(MANY[0], 0, 0, [], MANY[0])
 
 
 def test_every_consistency_proof_verifies_and_nothing_wrong_does():
@@ -121,7 +136,17 @@ def test_every_consistency_proof_verifies_and_nothing_wrong_does():
         for first in range(1, second + 1):
             proof = consistency_proof(MANY, first, second)
             assert verify_consistency(first, second, roots[first], roots[second], proof)
-            if first < second:
+            # The second tree is not the first's: a fork, whatever the sizes.
+            other = roots[second - 1] if second > 1 else roots[2]
+            assert not verify_consistency(first, second, roots[first], other, proof)
+            if first == second:  # same size: the roots must be the same, and nothing proved
+                assert not verify_consistency(first, second, roots[first], roots[first - 1], [])
+                assert not verify_consistency(first, second, roots[first], roots[first],
+                                              [roots[first]])
+            assert not verify_consistency(first, second, roots[first], roots[second],
+                                          [*proof, roots[first]])  # one element too many
+            if first < second:  # the sizes the wrong way round
+                assert not verify_consistency(second, first, roots[second], roots[first], proof)
                 assert not verify_consistency(first, second, roots[first - 1], roots[second],
                                               proof)
                 assert not verify_consistency(first, second, roots[first], roots[second - 1],
