@@ -54,18 +54,22 @@ def test_a_key_already_kept_makes_the_whole_save_fail_and_write_nothing(ledger):
 
 
 def test_keys_kept_longer_than_48_hours_are_forgotten_and_newer_ones_kept(ledger):
-    for key in ("old", "new"):
+    # Literal ages, not the module's KEEP: the issue asks for at least 24 hours, the README
+    # promises 48, and a shorter KEEP must fail here.
+    ages = {"old": timedelta(hours=48, minutes=1), "almost": timedelta(hours=47, minutes=59),
+            "day": timedelta(hours=25), "new": timedelta(0)}
+    for key, age in ages.items():
         pid = ledger.register_participant(f"Idem {key}", by="t")["id"]
         ledger.record_payment(pid, "conversation", "25.00", "cash", by="t",
                               idempotent=_request(key))
-    two_days_ago = (datetime.now(UTC) - KEEP - timedelta(minutes=1)).isoformat()
-    ledger.sql.execute("UPDATE {t}ledger_idempotency SET created_at = %s WHERE idem_key = %s",
-                       (two_days_ago, "old"))
+        ledger.sql.execute("UPDATE {t}ledger_idempotency SET created_at = %s "
+                           "WHERE idem_key = %s", ((datetime.now(UTC) - age).isoformat(), key))
 
     ledger.idempotency.purge()
 
     assert ledger.idempotency.lookup("tok", "old") is None
-    assert ledger.idempotency.lookup("tok", "new") is not None
+    for key in ("almost", "day", "new"):
+        assert ledger.idempotency.lookup("tok", key) is not None, key
 
 
 def test_the_purge_finds_old_keys_by_index_not_by_reading_every_key(ledger):
