@@ -13,6 +13,11 @@ import pytest
 from ledger.application import Ledger
 from ledger.domain import Payment
 from ledger.domain.base import topic
+from ledger.domain.errors import (
+    ParticipantErased,
+    PaymentAlreadyRecorded,
+    PaymentDeclinedByParticipant,
+)
 from tests.concurrency import race
 
 
@@ -102,13 +107,21 @@ def test_decline_and_payment_racing_never_leave_a_person_both_declined_and_paid(
         pid = a.register_participant(f"Decline Race {trial}", by="t")["id"]
         a.participant(pid), b.participant(pid)  # both workers have it cached
 
-        _race(lambda pid=pid: a.decline_payment(pid, "conversation", by="t"),
-              lambda pid=pid: b.record_payment(pid, "conversation", "25.00", "cash", by="t"))
+        decline, payment = _race(
+            lambda pid=pid: a.decline_payment(pid, "conversation", by="t"),
+            lambda pid=pid: b.record_payment(pid, "conversation", "25.00", "cash", by="t"))
 
+        # Exactly one wins; the other is refused for the winner's reason, and nothing else.
+        if isinstance(decline, Exception):
+            assert isinstance(decline, PaymentAlreadyRecorded), repr(decline)
+            assert not isinstance(payment, Exception), repr(payment)
+        else:
+            assert isinstance(payment, PaymentDeclinedByParticipant), repr(payment)
         view = a.participant(pid)
         declined = view["arrangements"]["conversation"]["declined"]
         paid = [p for p in view["payments"] if p["status"] == "paid"]
         assert declined != bool(paid), view["arrangements"]
+        assert declined == (not isinstance(decline, Exception))
 
 
 def test_no_payment_is_recorded_after_an_erasure_even_when_they_race(two_workers, ledger):
@@ -117,14 +130,21 @@ def test_no_payment_is_recorded_after_an_erasure_even_when_they_race(two_workers
         pid = a.register_participant(f"Erase Race {trial}", by="t")["id"]
         a.participant(pid), b.participant(pid)
 
-        _race(lambda pid=pid: a.erase(pid, "asked", by="admin"),
-              lambda pid=pid: b.record_payment(pid, "conversation", "25.00", "cash", by="t"))
+        erasure, payment = _race(
+            lambda pid=pid: a.erase(pid, "asked", by="admin"),
+            lambda pid=pid: b.record_payment(pid, "conversation", "25.00", "cash", by="t"))
 
+        # The erasure always goes through; the payment either came first or is refused.
+        assert not isinstance(erasure, Exception), repr(erasure)
+        assert not isinstance(payment, Exception) or isinstance(payment, ParticipantErased), \
+            repr(payment)
         log = ledger.recorder.select_notifications(start=1, limit=100_000)
         erased = next(n.id for n in log
                       if n.originator_id == pid and n.topic == topic("Participant.Erased"))
         payments = {Payment.create_id(pid, "conversation", slot) for slot in range(3)}
         assert [n for n in log if n.originator_id in payments and n.id > erased] == []
+        recorded = [n for n in log if n.originator_id in payments]
+        assert len(recorded) == (0 if isinstance(payment, Exception) else 1)
         assert not ledger.keys.exists(pid)
 
 
