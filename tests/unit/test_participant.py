@@ -4,7 +4,7 @@ from uuid import uuid4
 
 import pytest
 
-from ledger.domain import REDACTED, PersonalDetails, is_redacted
+from ledger.domain import REDACTED, Participant, PersonalDetails, is_redacted
 from ledger.domain.errors import (
     AccessNeedNotFound,
     DuplicateId,
@@ -168,6 +168,69 @@ def test_erasure_redacts_everything_personal_in_memory(person, study):
     assert is_redacted(person.communities) and is_redacted(person.needs[need].detail)
     assert is_redacted(person.consent("record").history[-1]["reason"])
     assert person.consent("record").state == "withdrawn"  # the facts remain
+
+
+def _texts(value, seen=None):
+    """Every string held anywhere in ``value`` (dicts, lists, objects' attributes)."""
+    seen = set() if seen is None else seen
+    if isinstance(value, str):
+        yield value
+        return
+    if id(value) in seen or isinstance(value, int | float | bytes | type(None)):
+        return
+    seen.add(id(value))
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _texts(k, seen)
+            yield from _texts(v, seen)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for v in value:
+            yield from _texts(v, seen)
+    else:
+        for v in getattr(value, "__dict__", {}).values():
+            yield from _texts(v, seen)
+        for name in getattr(type(value), "__slots__", ()):
+            yield from _texts(getattr(value, name, None), seen)
+
+
+def test_erasure_leaves_no_personal_text_anywhere_in_memory(study):
+    """Every personal field a person's record can hold, each given a marker; after the erasure
+    not one marker is left anywhere in the aggregate (the facts, such as states, remain)."""
+    details = PersonalDetails.check("SECRET-name", "secret-email@example.invalid",
+                                    "SECRET-phone", ["SECRET-community"], "SECRET-contact")
+    person = Participant.register(id=uuid4(), study_id=study.id, reference="ST-ERASE",
+                                  details=details, at=at(0), by="t")
+    need = uuid4()
+    person.request_access_need(need, "SECRET-category", "SECRET-detail", at=at(1), by="t")
+    person.record_access_outcome(need, "met", "SECRET-outcome-note", at=at(2), by="t")
+    record, publish = study.scope("record"), study.scope("publish")
+    for scope in (record, publish):
+        person.grant_consent(scope, study.form("1.0"), "online", at=at(3), by="t")
+    person.record_use(record, "SECRET-purpose", at=at(4), by="t")
+    person.withdraw_consent(record, "phone", "SECRET-withdrawal-reason", at=at(5), by="t")
+    obligation = next(iter(person.obligations))
+    person.discharge_obligation(obligation, "SECRET-obligation-note", at=at(6), by="t")
+    person.decline_payment(study.activity("conversation"), "SECRET-decline-reason",
+                           at=at(7), by="t")
+    person.reduce_payment(study.activity("workshop"), 1000, "SECRET-reduce-reason",
+                          at=at(8), by="t")
+    person.record_expense(uuid4(), study.activity("workshop"), 740, "cash",
+                          "SECRET-expense", at=at(9), by="t")
+    seeded = {"name", "phone", "community", "contact", "category", "detail", "outcome-note",
+              "purpose", "withdrawal-reason", "obligation-note", "decline-reason",
+              "reduce-reason", "expense"}
+    person.collect_events()  # saved (sealed at rest): the events no longer hang on the aggregate
+    found = {t.removeprefix("SECRET-") for t in _texts(person) if t.startswith("SECRET-")}
+    assert found == seeded  # the walk sees every one of them before the erasure
+    assert any("secret-email" in t for t in _texts(person))
+
+    person.erase("SECRET-erasure-reason", at=at(10), by="admin")
+    person.collect_events()
+
+    left = [t for t in _texts(person) if "secret" in t.lower()]
+    assert left == []
+    assert person.consent("record").state == "withdrawn"  # the facts remain
+    assert person.arrangement("conversation").declined
 
 
 def test_nothing_more_is_recorded_for_an_erased_person(person, study):
