@@ -71,6 +71,50 @@ def test_past_reports_show_exactly_what_the_history_says_at_each_moment(api_ledg
     assert day1["log"]["events"] < day3["log"]["events"] < day5["log"]["events"]
 
 
+def test_the_payment_figures_are_exactly_those_of_a_scripted_history(api_ledger, clock):
+    """Every payment figure against literal values: at the rate, paid differently (with a
+    reason), a reduction and a payment of it, a reversal, a decline, and arrangements older
+    and younger than ``outstanding_days``."""
+    lg, t0 = api_ledger, clock.now
+    clock.now = t0 + timedelta(days=1)
+    at_rate, other, reduced, reversed_, declined, old, young = (
+        lg.register_participant(f"Pay Script {i}", by="t")["id"] for i in range(7))
+    lg.arrange_payment(at_rate, "conversation", "bank_transfer", "self", True, by="t")
+    lg.arrange_payment(old, "conversation", "voucher", "self", True, by="t")
+    lg.reduce_payment(reduced, "workshop", "10.00", "benefits", by="t")
+    clock.now = t0 + timedelta(days=2)
+    lg.record_payment(at_rate, "conversation", "25.00", "bank_transfer", by="t")
+    lg.record_payment(other, "conversation", "30.00", "cash", reason="travel added", by="t")
+    lg.record_payment(reduced, "workshop", "10.00", "bank_transfer", by="t")
+    paid = lg.record_payment(reversed_, "workshop", "20.00", "cash", reason="short", by="t")
+    lg.reverse_payment(reversed_, paid["id"], "paid twice by mistake", by="t")
+    lg.decline_payment(declined, "conversation", None, by="t")
+    clock.now = t0 + timedelta(days=8)
+    lg.arrange_payment(young, "workshop", "cash", "self", False, by="t")
+    clock.now = t0 + timedelta(days=12)
+
+    payments = report_data(lg, clock.now, outstanding_days=10)["payments"]
+
+    refs = {pid: lg.participant(pid)["reference"] for pid in (other, old, reversed_, young)}
+    assert (payments["paid"], payments["paid_total"]) == (3, "65.00")
+    assert payments["paid_at_rate"] == 2  # 25.00 at the rate, 10.00 as agreed
+    assert payments["paid_differently"] == [{"reference": refs[other], "activity": "conversation",
+                                             "amount": "30.00", "expected": "25.00"}]
+    assert (payments["declined"], payments["reduced"], payments["reversed"]) == (1, 1, 1)
+    assert payments["outstanding_after_days"] == 10
+    # Owed again once reversed: the reversed payment's activity is outstanding too.
+    assert [(o["reference"], o["activity"], o["days"]) for o in payments["outstanding"]] \
+        == [(refs[old], "conversation", 11.0), (refs[reversed_], "workshop", 10.0)]
+    assert payments["by_method"] == {"bank_transfer": {"count": 2, "total": "35.00"},
+                                     "cash": {"count": 1, "total": "30.00"}}
+    assert [(r["activity"], r["paid"]) for r in payments["rate_table"]] \
+        == [("conversation", 2), ("workshop", 1)]
+    # With the threshold at 3 days, the younger arrangement (4 days old) is outstanding too.
+    younger = report_data(lg, clock.now, outstanding_days=3)["payments"]["outstanding"]
+    assert [o["reference"] for o in younger] == [refs[old], refs[reversed_], refs[young]]
+    assert report_data(lg, outstanding_days=10)["payments"] == payments  # the views agree
+
+
 def test_the_current_report_from_the_views_equals_a_replay_of_the_whole_log(api_ledger, clock):
     _script(api_ledger, clock)
 
