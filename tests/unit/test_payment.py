@@ -1,6 +1,6 @@
 """Payments: recorded against the rate, one per slot, reversed once."""
 
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -57,6 +57,7 @@ def test_a_second_payment_waits_for_the_first_to_be_reversed(person, study):
     second = _pay(person, study)
 
     assert second.slot == 1 and second.id == Payment.create_id(person.id, "conversation", 1)
+    assert second.id != first.id  # a new slot is a new id: the store's key admits it
     assert person.arrangement("conversation").payments == [first.id, second.id]
 
 
@@ -120,5 +121,9 @@ def test_bad_payments_are_refused(person, study, kw, error):
 def test_payment_ids_depend_only_on_participant_activity_and_slot():
     pid = uuid4()
 
-    assert Payment.create_id(pid, "conversation", 0) == Payment.create_id(pid, "conversation", 0)
-    assert Payment.create_id(pid, "conversation", 0) != Payment.create_id(pid, "workshop", 0)
+    ids = {(who, activity, slot): Payment.create_id(who, activity, slot)
+           for who in (pid, uuid4()) for activity in ("conversation", "workshop")
+           for slot in (0, 1, 2)}
+
+    assert len(set(ids.values())) == len(ids) == 12  # each part of the triple counts
+    assert ids[(pid, "conversation", 0)] == Payment.create_id(UUID(str(pid)), "conversation", 0)
