@@ -114,6 +114,7 @@ def test_tokens_are_stored_only_as_keyed_hashes(api_ledger):
 def test_repeated_failed_sign_ins_are_slowed_down_with_429(client, tokens):
     from ledger.api.ratelimit import FAILURES
 
+    assert FAILURES == 20  # what the README promises: 20 failures a minute, then 429
     responses = [client.get("/api/v1/study", headers=bearer("lgr_guess"))
                  for _ in range(FAILURES + 3)]
     valid = client.get("/api/v1/study", headers=bearer(tokens["staff"]))

@@ -27,7 +27,8 @@ def test_tokens_create_list_and_revoke(store_env):
     assert token not in listed.stdout and "auditor\tEthics cttee" in listed.stdout
     assert live is not None and live.role == "auditor"
     assert revoked.returncode == 0 and after is None
-    assert again.returncode != 0
+    assert again.returncode == 1 and "no live token with that id" in again.stderr
+    assert "Traceback" not in again.stderr and again.stdout == ""
 
 
 def test_a_bad_role_or_name_is_refused(store_env):
