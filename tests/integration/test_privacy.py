@@ -42,14 +42,32 @@ def _seed(ledger: Ledger):
     return pid
 
 
+def _forms(secret: str) -> list[bytes]:
+    """The secret as it could sit in a file: raw, hex, UTF-16 and JSON-escaped, and in base64
+    (standard and URL-safe) at each of the three alignments it can start at within a longer
+    encoded value (the characters that do not depend on its neighbours)."""
+    raw = secret.encode()
+    forms = [raw, raw.hex().encode(), raw.hex().upper().encode(), secret.encode("utf-16-le"),
+             secret.encode("utf-16-be")]
+    for skip in (0, 1, 2):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            forms.append(encode(raw[skip:])[:-4])
+    assert all(len(f) >= 8 for f in forms)
+    return forms
+
+
 def _occurrences(blob: bytes) -> list[str]:
-    found = []
+    return [s for s in SECRETS if any(form in blob for form in _forms(s))]
+
+
+def test_the_scan_finds_a_secret_however_it_is_encoded_and_aligned():
     for s in SECRETS:
-        for form in (s.encode(), s.encode().hex().encode(), s.encode("utf-16-le"),
-                     base64.b64encode(s.encode())):
-            if form in blob:
-                found.append(s)
-    return found
+        for before in (b"", b"x", b"xy", b'{"name": "', b"\x00" * 12):
+            whole = before + s.encode() + b'"}'
+            for blob in (whole, base64.b64encode(whole), base64.urlsafe_b64encode(whole),
+                         whole.hex().encode()):
+                assert _occurrences(b"..." + blob + b"...") == [
+                    x for x in SECRETS if x in s], (s, before)
 
 
 def _sqlite_files(data_dir: Path) -> bytes:
