@@ -25,17 +25,20 @@ def test_fifty_concurrent_payments_across_four_workers_pay_once(server, store_en
     pid = uuid.UUID(json.loads(body)["id"])
     barrier = threading.Barrier(50)
     statuses: list[int] = []
+    refusals: list[bytes] = []
     lock = threading.Lock()
 
     def pay(i: int) -> None:
         barrier.wait()
-        code, _, _ = server.request(
+        code, _, answer = server.request(
             "POST", f"/api/v1/participants/{pid}/payments",
             {"activity": "conversation", "amount": "25.00", "method": "bank_transfer",
              "reference": f"E2E-{i}"},
             {**auth, "Idempotency-Key": f"race-{i}"})
         with lock:
             statuses.append(code)
+            if code != 201:
+                refusals.append(answer)
 
     threads = [threading.Thread(target=pay, args=(i,)) for i in range(50)]
     for t in threads:
@@ -45,6 +48,8 @@ def test_fifty_concurrent_payments_across_four_workers_pay_once(server, store_en
 
     assert len(statuses) == 50
     assert statuses.count(201) == 1 and statuses.count(409) == 49, sorted(set(statuses))
+    assert len(refusals) == 49 and all(b"PaymentAlreadyRecorded" in r for r in refusals)
+    assert not [r for r in refusals if b"E2E-" in r or NAME.encode() in r]  # nothing echoed
     check = Ledger(store_env)
     recorded = [n for n in check.recorder.select_notifications(
         start=1, limit=10_000, topics=[topic("Payment.Recorded")])]

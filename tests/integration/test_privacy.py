@@ -122,6 +122,51 @@ def test_personal_data_is_not_in_the_database_files_or_logs(ledger, store_env, c
     assert _occurrences(caplog.text.encode()) == []
 
 
+def test_what_staff_send_through_the_api_stays_out_of_files_logs_and_error_bodies(
+        ledger, store_env, caplog):
+    """The same through the HTTP API, which alone fills some tables (the kept payment responses
+    and their fingerprints) and alone answers refusals: a duplicate payment, a withdrawal of a
+    choice never given, a key reused for another body and invalid input each carry personal
+    data in their request, and none of it is in their answers, the store or the log."""
+    from ledger.api import create_app
+
+    caplog.set_level(logging.DEBUG)
+    client = create_app({"LEDGER": ledger, "TESTING": True}).test_client()
+    staff = {"Authorization": "Bearer " + ledger.tokens.create("staff", "privacy")[1]}
+    refusals: list[tuple[int, bytes]] = []
+
+    def post(path, body, key=None):
+        headers = {**staff, **({"Idempotency-Key": key} if key else {})}
+        r = client.post(f"/api/v1{path}", headers=headers, json=body)
+        if r.status_code >= 400:
+            refusals.append((r.status_code, r.get_data()))
+        return r
+
+    pid = post("/participants", {"name": NAME, "email": EMAIL, "phone": PHONE,
+                                 "communities": [COMMUNITY]}).json["id"]
+    post(f"/participants/{pid}/access-needs", {"category": "breaks", "detail": NEED})
+    post(f"/participants/{pid}/consents", {"scope": "record", "form_version": "1.0",
+                                           "method": "online"})
+    post(f"/participants/{pid}/consents/record/withdrawal", {"channel": "phone",
+                                                             "reason": REASON})
+    pay = {"activity": "conversation", "amount": "25.00", "method": "bank_transfer",
+           "reference": REFERENCE}
+    paid = [post(f"/participants/{pid}/payments", pay, key).status_code
+            for key in ("first", "first", "second")]
+    post(f"/participants/{pid}/consents/store/withdrawal", {"channel": "phone",
+                                                            "reason": REASON})
+    post(f"/participants/{pid}/payments", {**pay, "reason": REASON}, "first")
+    post("/participants", {"name": NAME, "email": f"{NAME} has no at sign"})
+    ledger.views_at_least()
+    raw = _raw_store(ledger, store_env)
+
+    assert paid == [201, 201, 409]  # the same again, then another key for the same payment
+    assert [status for status, _ in refusals] == [409, 409, 422, 422]
+    assert _occurrences(b"\n".join(body for _, body in refusals)) == []
+    assert len(raw) > 10_000 and _occurrences(raw) == []
+    assert _occurrences(caplog.text.encode()) == []
+
+
 def test_the_sqlite_wal_is_scanned_while_it_holds_the_latest_writes(tmp_path):
     ledger = Ledger({"LEDGER_DATA_DIR": str(tmp_path)})
     ledger.init_study()
