@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -194,12 +195,25 @@ def test_sql_looking_text_is_stored_as_written_and_harms_nothing(client, staff, 
     assert api_ledger.recorder.max_notification_id() > 0
 
 
-def test_error_bodies_never_echo_personal_input(client, staff):
-    response = client.post("/api/v1/participants", headers=staff,
-                           json={"name": "Quillfeather <b>Secretname</b>"})
+@pytest.mark.parametrize("name", [
+    "Quillfeather <b>Secretname</b>",  # markup
+    "Quillfeather Secretname \x07",  # a control character
+    "Quillfeather Secretname \u202e",  # a bidirectional override
+    "Quillfeather Secretname \ud800",  # a lone surrogate (JSON can carry one escaped)
+    "Quillfeather Secretname " * 40,  # too long
+], ids=["markup", "control", "bidi", "surrogate", "too-long"])
+def test_error_bodies_never_echo_personal_input(client, staff, api_ledger, name):
+    """Every way a text field is refused names the field and the rule, never the text."""
+    body = json.dumps({"name": name, "email": "Secretname@example.invalid"})
+    before = api_ledger.recorder.max_notification_id()
 
-    assert response.status_code == 422
-    assert "Secretname" not in response.get_data(as_text=True)
+    response = client.post("/api/v1/participants", headers=staff, data=body,
+                           content_type="application/json")
+
+    assert response.status_code == 422 and list(response.json["errors"]) == ["name"]
+    text = response.get_data(as_text=True)
+    assert "Secretname" not in text and "Quillfeather" not in text
+    assert api_ledger.recorder.max_notification_id() == before  # nothing written
 
 
 def test_a_sentence_used_as_a_field_name_is_not_repeated(client, staff):
