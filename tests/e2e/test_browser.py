@@ -146,6 +146,65 @@ def test_withdraw_one_choice_by_keyboard_alone_and_keep_the_receipt(server, staf
     assert [o["kind"] for o in view["obligations"]] == ["unpublish_story"]
 
 
+INTERACTIVE = "a[href], button, input:not([type=hidden]), select, textarea, summary"
+FOCUSED = """(selector) => {
+  const e = document.activeElement;
+  if (!e || e === document.body || e === document.documentElement) return null;
+  const all = [...document.querySelectorAll(selector)];
+  const s = getComputedStyle(e), r = e.getBoundingClientRect();
+  return {index: all.indexOf(e), name: e.id || e.textContent.trim().slice(0, 40),
+          outline: s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2,
+          onscreen: r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0
+                    && r.right <= innerWidth && r.bottom <= innerHeight};
+}"""
+
+
+def _keyboard_tour(page) -> tuple[int, list[dict]]:
+    """Tab from the top of the page until focus leaves it or comes round again: how many
+    controls the page has, and each stop on the way."""
+    count = page.evaluate("(selector) => document.querySelectorAll(selector).length",
+                          INTERACTIVE)
+    stops: list[dict] = []
+    for _ in range(count + 5):
+        page.keyboard.press("Tab")
+        stop = page.evaluate(FOCUSED, INTERACTIVE)
+        if stop is None or (stops and stop["index"] == stops[0]["index"]):
+            break
+        stops.append(stop)
+    return count, stops
+
+
+def test_every_control_on_every_page_is_reached_by_tab_and_shows_where_focus_is(
+        server, staff, page):
+    """WCAG 2.1.1 and 2.4.7: from the top of each page, Tab alone reaches every link, box and
+    button, each once, in the page's order, and the focused one is outlined and on screen
+    (the skip link too, which sits off screen until focused)."""
+    pid, url = _participant_with_link(server, staff)
+    tours = {}
+
+    page.goto(url)
+    tours["choices"] = _keyboard_tour(page)
+    page.goto(url)
+    page.check("#scope-publish")
+    with page.expect_navigation():
+        page.click("text=Continue")
+    tours["check"] = _keyboard_tour(page)
+    with page.expect_navigation():
+        page.click("text=Yes, stop")
+    tours["done"] = _keyboard_tour(page)
+    page.goto(url + "/receipt")
+    tours["receipt"] = _keyboard_tour(page)
+    server.request("POST", f"/api/v1/participants/{pid}/withdrawal-link/revocation", {}, staff)
+    page.goto(url)
+    tours["gone"] = _keyboard_tour(page)
+
+    for name, (count, stops) in tours.items():
+        assert count >= 1, name
+        assert [s["index"] for s in stops] == list(range(count)), (name, stops)
+        assert [s["name"] for s in stops if not (s["outline"] and s["onscreen"])] == [], name
+    assert tours["choices"][1][0]["name"].startswith("Skip")  # the first stop: the skip link
+
+
 def _fits(page) -> bool:
     return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
