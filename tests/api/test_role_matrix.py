@@ -88,8 +88,8 @@ def world(client, tokens, api_ledger):
     assert client.post(f"/api/v1/participants/{erased}/erasure", headers=admin,
                        json={"reason": "asked"}).status_code in (200, 201)
     api_ledger.views_at_least()
-    return {"erased": erased, "pid": pid, "obligation": obligation["obligations"][0]["id"], "need": need["need_id"],
-            "payment": payment["id"]}
+    return {"erased": erased, "pid": pid, "obligation": obligation["obligations"][0]["id"],
+            "need": need["need_id"], "payment": payment["id"]}
 
 
 def _request(method: str, path: str, world: dict[str, str]) -> tuple[str, dict | None]:

@@ -179,6 +179,27 @@ def test_the_sqlite_wal_is_scanned_while_it_holds_the_latest_writes(tmp_path):
     ledger.close()
 
 
+def test_backups_and_what_a_restore_keeps_hold_no_personal_data_in_the_clear(tmp_path):
+    """A backup, and the database a restore sets aside, are copies of the store: every file
+    under the directory, once both have been made, is searched."""
+    from tests.integration.test_backup import _run
+
+    data = tmp_path / "data"
+    assert _run(data, "init").returncode == 0
+    ledger = Ledger({"LEDGER_DATA_DIR": str(data)})
+    _seed(ledger)
+    ledger.close()
+    assert _run(data, "backup", str(tmp_path / "copy.sqlite3")).returncode == 0
+    assert _run(data, "restore", str(tmp_path / "copy.sqlite3")).returncode == 0
+
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    names = {p.name for p in files}
+    assert "copy.sqlite3" in names and any(n.startswith("ledger.sqlite3.before-restore-")
+                                           for n in names)
+    assert {p.name: _occurrences(p.read_bytes()) for p in files
+            if _occurrences(p.read_bytes())} == {}
+
+
 def test_after_erasure_the_name_cannot_be_recovered_even_with_the_master_key(ledger, store_env):
     pid = _seed(ledger)
     wrapped = bytes(ledger.sql.query(
