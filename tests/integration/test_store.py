@@ -89,14 +89,31 @@ def test_sqlite_keeps_wal_and_full_synchronous_commits(tmp_path):
     ledger = Ledger({"LEDGER_DATA_DIR": str(tmp_path)})
     ledger.init_study()
 
-    with ledger.factory.datastore.transaction(commit=False) as c:
-        c.execute("PRAGMA journal_mode")
-        journal = c.fetchone()[0]
-        c.execute("PRAGMA synchronous")
-        synchronous = c.fetchone()[0]
+    settings = []
+    for commit in (True, False):  # the connection that commits, and a reader
+        with ledger.factory.datastore.transaction(commit=commit) as c:
+            c.execute("PRAGMA journal_mode")
+            journal = c.fetchone()[0]
+            c.execute("PRAGMA synchronous")
+            settings.append((journal, c.fetchone()[0]))
     ledger.close()
 
-    assert (journal, synchronous) == ("wal", 2)  # 2 == FULL
+    assert settings == [("wal", 2), ("wal", 2)]  # 2 == FULL
+
+
+def test_every_commit_waits_for_the_disk(ledger):
+    """What the events, the views and the kept responses are written through: SQLite's writer
+    at synchronous=FULL, PostgreSQL's at synchronous_commit=on (an acknowledged write survives
+    a power cut, not only a killed process, which the crash tests cannot tell apart)."""
+    with ledger.sql.transaction() as c:
+        if ledger.sql.is_postgres:
+            c.execute("SHOW synchronous_commit")
+            setting = list(dict(c.fetchone()).values())[0]
+        else:
+            c.execute("PRAGMA synchronous")
+            setting = c.fetchone()[0]
+
+    assert setting == ("on" if ledger.sql.is_postgres else 2)
 
 
 def test_key_files_and_database_are_readable_by_the_owner_only(tmp_path):
