@@ -192,6 +192,29 @@ def test_a_kept_checkpoint_that_holds_is_counted(store_env, tmp_path):
     assert f"{stored + 1} signed checkpoints hold" in result.stdout
 
 
+@pytest.mark.parametrize("field", ["signature", "root", "time"])
+def test_a_kept_checkpoint_whose_signature_does_not_hold_is_refused_as_such(
+        store_env, tmp_path, field):
+    """A kept checkpoint counts only if this ledger's key signed it: one changed after it was
+    kept (its signature, or what the signature covers) fails verify as a bad signature, not
+    as a changed log."""
+    lg, size = _history(store_env)
+    cp = lg.merkle.checkpoint()
+    lg.close()
+    changed = {"signature": base64.b64encode(b"\x01" * 64).decode(), "root": "00" * 32,
+               "time": "2020-01-01T00:00:00+00:00"}[field]
+    kept = tmp_path / "checkpoint.json"
+    kept.write_text(json.dumps({**cp, field: changed}))
+
+    result = _run(store_env, "verify", "--checkpoint", str(kept))
+
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "FAILED: a signed checkpoint does not hold" in out
+    assert f"kept checkpoint at size {cp['size']}: signature does not match" in out
+    assert "an event was changed" not in out
+
+
 @pytest.mark.parametrize("field", ["root", "size", "time", "signature"])
 def test_a_tampered_checkpoint_is_caught(store_env, field):
     lg, size = _history(store_env)
