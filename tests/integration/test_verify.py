@@ -108,6 +108,28 @@ def test_every_change_to_the_stored_events_is_caught_at_its_position(store_env, 
     assert f"first bad position {position} " in out
 
 
+@pytest.mark.parametrize(("tamper", "position"), [
+    (_flip_a_byte, 1), (_flip_a_byte, 9), (_flip_a_byte, 14), (_delete, 5), (_delete, 11),
+    (_swap, 3), (_swap, 12), (_truncate, 10),
+])
+def test_a_change_is_caught_at_its_position_on_any_page(store_env, monkeypatch, tamper,
+                                                        position):
+    """The same, reading the log four events a page, as a large log is read: a change beyond
+    the first page is still named exactly."""
+    import ledger.audit.checkpoints as checkpoints
+
+    lg, size = _history(store_env)
+    assert size > 12
+    tamper(lg, position)
+    monkeypatch.setattr(checkpoints, "PAGE", 4)
+    try:
+        verdict = checkpoints.verify(lg.merkle)
+    finally:
+        lg.close()
+
+    assert not verdict.ok and verdict.first_bad_position == position, verdict.problems
+
+
 def test_an_event_changed_together_with_its_recorded_leaf_is_caught_by_the_checkpoints(store_env):
     lg, size = _history(store_env)
     changed = 7
