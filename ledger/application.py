@@ -446,7 +446,11 @@ class Ledger(Application[UUID]):
                     continue
                 extra = {"idempotency": once.record(result)} if once is not None else {}
                 try:
-                    self.save(participant, *others, **extra)
+                    # The others (a payment) first: the person's note of it then follows it
+                    # in the log, so views caught up to any position between the two show
+                    # what a replay to that position shows (never a payment not yet in the
+                    # log, read back at a later version).
+                    self.save(*others, participant, **extra)
                 except IntegrityError:
                     for aggregate in touched:
                         self._evict(aggregate)

@@ -96,6 +96,27 @@ def test_views_at_any_position_equal_a_replay_to_that_position(ledger, keep):
     assert view_rows(ledger) == replayed_rows(ledger, position)
 
 
+def test_views_caught_up_one_event_at_a_time_equal_a_replay_at_every_position(ledger):
+    """Every position of the log is a place where the views can stop (a page ends there): at
+    each, they show exactly what a replay to it shows, nothing skipped and nothing from later
+    in the log (a payment saved after the person's note of it was read back at its latest
+    version, reversal included)."""
+    _history(ledger)
+    ledger._follower.stop()  # nothing else moves the views in this test
+    ledger.projector.views.reset()
+    ledger.projector.replay = Replay(ledger.mapper, ledger.events, keep=None)
+    last = ledger.recorder.max_notification_id()
+    differ = []
+
+    for position in range(1, last + 1):
+        ledger.projector.catch_up(limit=position, page_size=1)
+        assert ledger.projector.views.position() == position
+        if view_rows(ledger) != replayed_rows(ledger, position):
+            differ.append(position)
+
+    assert last > 150 and differ == []
+
+
 @pytest.mark.parametrize("batched", [True, False], ids=["read back a page at a time",
                                                        "read back one by one"])
 def test_following_holds_a_bounded_number_of_people_and_stays_right(ledger, batched):
