@@ -117,6 +117,38 @@ def test_views_caught_up_one_event_at_a_time_equal_a_replay_at_every_position(le
     assert last > 150 and differ == []
 
 
+def test_a_views_write_that_fails_midway_leaves_neither_rows_nor_position_moved(ledger,
+                                                                            monkeypatch):
+    """A failure inside the views' transaction (here, the insert of the new rows, after the
+    position and the deletes were sent) rolls the whole of it back: the position never moves
+    without its rows, and the next catch-up writes them."""
+    from ledger.store import _PortableCursor
+
+    _history(ledger)
+    ledger.views_at_least()
+    ledger._follower.stop()  # nothing else moves the views in this test
+    before = ledger.projector.views.position()
+    someone = ledger.register_participant("Midway Failure", by="t")["id"]
+    ledger.grant_consent(someone, "record", "1.0", "online", by="t")
+    ledger.record_payment(someone, "conversation", "25.00", "cash", by="t")
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError("no space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(_PortableCursor, "insert_many", full_disk)
+        with pytest.raises(OSError):
+            ledger.projector.catch_up()
+    stood = (ledger.projector.views.position(), view_rows(ledger))
+    ledger.projector.catch_up()
+
+    assert stood == (before, replayed_rows(ledger, before))
+    last = ledger.recorder.max_notification_id()
+    assert last > before and ledger.projector.views.position() == last
+    assert view_rows(ledger) == replayed_rows(ledger, last)
+    assert ledger.participant(someone)["payments"][0]["amount"] == "25.00"
+
+
 @pytest.mark.parametrize("batched", [True, False], ids=["read back a page at a time",
                                                        "read back one by one"])
 def test_following_holds_a_bounded_number_of_people_and_stays_right(ledger, batched):
