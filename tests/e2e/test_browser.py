@@ -180,20 +180,8 @@ def test_every_control_on_every_page_is_reached_by_tab_and_shows_where_focus_is(
     button, each once, in the page's order, and the focused one is outlined and on screen
     (the skip link too, which sits off screen until focused)."""
     pid, url = _participant_with_link(server, staff)
-    tours = {}
 
-    page.goto(url)
-    tours["choices"] = _keyboard_tour(page)
-    page.goto(url)
-    page.check("#scope-publish")
-    with page.expect_navigation():
-        page.click("text=Continue")
-    tours["check"] = _keyboard_tour(page)
-    with page.expect_navigation():
-        page.click("text=Yes, stop")
-    tours["done"] = _keyboard_tour(page)
-    page.goto(url + "/receipt")
-    tours["receipt"] = _keyboard_tour(page)
+    tours = _on_each_page(page, url, "publish", _keyboard_tour)
     server.request("POST", f"/api/v1/participants/{pid}/withdrawal-link/revocation", {}, staff)
     page.goto(url)
     tours["gone"] = _keyboard_tour(page)
@@ -205,6 +193,24 @@ def test_every_control_on_every_page_is_reached_by_tab_and_shows_where_focus_is(
     assert tours["choices"][1][0]["name"].startswith("Skip")  # the first stop: the skip link
 
 
+def _on_each_page(page, url: str, scope: str, measure) -> dict[str, Any]:
+    """``measure`` on each page of stopping one choice through the link, in order: the
+    choices, the check, done, and the receipt."""
+    seen = {}
+    page.goto(url)
+    seen["choices"] = measure(page)
+    page.check(f"#scope-{scope}")
+    with page.expect_navigation():
+        page.click("text=Continue")
+    seen["check"] = measure(page)
+    with page.expect_navigation():
+        page.click("text=Yes, stop this")
+    seen["done"] = measure(page)
+    page.goto(url + "/receipt")
+    seen["receipt"] = measure(page)
+    return seen
+
+
 def _fits(page) -> bool:
     return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
@@ -214,19 +220,8 @@ def test_every_page_reflows_at_320_css_pixels(server, staff, browser):
     _, url = _participant_with_link(server, staff)
     context = browser.new_context(bypass_csp=True, viewport={"width": 320, "height": 800})
     page = context.new_page()
-    fits = {}
 
-    page.goto(url)
-    fits["choices"] = _fits(page)
-    page.check("#scope-record")
-    with page.expect_navigation():
-        page.click("text=Continue")
-    fits["check"] = _fits(page)
-    with page.expect_navigation():
-        page.click("text=Yes, stop this")
-    fits["done"] = _fits(page)
-    page.goto(url + "/receipt")
-    fits["receipt"] = _fits(page)
+    fits = _on_each_page(page, url, "record", _fits)
     problems = _axe(page)
     context.close()
 
