@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
-from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation.stateful.state_machine import StepInput, StepOutput, normalize_name
@@ -39,6 +38,7 @@ from ledger.api import create_app
 from ledger.application import Ledger
 
 from .conftest import Clock, bearer, load_every_ledger_module
+from .fuzzing import use_the_study_s_names
 
 # ensure_resource_availability: no 404 straight after the POST that created the resource, when
 # every parameter came from the link. use_after_free is left out: it only judges reads after a
@@ -73,40 +73,6 @@ def _role(path: str) -> str:
     if path.startswith(("/api/v1/audit", "/api/v1/reports")):
         return "auditor"
     return "staff"
-
-
-def _vocabulary(client, tokens) -> dict[str, list[Any]]:
-    """The study's own names. The document cannot enumerate them (they are configuration), and
-    random strings would stop nearly every consent and payment at "unknown scope/activity"."""
-    study = client.get("/api/v1/study", headers=bearer(tokens["staff"])).json
-    return {"scope": [scope["name"] for scope in study["scopes"]],
-            "form_version": [form["version"] for form in study["consent_forms"]],
-            "activity": [activity["name"] for activity in study["activities"]],
-            "amount": [activity["rate"] for activity in study["activities"]] + ["10.00"],
-            "attribution": [None]}  # only the scopes that take attribution accept one
-
-
-def _swap_in(vocabulary: dict[str, list[Any]], value: Any) -> st.SearchStrategy[Any]:
-    """Three times in four, replace a generated string under a known name by one of the study's
-    (the fourth keeps the generated, likely hostile, one)."""
-    if not isinstance(value, dict):
-        return st.just(value)
-    swaps = {key: st.one_of(st.just(item), *[st.sampled_from(vocabulary[key])] * 3)
-             for key, item in value.items() if key in vocabulary and isinstance(item, str)}
-    return st.fixed_dictionaries(swaps).map(lambda chosen: {**value, **chosen})
-
-
-def _arrangement(body: Any) -> st.SearchStrategy[Any]:
-    """Three times in four, make an arrangement one of the two the server takes: declined, or
-    method, payee and advice all agreed. (The document marks only `activity` required; "all three
-    or a decline" is a rule it cannot express, so a generated body almost never meets it.)"""
-    if not isinstance(body, dict):
-        return st.just(body)
-    terms = {"method": "bank_transfer", "payee": "self", "benefits_advice_offered": True}
-    agreed = ({key: value for key, value in body.items() if key != "reason"} | terms
-              | {key: body[key] for key in terms if key in body} | {"declined": False})
-    declined = {key: value for key, value in body.items() if key not in terms} | {"declined": True}
-    return st.sampled_from([body, agreed, agreed, declined])
 
 
 class Run:
@@ -152,18 +118,7 @@ class FreshLedger:
 
 def _workflow(fresh: FreshLedger, run: Run):
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", fresh)
-    vocabulary = _vocabulary(fresh.app.test_client(), fresh.tokens)
-
-    @schema.hook
-    def flatmap_body(context, body):
-        if context.operation.path.endswith("/payment-arrangements"):
-            return _arrangement(body).flatmap(lambda body: _swap_in(vocabulary, body))
-        return _swap_in(vocabulary, body)
-
-    @schema.hook
-    def flatmap_path_parameters(context, path_parameters):  # only those no link supplied
-        return _swap_in(vocabulary, path_parameters)
-
+    use_the_study_s_names(schema, fresh.app.test_client(), fresh.tokens)
     machine = schema.as_state_machine()
 
     class Workflow(machine):  # type: ignore[misc, valid-type]
