@@ -422,7 +422,12 @@ def study() -> None:
     """The study's settings."""
 
 
-@study.command("finance-retention")
+# So "-5" reaches the argument and gets its own error ("-5 is not in the range 0<=x<=7300", "the
+# amount must be...") rather than click's "No such option '-5'".
+NUMBERS_MAY_BE_NEGATIVE = {"ignore_unknown_options": True}
+
+
+@study.command("finance-retention", context_settings=NUMBERS_MAY_BE_NEGATIVE)
 @click.argument("days", type=click.IntRange(0, MAX_RETENTION))
 def study_finance_retention(days: int) -> None:
     """Keep payment records naming the payee for DAYS after each payment (e.g. 2190, six
@@ -449,7 +454,7 @@ def study_form(version: str, text_file: str) -> None:
                f"(SHA-256 {sha256}).", err=True)
 
 
-@study.command("deadline")
+@study.command("deadline", context_settings=NUMBERS_MAY_BE_NEGATIVE)
 @click.argument("scope")
 @click.argument("moment", metavar="DEADLINE")
 def study_deadline(scope: str, moment: str) -> None:
@@ -471,7 +476,7 @@ def study_deadline(scope: str, moment: str) -> None:
                f"{deadline.isoformat() if deadline else 'none'}.", err=True)
 
 
-@study.command("rate")
+@study.command("rate", context_settings=NUMBERS_MAY_BE_NEGATIVE)
 @click.argument("activity")
 @click.argument("amount")
 def study_rate(activity: str, amount: str) -> None:

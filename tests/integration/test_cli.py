@@ -301,7 +301,7 @@ def test_the_finance_retention_is_set_from_the_command_line(store_env):
     bad = _run(store_env, "study", "finance-retention", "-5")
 
     assert done.returncode == 0, done.stderr
-    assert bad.returncode == 2
+    assert bad.returncode == 2 and "-5 is not in the range 0<=x<=7300" in bad.stderr
     ledger = Ledger(store_env)
     try:
         assert ledger.study()["finance_retention_days"] == 2190

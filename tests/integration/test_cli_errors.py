@@ -156,6 +156,35 @@ def test_serve_refuses_a_port_out_of_range(ready, port):
     result = _run(ready, "serve", "--port", port)
 
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"Invalid value for '--port': {port} is not in the range 1<=x<=65535" in result.stderr
+
+
+@pytest.mark.parametrize("command, message", [
+    (("study", "finance-retention", "-5"), "Invalid value for 'DAYS': -5 is not in the range 0<=x<=7300"),
+    (("study", "finance-retention", "7301"), "7301 is not in the range 0<=x<=7300"),
+    (("study", "rate", "workshop", "-5"), "rate must be more than zero"),
+    (("study", "rate", "workshop", "-0.01"), "rate must be more than zero"),
+    (("study", "deadline", "analyse", "-3"), "Invalid value for DEADLINE: not an ISO 8601"),
+])
+def test_a_negative_or_out_of_range_study_setting_is_named_and_changes_nothing(ready, command,
+                                                                               message):
+    """A negative number reaches the setting's own check (click alone would answer "No such
+    option '-5'", which tells a person nothing about what they typed)."""
+    before = Ledger({"LEDGER_DATA_DIR": str(ready)})
+    try:
+        study = before.study()
+    finally:
+        before.close()
+
+    result = _run(ready, *command)
+
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+    assert message in result.stderr and "No such option" not in result.stderr
+    after = Ledger({"LEDGER_DATA_DIR": str(ready)})
+    try:
+        assert after.study() == study
+    finally:
+        after.close()
 
 
 def test_a_report_whose_signature_cannot_be_written_leaves_no_report(ready, tmp_path):
