@@ -10,7 +10,9 @@ three quarters of the time, each hold stretched four times by the CPU the waitin
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +28,8 @@ from eventsourcing.sqlite import (
 from .group_commit import GroupCommit, Save
 from .locks import FileLock, after_fork, in_use
 from .store import IDEMPOTENCY_INSERT
+
+log = logging.getLogger("ledger.store")
 
 SQLITE_IDEMPOTENCY_INSERT = IDEMPOTENCY_INSERT.replace("{t}", "").replace("%s", "?")
 
@@ -94,11 +98,35 @@ class DurableSQLiteConnectionPool(SQLiteConnectionPool):
 
     def put_connection(self, conn: SQLiteConnection) -> None:
         if conn is self._writer:
-            self.gate.release()
+            try:
+                self._end_a_failed_transaction(conn)
+            finally:
+                self.gate.release()
         elif conn is getattr(self._local, "reader", None):
+            self._end_a_failed_transaction(conn)
             self._local.busy = False
         else:
             super().put_connection(conn)
+
+    @staticmethod
+    def _end_a_failed_transaction(conn: SQLiteConnection) -> None:
+        """Roll back a transaction that a failed COMMIT (or ROLLBACK) left open.
+
+        When COMMIT fails (SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY), SQLite may keep the
+        transaction open and asks the application to issue ROLLBACK; the library's transaction
+        raises without doing so. Left open on the writer, it would hold SQLite's write lock, so
+        no worker could write again, and every later BEGIN on this connection would fail with
+        "cannot start a transaction within a transaction" until the server restarted. (The
+        save that failed has already raised: nothing of it is acknowledged or kept.)"""
+        raw = conn._sqlite_conn
+        if not raw.in_transaction:
+            return
+        log.warning("a transaction was left open after a failed commit or rollback; "
+                    "rolling it back")
+        try:
+            raw.rollback()
+        except sqlite3.Error:
+            conn.close()  # a new connection is opened for the next caller
 
     def close(self) -> None:
         super().close()
