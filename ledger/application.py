@@ -191,6 +191,7 @@ class Ledger(Application[UUID]):
         )
         self._scrub_next, self._scrub_pending = time.monotonic() + SCRUB_RETRY_S, False
         self._scrub_marked = 0  # counts the times an erasure found a scrub left pending
+        self._keys_pending: set[UUID] = set()  # erased here, key not yet destroyed (a fault)
         try:
             self.finish_erasures()  # complete any erasure a crash interrupted
         except Exception as error:  # noqa: BLE001 - logged; retried at the next start
@@ -293,14 +294,21 @@ class Ledger(Application[UUID]):
         processing_event = _Collected()
         processing_event.collect_events(*objs, **kwargs)
         recordings = self._record(processing_event)
-        self._forget_plaintext(processing_event.events)
-        self._take_snapshots(processing_event)
-        self._notify(recordings)
+        # The events are stored: from here nothing may raise, or the caller would be told the
+        # save failed (a 500) and retry it, recording it twice.
         if recordings:
             self._saved.position = recordings[-1].notification.id
             self._wrote_in = os.getpid()  # this process saved: it signs on closing
-        if self.settings.projections == "inline":
-            self._follower.wake()
+        try:
+            self._forget_plaintext(processing_event.events)
+            self._take_snapshots(processing_event)
+            self._notify(recordings)
+            if self.settings.projections == "inline":
+                self._follower.wake()
+        except Exception as error:  # noqa: BLE001 - logged by type; the save stands
+            # (e.g. no thread could be started for the follower: the next save wakes it again,
+            # and reads wait for the views meanwhile, or answer 503)
+            log.error("after a save: %s", type(error).__name__)
         return recordings
 
     def last_saved_position(self) -> int | None:
@@ -536,10 +544,26 @@ class Ledger(Application[UUID]):
         self.keys.create(participant_id)
         try:
             self.save(participant)
-        except BaseException:
-            self.keys.discard(participant_id)  # it never sealed anything that was kept
-            raise
+        except BaseException as error:
+            # The key goes only if the registration is known not to be stored: a COMMIT can
+            # succeed and its reply be lost (a PostgreSQL connection dropped after the server
+            # committed), and a stored registration without its key could never be read, or
+            # have anything recorded again, nor be erased.
+            stored = self._stored(participant_id)
+            if stored is False:
+                self.keys.discard(participant_id)  # it never sealed anything that was kept
+            if not stored or not isinstance(error, Exception):
+                raise  # (unknown: the key is kept; a key with no registration is harmless)
+            log.warning("registration: stored, though the store reported %s; answered as "
+                        "stored", type(error).__name__)
         return {"id": participant_id, "reference": reference}
+
+    def _stored(self, aggregate_id: UUID) -> bool | None:
+        """Whether ``aggregate_id`` has events in the store; None if the store cannot say."""
+        try:
+            return self._probe.latest(aggregate_id) is not None
+        except Exception:  # noqa: BLE001 - unknown, which the caller treats as "maybe"
+            return None
 
     def _notifications(self, *topics: str) -> Iterator[Any]:
         """Notifications of the given topics, in log order, read a page at a time."""
@@ -613,8 +637,28 @@ class Ledger(Application[UUID]):
         try:
             result = self._change(participant_id, command)
         finally:
-            self.finish_erasures([participant_id])
+            self._destroy_erased_keys(participant_id)
         return {**result, "receipt": self.erasure_receipt(participant_id)}
+
+    def _destroy_erased_keys(self, participant_id: UUID) -> None:
+        """``finish_erasures`` for this person (and any whose key this process could not yet
+        destroy). If the store fails now, the erasure stands: it is recorded, and every view
+        shows the marker. The key is then destroyed by the follower's retry (a second later,
+        then every ``SCRUB_RETRY_S``), the next erasure or the next start; meanwhile the receipt
+        says it is not yet destroyed. (Before, the erasure was answered 500 and the key kept
+        until the next start.)"""
+        people = [participant_id, *(pid for pid in self._keys_pending if pid != participant_id)]
+        try:
+            self.finish_erasures(people)
+        except Exception as error:  # noqa: BLE001 - logged by type; retried
+            log.warning("erasure: a data key could not be destroyed yet (%s); retrying",
+                        type(error).__name__)
+            self._keys_pending.update(people)
+            self._scrub_next = min(self._scrub_next, time.monotonic() + 1.0)
+            if self.settings.projections == "inline":
+                self._follower.wake()
+        else:
+            self._keys_pending.difference_update(people)
 
     def erasure_receipt(self, participant_id: UUID) -> dict[str, Any]:
         """A signed receipt that the person was erased: when and by whom, that their data key
@@ -694,15 +738,23 @@ class Ledger(Application[UUID]):
         now = time.monotonic()
         if now >= self._scrub_next:
             self._scrub_next = now + SCRUB_RETRY_S
+            if self._keys_pending:  # keys an erasure in this process could not destroy
+                pending = list(self._keys_pending)
+                try:
+                    self.finish_erasures(pending)
+                except Exception as error:  # noqa: BLE001 - logged by type; retried
+                    log.warning("erasure: a data key could not be destroyed yet (%s); "
+                                "retrying", type(error).__name__)
+                else:
+                    self._keys_pending.difference_update(pending)
             marked = self._scrub_marked
             # One short try (not the erasure's two seconds): a TRUNCATE checkpoint waiting for
             # a reader holds up this database's writers meanwhile.
             done = self.keys.scrub_if_pending(patient=False)
             if marked == self._scrub_marked:  # no erasure left one pending meanwhile
                 self._scrub_pending = not done
-            if not self._scrub_pending:
-                return None
-        return self._scrub_next - now if self._scrub_pending else None
+        waiting = self._scrub_pending or bool(self._keys_pending)
+        return self._scrub_next - now if waiting else None
 
     def repeat_erasures(self, participant_ids: list[UUID], *, by: str) -> tuple[int, list[str]]:
         """Erase again each of these people who is here and not erased (after a restore from a

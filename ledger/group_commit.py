@@ -28,13 +28,14 @@ from .locks import after_fork
 class Save:
     """One ``insert_events`` call waiting to be committed."""
 
-    __slots__ = ("events", "kwargs", "ids", "error", "done")
+    __slots__ = ("events", "kwargs", "ids", "error", "done", "committed")
 
     def __init__(self, events: Sequence[StoredEvent], kwargs: dict[str, Any]) -> None:
         self.events, self.kwargs = events, kwargs
         self.ids: Sequence[int] | None = None
         self.error: BaseException | None = None
         self.done = False
+        self.committed = False
 
 
 class GroupCommit:
@@ -79,15 +80,20 @@ class GroupCommit:
                     pass
                 else:
                     for s, i in zip(batch, ids, strict=True):
-                        s.ids = i
+                        s.ids, s.committed = i, True
                     return
             for s in batch:
                 try:
-                    s.ids = self._insert_alone(s)
+                    s.ids, s.committed = self._insert_alone(s), True
                 except Exception as error:  # noqa: BLE001 - given to the save it belongs to
                     s.error = error
         finally:
             for s in batch:
+                if not s.committed and s.error is None:
+                    # The leader was stopped mid-way (KeyboardInterrupt, SystemExit): the other
+                    # saves it held must fail too, not return as if committed.
+                    s.error = OperationalError("the commit was interrupted; it may not have "
+                                               "been made")
                 s.done = True
 
     def _insert_together(self, batch: list[Save]) -> list[Sequence[int] | None]:

@@ -8,8 +8,6 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from uuid import uuid4
 
@@ -19,7 +17,6 @@ from ledger.application import Ledger
 from ledger.locks import FileLock
 from ledger.projections.rows import rows_key
 from tests.concurrency import race
-from tests.conftest import PG_URL
 
 
 def _hold_lock(path: str, entered: multiprocessing.Event, seconds: float) -> None:
@@ -350,125 +347,3 @@ def test_two_processes_catching_the_views_up_never_compute_the_same_page(store_e
 
     assert stale == []
     assert len(set(positions)) == 1 and positions[0] > 300
-
-
-@contextmanager
-def _commits_fail(ledger: Ledger) -> Iterator[None]:
-    """Every COMMIT of events fails, as when the disk fills or fails at that moment.
-
-    PostgreSQL: a deferred constraint trigger on the events table raises disk_full, which the
-    server reports at COMMIT, as it would a real one. SQLite has no deferred triggers, so its
-    connection's commit raises instead when the transaction wrote events, leaving the transaction
-    open, as SQLite may after a COMMIT that failed with SQLITE_FULL or SQLITE_IOERR (it then asks
-    for a ROLLBACK)."""
-    if ledger.sql.is_postgres:
-        import psycopg
-
-        schema = ledger.recorder.datastore.schema
-        table = f'"{schema}".{ledger.recorder.events_table_name}'
-        with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as conn:
-            conn.execute(f"""CREATE FUNCTION "{schema}".refuse_commit() RETURNS trigger
-                             LANGUAGE plpgsql AS $$ BEGIN
-                             RAISE EXCEPTION 'could not extend file' USING ERRCODE = 'disk_full';
-                             END $$""")
-            conn.execute(f"""CREATE CONSTRAINT TRIGGER refuse_commit AFTER INSERT ON {table}
-                             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-                             EXECUTE FUNCTION "{schema}".refuse_commit()""")
-            try:
-                yield
-            finally:
-                conn.execute(f"DROP TRIGGER refuse_commit ON {table}")
-        return
-    import sqlite3
-
-    from eventsourcing.sqlite import SQLiteConnection
-
-    recorder, commit = ledger.recorder, SQLiteConnection.commit
-    insert, inserted = recorder._insert_events, threading.local()
-
-    def insert_events(c: object, *args: object, **kwargs: object) -> object:
-        inserted.events = True  # (committed by the same thread, on the same connection)
-        return insert(c, *args, **kwargs)
-
-    def refuse(self: SQLiteConnection) -> None:
-        if not getattr(inserted, "events", False):
-            return commit(self)  # other commits (tokens, idempotency purge...) go through
-        inserted.events = False
-        raise sqlite3.OperationalError("database or disk is full")
-
-    recorder._insert_events = insert_events
-    SQLiteConnection.commit = refuse  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        SQLiteConnection.commit = commit  # type: ignore[method-assign]
-        del recorder._insert_events
-
-
-def _payments(ledger: Ledger) -> list[str]:
-    return [str(n.originator_id) for n in ledger.recorder.select_notifications(start=1, limit=10_000)
-            if n.topic == "ledger:Payment.Recorded"]
-
-
-def test_saves_whose_commit_fails_are_not_acknowledged_and_the_store_stays_writable(store_env):
-    """Sixteen payments at once, on threads sharing commits, while every commit fails: each one
-    raises the store's error (none is acknowledged) and none is kept. Then, the fault gone, the
-    same payments succeed at once, in this process and in another ledger on the same store (a
-    second worker): no transaction or lock was left behind. Before, on SQLite, the writer kept
-    the failed transaction open, holding SQLite's write lock: every later write, in every
-    worker, failed until the server restarted."""
-    from eventsourcing.persistence import OperationalError
-
-    ledger = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
-    ledger.init_study(by="t")
-    people = [ledger.register_participant("Failing Commit Person", by="t")["id"]
-              for _ in range(16)]
-
-    def pay(lg: Ledger, pid: object) -> object:
-        return lg.record_payment(pid, "conversation", "25.00", "cash", by="t")
-
-    with _commits_fail(ledger):
-        failed = race([lambda pid=pid: pay(ledger, pid) for pid in people])
-    kept_after_the_fault = _payments(ledger)
-    other = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
-    try:
-        elsewhere = pay(other, people[0])
-        here = race([lambda pid=pid: pay(ledger, pid) for pid in people[1:]])
-        stored = _payments(ledger)
-    finally:
-        other.close()
-        ledger.close()
-
-    assert all(isinstance(o, OperationalError) for o in failed), failed
-    assert kept_after_the_fault == []
-    assert isinstance(elsewhere, dict) and all(isinstance(o, dict) for o in here), here
-    assert sorted(stored) == sorted(str(o["id"]) for o in [elsewhere, *here])  # type: ignore[index]
-
-
-def test_a_payment_whose_commit_fails_gets_a_500_and_its_key_is_not_kept(store_env):
-    """Through the API: the request is answered 500 (problem+json, saying nothing of the store),
-    nothing is written, and its Idempotency-Key is not kept, so the client's retry with the same
-    key and body, once the store is back, records the payment once."""
-    from ledger.api import create_app
-
-    ledger = Ledger(store_env)
-    ledger.init_study(by="t")
-    staff = {"Authorization": f"Bearer {ledger.tokens.create('staff', 'commit test')[1]}",
-             "Idempotency-Key": "retry-me"}
-    client = create_app({"LEDGER": ledger, "TESTING": True}).test_client()
-    pid = client.post("/api/v1/participants", headers=staff, json={"name": "Failing Commit"}).json["id"]
-    body = {"activity": "conversation", "amount": "25.00", "method": "cash"}
-    try:
-        with _commits_fail(ledger):
-            refused = client.post(f"/api/v1/participants/{pid}/payments", headers=staff, json=body)
-        retried = client.post(f"/api/v1/participants/{pid}/payments", headers=staff, json=body)
-        again = client.post(f"/api/v1/participants/{pid}/payments", headers=staff, json=body)
-        stored = _payments(ledger)
-    finally:
-        ledger.close()
-
-    assert refused.status_code == 500 and refused.content_type == "application/problem+json"
-    assert not {"disk", "full", "extend", "sql", "insert", "traceback"} & set(
-        refused.get_data(as_text=True).lower().replace('"', " ").replace(".", " ").split())
-    assert retried.status_code == 201 and again.get_data() == retried.get_data()
-    assert stored == [str(retried.json["id"])]
