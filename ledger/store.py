@@ -428,6 +428,18 @@ class Sql:
                               tuple(wanted))
         return int(rows[0]["n"]) == len(wanted)
 
+    def has_column(self, cursor: Any, table: str, column: str) -> bool:
+        """Whether ``table`` (in the ledger's schema) has ``column``, asked in the transaction
+        of ``cursor`` (one that adds the column if not, under the lock it holds)."""
+        if self.is_postgres:
+            cursor.execute("SELECT count(*) AS n FROM information_schema.columns WHERE "
+                           "table_schema = %s AND table_name = %s AND column_name = %s",
+                           (self.datastore.schema or "public", table, column))
+        else:
+            cursor.execute("SELECT count(*) AS n FROM pragma_table_info(%s) WHERE name = %s",
+                           (table, column))
+        return int(cursor.fetchone()["n"]) > 0
+
     def read_page(self, recorder: Any, start: int, limit: int, *, topics: Sequence[str] = (),
                   stop: int | None = None) -> list[Notification]:
         """The library's ``select_notifications``; if it cannot read a row, or reads one in a

@@ -49,6 +49,15 @@ def checkpoint_message(size: int, root: str, time: str) -> bytes:
                       separators=(",", ":")).encode()
 
 
+def verification_message(at: str, size: int, root: str, ok: bool,
+                         first_bad_position: int | None) -> bytes:
+    """The exact bytes a recorded verification's signature covers (``record`` keeps it from
+    ever reading as another kind of signed message)."""
+    return json.dumps({"record": "verification", "at": at, "size": size, "root": root, "ok": ok,
+                       "first_bad_position": first_bad_position}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
 def signed_json(body: dict[str, Any]) -> bytes:
     """The bytes a signed JSON document's signature covers: the document without its
     ``signature``, as compact JSON with sorted keys."""
@@ -104,7 +113,10 @@ class MerkleLog:
                       "root TEXT NOT NULL, time TEXT NOT NULL, signature TEXT NOT NULL)")
             c.execute(f"CREATE TABLE IF NOT EXISTS {{t}}{VERIFICATIONS} (at TEXT NOT NULL, "
                       "size BIGINT NOT NULL, root TEXT NOT NULL, ok INTEGER NOT NULL, "
-                      "first_bad_position BIGINT)")
+                      "first_bad_position BIGINT, signature TEXT)")
+            if not self.sql.has_column(c, VERIFICATIONS, "signature"):  # made before 5 Dec 2026
+                c.execute(f"ALTER TABLE {{t}}{VERIFICATIONS} ADD COLUMN "
+                          f"{'IF NOT EXISTS ' if self.sql.is_postgres else ''}signature TEXT")
             c.execute(f"INSERT INTO {{t}}{TRACKING} (name, size, last_id, stack) SELECT %s, 0, 0, "
                       f"'' WHERE NOT EXISTS (SELECT 1 FROM {{t}}{TRACKING} WHERE name = %s)",
                       (NAME, NAME))
@@ -174,21 +186,36 @@ class MerkleLog:
         return base64.b64encode(self._key.sign(data)).decode()
 
     def record_verification(self, verdict: Verdict) -> None:
-        """Keep the outcome of a full verification (``ledger verify``); reports show the last."""
+        """Keep the outcome of a full verification (``ledger verify``), signed with the
+        checkpoints' key (``verification_message``); reports show the last."""
+        at = self.clock().isoformat()
+        signature = self.sign(verification_message(at, verdict.size, verdict.root, verdict.ok,
+                                                   verdict.first_bad_position))
         self.sql.execute(f"INSERT INTO {{t}}{VERIFICATIONS} (at, size, root, ok, "
-                         "first_bad_position) VALUES (%s, %s, %s, %s, %s)",
-                         (self.clock().isoformat(), verdict.size, verdict.root, int(verdict.ok),
-                          verdict.first_bad_position))
+                         "first_bad_position, signature) VALUES (%s, %s, %s, %s, %s, %s)",
+                         (at, verdict.size, verdict.root, int(verdict.ok),
+                          verdict.first_bad_position, signature))
 
     def last_verification(self) -> dict[str, Any] | None:
-        """When the whole log was last verified, over how many events, and the outcome."""
-        rows = self.sql.query(f"SELECT at, size, root, ok, first_bad_position FROM "
+        """When the whole log was last verified, over how many events, and the outcome, with
+        ``signature_valid``: whether this ledger's key signed the record as it reads now. A
+        record that someone with write access to the database added or changed (a "passed"
+        after altering the log, say) does not hold, and reports say so instead of quoting it;
+        so do records made before they were signed."""
+        rows = self.sql.query(f"SELECT at, size, root, ok, first_bad_position, signature FROM "
                               f"{{t}}{VERIFICATIONS} ORDER BY at DESC LIMIT 1")
         if not rows:
             return None
         r = rows[0]
-        return {"at": r["at"], "size": int(r["size"]), "root": r["root"], "ok": bool(r["ok"]),
-                "first_bad_position": r["first_bad_position"]}
+        record = {"at": str(r["at"]), "size": int(r["size"]), "root": str(r["root"]),
+                  "ok": bool(r["ok"]), "first_bad_position": r["first_bad_position"],
+                  "signature": r["signature"]}
+        record["signature_valid"] = isinstance(r["signature"], str) and check_signature(
+            self._key.public_key(), verification_message(
+                record["at"], record["size"], record["root"], record["ok"],
+                None if r["first_bad_position"] is None else int(r["first_bad_position"])),
+            r["signature"])
+        return record
 
     def signed_with_this_key(self) -> bool:
         """Whether the latest stored checkpoint (if any) holds under this ledger's key."""

@@ -76,13 +76,19 @@ def _checkpoint_row(cp: dict[str, Any]) -> dict[str, Any]:
     return {"size": cp["size"], "root": cp["root"], "time": cp["time"],
             "signature": cp["signature"], "last_verified_at": v.get("at"),
             "last_verified_size": v.get("size"), "last_verified_ok": v.get("ok"),
-            "last_verified_first_bad_position": v.get("first_bad_position")}
+            "last_verified_first_bad_position": v.get("first_bad_position"),
+            "last_verified_signature_valid": v.get("signature_valid")}
 
 
 def verification_text(cp: dict[str, Any]) -> str:
-    """The last full verification in a word: passed, failed, or never run."""
+    """The last full verification in a word: passed, failed, or never run; or, if the record
+    of it is not signed by this ledger, that it cannot be trusted."""
     v = cp["verification"]
-    return "never run" if v is None else "passed" if v["ok"] else "failed"
+    if v is None:
+        return "never run"
+    if not v["signature_valid"]:
+        return "record not signed by this ledger"
+    return "passed" if v["ok"] else "failed"
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -282,6 +282,7 @@ def test_a_report_carries_the_signed_checkpoint_it_was_built_on_and_the_last_ver
         assert cp["root"] == api_ledger.merkle.checkpoint_at(cp["size"])["root"]
     assert before["checkpoint"]["verification"] is None
     assert after["checkpoint"]["verification"]["ok"] is True
+    assert after["checkpoint"]["verification"]["signature_valid"] is True
     assert after["checkpoint"]["verification"]["size"] == after["checkpoint"]["size"]
     assert _summary(after)["log_last_verification"] == "passed"
     html = client.get("/api/v1/reports/compliance?format=html", headers=auditor).data.decode()

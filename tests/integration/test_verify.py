@@ -658,3 +658,114 @@ def test_an_older_event_a_catch_up_fetches_is_named_if_it_cannot_be_read(store_e
 
     assert type(caught.value).__name__ == "UnreadableEvent", repr(caught.value)
     assert caught.value.position == victim[0]
+
+
+# -- the record of past verifications ------------------------------------------------------------
+
+
+def _verified(store_env) -> Ledger:
+    from ledger.audit.checkpoints import verify
+
+    lg, _ = _history(store_env)
+    lg.merkle.record_verification(verify(lg.merkle))
+    return lg
+
+
+def test_a_recorded_verification_is_signed_and_checks_with_the_public_key_alone(store_env):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from ledger.audit.checkpoints import verification_message
+
+    lg = _verified(store_env)
+    try:
+        v = lg.merkle.last_verification()
+        key = serialization.load_pem_public_key(lg.merkle.public_key.encode())
+    finally:
+        lg.close()
+
+    assert v is not None and v["ok"] is True and v["signature_valid"] is True
+    assert isinstance(key, Ed25519PublicKey)
+    key.verify(base64.b64decode(v["signature"]),  # raises InvalidSignature if it does not hold
+               verification_message(v["at"], v["size"], v["root"], v["ok"], None))
+
+
+@pytest.mark.parametrize("forgery", ["a passed run added, unsigned", "a failed run turned passed",
+                                     "a signature copied onto a later run"])
+def test_a_verification_record_added_or_changed_in_the_database_is_not_quoted_as_passed(
+        store_env, forgery):
+    """Someone with write access to the database alters the log and then records a "passed"
+    verification, or turns a failed one into a pass. The report must not say "passed": it says
+    the record is not signed by this ledger, in every format."""
+    from ledger.audit.checkpoints import VERIFICATIONS, Verdict
+    from ledger.reports import report_data
+    from ledger.reports.render import _checkpoint_row, verification_text
+
+    lg = _verified(store_env)
+    try:
+        genuine = lg.merkle.last_verification()
+        assert genuine is not None
+        later = "9999-01-01T00:00:00+00:00"
+        if forgery == "a passed run added, unsigned":
+            lg.sql.execute(f"INSERT INTO {{t}}{VERIFICATIONS} (at, size, root, ok) "
+                           "VALUES (%s, %s, %s, 1)", (later, genuine["size"], genuine["root"]))
+        elif forgery == "a failed run turned passed":
+            lg.sql.execute(f"DELETE FROM {{t}}{VERIFICATIONS}")
+            lg.merkle.record_verification(Verdict(ok=False, size=genuine["size"],
+                                                  root=genuine["root"], checkpoints=0,
+                                                  first_bad_position=3))
+            assert lg.merkle.last_verification()["signature_valid"] is True  # type: ignore[index]
+            lg.sql.execute(f"UPDATE {{t}}{VERIFICATIONS} SET ok = 1, first_bad_position = NULL")
+        else:
+            lg.sql.execute(f"INSERT INTO {{t}}{VERIFICATIONS} (at, size, root, ok, signature) "
+                           "VALUES (%s, %s, %s, 1, %s)",
+                           (later, genuine["size"], genuine["root"], genuine["signature"]))
+        report = report_data(lg)
+    finally:
+        lg.close()
+
+    v = report["checkpoint"]["verification"]
+    assert v["ok"] is True and v["signature_valid"] is False
+    assert verification_text(report["checkpoint"]) == "record not signed by this ledger"
+    assert _checkpoint_row(report["checkpoint"])["last_verified_signature_valid"] is False
+
+
+def test_a_report_over_an_unsigned_verification_record_says_it_cannot_be_trusted(store_env):
+    from ledger.audit.checkpoints import VERIFICATIONS
+    from ledger.reports import report_data
+    from ledger.reports.render import render
+
+    lg = _verified(store_env)
+    try:
+        lg.sql.execute(f"UPDATE {{t}}{VERIFICATIONS} SET signature = NULL")
+        html = render(report_data(lg), "html").decode()
+    finally:
+        lg.close()
+
+    assert "cannot be trusted" in html and "it passed" not in html
+
+
+def test_a_verification_table_from_before_signing_gets_the_column_and_its_rows_read_unsigned(
+        store_env):
+    """A ledger made before verifications were signed: its table has no signature column. The
+    next ledger to open adds it; the old row reads as not signed (nothing vouches for it), and
+    the next `ledger verify` records a signed one."""
+    from ledger.audit.checkpoints import VERIFICATIONS, verify
+
+    lg, _ = _history(store_env)
+    lg.sql.execute(f"DROP TABLE {{t}}{VERIFICATIONS}")
+    lg.sql.execute(f"CREATE TABLE {{t}}{VERIFICATIONS} (at TEXT NOT NULL, size BIGINT NOT NULL, "
+                   "root TEXT NOT NULL, ok INTEGER NOT NULL, first_bad_position BIGINT)")
+    lg.sql.execute(f"INSERT INTO {{t}}{VERIFICATIONS} (at, size, root, ok) VALUES "
+                   "('2026-01-01T00:00:00+00:00', 1, 'ab', 1)")
+    lg.close()
+
+    again = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    try:
+        old = again.merkle.last_verification()
+        again.merkle.record_verification(verify(again.merkle))
+        new = again.merkle.last_verification()
+    finally:
+        again.close()
+
+    assert old is not None and old["signature"] is None and old["signature_valid"] is False
+    assert new is not None and new["ok"] is True and new["signature_valid"] is True
