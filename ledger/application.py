@@ -192,6 +192,7 @@ class Ledger(Application[UUID]):
         self._scrub_next, self._scrub_pending = time.monotonic() + SCRUB_RETRY_S, False
         self._scrub_marked = 0  # counts the times an erasure found a scrub left pending
         self._keys_pending: set[UUID] = set()  # erased here, key not yet destroyed (a fault)
+        self._pending_lock = threading.Lock()  # for _keys_pending and _scrub_next
         try:
             self.finish_erasures()  # complete any erasure a crash interrupted
         except Exception as error:  # noqa: BLE001 - logged; retried at the next start
@@ -556,6 +557,15 @@ class Ledger(Application[UUID]):
                 raise  # (unknown: the key is kept; a key with no registration is harmless)
             log.warning("registration: stored, though the store reported %s; answered as "
                         "stored", type(error).__name__)
+            # what save() would have done: a position for read-your-writes, at or after the
+            # registration's own, and the follower woken
+            self._saved.position = self.recorder.max_notification_id()
+            self._wrote_in = os.getpid()
+            if self.settings.projections == "inline":
+                try:
+                    self._follower.wake()
+                except Exception as wake_error:  # noqa: BLE001 - as in save()
+                    log.error("after a save: %s", type(wake_error).__name__)
         return {"id": participant_id, "reference": reference}
 
     def _stored(self, aggregate_id: UUID) -> bool | None:
@@ -638,7 +648,15 @@ class Ledger(Application[UUID]):
             result = self._change(participant_id, command)
         finally:
             self._destroy_erased_keys(participant_id)
-        return {**result, "receipt": self.erasure_receipt(participant_id)}
+        try:
+            receipt: dict[str, Any] | None = self.erasure_receipt(participant_id)
+        except Exception as error:  # noqa: BLE001 - the erasure stands; the receipt is asked again
+            # (it signs a checkpoint, a write, which a full disk refuses): a 500 here would tell
+            # the admin the erasure failed, and their retry would be refused as already done.
+            log.warning("erasure: recorded, but its receipt could not be issued now (%s)",
+                        type(error).__name__)
+            receipt = None
+        return {**result, "receipt": receipt}
 
     def _destroy_erased_keys(self, participant_id: UUID) -> None:
         """``finish_erasures`` for this person (and any whose key this process could not yet
@@ -647,18 +665,21 @@ class Ledger(Application[UUID]):
         then every ``SCRUB_RETRY_S``), the next erasure or the next start; meanwhile the receipt
         says it is not yet destroyed. (Before, the erasure was answered 500 and the key kept
         until the next start.)"""
-        people = [participant_id, *(pid for pid in self._keys_pending if pid != participant_id)]
+        with self._pending_lock:
+            people = [participant_id, *(self._keys_pending - {participant_id})]
         try:
             self.finish_erasures(people)
         except Exception as error:  # noqa: BLE001 - logged by type; retried
             log.warning("erasure: a data key could not be destroyed yet (%s); retrying",
                         type(error).__name__)
-            self._keys_pending.update(people)
-            self._scrub_next = min(self._scrub_next, time.monotonic() + 1.0)
+            with self._pending_lock:
+                self._keys_pending.update(people)
+                self._scrub_next = min(self._scrub_next, time.monotonic() + 1.0)
             if self.settings.projections == "inline":
                 self._follower.wake()
         else:
-            self._keys_pending.difference_update(people)
+            with self._pending_lock:
+                self._keys_pending.difference_update(people)
 
     def erasure_receipt(self, participant_id: UUID) -> dict[str, Any]:
         """A signed receipt that the person was erased: when and by whom, that their data key
@@ -719,7 +740,8 @@ class Ledger(Application[UUID]):
         if not self.keys.scrub_if_pending():  # a reader still holds the old bytes
             self._scrub_marked += 1
             self._scrub_pending = True
-            self._scrub_next = time.monotonic() + SCRUB_RETRY_S
+            with self._pending_lock:
+                self._scrub_next = time.monotonic() + SCRUB_RETRY_S
             if hasattr(self, "_follower") and self.settings.projections == "inline":
                 self._follower.wake()  # it comes back to retry (not yet at start-up)
         if self.shred_kept and not self.sql.is_postgres and erased:
@@ -733,20 +755,25 @@ class Ledger(Application[UUID]):
     def retry_scrub(self) -> float | None:
         """A job of the follower (and of ``ledger projections run``): every ``SCRUB_RETRY_S``,
         retry a scrub of erased keys left pending by a reader that held the old bytes (in this
-        process or another), so it finishes without waiting for the next erasure or start.
-        Returns when to come back while one is known to be pending."""
+        process or another), so it finishes without waiting for the next erasure or start; and
+        destroy the keys an erasure in this process could not (``_destroy_erased_keys``).
+        Returns when to come back while either is known to be pending."""
         now = time.monotonic()
-        if now >= self._scrub_next:
-            self._scrub_next = now + SCRUB_RETRY_S
-            if self._keys_pending:  # keys an erasure in this process could not destroy
-                pending = list(self._keys_pending)
+        with self._pending_lock:
+            due = now >= self._scrub_next
+            if due:
+                self._scrub_next = now + SCRUB_RETRY_S
+            pending = list(self._keys_pending)
+        if due:
+            if pending:  # keys an erasure in this process could not destroy
                 try:
                     self.finish_erasures(pending)
                 except Exception as error:  # noqa: BLE001 - logged by type; retried
                     log.warning("erasure: a data key could not be destroyed yet (%s); "
                                 "retrying", type(error).__name__)
                 else:
-                    self._keys_pending.difference_update(pending)
+                    with self._pending_lock:
+                        self._keys_pending.difference_update(pending)
             marked = self._scrub_marked
             # One short try (not the erasure's two seconds): a TRUNCATE checkpoint waiting for
             # a reader holds up this database's writers meanwhile.

@@ -65,6 +65,11 @@ class GroupCommit:
                 self._commit(batch)
         if save.error is not None:
             raise save.error
+        if not save.done:
+            # Another leader took it from the queue and was stopped (KeyboardInterrupt,
+            # SystemExit) before its commit could mark it: it must not return as committed.
+            raise OperationalError("the commit this save was in was interrupted; it may not "
+                                   "have been made")
         return save.ids
 
     def _commit(self, batch: list[Save]) -> None:

@@ -210,7 +210,9 @@ class ErasureOut(Schema):
     reference = fields.String()
     erased = fields.Boolean()
     erased_at = fields.DateTime()
-    receipt = fields.Nested(ErasureReceipt)
+    receipt = fields.Nested(ErasureReceipt, allow_none=True, metadata={
+        "description": "null only if the store could not issue it just then (the erasure "
+                       "stands): GET this path for it"})
 
 
 @blp.route("/participants")

@@ -235,6 +235,7 @@ def test_a_registration_stored_despite_an_error_keeps_its_key_and_is_answered_20
         ledger.close()
 
     assert response.status_code == 201 and registered == [pid]
+    assert int(response.headers["Ledger-Position"]) >= 1  # read-your-writes still works
     assert name == "Zelda Fakename" and need.status_code == 201
     assert erased.status_code == 200 and erased.json["receipt"]["data_key_destroyed"] is True
 
@@ -256,12 +257,14 @@ def test_a_registration_the_store_refuses_leaves_no_key(store_env):
     assert after == ([], keys)
 
 
-def test_an_erasure_whose_key_cannot_be_destroyed_yet_stands_and_the_key_goes_soon(store_env):
+def test_an_erasure_whose_key_cannot_be_destroyed_yet_stands_and_the_key_goes_soon(store_env,
+                                                                                   monkeypatch):
     """The erasure is recorded, then the store refuses to delete the data key. The erasure
     stands (200, the person shown erased, the receipt saying the key is not yet destroyed),
     and once the store takes deletes again the key goes within seconds, with no other request
     (the follower retries). Before, the erasure was answered 500 and the key kept until the
     process restarted or the admin retried."""
+    monkeypatch.setattr("ledger.application.SCRUB_RETRY_S", 1.0)  # (30 s in service)
     ledger = Ledger(store_env)
     ledger.init_study(by="t")
     client, tokens = _client(ledger, "staff", "admin")
@@ -272,6 +275,7 @@ def test_an_erasure_whose_key_cannot_be_destroyed_yet_stands_and_the_key_goes_so
             erased = client.post(f"/api/v1/participants/{pid}/erasure",
                                  headers=tokens["admin"], json={"reason": "asked"})
             shown = client.get(f"/api/v1/participants/{pid}", headers=tokens["staff"]).json
+            time.sleep(2.5)  # the follower's retries meanwhile are refused too
             kept = ledger.keys.exists(UUID(pid))
         deadline = time.monotonic() + 15
         while ledger.keys.exists(UUID(pid)) and time.monotonic() < deadline:
@@ -361,3 +365,94 @@ def test_a_thread_whose_save_was_in_a_stopped_shared_commit_is_not_acknowledged(
     assert isinstance(next(o for o in outcomes.values() if not isinstance(o, SystemExit)),
                       OperationalError)
     assert stored == []
+
+
+def test_a_payment_whose_follower_cannot_be_woken_is_still_answered_201(store_env):
+    """Once a save's COMMIT went through, nothing after it may turn the answer into a 500 (the
+    retry would be refused as already paid, and the staff member left unsure): here no thread
+    can be started for the views' follower."""
+    ledger = Ledger(store_env)
+    ledger.init_study(by="t")
+    client, tokens = _client(ledger, "staff")
+    pid = client.post("/api/v1/participants", headers=tokens["staff"],
+                      json={"name": "Zelda Fakename"}).json["id"]
+
+    def no_thread() -> None:
+        raise RuntimeError("can't start new thread")
+
+    ledger._follower.wake = no_thread  # type: ignore[method-assign]
+    try:
+        paid = client.post(f"/api/v1/participants/{pid}/payments",
+                           headers={**tokens["staff"], "Idempotency-Key": "k"},
+                           json={"activity": "conversation", "amount": "25.00", "method": "cash"})
+    finally:
+        del ledger._follower.wake
+    try:
+        stored = _payments(ledger)
+        shown = client.get(f"/api/v1/participants/{pid}", headers=tokens["staff"]).json
+    finally:
+        ledger.close()
+
+    assert paid.status_code == 201 and stored == [str(paid.json["id"])]
+    assert [p["status"] for p in shown["payments"]] == ["paid"]
+
+
+def test_an_erasure_whose_receipt_cannot_be_issued_now_stands_and_the_receipt_comes_later(
+        store_env):
+    """The erasure is recorded, its key destroyed, then the receipt cannot be signed (signing a
+    checkpoint is a write, which the store refuses). The answer is 200 with `receipt: null`, not
+    a 500 that would send the admin to retry (refused: already erased); the receipt is there on
+    GET once the store takes writes again."""
+    from ledger.audit.checkpoints import CHECKPOINTS
+
+    ledger = Ledger(store_env)
+    ledger.init_study(by="t")
+    client, tokens = _client(ledger, "staff", "admin")
+    pid = client.post("/api/v1/participants", headers=tokens["staff"],
+                      json={"name": "Zelda Fakename"}).json["id"]
+    try:
+        with _refused(ledger, CHECKPOINTS, "INSERT"):
+            erased = client.post(f"/api/v1/participants/{pid}/erasure",
+                                 headers=tokens["admin"], json={"reason": "asked"})
+        key_gone = not ledger.keys.exists(UUID(pid))
+        receipt = client.get(f"/api/v1/participants/{pid}/erasure", headers=tokens["admin"])
+    finally:
+        ledger.close()
+
+    assert erased.status_code == 200, erased.json
+    assert erased.json["erased"] is True and erased.json["receipt"] is None and key_gone
+    assert receipt.status_code == 200 and receipt.json["data_key_destroyed"] is True
+
+
+def test_a_save_taken_by_a_leader_stopped_before_its_commit_is_not_acknowledged(store_env):
+    """A leader takes the queue and is stopped before its commit begins: the saves it took are
+    neither committed nor marked. The thread whose save it was must get an error when it next
+    leads, not return as if its save had been committed."""
+    from eventsourcing.persistence import OperationalError, StoredEvent
+
+    ledger = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    start = (ledger.recorder.max_notification_id() or 0) + 1
+    recorder, outcome = ledger.recorder, []
+
+    def save() -> None:
+        try:
+            outcome.append(recorder.insert_events(
+                [StoredEvent(uuid4(), 1, "ledger:Test.Event", b"x")]))
+        except OperationalError as error:
+            outcome.append(error)
+
+    recorder._lead.acquire()  # the leader, holding the queue's lead
+    thread = threading.Thread(target=save)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not recorder._queue and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with recorder._queue_lock:
+        taken, recorder._queue = recorder._queue, []  # ... takes it, and is stopped there
+    recorder._lead.release()
+    thread.join(30)
+    stored = recorder.select_notifications(start=start, limit=10)
+    ledger.close()
+
+    assert len(taken) == 1 and stored == []
+    assert len(outcome) == 1 and isinstance(outcome[0], OperationalError), outcome
