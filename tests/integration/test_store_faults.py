@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -181,12 +182,22 @@ def _keys(ledger: Ledger) -> int:
     return int(ledger.sql.query(f"SELECT COUNT(*) AS n FROM {{t}}{KEYS}")[0]["n"])
 
 
-def _client(ledger: Ledger, *roles: str) -> tuple[object, dict[str, dict[str, str]]]:
+def _client(ledger: Ledger, *roles: str) -> tuple[Any, dict[str, dict[str, str]]]:
     from ledger.api import create_app
 
     return (create_app({"LEDGER": ledger, "TESTING": True}).test_client(),
             {role: {"Authorization": f"Bearer {ledger.tokens.create(role, 'faults')[1]}"}
              for role in roles})
+
+
+def _one_person(store_env: dict[str, str]) -> tuple[Ledger, Any, dict[str, dict[str, str]], str]:
+    """A ledger with one person registered through the API, and staff and admin tokens."""
+    ledger = Ledger(store_env)
+    ledger.init_study(by="t")
+    client, tokens = _client(ledger, "staff", "admin")
+    pid = client.post("/api/v1/participants", headers=tokens["staff"],
+                      json={"name": "Zelda Fakename"}).json["id"]
+    return ledger, client, tokens, pid
 
 
 @pytest.mark.parametrize("fault", ["reply lost after the commit", "follower not started"])
@@ -265,11 +276,7 @@ def test_an_erasure_whose_key_cannot_be_destroyed_yet_stands_and_the_key_goes_so
     (the follower retries). Before, the erasure was answered 500 and the key kept until the
     process restarted or the admin retried."""
     monkeypatch.setattr("ledger.application.SCRUB_RETRY_S", 1.0)  # (30 s in service)
-    ledger = Ledger(store_env)
-    ledger.init_study(by="t")
-    client, tokens = _client(ledger, "staff", "admin")
-    pid = client.post("/api/v1/participants", headers=tokens["staff"],
-                      json={"name": "Zelda Fakename"}).json["id"]
+    ledger, client, tokens, pid = _one_person(store_env)
     try:
         with _refused(ledger, KEYS, "DELETE"):
             erased = client.post(f"/api/v1/participants/{pid}/erasure",
@@ -371,11 +378,7 @@ def test_a_payment_whose_follower_cannot_be_woken_is_still_answered_201(store_en
     """Once a save's COMMIT went through, nothing after it may turn the answer into a 500 (the
     retry would be refused as already paid, and the staff member left unsure): here no thread
     can be started for the views' follower."""
-    ledger = Ledger(store_env)
-    ledger.init_study(by="t")
-    client, tokens = _client(ledger, "staff")
-    pid = client.post("/api/v1/participants", headers=tokens["staff"],
-                      json={"name": "Zelda Fakename"}).json["id"]
+    ledger, client, tokens, pid = _one_person(store_env)
 
     def no_thread() -> None:
         raise RuntimeError("can't start new thread")
@@ -405,11 +408,7 @@ def test_an_erasure_whose_receipt_cannot_be_issued_now_stands_and_the_receipt_co
     GET once the store takes writes again."""
     from ledger.audit.checkpoints import CHECKPOINTS
 
-    ledger = Ledger(store_env)
-    ledger.init_study(by="t")
-    client, tokens = _client(ledger, "staff", "admin")
-    pid = client.post("/api/v1/participants", headers=tokens["staff"],
-                      json={"name": "Zelda Fakename"}).json["id"]
+    ledger, client, tokens, pid = _one_person(store_env)
     try:
         with _refused(ledger, CHECKPOINTS, "INSERT"):
             erased = client.post(f"/api/v1/participants/{pid}/erasure",
