@@ -527,6 +527,17 @@ class Ledger(Application[UUID]):
         """The study as a plain dict."""
         return study_view(self._study())
 
+    def last_known_contact(self) -> tuple[str, str]:
+        """The study's name and contact email without asking the store (for a page that must
+        render while it is down): as last read, else the pilot study's own."""
+        cached = self._study_cache
+        if cached is not None:
+            view = study_view(cached)
+            return view["name"], view["controller"].get("email", "")
+        from . import pilot
+
+        return pilot.NAME, pilot.CONTROLLER["email"]
+
     # -- participants ------------------------------------------------------------------------
 
     def register_participant(
@@ -569,11 +580,15 @@ class Ledger(Application[UUID]):
         return {"id": participant_id, "reference": reference}
 
     def _stored(self, aggregate_id: UUID) -> bool | None:
-        """Whether ``aggregate_id`` has events in the store; None if the store cannot say."""
-        try:
-            return self._probe.latest(aggregate_id) is not None
-        except Exception:  # noqa: BLE001 - unknown, which the caller treats as "maybe"
-            return None
+        """Whether ``aggregate_id`` has events in the store; None if the store cannot say.
+        Asked twice: the first ask may meet a connection that died with the save's (the
+        failure has the pool replace the dead ones, see ``LedgerPostgresDatastore``)."""
+        for _ in range(2):
+            try:
+                return self._probe.latest(aggregate_id) is not None
+            except Exception:  # noqa: BLE001 - unknown, which the caller treats as "maybe"
+                continue
+        return None
 
     def _notifications(self, *topics: str) -> Iterator[Any]:
         """Notifications of the given topics, in log order, read a page at a time."""

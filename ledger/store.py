@@ -15,9 +15,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
+from eventsourcing.persistence import InterfaceError as PersistenceInterfaceError
 from eventsourcing.persistence import MapperDeserialisationError, Notification, StoredEvent
 from eventsourcing.persistence import OperationalError as PersistenceOperationalError
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 
 from .config import Settings
 from .group_commit import GroupCommit, Save
@@ -72,7 +73,7 @@ def postgres_env(url: str) -> dict[str, str]:
         raise ValueError("LEDGER_DATABASE_URL must look like postgresql://user@host:port/dbname")
     query = parse_qs(u.query)
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "PERSISTENCE_MODULE": "ledger.store:LedgerPostgresFactory",
         "POSTGRES_DBNAME": unquote(u.path.strip("/")),
         "POSTGRES_HOST": u.hostname or "127.0.0.1",
         "POSTGRES_PORT": str(u.port or 5432),
@@ -85,6 +86,42 @@ def postgres_env(url: str) -> dict[str, str]:
         "POSTGRES_LOCK_TIMEOUT": "30",
         "APPLICATION_RECORDER_TOPIC": "ledger.store:LedgerPostgresApplicationRecorder",
     }
+
+
+class LedgerPostgresDatastore(PostgresDatastore):
+    """The library's datastore, which also checks its idle connections when one fails.
+
+    When the server restarts, fails over or drops connections, every connection idle in the
+    pool is dead too, and each would fail one request before the pool replaced it: measured,
+    23 requests in a row answered 500 after one drop. Checking the idle ones at the first
+    failure (psycopg_pool's ``check``: each is tried, and a dead one replaced) costs nothing
+    while all is well, unlike checking every connection before each use (``pre_ping``, a
+    round trip a request)."""
+
+    @contextmanager
+    def get_connection(self) -> Iterator[Any]:
+        try:
+            with super().get_connection() as conn:
+                yield conn
+        except (PersistenceOperationalError, PersistenceInterfaceError):
+            self.check_idle_connections()
+            raise
+
+    def check_idle_connections(self) -> None:
+        try:
+            self.pool.check()
+        except Exception:  # noqa: BLE001 - the server may still be down: the next use tries
+            pass
+
+
+class LedgerPostgresFactory(PostgresFactory):
+    """The library's PostgreSQL factory, with ``LedgerPostgresDatastore``."""
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        # (the library builds its datastore inline; the subclass adds a method and an override,
+        # no state, so the instance can take it as it is)
+        self.datastore.__class__ = LedgerPostgresDatastore
 
 
 def _connect(env: dict[str, str]) -> Any:
@@ -125,7 +162,7 @@ def schema_lock(env: dict[str, str], settings: Settings) -> Iterator[None]:
     race: on SQLite to switch a new file to WAL ("database is locked"), on PostgreSQL on CREATE
     OR REPLACE FUNCTION ("tuple concurrently updated"). SQLite: an exclusive flock on a file in
     the data directory. PostgreSQL: a session advisory lock keyed by schema (works across hosts)."""
-    if env.get("PERSISTENCE_MODULE") != "eventsourcing.postgres":
+    if env.get("PERSISTENCE_MODULE") != "ledger.store:LedgerPostgresFactory":
         import fcntl
 
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -4,6 +4,7 @@ anything (mail scanners follow links)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,11 +12,12 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, Response, current_app, g, json, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from ..domain.errors import LinkNoLongerWorks, LinkNotFound, UnknownScope
+from ..domain.errors import LedgerError, LinkNoLongerWorks, LinkNotFound, UnknownScope
 from ..privacy.links import LinkRef
 from .common import ledger
 
 blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static")
+log = logging.getLogger("ledger.api")
 LONDON = ZoneInfo("Europe/London")
 STATE_WORDS = {"given": "Yes", "withdrawn": "You stopped this", "refused": "You said no",
                "requested": "Not answered yet", "expired": "Ended"}
@@ -52,7 +54,8 @@ def _page(template: str, status: int = 200, **context: Any) -> Response:
         study = ledger().study()
         name, email = study["name"], study["controller"].get("email", "")
     except Exception:  # noqa: BLE001 - an error page must still render if the store is down
-        name, email = "", ""
+        # ... and still give the one other way to stop: the contact address, as last read
+        name, email = ledger().last_known_contact()
     context.setdefault("study", name)
     context.setdefault("contact_email", email)
     return Response(render_template(template, **context), status=status,
@@ -104,9 +107,16 @@ def kind_error(status: int, allowed: list[str] | None = None) -> Response:
         return _page("my/gone.html", 413, heading="That was too much to send",
                      message="Nothing has changed. Please go back to your link and try again.")
     if status >= 500 or status == 409:
+        # Only a form post can have changed anything, and the one that can (stopping) says
+        # for itself what it knows (``withdraw``); a page that failed to show changed nothing
+        # either, but "nothing was changed" would read as "your choice was lost" just after
+        # stopping, when it was kept.
         return _page("my/gone.html", 503 if status >= 500 else 409,
                      heading="Something went wrong on our side",
-                     message="Nothing was changed. Please try again in a few minutes.")
+                     message=("Nothing was changed. Please try again in a few minutes."
+                              if request.method == "POST" else
+                              "We cannot show this page just now. Anything you have already "
+                              "told us is kept. Please try again in a few minutes."))
     return _page("my/gone.html", status if status in (404, 410) else 400,
                  heading="We cannot find this page",
                  message="The link may be mistyped, or it may be old.")
@@ -191,10 +201,34 @@ def withdraw(token: str) -> ResponseReturnValue:
         done = ledger().withdraw_by_link(token, names)
     except UnknownScope:
         return _bad_form()
+    except LedgerError:
+        raise  # the kind pages say what the refusal means
+    except Exception as error:  # noqa: BLE001 - the store failed: was the choice kept anyway?
+        return _withdrawal_unsure(token, names, error)
     return redirect(url_for("pages.done", token=token, stopped=",".join(done["withdrawn"]),
                             already=",".join(done["already"]),
                             nothing="1" if not done["withdrawn"] and not done["already"] else ""),
                     code=303)
+
+
+def _withdrawal_unsure(token: str, names: list[str], error: Exception) -> ResponseReturnValue:
+    """After the store failed while stopping: look again. The stop may have been kept (the
+    store committed, then its reply was lost), and a person must never be told "nothing was
+    changed" then; nor be told it worked when it did not."""
+    log.error("withdrawal through a link: %s", type(error).__name__)
+    try:
+        _, view = ledger().open_link(token)
+    except Exception:  # noqa: BLE001 - still down: say what is known, which is nothing
+        return _page("my/gone.html", 503, heading="We could not tell if that worked",
+                     message="Something went wrong on our side while we were saving your "
+                             "choice. Please open your link again in a few minutes to see "
+                             "whether it was kept.")
+    chosen = _chosen(view, names)
+    if chosen and all(s["state"] == "withdrawn" for s in chosen):
+        return redirect(url_for("pages.done", token=token, stopped=",".join(names)), code=303)
+    return _page("my/gone.html", 503, heading="Something went wrong on our side",
+                 message="Your choice was not saved, and nothing was changed. Please try "
+                         "again in a few minutes.")
 
 
 @blp.get("/my/<token>/done")

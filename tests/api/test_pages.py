@@ -554,7 +554,11 @@ def test_a_failure_behind_a_participant_page_gets_the_kind_page_and_logs_no_link
     assert token not in caplog.text and "Traceback" not in caplog.text
     assert response.status_code == (409 if fault == "conflict" else 503)
     assert response.content_type.startswith("text/html")
-    assert "Nothing was changed" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    # (a page that failed to show: what was told before is kept, never "nothing was changed",
+    # which just after stopping reads as "your choice was lost")
+    assert "Anything you have already told us is kept" in page and "Nothing was changed" not in page
+    assert 'href="mailto:coproduction@ucl.ac.uk"' in page  # even with the store down
     assert "style-src 'self'" in response.headers["Content-Security-Policy"]
 
 

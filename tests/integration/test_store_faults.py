@@ -455,3 +455,179 @@ def test_a_save_taken_by_a_leader_stopped_before_its_commit_is_not_acknowledged(
 
     assert len(taken) == 1 and stored == []
     assert len(outcome) == 1 and isinstance(outcome[0], OperationalError), outcome
+
+
+# -- the participant's withdrawal pages under faults ---------------------------------------------
+
+
+def _withdrawal_page(store_env: dict[str, str]) -> tuple[Ledger, Any, str, str, dict[str, str]]:
+    """A person who gave "record", their personal link's path, and the form a browser posts."""
+    import re
+
+    ledger, client, tokens, pid = _one_person(store_env)
+    granted = client.post(f"/api/v1/participants/{pid}/consents", headers=tokens["staff"],
+                          json={"scope": "record", "form_version": "1.0", "method": "online"})
+    assert granted.status_code == 201
+    url = client.post(f"/api/v1/participants/{pid}/withdrawal-link", headers=tokens["staff"],
+                      json={}).json["url"]
+    path = url.removeprefix("https://ledger.example")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get(path).get_data(as_text=True))
+    assert csrf is not None
+    return ledger, client, pid, path, {"csrf": csrf.group(1), "scope": "record"}
+
+
+def _withdrawals(ledger: Ledger, pid: str) -> int:
+    return sum(1 for n in ledger.recorder.select_notifications(start=1, limit=10_000)
+               if n.topic == "ledger:Participant.ConsentWithdrawn" and str(n.originator_id) == pid)
+
+
+def test_a_withdrawal_kept_though_the_store_reported_an_error_shows_it_was_done(store_env):
+    """The stop was committed, then the store's reply was lost. The person is shown that it
+    was done, not "something went wrong ... nothing was changed" (which sent them to do it
+    again, to be told they had already stopped)."""
+    from eventsourcing.persistence import OperationalError
+
+    ledger, client, pid, path, form = _withdrawal_page(store_env)
+    alone = ledger.recorder._insert_alone
+
+    def committed_then_lost(save: object) -> object:
+        alone(save)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    ledger.recorder._insert_alone = committed_then_lost
+    try:
+        posted = client.post(f"{path}/withdraw", data=form)
+    finally:
+        del ledger.recorder._insert_alone
+    try:
+        shown = client.get(posted.headers.get("Location", path)).get_data(as_text=True)
+        stored = _withdrawals(ledger, pid)
+    finally:
+        ledger.close()
+
+    assert posted.status_code == 303 and "/done?stopped=record" in posted.headers["Location"]
+    assert "These are now stopped" in shown and "Record the talk" in shown
+    assert stored == 1
+
+
+def test_a_withdrawal_the_store_refused_says_so_and_the_next_try_works(store_env):
+    ledger, client, pid, path, form = _withdrawal_page(store_env)
+    try:
+        with _commits_fail(ledger):
+            refused = client.post(f"{path}/withdraw", data=form)
+        before = _withdrawals(ledger, pid)
+        again = client.post(f"{path}/withdraw", data=form)
+        after = _withdrawals(ledger, pid)
+    finally:
+        ledger.close()
+
+    page = refused.get_data(as_text=True)
+    assert refused.status_code == 503 and "Your choice was not saved" in page
+    assert "coproduction@ucl.ac.uk" in page and before == 0
+    assert again.status_code == 303 and "stopped=record" in again.headers["Location"]
+    assert after == 1
+
+
+def test_pages_that_cannot_show_after_a_withdrawal_never_say_nothing_was_changed(store_env):
+    """The stop went through; then the store fails as the person reads the page after it, or
+    their receipt. Those pages must not say "nothing was changed" (read as "your choice was
+    lost"), and must still give the address to write to."""
+    from eventsourcing.persistence import OperationalError
+
+    ledger, client, pid, path, form = _withdrawal_page(store_env)
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    try:
+        posted = client.post(f"{path}/withdraw", data=form)
+        ledger._reader.get = down  # every read of the record
+        ledger.study = down  # type: ignore[method-assign]
+        try:
+            pages = [client.get(posted.headers["Location"]), client.get(f"{path}/receipt"),
+                     client.get(path)]
+        finally:
+            del ledger._reader.get, ledger.study
+        stored = _withdrawals(ledger, pid)
+    finally:
+        ledger.close()
+
+    for page in pages:
+        text = page.get_data(as_text=True)
+        assert page.status_code == 503 and "Nothing was changed" not in text, text
+        assert "Anything you have already told us is kept" in text
+        assert 'href="mailto:coproduction@ucl.ac.uk"' in text
+    assert stored == 1
+
+
+# -- PostgreSQL connections dropped ---------------------------------------------------------------
+
+
+def _terminate(backends: list[int]) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as conn:
+        for pid in backends:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+@pytest.mark.postgres
+def test_after_the_server_drops_every_connection_one_request_fails_not_one_per_connection(
+        pg_schema, tmp_path):
+    """Every pooled connection dies at once (a restart, a failover, an administrator ending
+    sessions). The first request to meet a dead one fails; it has the pool check the others,
+    so the next ones succeed. Before, each pooled connection failed one request in turn."""
+    ledger = Ledger({"LEDGER_DATA_DIR": str(tmp_path / "d"),
+                     "LEDGER_DATABASE_URL": f"{PG_URL.split('?')[0]}?schema={pg_schema}"})
+    ledger.init_study(by="t")
+    client, tokens = _client(ledger, "staff")
+    race([lambda: [client.get("/api/v1/participants", headers=tokens["staff"])
+                   for _ in range(10)] for _ in range(8)])  # the pool grows to several
+    pool = ledger.recorder.datastore.pool
+    idle = [conn.info.backend_pid for conn in list(pool._pool)]
+    _terminate(idle)
+    try:
+        codes = [client.post("/api/v1/participants", headers=tokens["staff"],
+                             json={"name": "Zelda Fakename"}).status_code for _ in range(12)]
+        stored = len(ledger.participant_ids())
+    finally:
+        ledger.close()
+
+    assert len(idle) >= 3, idle  # (else the test would show nothing)
+    assert codes.count(201) >= 11 and set(codes) <= {201, 500}, codes
+    assert stored == codes.count(201)
+
+
+@pytest.mark.postgres
+def test_a_registration_whose_reply_and_pooled_connections_were_lost_is_answered_201(
+        pg_schema, tmp_path):
+    """The registration committed; then the connection dropped, and with it every other
+    pooled one. Asking the store whether it was kept must not fail on another dead connection
+    (which answered 500, and the retry registered the person twice)."""
+    from eventsourcing.persistence import OperationalError
+
+    ledger = Ledger({"LEDGER_DATA_DIR": str(tmp_path / "d"),
+                     "LEDGER_DATABASE_URL": f"{PG_URL.split('?')[0]}?schema={pg_schema}"})
+    ledger.init_study(by="t")
+    client, tokens = _client(ledger, "staff")
+    client.post("/api/v1/participants", headers=tokens["staff"], json={"name": "Warm Pool"})
+    pool, alone = ledger.recorder.datastore.pool, ledger.recorder._insert_alone
+
+    def committed_then_dropped(save: object) -> object:
+        alone(save)
+        _terminate([conn.info.backend_pid for conn in list(pool._pool)])
+        raise OperationalError("server closed the connection unexpectedly")
+
+    ledger.recorder._insert_alone = committed_then_dropped
+    try:
+        answer = client.post("/api/v1/participants", headers=tokens["staff"],
+                             json={"name": "Zelda Fakename"})
+    finally:
+        del ledger.recorder._insert_alone
+    try:
+        stored = ledger.participant_ids()
+    finally:
+        ledger.close()
+
+    assert answer.status_code == 201 and len(stored) == 2
+    assert UUID(answer.json["id"]) in stored
