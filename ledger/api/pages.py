@@ -219,16 +219,35 @@ def _withdrawal_unsure(token: str, names: list[str], error: Exception) -> Respon
     try:
         _, view = ledger().open_link(token)
     except Exception:  # noqa: BLE001 - still down: say what is known, which is nothing
-        return _page("my/gone.html", 503, heading="We could not tell if that worked",
-                     message="Something went wrong on our side while we were saving your "
-                             "choice. Please open your link again in a few minutes to see "
-                             "whether it was kept.")
+        return _could_not_tell()
     chosen = _chosen(view, names)
     if chosen and all(s["state"] == "withdrawn" for s in chosen):
         return redirect(url_for("pages.done", token=token, stopped=",".join(names)), code=303)
+    if not _refused_by_the_store(error):  # the answer was lost: the save may yet show up
+        return _could_not_tell()
     return _page("my/gone.html", 503, heading="Something went wrong on our side",
                  message="Your choice was not saved, and nothing was changed. Please try "
                          "again in a few minutes.")
+
+
+def _could_not_tell() -> Response:
+    return _page("my/gone.html", 503, heading="We could not tell if that worked",
+                 message="Something went wrong on our side while we were saving your choice. "
+                         "Please open your link again in a few minutes to see whether it was "
+                         "kept.")
+
+
+def _refused_by_the_store(error: BaseException) -> bool:
+    """Whether the store itself answered that it did not save: SQLite (in this process, its
+    failed commit is rolled back), or an error PostgreSQL sent with its SQLSTATE (not a lost
+    connection, class 08, after which a commit may yet become visible)."""
+    import sqlite3
+
+    cause = error.__cause__ or error
+    if isinstance(cause, sqlite3.Error):
+        return True
+    sqlstate = getattr(cause, "sqlstate", None)
+    return isinstance(sqlstate, str) and not sqlstate.startswith("08")
 
 
 @blp.get("/my/<token>/done")

@@ -528,6 +528,33 @@ def test_a_withdrawal_the_store_refused_says_so_and_the_next_try_works(store_env
     assert after == 1
 
 
+def test_a_withdrawal_whose_answer_was_lost_and_not_yet_seen_says_it_could_not_tell(store_env):
+    """The connection was lost before the store answered (no error from the store itself), and
+    the stop is not there when the page looks again: it may yet show up (a commit still under
+    way), so the page must not say "not saved"; it says it could not tell, and where to look."""
+    from eventsourcing.persistence import OperationalError
+
+    ledger, client, pid, path, form = _withdrawal_page(store_env)
+
+    def lost(save: object) -> object:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    ledger.recorder._insert_alone = lost
+    try:
+        posted = client.post(f"{path}/withdraw", data=form)
+    finally:
+        del ledger.recorder._insert_alone
+    try:
+        stored = _withdrawals(ledger, pid)
+    finally:
+        ledger.close()
+
+    page = posted.get_data(as_text=True)
+    assert posted.status_code == 503 and "We could not tell if that worked" in page
+    assert "not saved" not in page and "Nothing was changed" not in page
+    assert "open your link again" in page and stored == 0
+
+
 def test_pages_that_cannot_show_after_a_withdrawal_never_say_nothing_was_changed(store_env):
     """The stop went through; then the store fails as the person reads the page after it, or
     their receipt. Those pages must not say "nothing was changed" (read as "your choice was
@@ -631,3 +658,30 @@ def test_a_registration_whose_reply_and_pooled_connections_were_lost_is_answered
 
     assert answer.status_code == 201 and len(stored) == 2
     assert UUID(answer.json["id"]) in stored
+
+
+@pytest.mark.postgres
+def test_an_error_on_a_sound_connection_does_not_renew_the_pool(pg_schema, tmp_path):
+    """Only a broken connection renews the pool: a full disk (or a lock timeout) leaves the
+    connections sound, and renewing them all on every such error would only add load."""
+    ledger = Ledger({"LEDGER_DATA_DIR": str(tmp_path / "d"),
+                     "LEDGER_DATABASE_URL": f"{PG_URL.split('?')[0]}?schema={pg_schema}"})
+    ledger.init_study(by="t")
+    client, tokens = _client(ledger, "staff")
+    pool, drains = ledger.recorder.datastore.pool, []
+    drain = pool.drain
+    pool.drain = lambda: drains.append(1) or drain()
+    try:
+        with _commits_fail(ledger):
+            refused = client.post("/api/v1/participants", headers=tokens["staff"],
+                                  json={"name": "Zelda Fakename"})
+        after_refusal = len(drains)
+        _terminate([conn.info.backend_pid for conn in list(pool._pool)])
+        codes = [client.post("/api/v1/participants", headers=tokens["staff"],
+                             json={"name": "Zelda Fakename"}).status_code for _ in range(3)]
+    finally:
+        del pool.drain
+        ledger.close()
+
+    assert refused.status_code == 500 and after_refusal == 0
+    assert len(drains) >= 1 and codes[-1] == 201, codes
