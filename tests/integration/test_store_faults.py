@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -200,6 +200,26 @@ def _one_person(store_env: dict[str, str]) -> tuple[Ledger, Any, dict[str, dict[
     return ledger, client, tokens, pid
 
 
+@contextmanager
+def _reply_lost(ledger: Ledger, *, committed: bool) -> Iterator[None]:
+    """Each save the store takes alone ends with the connection lost: after its COMMIT went
+    through (``committed``), or before the store could do anything."""
+    from eventsourcing.persistence import OperationalError
+
+    alone = ledger.recorder._insert_alone
+
+    def lost(save: object) -> object:
+        if committed:
+            alone(save)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    ledger.recorder._insert_alone = lost
+    try:
+        yield
+    finally:
+        del ledger.recorder._insert_alone
+
+
 @pytest.mark.parametrize("fault", ["reply lost after the commit", "follower not started"])
 def test_a_registration_stored_despite_an_error_keeps_its_key_and_is_answered_201(store_env,
                                                                                    fault):
@@ -209,30 +229,21 @@ def test_a_registration_stored_despite_an_error_keeps_its_key_and_is_answered_20
     and their data key stays. Before, the key was deleted and the answer was 500: the person's
     name could never be read again, nothing personal could be recorded for them, they could
     not be erased, and the client's retry registered them twice."""
-    from eventsourcing.persistence import OperationalError
-
     ledger = Ledger(store_env)
     ledger.init_study(by="t")
     client, tokens = _client(ledger, "staff", "admin")
-    recorder = ledger.recorder
-    if fault == "reply lost after the commit":
-        alone = recorder._insert_alone
 
-        def committed_then_lost(save: object) -> object:
-            alone(save)
-            raise OperationalError("server closed the connection unexpectedly")
+    def no_thread() -> None:
+        raise RuntimeError("can't start new thread")
 
-        recorder._insert_alone = committed_then_lost
-    else:
-        def no_thread() -> None:
-            raise RuntimeError("can't start new thread")
-
+    if fault == "follower not started":
         ledger._follower.wake = no_thread  # type: ignore[method-assign]
     try:
-        response = client.post("/api/v1/participants", headers=tokens["staff"],
-                               json={"name": "Zelda Fakename"})
+        with (_reply_lost(ledger, committed=True) if fault == "reply lost after the commit"
+              else nullcontext()):
+            response = client.post("/api/v1/participants", headers=tokens["staff"],
+                                   json={"name": "Zelda Fakename"})
     finally:
-        recorder.__dict__.pop("_insert_alone", None)
         ledger._follower.__dict__.pop("wake", None)
     try:
         registered = ledger.participant_ids()
@@ -485,20 +496,10 @@ def test_a_withdrawal_kept_though_the_store_reported_an_error_shows_it_was_done(
     """The stop was committed, then the store's reply was lost. The person is shown that it
     was done, not "something went wrong ... nothing was changed" (which sent them to do it
     again, to be told they had already stopped)."""
-    from eventsourcing.persistence import OperationalError
 
     ledger, client, pid, path, form = _withdrawal_page(store_env)
-    alone = ledger.recorder._insert_alone
-
-    def committed_then_lost(save: object) -> object:
-        alone(save)
-        raise OperationalError("server closed the connection unexpectedly")
-
-    ledger.recorder._insert_alone = committed_then_lost
-    try:
+    with _reply_lost(ledger, committed=True):
         posted = client.post(f"{path}/withdraw", data=form)
-    finally:
-        del ledger.recorder._insert_alone
     try:
         shown = client.get(posted.headers.get("Location", path)).get_data(as_text=True)
         stored = _withdrawals(ledger, pid)
@@ -532,18 +533,10 @@ def test_a_withdrawal_whose_answer_was_lost_and_not_yet_seen_says_it_could_not_t
     """The connection was lost before the store answered (no error from the store itself), and
     the stop is not there when the page looks again: it may yet show up (a commit still under
     way), so the page must not say "not saved"; it says it could not tell, and where to look."""
-    from eventsourcing.persistence import OperationalError
 
     ledger, client, pid, path, form = _withdrawal_page(store_env)
-
-    def lost(save: object) -> object:
-        raise OperationalError("server closed the connection unexpectedly")
-
-    ledger.recorder._insert_alone = lost
-    try:
+    with _reply_lost(ledger, committed=False):
         posted = client.post(f"{path}/withdraw", data=form)
-    finally:
-        del ledger.recorder._insert_alone
     try:
         stored = _withdrawals(ledger, pid)
     finally:
