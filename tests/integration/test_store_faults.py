@@ -496,7 +496,6 @@ def test_a_withdrawal_kept_though_the_store_reported_an_error_shows_it_was_done(
     """The stop was committed, then the store's reply was lost. The person is shown that it
     was done, not "something went wrong ... nothing was changed" (which sent them to do it
     again, to be told they had already stopped)."""
-
     ledger, client, pid, path, form = _withdrawal_page(store_env)
     with _reply_lost(ledger, committed=True):
         posted = client.post(f"{path}/withdraw", data=form)
@@ -533,7 +532,6 @@ def test_a_withdrawal_whose_answer_was_lost_and_not_yet_seen_says_it_could_not_t
     """The connection was lost before the store answered (no error from the store itself), and
     the stop is not there when the page looks again: it may yet show up (a commit still under
     way), so the page must not say "not saved"; it says it could not tell, and where to look."""
-
     ledger, client, pid, path, form = _withdrawal_page(store_env)
     with _reply_lost(ledger, committed=False):
         posted = client.post(f"{path}/withdraw", data=form)
