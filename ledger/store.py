@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
+from eventsourcing.persistence import IntegrityError as PersistenceIntegrityError
 from eventsourcing.persistence import InterfaceError as PersistenceInterfaceError
 from eventsourcing.persistence import MapperDeserialisationError, Notification, StoredEvent
 from eventsourcing.persistence import OperationalError as PersistenceOperationalError
@@ -35,6 +36,11 @@ IDEMPOTENCY_INSERT = (
 )
 
 
+# The library's insert without its retry decorator (``_insert_retrying`` retries it itself).
+PG_INSERT = PostgresApplicationRecorder.insert_events.__wrapped__  # type: ignore[attr-defined]
+INSERT_TRIES = 10
+
+
 class LedgerPostgresApplicationRecorder(GroupCommit, PostgresApplicationRecorder):
     """Also writes an ``idempotency=`` row passed to ``save()``, in the events' transaction;
     saves made by this process's threads meanwhile are committed together (``GroupCommit``)."""
@@ -45,17 +51,64 @@ class LedgerPostgresApplicationRecorder(GroupCommit, PostgresApplicationRecorder
 
     def _insert_together(self, batch: list[Save]) -> list[Sequence[int] | None]:
         rows = [s.kwargs["idempotency"] for s in batch if s.kwargs.get("idempotency") is not None]
-        ids = PostgresApplicationRecorder.insert_events(
-            self, [e for s in batch for e in s.events], idempotency_rows=rows)
+        ids = self._insert_retrying([e for s in batch for e in s.events], idempotency_rows=rows)
         assert ids is not None
-        out, start = [], 0
+        out: list[Sequence[int] | None] = []
+        start = 0
         for s in batch:  # the ids come back in the order the events went in
             out.append(ids[start:start + len(s.events)])
             start += len(s.events)
         return out
 
     def _insert_alone(self, save: Save) -> Sequence[int] | None:
-        return PostgresApplicationRecorder.insert_events(self, save.events, **save.kwargs)
+        return self._insert_retrying(save.events, **save.kwargs)
+
+    def _insert_retrying(self, events: Sequence[StoredEvent], **kwargs: Any
+                         ) -> Sequence[int] | None:
+        """The library's insert, retried as the library does (up to 10 tries, 0.2 s apart) when
+        it fails with the connection or the server; but before each retry, and on a unique-key
+        clash after one, look whether the rows are the very ones sent (their states are
+        ciphertexts with random nonces, so no other save has the same bytes): if so, an earlier
+        try committed and only its answer was lost. The library retried blindly, and met its
+        own rows as a clash: the command was then refused ("already done", a duplicate id)
+        although it had succeeded."""
+        for attempt in range(1, INSERT_TRIES + 1):
+            if attempt > 1:
+                ids = self._ids_if_stored(events)
+                if ids is not None:
+                    return ids
+            try:
+                return PG_INSERT(self, events, **kwargs)  # type: ignore[no-any-return]
+            except PersistenceIntegrityError:
+                ids = self._ids_if_stored(events) if attempt > 1 else None
+                if ids is not None:
+                    return ids
+                raise
+            except (PersistenceInterfaceError, PersistenceOperationalError):
+                # (also a clash in the library's pipeline, reported as "pipeline aborted")
+                if attempt == INSERT_TRIES:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    def _ids_if_stored(self, events: Sequence[StoredEvent]) -> list[int] | None:
+        """The notification ids of ``events`` if exactly these are stored (same states); None
+        if not, or if the store cannot be asked just now (the retry will tell)."""
+        table = f'"{self.datastore.schema}".{self.events_table_name}'
+        found: list[int] = []
+        try:
+            with self.datastore.get_connection() as conn:
+                for e in events:
+                    row = conn.execute(
+                        f"SELECT notification_id, state FROM {table} WHERE originator_id = %s "
+                        "AND originator_version = %s", (e.originator_id, e.originator_version)
+                    ).fetchone()
+                    if row is None or bytes(row["state"]) != bytes(e.state):
+                        return None
+                    found.append(int(row["notification_id"]))
+        except (PersistenceInterfaceError, PersistenceOperationalError):
+            return None
+        return found
 
     def _insert_events(self, curs: Any, stored_events: Any, **kwargs: Any) -> None:
         super()._insert_events(curs, stored_events, **kwargs)

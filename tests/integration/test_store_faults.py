@@ -676,3 +676,98 @@ def test_an_error_on_a_sound_connection_does_not_renew_the_pool(pg_schema, tmp_p
 
     assert refused.status_code == 500 and after_refusal == 0
     assert len(drains) >= 1 and codes[-1] == 201, codes
+
+
+@contextmanager
+def _pg_commit_answer_lost(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """PostgreSQL: the first insert commits, then its answer is lost (as when the connection
+    drops between the server's COMMIT and its reply); the recorder retries, as the library
+    does. Yields the count of inserts tried."""
+    from eventsourcing.persistence import OperationalError
+
+    import ledger.store
+
+    real, tries = ledger.store.PG_INSERT, []
+
+    def answer_lost(recorder: object, events: object, **kwargs: object) -> object:
+        tries.append(1)
+        ids = real(recorder, events, **kwargs)
+        if len(tries) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return ids
+
+    monkeypatch.setattr(ledger.store, "PG_INSERT", answer_lost)
+    yield tries
+    monkeypatch.setattr(ledger.store, "PG_INSERT", real)
+
+
+def _pg_person(pg_schema: str, tmp_path: Any) -> tuple[Ledger, Any, dict[str, dict[str, str]], str]:
+    return _one_person({"LEDGER_DATA_DIR": str(tmp_path / "d"),
+                        "LEDGER_DATABASE_URL": f"{PG_URL.split('?')[0]}?schema={pg_schema}"})
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("write", ["expense", "consent", "payment"])
+def test_a_write_whose_commit_answer_was_lost_is_answered_as_done_once(pg_schema, tmp_path,
+                                                                       monkeypatch, write):
+    """The retry after a lost answer met its own rows (a unique-key clash), which the library
+    reported as a clash: the expense was refused as a duplicate id, the consent as already
+    given, the payment as already paid (409s for writes that had succeeded, inviting a retry
+    that records the expense twice). Now the rows are recognised as the ones sent: 201, once."""
+    ledger, client, tokens, pid = _pg_person(pg_schema, tmp_path)
+    request = {
+        "expense": (f"/api/v1/participants/{pid}/expenses", {
+            "activity": "workshop", "amount": "7.40", "method": "cash", "description": "bus"}),
+        "consent": (f"/api/v1/participants/{pid}/consents", {
+            "scope": "record", "form_version": "1.0", "method": "online"}),
+        "payment": (f"/api/v1/participants/{pid}/payments", {
+            "activity": "conversation", "amount": "25.00", "method": "cash"}),
+    }[write]
+    topic = {"expense": "ExpenseRecorded", "consent": "ConsentGranted",
+             "payment": "Payment.Recorded"}[write]
+    try:
+        with _pg_commit_answer_lost(monkeypatch) as tries:
+            answer = client.post(request[0], json=request[1],
+                                 headers={**tokens["staff"], "Idempotency-Key": "k"})
+        stored = [n for n in ledger.recorder.select_notifications(start=1, limit=1000)
+                  if n.topic.endswith(topic)]
+    finally:
+        ledger.close()
+
+    assert len(tries) == 1  # the first committed, its answer lost; seen stored, not retried
+    assert answer.status_code == 201, answer.get_data(as_text=True)
+    assert len(stored) == 1
+
+
+@pytest.mark.postgres
+def test_a_clash_after_a_lost_answer_with_someone_else_s_rows_is_still_a_clash(pg_schema,
+                                                                               tmp_path,
+                                                                               monkeypatch):
+    """The first try failed without committing, and meanwhile another writer stored other
+    rows under the same version: the retry's clash is a real one, and is reported."""
+    from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
+
+    import ledger.store
+    from ledger.group_commit import Save
+
+    ledger_ = Ledger({"LEDGER_DATA_DIR": str(tmp_path / "d"), "LEDGER_PROJECTIONS": "external",
+                      "LEDGER_DATABASE_URL": f"{PG_URL.split('?')[0]}?schema={pg_schema}"})
+    real, taken = ledger.store.PG_INSERT, uuid4()
+    ours = StoredEvent(taken, 1, "ledger:Test.Event", b"ours")
+
+    def lost_before_commit(recorder: object, events: object, **kwargs: object) -> object:
+        monkeypatch.setattr(ledger.store, "PG_INSERT", real)
+        real(recorder, [StoredEvent(taken, 1, "ledger:Test.Event", b"theirs")])  # another writer
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(ledger.store, "PG_INSERT", lost_before_commit)
+    try:
+        # (a clash may also surface as the library's "pipeline aborted", an OperationalError)
+        with pytest.raises((IntegrityError, OperationalError)):
+            ledger_.recorder._insert_alone(Save([ours], {}))
+        states = [n.state for n in ledger_.recorder.select_notifications(start=1, limit=100)
+                  if n.originator_id == taken]
+    finally:
+        ledger_.close()
+
+    assert states == [b"theirs"]
