@@ -20,6 +20,7 @@ from eventsourcing.persistence import InterfaceError as PersistenceInterfaceErro
 from eventsourcing.persistence import MapperDeserialisationError, Notification, StoredEvent
 from eventsourcing.persistence import OperationalError as PersistenceOperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 
 from .config import Settings
 from .group_commit import GroupCommit, Save
@@ -39,6 +40,9 @@ IDEMPOTENCY_INSERT = (
 # The library's insert without its retry decorator (``_insert_retrying`` retries it itself).
 PG_INSERT = PostgresApplicationRecorder.insert_events.__wrapped__  # type: ignore[attr-defined]
 INSERT_TRIES = 10
+# Failures of a try that never reached the server (no connection from the pool): it cannot
+# have committed.
+NEVER_REACHED_THE_SERVER = (PoolTimeout, PoolClosed, TooManyRequests)
 
 
 class LedgerPostgresApplicationRecorder(GroupCommit, PostgresApplicationRecorder):
@@ -66,48 +70,62 @@ class LedgerPostgresApplicationRecorder(GroupCommit, PostgresApplicationRecorder
     def _insert_retrying(self, events: Sequence[StoredEvent], **kwargs: Any
                          ) -> Sequence[int] | None:
         """The library's insert, retried as the library does (up to 10 tries, 0.2 s apart) when
-        it fails with the connection or the server; but before each retry, and on a unique-key
-        clash after one, look whether the rows are the very ones sent (their states are
-        ciphertexts with random nonces, so no other save has the same bytes): if so, an earlier
-        try committed and only its answer was lost. The library retried blindly, and met its
-        own rows as a clash: the command was then refused ("already done", a duplicate id)
-        although it had succeeded."""
+        it fails with the connection or the server. Once a try has failed after reaching the
+        server (so it may have committed, its answer lost), look before each retry, and on a
+        unique-key clash, whether the rows are the very ones sent (their states are ciphertexts
+        with random nonces, so no other save has the same bytes): if so, that try committed,
+        and this answers with their ids. The library retried blindly and met its own rows as a
+        clash, so the command was refused ("already done", a duplicate id) although it had
+        succeeded. If the store cannot be asked then, the outcome is unknown: an
+        OperationalError (a 500), never a clash."""
+        maybe_committed = False
         for attempt in range(1, INSERT_TRIES + 1):
-            if attempt > 1:
-                ids = self._ids_if_stored(events)
+            if maybe_committed:
+                try:
+                    ids = self._ids_if_stored(events)
+                except (PersistenceInterfaceError, PersistenceOperationalError):
+                    ids = None  # cannot ask just now: the try below will tell
                 if ids is not None:
                     return ids
             try:
                 return PG_INSERT(self, events, **kwargs)  # type: ignore[no-any-return]
             except PersistenceIntegrityError:
-                ids = self._ids_if_stored(events) if attempt > 1 else None
+                if not maybe_committed:
+                    raise
+                try:
+                    ids = self._ids_if_stored(events)
+                except (PersistenceInterfaceError, PersistenceOperationalError) as error:
+                    raise PersistenceOperationalError(
+                        "the save may have been committed, and the store cannot be asked"
+                    ) from error
                 if ids is not None:
                     return ids
                 raise
-            except (PersistenceInterfaceError, PersistenceOperationalError):
+            except (PersistenceInterfaceError, PersistenceOperationalError) as error:
                 # (also a clash in the library's pipeline, reported as "pipeline aborted")
+                if not isinstance(error.__cause__, NEVER_REACHED_THE_SERVER):
+                    maybe_committed = True
                 if attempt == INSERT_TRIES:
                     raise
                 time.sleep(0.2)
         raise AssertionError("unreachable")
 
     def _ids_if_stored(self, events: Sequence[StoredEvent]) -> list[int] | None:
-        """The notification ids of ``events`` if exactly these are stored (same states); None
-        if not, or if the store cannot be asked just now (the retry will tell)."""
+        """The notification ids of ``events`` if exactly these are stored (same states), else
+        None; raises the store's error if it cannot be asked."""
+        if not events:
+            return None
         table = f'"{self.datastore.schema}".{self.events_table_name}'
         found: list[int] = []
-        try:
-            with self.datastore.get_connection() as conn:
-                for e in events:
-                    row = conn.execute(
-                        f"SELECT notification_id, state FROM {table} WHERE originator_id = %s "
-                        "AND originator_version = %s", (e.originator_id, e.originator_version)
-                    ).fetchone()
-                    if row is None or bytes(row["state"]) != bytes(e.state):
-                        return None
-                    found.append(int(row["notification_id"]))
-        except (PersistenceInterfaceError, PersistenceOperationalError):
-            return None
+        with self.datastore.get_connection() as conn:
+            for e in events:
+                row = conn.execute(
+                    f"SELECT notification_id, state FROM {table} WHERE originator_id = %s "
+                    "AND originator_version = %s", (e.originator_id, e.originator_version)
+                ).fetchone()
+                if row is None or bytes(row["state"]) != bytes(e.state):
+                    return None
+                found.append(int(row["notification_id"]))
         return found
 
     def _insert_events(self, curs: Any, stored_events: Any, **kwargs: Any) -> None:

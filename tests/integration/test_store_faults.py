@@ -771,3 +771,42 @@ def test_a_clash_after_a_lost_answer_with_someone_else_s_rows_is_still_a_clash(p
         ledger_.close()
 
     assert states == [b"theirs"]
+
+
+@pytest.mark.postgres
+def test_a_lost_commit_answer_the_store_cannot_confirm_is_a_500_never_a_refusal(
+        pg_schema, tmp_path, monkeypatch):
+    """The answer was lost and the store cannot be asked whether the rows are there: the
+    outcome is unknown, so a 500 (try again, look first), never the 409 a real clash gets."""
+    from eventsourcing.persistence import OperationalError
+
+    from ledger.store import LedgerPostgresApplicationRecorder
+
+    ledger, client, tokens, pid = _pg_person(pg_schema, tmp_path)
+    ask = LedgerPostgresApplicationRecorder._ids_if_stored
+
+    @contextmanager
+    def down() -> Iterator[None]:
+        raise OperationalError("server closed the connection unexpectedly")
+        yield
+
+    def cannot_ask(self: Any, events: Any) -> Any:  # the question's connection fails
+        self.datastore.get_connection = down
+        try:
+            return ask(self, events)
+        finally:
+            del self.datastore.get_connection
+
+    monkeypatch.setattr(LedgerPostgresApplicationRecorder, "_ids_if_stored", cannot_ask)
+    try:
+        with _pg_commit_answer_lost(monkeypatch):
+            answer = client.post(f"/api/v1/participants/{pid}/expenses", json={
+                "activity": "workshop", "amount": "7.40", "method": "cash",
+                "description": "bus"}, headers=tokens["staff"])
+        stored = [n for n in ledger.recorder.select_notifications(start=1, limit=1000)
+                  if n.topic.endswith("ExpenseRecorded")]
+    finally:
+        ledger.close()
+
+    assert answer.status_code == 500, answer.get_data(as_text=True)
+    assert len(stored) == 1  # (it was stored: the answer is "unknown", not "refused")
