@@ -94,11 +94,21 @@ def _interrupts_left_to_us() -> Iterator[None]:
         return
     resource_tracker.ensure_running()
     mask = {signal.SIGINT}
+    # The mask keeps the kernel from delivering SIGINT to this thread, but another thread of
+    # this process (PostgreSQL's pool workers) takes it, and Python then raises
+    # KeyboardInterrupt here all the same, possibly inside ``Process.start()`` between spawning
+    # a worker and sending it what it needs to start: the worker then died with a traceback of
+    # its own (EOFError). So a Ctrl-C meanwhile is only noted, and raised once they have started.
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
     signal.pthread_sigmask(signal.SIG_BLOCK, mask)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, mask)
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _next_page(readers: list[Any]) -> tuple[int, Changes]:
