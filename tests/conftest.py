@@ -83,3 +83,23 @@ def ledger(store_env: dict[str, str]) -> Iterator[Ledger]:
     lg.init_study(by="test")
     yield lg
     lg.close()
+
+
+def wait_for_postgres_backends(env: dict[str, str]) -> None:
+    """After killing a process that wrote to PostgreSQL, wait until no other backend of the
+    database is still running a statement. The server may be finishing a COMMIT the killed
+    process had sent; it becomes visible only when it ends. A check must see the store as it
+    will stay, not a moment before that commit lands (SQLite has no such window: a killed
+    process's commit is done or not when it dies)."""
+    import time
+
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    with psycopg.connect(env["LEDGER_DATABASE_URL"].split("?")[0], autocommit=True) as conn:
+        while conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                " AND state = 'active'").fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "a killed server's statement still running"
+            time.sleep(0.01)

@@ -33,6 +33,7 @@ from ledger.audit.checkpoints import verify
 from ledger.domain import Payment
 from ledger.domain.base import topic
 from ledger.projections.rows import rows_key
+from tests.conftest import wait_for_postgres_backends
 
 from .conftest import LEDGER, Server
 from .conftest import start_server as start_shared
@@ -160,22 +161,6 @@ def kill_server(proc: subprocess.Popen) -> list[int]:
         assert time.monotonic() < deadline, f"still running after SIGKILL: {alive}"
         time.sleep(0.01)
     return running
-
-
-def wait_for_postgres_backends(env: dict[str, str]) -> None:
-    """After the kill, until no other backend of the database is still running a statement: one
-    may be finishing a COMMIT the killed worker had sent, which becomes visible when it ends. The
-    check must see the store as it will stay, not a moment before that commit lands."""
-    import psycopg
-
-    deadline = time.monotonic() + 30
-    with psycopg.connect(env["LEDGER_DATABASE_URL"].split("?")[0], autocommit=True) as conn:
-        while conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-                " AND state = 'active'").fetchone()[0]:  # type: ignore[index]
-            assert time.monotonic() < deadline, "a killed server's statement still running"
-            time.sleep(0.01)
 
 
 def start_server(env: dict[str, str], log: Path, workers: int = 2) -> tuple[subprocess.Popen,

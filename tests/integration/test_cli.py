@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ledger.application import Ledger
+from tests.conftest import wait_for_postgres_backends
 from tests.views import replayed_rows, view_rows
 
 LEDGER = str(Path(sys.executable).parent / "ledger")  # the console script pip installed
@@ -221,6 +222,8 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, w
     helpers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    if "LEDGER_DATABASE_URL" in store_env:
+        wait_for_postgres_backends(store_env)  # (a COMMIT it had sent may still land)
     stopped_at = views.position()
     while any(map(_running, helpers)) and time.monotonic() < deadline:
         time.sleep(0.05)
