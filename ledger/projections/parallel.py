@@ -88,9 +88,13 @@ def _interrupts_left_to_us() -> Iterator[None]:
     started process keeps across exec; this process still gets a Ctrl-C that arrives meanwhile
     (through another thread, or on leaving). Ignoring SIGINT instead would lose that one: a
     process-wide disposition. (multiprocessing protects its resource tracker the same way,
-    bpo-33613; it is started first, since starting it unblocks SIGINT again.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Python raises KeyboardInterrupt in the main thread only
+    bpo-33613; it is started first, since starting it unblocks SIGINT again.)
+
+    A process started with SIGINT ignored (in the background, under ``nohup``) is left as it is:
+    a Ctrl-C then stops nothing, the workers inherit that, and none is noted here either."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield  # (Python raises KeyboardInterrupt in the main thread only)
         return
     resource_tracker.ensure_running()
     mask = {signal.SIGINT}

@@ -757,7 +757,8 @@ def test_ctrl_c_during_a_rebuild_with_workers_prints_its_one_line_and_puts_the_v
     env.update(store_env)
     rebuild = subprocess.Popen([LEDGER, "projections", "rebuild", "--workers", "2",
                                 "--page-size", "1"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=_as_from_a_terminal)
     deadline = time.monotonic() + 60
     while len(_spawned_workers(rebuild.pid)) < 2 and rebuild.poll() is None:
         assert time.monotonic() < deadline, "no workers started"
@@ -775,7 +776,21 @@ def test_ctrl_c_during_a_rebuild_with_workers_prints_its_one_line_and_puts_the_v
     after.close()
 
 
-def test_a_ctrl_c_while_the_workers_start_is_not_lost_and_they_never_see_theirs():
+def _as_from_a_terminal() -> None:
+    """SIGINT as a command typed at a terminal gets it: a test run in the background (``&``)
+    starts with it ignored, and a child keeps that (and rightly ignores Ctrl-C then)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def sigint_handled():  # type: ignore[no-untyped-def]
+    """This process handles SIGINT as Python does by default, whatever it was started with."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_while_the_workers_start_is_not_lost_and_they_never_see_theirs(sigint_handled):
     """While workers start, a Ctrl-C to this process waits or comes through another thread
     (it is not lost), and a process started meanwhile begins with SIGINT blocked."""
     from ledger.projections.parallel import _interrupts_left_to_us
@@ -795,3 +810,20 @@ def test_a_ctrl_c_while_the_workers_start_is_not_lost_and_they_never_see_theirs(
     assert reached
     assert child.stdout.strip() == "True"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_rebuild_started_with_ctrl_c_ignored_keeps_ignoring_it_while_the_workers_start():
+    """Started in the background or under ``nohup``, SIGINT is ignored: a Ctrl-C then must not
+    stop the rebuild, also while its workers start (the moment it is otherwise only noted)."""
+    from ledger.projections.parallel import _interrupts_left_to_us
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _interrupts_left_to_us():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        ignored = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+    assert ignored is signal.SIG_IGN
