@@ -200,8 +200,9 @@ class LedgerPostgresFactory(PostgresFactory):
 
     def __init__(self, env: Any) -> None:
         super().__init__(env)
-        # (the library builds its datastore inline; the subclass adds a method and an override,
-        # no state, so the instance can take it as it is)
+        # (the library builds its datastore inline, so the instance is given the subclass: it
+        # adds methods and one attribute, the lock that lets one thread renew the pool at a time,
+        # set here since the library's ``__init__`` has already run)
         self.datastore.__class__ = LedgerPostgresDatastore
         self.datastore._renewing = threading.Lock()  # type: ignore[attr-defined]
 
