@@ -295,22 +295,32 @@ class Ledger(Application[UUID]):
         processing_event = _Collected()
         processing_event.collect_events(*objs, **kwargs)
         recordings = self._record(processing_event)
-        # The events are stored: from here nothing may raise, or the caller would be told the
-        # save failed (a 500) and retry it, recording it twice.
-        if recordings:
-            self._saved.position = recordings[-1].notification.id
+        self._after_save(bool(recordings),
+                         recordings[-1].notification.id if recordings else None,
+                         processing_event, recordings)
+        return recordings
+
+    def _after_save(self, wrote: bool, position: int | None,
+                    processing_event: _Collected | None = None,
+                    recordings: list[Any] | None = None) -> None:
+        """What follows a save the store kept: ``position`` is its last event's, or one after
+        it (None: not known just now). Nothing here raises: the events are stored, and the
+        caller would be told the save failed (a 500) and retry it, recording it twice."""
+        if position is not None:
+            self._saved.position = position  # read-your-writes
+        if wrote:
             self._wrote_in = os.getpid()  # this process saved: it signs on closing
         try:
-            self._forget_plaintext(processing_event.events)
-            self._take_snapshots(processing_event)
-            self._notify(recordings)
+            if processing_event is not None:
+                self._forget_plaintext(processing_event.events)
+                self._take_snapshots(processing_event)
+                self._notify(recordings or [])
             if self.settings.projections == "inline":
                 self._follower.wake()
         except Exception as error:  # noqa: BLE001 - logged by type; the save stands
             # (e.g. no thread could be started for the follower: the next save wakes it again,
             # and reads wait for the views meanwhile, or answer 503)
             log.error("after a save: %s", type(error).__name__)
-        return recordings
 
     def last_saved_position(self) -> int | None:
         """The notification id of this thread's latest save (for read-your-writes)."""
@@ -568,16 +578,15 @@ class Ledger(Application[UUID]):
                 raise  # (unknown: the key is kept; a key with no registration is harmless)
             log.warning("registration: stored, though the store reported %s; answered as "
                         "stored", type(error).__name__)
-            # what save() would have done: a position for read-your-writes, at or after the
-            # registration's own, and the follower woken
-            self._saved.position = self.recorder.max_notification_id()
-            self._wrote_in = os.getpid()
-            if self.settings.projections == "inline":
-                try:
-                    self._follower.wake()
-                except Exception as wake_error:  # noqa: BLE001 - as in save()
-                    log.error("after a save: %s", type(wake_error).__name__)
+            self._after_save(True, self._end_of_log())  # (at or after the registration's)
         return {"id": participant_id, "reference": reference}
+
+    def _end_of_log(self) -> int | None:
+        """The log's last position; None if the store cannot say just now."""
+        try:
+            return self.recorder.max_notification_id()
+        except Exception:  # noqa: BLE001 - the caller goes on without it
+            return None
 
     def _stored(self, aggregate_id: UUID) -> bool | None:
         """Whether ``aggregate_id`` has events in the store; None if the store cannot say.

@@ -262,6 +262,37 @@ def test_a_registration_stored_despite_an_error_keeps_its_key_and_is_answered_20
     assert erased.status_code == 200 and erased.json["receipt"]["data_key_destroyed"] is True
 
 
+def test_a_stored_registration_whose_reply_was_lost_is_answered_201_if_the_log_s_end_cannot_be_read(
+        store_env):
+    """As above, and the end of the log cannot be read just then either (the answer's
+    Ledger-Position comes from it). It is answered 201 without that header: a 500 would have
+    the client register the person twice."""
+    from eventsourcing.persistence import OperationalError
+
+    ledger = Ledger(store_env)
+    ledger.init_study(by="t")
+    client, tokens = _client(ledger, "staff")
+
+    def unreadable() -> int:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    try:
+        with _reply_lost(ledger, committed=True):
+            ledger.recorder.max_notification_id = unreadable  # type: ignore[method-assign]
+            try:
+                response = client.post("/api/v1/participants", headers=tokens["staff"],
+                                       json={"name": "Zelda Fakename"})
+            finally:
+                del ledger.recorder.max_notification_id
+        registered = ledger.participant_ids()
+        name = ledger.participant(UUID(response.json["id"]))["name"]
+    finally:
+        ledger.close()
+
+    assert response.status_code == 201 and "Ledger-Position" not in response.headers
+    assert registered == [UUID(response.json["id"])] and name == "Zelda Fakename"
+
+
 def test_a_registration_the_store_refuses_leaves_no_key(store_env):
     ledger = Ledger(store_env)
     ledger.init_study(by="t")
