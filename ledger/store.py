@@ -355,6 +355,19 @@ def decoded(mapper: Any, n: Notification) -> Any:
         raise UnreadableEvent(n.id) from None
 
 
+def refused_by_the_store(error: BaseException) -> bool:
+    """Whether a failed write is known not to be stored: the store itself answered that it did
+    not save. On SQLite any error does (a failed commit is rolled back in this process); on
+    PostgreSQL an error the server sent with its SQLSTATE, except a lost connection (class 08)
+    or a session ended by the server (57P01 to 57P05: shut down, crashed, terminated), after
+    which a COMMIT sent may yet become visible. Otherwise the outcome is not known."""
+    cause = error.__cause__ or error
+    if isinstance(cause, sqlite3.Error):
+        return True
+    sqlstate = getattr(cause, "sqlstate", None)
+    return isinstance(sqlstate, str) and not sqlstate.startswith(("08", "57P"))
+
+
 MAX_VERSION = 2 ** 63  # (a version is a positive 64-bit integer; the leaf packs it in 8 bytes)
 # What reading a row the ledger never wrote raises (text that is not UTF-8, on SQLite, is an
 # OperationalError, wrapped by the library in its own). A real operational error also lands

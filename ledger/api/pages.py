@@ -14,6 +14,7 @@ from flask.typing import ResponseReturnValue
 
 from ..domain.errors import LedgerError, LinkNoLongerWorks, LinkNotFound, UnknownScope
 from ..privacy.links import LinkRef
+from ..store import refused_by_the_store
 from .common import ledger
 
 blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static")
@@ -223,7 +224,7 @@ def _withdrawal_unsure(token: str, names: list[str], error: Exception) -> Respon
     chosen = _chosen(view, names)
     if chosen and all(s["state"] == "withdrawn" for s in chosen):
         return redirect(url_for("pages.done", token=token, stopped=",".join(names)), code=303)
-    if not _refused_by_the_store(error):  # the answer was lost: the save may yet show up
+    if not refused_by_the_store(error):  # the answer was lost: the save may yet show up
         return _could_not_tell()
     return _page("my/gone.html", 503, heading="Something went wrong on our side",
                  message="Your choice was not saved, and nothing was changed. Please try "
@@ -235,19 +236,6 @@ def _could_not_tell() -> Response:
                  message="Something went wrong on our side while we were saving your choice. "
                          "Please open your link again in a few minutes to see whether it was "
                          "kept.")
-
-
-def _refused_by_the_store(error: BaseException) -> bool:
-    """Whether the store itself answered that it did not save: SQLite (in this process, its
-    failed commit is rolled back), or an error PostgreSQL sent with its SQLSTATE (not a lost
-    connection, class 08, after which a commit may yet become visible)."""
-    import sqlite3
-
-    cause = error.__cause__ or error
-    if isinstance(cause, sqlite3.Error):
-        return True
-    sqlstate = getattr(cause, "sqlstate", None)
-    return isinstance(sqlstate, str) and not sqlstate.startswith("08")
 
 
 @blp.get("/my/<token>/done")

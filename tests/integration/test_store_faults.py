@@ -577,6 +577,40 @@ def test_a_withdrawal_whose_answer_was_lost_and_not_yet_seen_says_it_could_not_t
     assert "open your link again" in page and stored == 0
 
 
+def _store_errors() -> list[tuple[str, BaseException, bool]]:
+    import psycopg
+    from psycopg import errors
+
+    return [("SQLite: disk I/O error", sqlite3.OperationalError("disk I/O error"), True),
+            ("SQLite: locked", sqlite3.OperationalError("database is locked"), True),
+            ("PostgreSQL: disk full", errors.DiskFull(), True),
+            ("PostgreSQL: lock timeout", errors.LockNotAvailable(), True),
+            ("PostgreSQL: clash", errors.UniqueViolation(), True),
+            ("PostgreSQL: connection lost", psycopg.OperationalError("server closed the "
+                                                                     "connection"), False),
+            ("PostgreSQL: connection failure", errors.ConnectionFailure(), False),
+            ("PostgreSQL: terminated by an administrator", errors.AdminShutdown(), False),
+            ("PostgreSQL: server crashed", errors.CrashShutdown(), False),
+            ("something else", RuntimeError("?"), False)]
+
+
+@pytest.mark.parametrize(("cause", "known"), [case[1:] for case in _store_errors()],
+                         ids=[case[0] for case in _store_errors()])
+def test_a_write_is_known_not_saved_only_when_the_store_itself_said_so(cause, known):
+    """Only then may a person be told "not saved". A session the server ended (an
+    administrator's terminate, a crash) is like a lost connection: a COMMIT already sent may
+    still land. The library wraps the driver's error in its own, naming it as the cause."""
+    from eventsourcing.persistence import OperationalError
+
+    from ledger.store import refused_by_the_store
+
+    wrapped = OperationalError(str(cause))
+    wrapped.__cause__ = cause
+
+    assert refused_by_the_store(wrapped) is known
+    assert refused_by_the_store(cause) is known
+
+
 def test_pages_that_cannot_show_after_a_withdrawal_never_say_nothing_was_changed(store_env):
     """The stop went through; then the store fails as the person reads the page after it, or
     their receipt. Those pages must not say "nothing was changed" (read as "your choice was
