@@ -85,12 +85,13 @@ def ledger(store_env: dict[str, str]) -> Iterator[Ledger]:
     lg.close()
 
 
-def wait_for_postgres_backends(env: dict[str, str]) -> None:
+def wait_for_postgres_backends(env: dict[str, str], application_name: str | None = None) -> None:
     """After killing a process that wrote to PostgreSQL, wait until no other backend of the
     database is still running a statement. The server may be finishing a COMMIT the killed
     process had sent; it becomes visible only when it ends. A check must see the store as it
     will stay, not a moment before that commit lands (SQLite has no such window: a killed
-    process's commit is done or not when it dies)."""
+    process's commit is done or not when it dies). ``application_name``: only the backends of
+    processes started with that ``PGAPPNAME`` (libpq reads it), else any in the database."""
     import time
 
     import psycopg
@@ -100,6 +101,7 @@ def wait_for_postgres_backends(env: dict[str, str]) -> None:
         while conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                 " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-                " AND state = 'active'").fetchone()[0]:  # type: ignore[index]
+                " AND state = 'active' AND (%s::text IS NULL OR application_name = %s)",
+                (application_name, application_name)).fetchone()[0]:  # type: ignore[index]
             assert time.monotonic() < deadline, "a killed server's statement still running"
             time.sleep(0.01)

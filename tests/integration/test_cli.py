@@ -210,7 +210,7 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, w
     if before == "whole":
         writer.projector.catch_up()
     before_rows = view_rows(writer)
-    env = {**os.environ, **store_env}
+    env = {**os.environ, **store_env, "PGAPPNAME": f"killed rebuild {os.getpid()}"}
     proc = subprocess.Popen([LEDGER, "projections", "rebuild", "--page-size", "100",
                              "--workers", workers], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -223,7 +223,7 @@ def test_a_rebuild_killed_midway_leaves_views_that_catch_up_exactly(store_env, w
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     if "LEDGER_DATABASE_URL" in store_env:
-        wait_for_postgres_backends(store_env)  # (a COMMIT it had sent may still land)
+        wait_for_postgres_backends(store_env, env["PGAPPNAME"])  # (its COMMIT may still land)
     stopped_at = views.position()
     while any(map(_running, helpers)) and time.monotonic() < deadline:
         time.sleep(0.05)
