@@ -776,11 +776,14 @@ class Ledger(Application[UUID]):
                             "restore kept; retried at the next start", kept.name)
         return destroyed
 
-    def retry_scrub(self) -> float | None:
+    def retry_scrub(self, *, sweep: bool = False) -> float | None:
         """A job of the follower (and of ``ledger projections run``): every ``SCRUB_RETRY_S``,
         retry a scrub of erased keys left pending by a reader that held the old bytes (in this
         process or another), so it finishes without waiting for the next erasure or start; and
         destroy the keys an erasure in this process could not (``_destroy_erased_keys``).
+        ``sweep`` (``ledger projections run``): also those any other process could not, found
+        as people the views show erased whose key is still there; with the views kept
+        externally, the API's processes have no follower to retry their own.
         Returns when to come back while either is known to be pending."""
         now = time.monotonic()
         with self._pending_lock:
@@ -788,8 +791,15 @@ class Ledger(Application[UUID]):
             if due:
                 self._scrub_next = now + SCRUB_RETRY_S
             pending = list(self._keys_pending)
+        if due and sweep:
+            try:
+                pending += [pid for pid in self.projector.views.erased()
+                            if pid not in pending and self.keys.exists(pid)]
+            except Exception as error:  # noqa: BLE001 - logged by type; looked for again later
+                log.warning("erasure: could not look for data keys left behind (%s)",
+                            type(error).__name__)
         if due:
-            if pending:  # keys an erasure in this process could not destroy
+            if pending:  # keys an erasure could not destroy
                 try:
                     self.finish_erasures(pending)
                 except Exception as error:  # noqa: BLE001 - logged by type; retried

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any
+from uuid import UUID
 
 from ..store import Sql
 from .rows import BOOLEAN_COLUMNS, INTEGER_COLUMNS, TABLES
@@ -93,6 +94,11 @@ class ViewStore:
                 c.execute(s)
             c.execute(f"INSERT INTO {{t}}{TRACKING} (name, position) SELECT %s, 0 WHERE NOT "
                       f"EXISTS (SELECT 1 FROM {{t}}{TRACKING} WHERE name = %s)", (NAME, NAME))
+
+    def erased(self) -> list[UUID]:
+        """The participants the views show erased."""
+        return [UUID(r["participant_id"]) for r in self.sql.query(
+            f"SELECT participant_id FROM {_table('participants')} WHERE erased_at IS NOT NULL")]
 
     def position(self) -> int:
         """The last notification id the views include."""

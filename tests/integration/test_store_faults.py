@@ -340,6 +340,40 @@ def test_an_erasure_whose_key_cannot_be_destroyed_yet_stands_and_the_key_goes_so
     assert gone and receipt["data_key_destroyed"] is True
 
 
+def test_with_the_views_kept_externally_a_key_an_erasure_left_goes_soon_too(store_env,
+                                                                               monkeypatch):
+    """As above, with ``LEDGER_PROJECTIONS=external``: the API's processes have no follower to
+    retry, so ``ledger projections run`` looks for people the views show erased whose key is
+    still there. Before, the key stayed until a process started or erased someone else."""
+    from ledger.projections.runner import run_views
+
+    monkeypatch.setattr("ledger.application.SCRUB_RETRY_S", 1.0)  # (30 s in service)
+    ledger, client, tokens, pid = _one_person({**store_env, "LEDGER_PROJECTIONS": "external"})
+    stop = threading.Event()
+    follower = threading.Thread(target=run_views, args=(store_env,), kwargs={"stop": stop})
+    follower.start()
+    try:
+        with _refused(ledger, KEYS, "DELETE"):
+            erased = client.post(f"/api/v1/participants/{pid}/erasure",
+                                 headers=tokens["admin"], json={"reason": "asked"})
+            time.sleep(2.5)  # the follower's looks meanwhile are refused too
+            kept = ledger.keys.exists(UUID(pid))
+        deadline = time.monotonic() + 15
+        while ledger.keys.exists(UUID(pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        gone = not ledger.keys.exists(UUID(pid))
+        others = ledger.keys.exists(UUID(client.post(
+            "/api/v1/participants", headers=tokens["staff"], json={"name": "Yvo Fakename"}
+        ).json["id"]))
+    finally:
+        stop.set()
+        follower.join(timeout=60)
+        ledger.close()
+
+    assert erased.status_code == 200 and erased.json["receipt"]["data_key_destroyed"] is False
+    assert kept and gone and others  # (only the erased person's key goes)
+
+
 def test_a_shared_commit_whose_leader_is_stopped_fails_every_save_in_it(store_env):
     """The thread leading a shared commit is stopped mid-way (KeyboardInterrupt, SystemExit):
     the saves it held for other threads must fail, not return as if committed. Before, they
