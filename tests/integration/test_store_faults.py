@@ -310,6 +310,24 @@ def test_a_registration_the_store_refuses_leaves_no_key(store_env):
     assert after == ([], keys)
 
 
+def _erased_while_deletes_are_refused(ledger: Ledger, client: Any, tokens: dict[str, Any],
+                                     pid: str, meanwhile: Any = None) -> tuple[Any, bool, bool]:
+    """Erase ``pid`` while the store refuses to delete data keys (for 2.5 s, in which the
+    retries are refused too); then wait up to 15 s. Returns the answer, whether the key was
+    still there while refused, and whether it was gone after."""
+    with _refused(ledger, KEYS, "DELETE"):
+        erased = client.post(f"/api/v1/participants/{pid}/erasure", headers=tokens["admin"],
+                             json={"reason": "asked"})
+        if meanwhile is not None:
+            meanwhile()
+        time.sleep(2.5)
+        kept = ledger.keys.exists(UUID(pid))
+    deadline = time.monotonic() + 15
+    while ledger.keys.exists(UUID(pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return erased, kept, not ledger.keys.exists(UUID(pid))
+
+
 def test_an_erasure_whose_key_cannot_be_destroyed_yet_stands_and_the_key_goes_soon(store_env,
                                                                                    monkeypatch):
     """The erasure is recorded, then the store refuses to delete the data key. The erasure
@@ -319,24 +337,20 @@ def test_an_erasure_whose_key_cannot_be_destroyed_yet_stands_and_the_key_goes_so
     process restarted or the admin retried."""
     monkeypatch.setattr("ledger.application.SCRUB_RETRY_S", 1.0)  # (30 s in service)
     ledger, client, tokens, pid = _one_person(store_env)
+    shown: list[Any] = []
+
+    def look() -> None:  # while the key is still there
+        shown.append(client.get(f"/api/v1/participants/{pid}", headers=tokens["staff"]).json)
+
     try:
-        with _refused(ledger, KEYS, "DELETE"):
-            erased = client.post(f"/api/v1/participants/{pid}/erasure",
-                                 headers=tokens["admin"], json={"reason": "asked"})
-            shown = client.get(f"/api/v1/participants/{pid}", headers=tokens["staff"]).json
-            time.sleep(2.5)  # the follower's retries meanwhile are refused too
-            kept = ledger.keys.exists(UUID(pid))
-        deadline = time.monotonic() + 15
-        while ledger.keys.exists(UUID(pid)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        gone = not ledger.keys.exists(UUID(pid))
+        erased, kept, gone = _erased_while_deletes_are_refused(ledger, client, tokens, pid, look)
         receipt = client.get(f"/api/v1/participants/{pid}/erasure", headers=tokens["admin"]).json
     finally:
         ledger.close()
 
     assert erased.status_code == 200 and erased.json["erased"] is True
     assert erased.json["receipt"]["data_key_destroyed"] is False and kept
-    assert shown["erased"] is True and "Zelda" not in str(shown)
+    assert shown[0]["erased"] is True and "Zelda" not in str(shown)
     assert gone and receipt["data_key_destroyed"] is True
 
 
@@ -353,15 +367,7 @@ def test_with_the_views_kept_externally_a_key_an_erasure_left_goes_soon_too(stor
     follower = threading.Thread(target=run_views, args=(store_env,), kwargs={"stop": stop})
     follower.start()
     try:
-        with _refused(ledger, KEYS, "DELETE"):
-            erased = client.post(f"/api/v1/participants/{pid}/erasure",
-                                 headers=tokens["admin"], json={"reason": "asked"})
-            time.sleep(2.5)  # the follower's looks meanwhile are refused too
-            kept = ledger.keys.exists(UUID(pid))
-        deadline = time.monotonic() + 15
-        while ledger.keys.exists(UUID(pid)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        gone = not ledger.keys.exists(UUID(pid))
+        erased, kept, gone = _erased_while_deletes_are_refused(ledger, client, tokens, pid)
         others = ledger.keys.exists(UUID(client.post(
             "/api/v1/participants", headers=tokens["staff"], json={"name": "Yvo Fakename"}
         ).json["id"]))
