@@ -191,8 +191,8 @@ class Ledger(Application[UUID]):
         )
         self._scrub_next, self._scrub_pending = time.monotonic() + SCRUB_RETRY_S, False
         self._scrub_marked = 0  # counts the times an erasure found a scrub left pending
-        self._keys_pending: set[UUID] = set()  # erased here, key not yet destroyed (a fault)
-        self._pending_lock = threading.Lock()  # for _keys_pending and _scrub_next
+        self._keys_left = False  # an erasure here could not destroy a key (a fault): look soon
+        self._pending_lock = threading.Lock()  # for _keys_left and _scrub_next
         try:
             self.finish_erasures()  # complete any erasure a crash interrupted
         except Exception as error:  # noqa: BLE001 - logged; retried at the next start
@@ -683,27 +683,22 @@ class Ledger(Application[UUID]):
         return {**result, "receipt": receipt}
 
     def _destroy_erased_keys(self, participant_id: UUID) -> None:
-        """``finish_erasures`` for this person (and any whose key this process could not yet
-        destroy). If the store fails now, the erasure stands: it is recorded, and every view
-        shows the marker. The key is then destroyed by the follower's retry (a second later,
-        then every ``SCRUB_RETRY_S``), the next erasure or the next start; meanwhile the receipt
-        says it is not yet destroyed. (Before, the erasure was answered 500 and the key kept
-        until the next start.)"""
-        with self._pending_lock:
-            people = [participant_id, *(self._keys_pending - {participant_id})]
+        """``finish_erasures`` for this person. If the store fails now, the erasure stands: it
+        is recorded, and every view shows the marker. The key is then destroyed when the views'
+        follower looks for keys left behind (``retry_scrub``: a second later here, then every
+        ``SCRUB_RETRY_S``; with the views kept externally, ``ledger projections run`` looks),
+        or at the next start; meanwhile the receipt says it is not yet destroyed. (Before, the
+        erasure was answered 500 and the key kept until the next start.)"""
         try:
-            self.finish_erasures(people)
+            self.finish_erasures([participant_id])
         except Exception as error:  # noqa: BLE001 - logged by type; retried
             log.warning("erasure: a data key could not be destroyed yet (%s); retrying",
                         type(error).__name__)
             with self._pending_lock:
-                self._keys_pending.update(people)
+                self._keys_left = True
                 self._scrub_next = min(self._scrub_next, time.monotonic() + 1.0)
             if self.settings.projections == "inline":
                 self._follower.wake()
-        else:
-            with self._pending_lock:
-                self._keys_pending.difference_update(people)
 
     def erasure_receipt(self, participant_id: UUID) -> dict[str, Any]:
         """A signed receipt that the person was erased: when and by whom, that their data key
@@ -776,45 +771,37 @@ class Ledger(Application[UUID]):
                             "restore kept; retried at the next start", kept.name)
         return destroyed
 
-    def retry_scrub(self, *, sweep: bool = False) -> float | None:
+    def retry_scrub(self) -> float | None:
         """A job of the follower (and of ``ledger projections run``): every ``SCRUB_RETRY_S``,
         retry a scrub of erased keys left pending by a reader that held the old bytes (in this
         process or another), so it finishes without waiting for the next erasure or start; and
-        destroy the keys an erasure in this process could not (``_destroy_erased_keys``).
-        ``sweep`` (``ledger projections run``): also those any other process could not, found
-        as people the views show erased whose key is still there; with the views kept
-        externally, the API's processes have no follower to retry their own.
+        destroy the keys of people the views show erased whose key is still there (an erasure
+        the store refused to finish, in this process or another: with the views kept
+        externally, the API's processes have no follower to retry their own).
         Returns when to come back while either is known to be pending."""
         now = time.monotonic()
         with self._pending_lock:
             due = now >= self._scrub_next
             if due:
                 self._scrub_next = now + SCRUB_RETRY_S
-            pending = list(self._keys_pending)
-        if due and sweep:
-            try:
-                pending += [pid for pid in self.projector.views.erased()
-                            if pid not in pending and self.keys.exists(pid)]
-            except Exception as error:  # noqa: BLE001 - logged by type; looked for again later
-                log.warning("erasure: could not look for data keys left behind (%s)",
-                            type(error).__name__)
+                self._keys_left = False  # (an erasure failing from here on sets it again)
         if due:
-            if pending:  # keys an erasure could not destroy
-                try:
-                    self.finish_erasures(pending)
-                except Exception as error:  # noqa: BLE001 - logged by type; retried
-                    log.warning("erasure: a data key could not be destroyed yet (%s); "
-                                "retrying", type(error).__name__)
-                else:
-                    with self._pending_lock:
-                        self._keys_pending.difference_update(pending)
+            try:
+                left = [pid for pid in self.projector.views.erased() if self.keys.exists(pid)]
+                if left:  # (``finish_erasures`` checks each against the log first)
+                    self.finish_erasures(left)
+            except Exception as error:  # noqa: BLE001 - logged by type; retried
+                log.warning("erasure: a data key could not be destroyed yet (%s); "
+                            "retrying", type(error).__name__)
+                with self._pending_lock:
+                    self._keys_left = True
             marked = self._scrub_marked
             # One short try (not the erasure's two seconds): a TRUNCATE checkpoint waiting for
             # a reader holds up this database's writers meanwhile.
             done = self.keys.scrub_if_pending(patient=False)
             if marked == self._scrub_marked:  # no erasure left one pending meanwhile
                 self._scrub_pending = not done
-        waiting = self._scrub_pending or bool(self._keys_pending)
+        waiting = self._scrub_pending or self._keys_left
         return self._scrub_next - now if waiting else None
 
     def repeat_erasures(self, participant_ids: list[UUID], *, by: str) -> tuple[int, list[str]]:

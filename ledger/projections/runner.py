@@ -108,7 +108,7 @@ def run_views(env: Mapping[str, str], *, until_idle: bool = False,
             while not stop.wait(POLL_S):
                 ledger.projector.catch_up()
                 ledger.checkpoint_if_due()
-                ledger.retry_scrub(sweep=True)
+                ledger.retry_scrub()
             return
         runner = BaseProjectionRunner(
             projection=ViewsProjection(ViewTracking(ledger.projector.views), ledger.projector),
@@ -128,7 +128,7 @@ def run_views(env: Mapping[str, str], *, until_idle: bool = False,
                         raise
                     raise UnreadableEvent(position) from None
                 ledger.checkpoint_if_due()  # the Merkle leaves and signed checkpoints
-                ledger.retry_scrub(sweep=True)  # erased keys a reader kept on disk, once it has gone
+                ledger.retry_scrub()  # erased keys a reader kept on disk, once it has gone
                 if runner.is_interrupted.is_set():
                     break
                 seen = wake_if_stalled(ledger, seen)
