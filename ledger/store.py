@@ -45,6 +45,9 @@ INSERT_TRIES = 10
 NEVER_REACHED_THE_SERVER = (PoolTimeout, PoolClosed, TooManyRequests)
 
 
+PG_FACTORY = "ledger.store:LedgerPostgresFactory"  # the PERSISTENCE_MODULE of a PostgreSQL ledger
+
+
 class LedgerPostgresApplicationRecorder(GroupCommit, PostgresApplicationRecorder):
     """Also writes an ``idempotency=`` row passed to ``save()``, in the events' transaction;
     saves made by this process's threads meanwhile are committed together (``GroupCommit``)."""
@@ -144,7 +147,7 @@ def postgres_env(url: str) -> dict[str, str]:
         raise ValueError("LEDGER_DATABASE_URL must look like postgresql://user@host:port/dbname")
     query = parse_qs(u.query)
     return {
-        "PERSISTENCE_MODULE": "ledger.store:LedgerPostgresFactory",
+        "PERSISTENCE_MODULE": PG_FACTORY,
         "POSTGRES_DBNAME": unquote(u.path.strip("/")),
         "POSTGRES_HOST": u.hostname or "127.0.0.1",
         "POSTGRES_PORT": str(u.port or 5432),
@@ -245,7 +248,7 @@ def schema_lock(env: dict[str, str], settings: Settings) -> Iterator[None]:
     race: on SQLite to switch a new file to WAL ("database is locked"), on PostgreSQL on CREATE
     OR REPLACE FUNCTION ("tuple concurrently updated"). SQLite: an exclusive flock on a file in
     the data directory. PostgreSQL: a session advisory lock keyed by schema (works across hosts)."""
-    if env.get("PERSISTENCE_MODULE") != "ledger.store:LedgerPostgresFactory":
+    if env.get("PERSISTENCE_MODULE") != PG_FACTORY:
         import fcntl
 
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
