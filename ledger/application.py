@@ -156,8 +156,8 @@ class Ledger(Application[UUID]):
             self.keys = DataKeyStore(self.sql, self.master_key.wrapping_key())
             self.tokens = TokenStore(self.sql, self.master_key.derive("api-token-hmac/v1"))
             self.links = LinkStore(self.sql, self.master_key.derive("withdrawal-link/v1"))
-            self.idempotency = IdempotencyStore(self.sql,
-                                                self.master_key.derive("idempotency/v1"))
+            self.idempotency = IdempotencyStore(
+                self.sql, self.master_key.derive("idempotency/v1"), self.keys)
             self.projector = Projector(self)
             self.merkle = MerkleLog(self.sql, self.recorder, signing_key, clock)
             if made_signing_key and not self.merkle.signed_with_this_key():
@@ -434,7 +434,8 @@ class Ledger(Application[UUID]):
                 raise
 
     def _change(self, participant_id: UUID,
-                command: Callable[[Participant, Study], T | Also[T]]) -> T:
+                command: Callable[[Participant, Study], T | Also[T]],
+                idempotent: IdempotentRequest | None = None) -> T:
         """Run a command on a participant and save it (with any other aggregate it returns in
         ``Also``) in one atomic save; on a lost race, reload and run it again.
 
@@ -442,6 +443,10 @@ class Ledger(Application[UUID]):
         error (e.g. already withdrawn) rather than a silent second write. A refusal, or a
         decision to change nothing, made on a cached copy is only reported once the copy is
         known to be current.
+
+        With ``idempotent`` (or ``Also.idempotent``), the rendered response is kept under its
+        key in the same transaction; a key already kept makes the save clash, and this raises
+        ``IdempotencyKeyUsed`` (the caller replays the kept response, or refuses the request).
         """
         for _ in range(MAX_ATTEMPTS):
             with self._exclusive(participant_id) as touched:
@@ -456,6 +461,7 @@ class Ledger(Application[UUID]):
                 result, others, once = (
                     (outcome.result, outcome.aggregates, outcome.idempotent)
                     if isinstance(outcome, Also) else (outcome, (), None))
+                once = once or idempotent
                 touched.extend(a.id for a in others)
                 if (not participant.pending_events and not any(a.pending_events for a in others)
                         and self._probe.latest(participant_id) != participant.version):
@@ -553,8 +559,11 @@ class Ledger(Application[UUID]):
     def register_participant(
         self, name: object, email: object = None, phone: object = None,
         communities: object = None, preferred_contact: object = None, *, by: str,
+        idempotent: IdempotentRequest | None = None,
     ) -> dict[str, Any]:
-        """Register a person; returns their random ``id`` and short ``reference``."""
+        """Register a person; returns their random ``id`` and short ``reference``. With
+        ``idempotent``, the response is kept under its key in the registration's transaction,
+        and a key already kept raises ``IdempotencyKeyUsed`` (nothing is registered)."""
         details = PersonalDetails.check(name, email, phone, communities, preferred_contact)
         study = self._study()
         participant_id = uuid4()
@@ -564,8 +573,10 @@ class Ledger(Application[UUID]):
             at=self.clock(), by=by,
         )
         self.keys.create(participant_id)
+        result = {"id": participant_id, "reference": reference}
+        extra = {"idempotency": idempotent.record(result)} if idempotent is not None else {}
         try:
-            self.save(participant)
+            self.save(participant, **extra)
         except BaseException as error:
             # The key goes only if the registration is known not to be stored: a COMMIT can
             # succeed and its reply be lost (a PostgreSQL connection dropped after the server
@@ -574,12 +585,15 @@ class Ledger(Application[UUID]):
             stored = self._stored(participant_id)
             if stored is False:
                 self.keys.discard(participant_id)  # it never sealed anything that was kept
+                if (idempotent is not None and isinstance(error, IntegrityError)
+                        and self.idempotency.lookup(idempotent.token_id, idempotent.key)):
+                    raise IdempotencyKeyUsed("this Idempotency-Key has been used") from None
             if not stored or not isinstance(error, Exception):
                 raise  # (unknown: the key is kept; a key with no registration is harmless)
             log.warning("registration: stored, though the store reported %s; answered as "
                         "stored", type(error).__name__)
             self._after_save(True, self._end_of_log())  # (at or after the registration's)
-        return {"id": participant_id, "reference": reference}
+        return result
 
     def _end_of_log(self) -> int | None:
         """The log's last position; None if the store cannot say just now."""
@@ -903,14 +917,14 @@ class Ledger(Application[UUID]):
 
     def grant_consent(
         self, participant_id: UUID, scope: str, form_version: str, method: object,
-        attribution: object = None, *, by: str,
+        attribution: object = None, *, by: str, idempotent: IdempotentRequest | None = None,
     ) -> dict[str, Any]:
         """Record consent given for a scope; returns where that scope now stands."""
         def command(p: Participant, s: Study) -> dict[str, Any]:
             p.grant_consent(s.scope(scope), s.form(form_version), method, attribution,
                             at=self.clock(), by=by)
             return consent_view(p.consent(scope), self._revealer())
-        return self._change(participant_id, command)
+        return self._change(participant_id, command, idempotent)
 
     def refuse_consent(self, participant_id: UUID, scope: str, *, by: str) -> None:
         """Record that a requested consent was refused."""
@@ -924,7 +938,7 @@ class Ledger(Application[UUID]):
 
     def withdraw_consent(
         self, participant_id: UUID, scope: str, channel: object, reason: object = None, *,
-        by: str,
+        by: str, idempotent: IdempotentRequest | None = None,
     ) -> dict[str, Any]:
         """Withdraw consent for a scope; returns whether it was late and the obligations opened."""
         def command(p: Participant, s: Study) -> dict[str, Any]:
@@ -935,68 +949,74 @@ class Ledger(Application[UUID]):
                 "past_deadline": p.consents[sc.name].history[-1]["past_deadline"],
                 "obligations": [{"id": o.id, "kind": o.kind} for o in obligations],
             }
-        return self._change(participant_id, command)
+        return self._change(participant_id, command, idempotent)
 
     def discharge_obligation(self, participant_id: UUID, obligation_id: UUID,
-                             note: object = None, *, by: str) -> dict[str, Any]:
+                             note: object = None, *, by: str,
+                             idempotent: IdempotentRequest | None = None) -> dict[str, Any]:
         """Mark a follow-up obligation done."""
         def command(p: Participant, s: Study) -> dict[str, Any]:
             p.discharge_obligation(obligation_id, note, at=self.clock(), by=by)
             o = p.obligations[obligation_id]
             return {"id": o.id, "scope": o.scope, "kind": o.kind, "opened_at": o.opened_at,
                     "done_at": o.done_at}
-        return self._change(participant_id, command)
+        return self._change(participant_id, command, idempotent)
 
     def record_use(self, participant_id: UUID, scope: str, purpose: object, *,
-                   by: str) -> dict[str, Any]:
+                   by: str, idempotent: IdempotentRequest | None = None) -> dict[str, Any]:
         """Record a use of the person's story under ``scope``; never refused for want of consent
         (it is a fact), but the answer and the reports say whether consent was given."""
         def command(p: Participant, s: Study) -> dict[str, Any]:
             state = p.record_use(s.scope(scope), purpose, at=self.clock(), by=by)
             return {"scope": scope, "consent_state": state, "at": p.uses[-1]["at"],
                     "without_consent": use_standing(state) != CONSENTED}
-        return self._change(participant_id, command)
+        return self._change(participant_id, command, idempotent)
 
     # -- access needs ------------------------------------------------------------------------
 
     def request_access_need(self, participant_id: UUID, category: object, detail: object, *,
-                            by: str) -> UUID:
+                            by: str, idempotent: IdempotentRequest | None = None) -> UUID:
         """Record an access need; returns its ``need_id``."""
         need_id = uuid4()
-        self._change(participant_id, lambda p, s: p.request_access_need(
-            need_id, category, detail, at=self.clock(), by=by))
-        return need_id
+
+        def command(p: Participant, s: Study) -> UUID:
+            p.request_access_need(need_id, category, detail, at=self.clock(), by=by)
+            return need_id
+        return self._change(participant_id, command, idempotent)
 
     def record_access_outcome(self, participant_id: UUID, need_id: UUID, outcome: object,
-                              note: object = None, *, by: str) -> dict[str, Any]:
+                              note: object = None, *, by: str,
+                              idempotent: IdempotentRequest | None = None) -> dict[str, Any]:
         """Record whether an access need was met; returns the need."""
         def command(p: Participant, s: Study) -> dict[str, Any]:
             p.record_access_outcome(need_id, outcome, note, at=self.clock(), by=by)
             return need_view(p.needs[need_id], self._revealer())
-        return self._change(participant_id, command)
+        return self._change(participant_id, command, idempotent)
 
     # -- remuneration ------------------------------------------------------------------------
 
     def arrange_payment(self, participant_id: UUID, activity: str, method: object, payee: object,
-                        benefits_advice_offered: object, *, by: str) -> dict[str, Any]:
+                        benefits_advice_offered: object, *, by: str,
+                        idempotent: IdempotentRequest | None = None) -> dict[str, Any]:
         """Record the payment method and payee agreed with the person."""
         def command(p: Participant, s: Study) -> dict[str, Any]:
             a = s.activity(activity)
             p.arrange_payment(a, method, payee, benefits_advice_offered, at=self.clock(), by=by)
             return arrangement_view(p.arrangement(a.name), self._revealer())
-        return self._change(participant_id, command)
+        return self._change(participant_id, command, idempotent)
 
     def decline_payment(self, participant_id: UUID, activity: str, reason: object = None, *,
-                        by: str) -> dict[str, Any]:
+                        by: str, idempotent: IdempotentRequest | None = None) -> dict[str, Any]:
         """Record that the person declined payment for an activity."""
         def command(p: Participant, s: Study) -> dict[str, Any]:
             a = s.activity(activity)
             p.decline_payment(a, reason, at=self.clock(), by=by)
             return arrangement_view(p.arrangement(a.name), self._revealer())
-        return self._change(participant_id, command)
+        return self._change(participant_id, command, idempotent)
 
     def reduce_payment(self, participant_id: UUID, activity: str, amount: object,
-                       reason: object, *, by: str) -> dict[str, Any]:
+                       reason: object, *, by: str,
+                       idempotent: IdempotentRequest | None = None) -> dict[str, Any]:
         """Record that the person asked to be paid less than the rate."""
         pence = parse_pence(amount)
 
@@ -1004,15 +1024,19 @@ class Ledger(Application[UUID]):
             a = s.activity(activity)
             p.reduce_payment(a, pence, reason, at=self.clock(), by=by)
             return arrangement_view(p.arrangement(a.name), self._revealer())
-        return self._change(participant_id, command)
+        return self._change(participant_id, command, idempotent)
 
     def record_expense(self, participant_id: UUID, activity: str, amount: object, method: object,
-                       description: object, *, by: str) -> UUID:
+                       description: object, *, by: str,
+                       idempotent: IdempotentRequest | None = None) -> UUID:
         """Record an expense line, separate from the fee; returns its id."""
         pence, expense_id = parse_pence(amount), uuid4()
-        self._change(participant_id, lambda p, s: p.record_expense(
-            expense_id, s.activity(activity), pence, method, description, at=self.clock(), by=by))
-        return expense_id
+
+        def command(p: Participant, s: Study) -> UUID:
+            p.record_expense(expense_id, s.activity(activity), pence, method, description,
+                             at=self.clock(), by=by)
+            return expense_id
+        return self._change(participant_id, command, idempotent)
 
     def record_payment(
         self, participant_id: UUID, activity: str, amount: object, method: object, *,
@@ -1039,11 +1063,11 @@ class Ledger(Application[UUID]):
         return self._change(participant_id, command)
 
     def reverse_payment(self, participant_id: UUID, payment_id: UUID, reason: object, *,
-                        by: str) -> dict[str, Any]:
+                        by: str, idempotent: IdempotentRequest | None = None) -> dict[str, Any]:
         """Reverse a payment, with a reason."""
         def command(p: Participant, s: Study) -> Also[dict[str, Any]]:
             payment = self._payment(payment_id, fresh=False)
             p.reverse_payment(payment, reason, at=self.clock(), by=by)
             view = payment_view(payment, erased=False, reveal=self._revealer())
-            return Also(view, (payment,))
+            return Also(view, (payment,), idempotent)
         return self._change(participant_id, command)

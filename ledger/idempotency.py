@@ -4,21 +4,32 @@ A successful request's response is written in the same transaction as its events
 ``store.IDEMPOTENCY_INSERT`` and the recorders there), so a key and its effect can never
 disagree, and the race between two requests with one key is decided by the table's primary key.
 A refusal writes nothing, not even its key. Rows are kept for at least 24 hours (48).
+
+A response that can hold what a person said (an access need's note, a reason) is kept sealed
+with that person's data key (AES-GCM, bound to the token and key it answered), so it is never
+in plain text in the store, and erasing the person makes it unreadable with the rest of their
+data. A payment's response holds no personal text and is kept as it was sent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .privacy.keystore import DataKeyStore
 from .store import Sql
 
 KEEP = timedelta(hours=48)
 PURGE = "DELETE FROM {t}ledger_idempotency WHERE created_at < %s"
+SEALED = b"\x00s1"  # then the person's id (16 bytes), a nonce (12) and the AES-GCM ciphertext
 
 
 @dataclass(frozen=True)
@@ -40,20 +51,24 @@ class IdempotentRequest:
     status: int
     render: Callable[[Any], bytes]
     body: bytes | None = field(default=None)
+    seal: Callable[[bytes], bytes] | None = field(default=None)
 
     def record(self, result: Any) -> tuple[Any, ...]:
-        """Render the result once and return the row to insert with the events."""
+        """Render the result once and return the row to insert with the events (its body
+        sealed, if ``seal`` is given; ``body`` stays the response as sent)."""
         self.body = self.render(result)
-        return (self.token_id, self.key, self.request_hash, self.status, self.body,
+        kept = self.seal(self.body) if self.seal is not None else self.body
+        return (self.token_id, self.key, self.request_hash, self.status, kept,
                 datetime.now(UTC).isoformat())
 
 
 class IdempotencyStore:
     """Look up, keep and expire idempotency keys."""
 
-    def __init__(self, sql: Sql, hmac_key: bytes) -> None:
+    def __init__(self, sql: Sql, hmac_key: bytes, keys: DataKeyStore) -> None:
         self.sql = sql
         self._key = hmac_key
+        self._data_keys = keys
         self._calls = 0
         if not sql.all_exist("ledger_idempotency", "ledger_idempotency_created"):
             self._create()  # (see Sql.all_exist: no DDL while others may be writing)
@@ -83,6 +98,27 @@ class IdempotencyStore:
         nothing about a body (such as a payment reference) to anyone without the master key."""
         return hmac.new(self._key, request, hashlib.sha256).hexdigest()
 
+    def sealer(self, person: UUID, token_id: str, key: str) -> Callable[[bytes], bytes]:
+        """A function that seals a response with ``person``'s data key, for ``seal``."""
+        def seal(body: bytes) -> bytes:
+            data_key = self._data_keys.get(person)
+            if data_key is None:  # (erased: the command is refused before this is reached)
+                raise ValueError("no data key to seal a kept response with")
+            nonce = secrets.token_bytes(12)
+            return SEALED + person.bytes + nonce + AESGCM(data_key).encrypt(
+                nonce, body, _aad(token_id, key))
+        return seal
+
+    def opened(self, kept: Stored, token_id: str, key: str) -> bytes | None:
+        """A kept response as it was sent; None if it was sealed for a person since erased."""
+        if not kept.body.startswith(SEALED):
+            return kept.body
+        rest = kept.body[len(SEALED):]
+        data_key = self._data_keys.get(UUID(bytes=rest[:16]))
+        if data_key is None:
+            return None
+        return AESGCM(data_key).decrypt(rest[16:28], rest[28:], _aad(token_id, key))
+
     def maybe_purge(self) -> None:
         """Now and then (every 500th call, and the first), forget keys older than ``KEEP``."""
         self._calls += 1
@@ -102,3 +138,7 @@ class IdempotencyStore:
             return None
         r = rows[0]
         return Stored(r["request_hash"], int(r["status"]), bytes(r["body"]))
+
+
+def _aad(token_id: str, key: str) -> bytes:
+    return f"idempotency|{token_id}|{key}".encode()

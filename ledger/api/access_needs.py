@@ -9,9 +9,11 @@ from flask.views import MethodView
 from marshmallow import fields, validate
 
 from ..domain.vocab import NEED_OUTCOMES
+from ..idempotency import IdempotentRequest
 from .auth import SECURITY, actor, require
 from .common import ledger
 from .fastdump import Schema
+from .idempotent import idempotent, key_header
 from .parsing import Blueprint
 from .participants import NeedOut
 from .schemas import document_errors
@@ -36,25 +38,29 @@ class OutcomeIn(Schema):
 @blp.route("/participants/<uuid:participant_id>/access-needs")
 class Needs(MethodView):
     @require("staff")
-    @blp.doc(security=SECURITY)
+    @blp.doc(security=SECURITY, parameters=[key_header(required=False)])
     @blp.arguments(NeedIn())
     @blp.response(201, NeedCreated)
     @document_errors(blp, 404, 409)
-    def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
+    @idempotent(NeedCreated(), 201, shape=lambda need_id: {"need_id": need_id})
+    def post(self, body: dict[str, Any], participant_id: UUID,
+             once: IdempotentRequest | None) -> dict[str, Any]:
         """Record an access need (category: a short label in the person's words)."""
         need_id = ledger().request_access_need(participant_id, body["category"], body["detail"],
-                                               by=actor())
+                                               by=actor(), idempotent=once)
         return {"need_id": need_id}
 
 
 @blp.route("/participants/<uuid:participant_id>/access-needs/<uuid:need_id>/outcome")
 class Outcome(MethodView):
     @require("staff")
-    @blp.doc(security=SECURITY)
+    @blp.doc(security=SECURITY, parameters=[key_header(required=False)])
     @blp.arguments(OutcomeIn())
     @blp.response(201, NeedOut)
     @document_errors(blp, 404, 409)
-    def post(self, body: dict[str, Any], participant_id: UUID, need_id: UUID) -> dict[str, Any]:
+    @idempotent(NeedOut(), 201)
+    def post(self, body: dict[str, Any], participant_id: UUID, need_id: UUID,
+             once: IdempotentRequest | None) -> dict[str, Any]:
         """Record whether the need was met, partly met or not met, with a note."""
         return ledger().record_access_outcome(participant_id, need_id, body["outcome"],
-                                              body.get("note"), by=actor())
+                                              body.get("note"), by=actor(), idempotent=once)

@@ -9,9 +9,11 @@ from flask.views import MethodView
 from marshmallow import fields, validate
 
 from ..domain.vocab import ATTRIBUTIONS, CONSENT_METHODS, STAFF_WITHDRAWAL_CHANNELS
+from ..idempotency import IdempotentRequest
 from .auth import SECURITY, actor, require
 from .common import ledger
 from .fastdump import Schema
+from .idempotent import idempotent, key_header
 from .parsing import Blueprint
 from .participants import ConsentOut, ObligationOut
 from .schemas import document_errors
@@ -49,38 +51,44 @@ class DoneIn(Schema):
 @blp.route("/participants/<uuid:participant_id>/consents")
 class Consents(MethodView):
     @require("staff")
-    @blp.doc(security=SECURITY)
+    @blp.doc(security=SECURITY, parameters=[key_header(required=False)])
     @blp.arguments(GrantIn())
     @blp.response(201, ConsentOut)
     @document_errors(blp, 404, 409)
-    def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
+    @idempotent(ConsentOut(), 201)
+    def post(self, body: dict[str, Any], participant_id: UUID,
+             once: IdempotentRequest | None) -> dict[str, Any]:
         """Record consent given for one scope, on a registered form version."""
         return ledger().grant_consent(participant_id, body["scope"], body["form_version"],
-                                      body["method"], body.get("attribution"), by=actor())
+                                      body["method"], body.get("attribution"), by=actor(),
+                                      idempotent=once)
 
 
 @blp.route("/participants/<uuid:participant_id>/consents/<string:scope>/withdrawal")
 class Withdrawal(MethodView):
     @require("staff")
-    @blp.doc(security=SECURITY)
+    @blp.doc(security=SECURITY, parameters=[key_header(required=False)])
     @blp.arguments(WithdrawIn())
     @blp.response(201, WithdrawalOut)
     @document_errors(blp, 404, 409)
-    def post(self, body: dict[str, Any], participant_id: UUID, scope: str) -> dict[str, Any]:
+    @idempotent(WithdrawalOut(), 201)
+    def post(self, body: dict[str, Any], participant_id: UUID, scope: str,
+             once: IdempotentRequest | None) -> dict[str, Any]:
         """Withdraw consent for a scope on the person's request; opens the follow-up work."""
         return ledger().withdraw_consent(participant_id, scope, body["channel"],
-                                         body.get("reason"), by=actor())
+                                         body.get("reason"), by=actor(), idempotent=once)
 
 
 @blp.route("/participants/<uuid:participant_id>/obligations/<uuid:obligation_id>/done")
 class ObligationDone(MethodView):
     @require("staff")
-    @blp.doc(security=SECURITY)
+    @blp.doc(security=SECURITY, parameters=[key_header(required=False)])
     @blp.arguments(DoneIn())
     @blp.response(200, ObligationOut)
     @document_errors(blp, 404, 409)
-    def post(self, body: dict[str, Any], participant_id: UUID,
-             obligation_id: UUID) -> dict[str, Any]:
+    @idempotent(ObligationOut(), 200)
+    def post(self, body: dict[str, Any], participant_id: UUID, obligation_id: UUID,
+             once: IdempotentRequest | None) -> dict[str, Any]:
         """Mark a withdrawal's follow-up obligation done (e.g. the recording was deleted)."""
         return ledger().discharge_obligation(participant_id, obligation_id, body.get("note"),
-                                             by=actor())
+                                             by=actor(), idempotent=once)

@@ -8,9 +8,11 @@ from uuid import UUID
 from flask.views import MethodView
 from marshmallow import fields, validate
 
+from ..idempotency import IdempotentRequest
 from .auth import SECURITY, actor, require
 from .common import ledger
 from .fastdump import Schema
+from .idempotent import idempotent, key_header
 from .parsing import MAX_POSITION, Blueprint, QueryInt
 from .schemas import PaginationQuery, SignedCheckpoint, document_errors
 
@@ -227,13 +229,14 @@ class Participants(MethodView):
         return ledger().participants_page(**query)
 
     @require("staff")
-    @blp.doc(security=SECURITY)
+    @blp.doc(security=SECURITY, parameters=[key_header(required=False)])
     @blp.arguments(RegisterIn())
     @blp.response(201, RegisteredOut)
     @document_errors(blp, 404)
-    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+    @idempotent(RegisteredOut(), 201)
+    def post(self, body: dict[str, Any], once: IdempotentRequest | None) -> dict[str, Any]:
         """Register a participant; returns their id and short reference."""
-        return ledger().register_participant(**body, by=actor())
+        return ledger().register_participant(**body, by=actor(), idempotent=once)
 
 
 @blp.route("/participants/<uuid:participant_id>")

@@ -1,38 +1,29 @@
 """Remuneration: arrangements agreed with the person, reductions, payments, reversals, expenses.
 
-``POST .../payments`` needs an ``Idempotency-Key``: the first response to a (token, key) pair is
-kept and replayed byte for byte; the same key with a different request is 422.
+``POST .../payments`` needs an ``Idempotency-Key``, and the other writes here take one: the
+first response to a (token, key) pair is kept and replayed byte for byte; the same key with a
+different request is 422 (see ``idempotent``).
 """
 
 from __future__ import annotations
 
-import re
-from functools import wraps
 from typing import Any
 from uuid import UUID
 
-from flask import Response, g, json, request
 from flask.views import MethodView
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from ..domain.errors import LedgerError
 from ..domain.vocab import PAYEES, PAYMENT_METHODS
-from ..idempotency import IdempotentRequest, Stored
-from . import errors
+from ..idempotency import IdempotentRequest
 from .auth import SECURITY, actor, require
 from .common import ledger
 from .fastdump import Schema
+from .idempotent import idempotent, key_header, require_idempotency_key
 from .parsing import Blueprint, StrictBoolean
 from .participants import ArrangementOut, PaymentOut
 from .schemas import document_errors
 
 blp = Blueprint("payments", __name__, url_prefix="/api/v1", description="Remuneration")
-
-KEY_HEADER = {"in": "header", "name": "Idempotency-Key", "required": True,
-              "schema": {"type": "string", "minLength": 1, "maxLength": 200,
-                         "pattern": "^[\\x20-\\x2b\\x2d-\\x7e]{1,200}$"},
-              "description": "a unique value per intended payment (e.g. a UUID)"}
-
 
 def amount_field() -> fields.String:
     """An amount in pounds as a string ("25.00"); the domain checks its spelling and value."""
@@ -94,139 +85,90 @@ class ExpenseCreated(Schema):
 
 
 PAYMENT_OUT = PaymentOut()  # schemas are stateless once built; building one per request is slow
-# Printable ASCII but the comma: a header sent twice reaches the app as one, joined by commas,
-# and two keys must not become a third.
-KEY = re.compile(r"^[\x20-\x2b\x2d-\x7e]{1,200}$")
-
-
-def require_idempotency_key(view: Any) -> Any:
-    """400 before anything else is read when the Idempotency-Key header is missing or unusable."""
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not KEY.match(request.headers.get("Idempotency-Key", "")):
-            return errors.problem(
-                400, "One Idempotency-Key header is required (1 to 200 printable ASCII "
-                     "characters, no commas).",
-                {"Idempotency-Key": ["required once: 1 to 200 printable ASCII characters, no "
-                                     "commas"]},
-                code="IdempotencyKeyRequired")
-        return view(*args, **kwargs)
-    return wrapper
-
-
-def idempotent_payment(participant_id: UUID, body: dict[str, Any]) -> Response:
-    """Record a payment once per (token, Idempotency-Key); replay its first response after.
-
-    Only a recorded payment keeps its response (in the payment's own transaction). A refusal
-    is not kept: it wrote nothing, and the same request may succeed once the world has changed
-    (a reversal, a new arrangement), or when a transient conflict has passed.
-    """
-    store = ledger().idempotency
-    store.maybe_purge()
-    once = IdempotentRequest(
-        token_id=str(g.token_id), key=store.stored_key(request.headers["Idempotency-Key"]),
-        status=201,
-        # The validated request, so equivalent requests match (defaults filled in, ids normalised).
-        request_hash=store.fingerprint(json.dumps(
-            {"participant": str(participant_id), "body": body}, sort_keys=True, default=str
-        ).encode()),
-        render=lambda result: json.dumps(PAYMENT_OUT.dump(result), separators=(",", ":")).encode(),
-    )
-    try:
-        ledger().record_payment(
-            participant_id, body["activity"], body["amount"], body["method"],
-            currency=body["currency"], reference=body.get("reference"),
-            reason=body.get("reason"), by=actor(), idempotent=once)
-    except LedgerError as e:
-        kept = store.lookup(once.token_id, once.key)  # a request with this key may have won
-        if kept is not None:
-            return _replay_or_refuse(kept, once)
-        return errors.ledger_error(e)
-    assert once.body is not None
-    return _replay(once.status, once.body)
-
-
-def _replay_or_refuse(kept: Stored, once: IdempotentRequest) -> Response:
-    if kept.request_hash != once.request_hash:
-        return errors.problem(
-            422, "This Idempotency-Key was already used for a different request.",
-            {"Idempotency-Key": ["already used with a different body"]},
-            code="IdempotencyKeyReused")
-    response = _replay(kept.status, kept.body)
-    # Read-your-writes for a client whose first answer was lost: the log's position now, which
-    # is at or after the payment's own (the views at this position include the payment).
-    response.headers["Ledger-Position"] = str(ledger().recorder.max_notification_id())
-    return response
-
-
-def _replay(status: int, body: bytes) -> Response:
-    return Response(body, status=status, mimetype="application/json")  # only successes are kept
+ARRANGEMENT_OUT = ArrangementOut()
 
 
 @blp.route("/participants/<uuid:participant_id>/payment-arrangements")
 class Arrangements(MethodView):
     @require("staff")
-    @blp.doc(security=SECURITY)
+    @blp.doc(security=SECURITY, parameters=[key_header(required=False)])
     @blp.arguments(ArrangementIn())
     @blp.response(201, ArrangementOut)
     @document_errors(blp, 404, 409)
-    def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
+    @idempotent(ARRANGEMENT_OUT, 201)
+    def post(self, body: dict[str, Any], participant_id: UUID,
+             once: IdempotentRequest | None) -> dict[str, Any]:
         """Record how the person wants to be paid for an activity, or that they declined."""
         if body["declined"]:
             return ledger().decline_payment(participant_id, body["activity"], body.get("reason"),
-                                            by=actor())
+                                            by=actor(), idempotent=once)
         return ledger().arrange_payment(participant_id, body["activity"], body["method"],
                                         body["payee"], body["benefits_advice_offered"],
-                                        by=actor())
+                                        by=actor(), idempotent=once)
 
 
 @blp.route("/participants/<uuid:participant_id>/payment-reductions")
 class Reductions(MethodView):
     @require("staff")
-    @blp.doc(security=SECURITY)
+    @blp.doc(security=SECURITY, parameters=[key_header(required=False)])
     @blp.arguments(ReductionIn())
     @blp.response(201, ArrangementOut)
     @document_errors(blp, 404, 409)
-    def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
+    @idempotent(ARRANGEMENT_OUT, 201)
+    def post(self, body: dict[str, Any], participant_id: UUID,
+             once: IdempotentRequest | None) -> dict[str, Any]:
         """Record that the person asked to be paid less than the rate, and why."""
         return ledger().reduce_payment(participant_id, body["activity"], body["amount"],
-                                       body["reason"], by=actor())
+                                       body["reason"], by=actor(), idempotent=once)
 
 
 @blp.route("/participants/<uuid:participant_id>/payments")
 class Payments(MethodView):
     @require("staff")
     @require_idempotency_key
-    @blp.doc(security=SECURITY, parameters=[KEY_HEADER])
+    @blp.doc(security=SECURITY, parameters=[key_header(required=True)])
     @blp.arguments(PaymentIn())
     @blp.response(201, PaymentOut)
     @document_errors(blp, 400, 404, 409)
-    def post(self, body: dict[str, Any], participant_id: UUID) -> Response:
+    # (a payment's response holds no personal text; kept unsealed, as before keys were taken on
+    # other writes)
+    @idempotent(PAYMENT_OUT, 201, sealed=False, named=False)
+    def post(self, body: dict[str, Any], participant_id: UUID,
+             once: IdempotentRequest | None) -> dict[str, Any]:
         """Record a payment (needs Idempotency-Key); one per participant and activity."""
-        return idempotent_payment(participant_id, body)
+        return ledger().record_payment(
+            participant_id, body["activity"], body["amount"], body["method"],
+            currency=body["currency"], reference=body.get("reference"),
+            reason=body.get("reason"), by=actor(), idempotent=once)
 
 
 @blp.route("/participants/<uuid:participant_id>/payments/<uuid:payment_id>/reversal")
 class Reversal(MethodView):
     @require("staff")
-    @blp.doc(security=SECURITY)
+    @blp.doc(security=SECURITY, parameters=[key_header(required=False)])
     @blp.arguments(ReversalIn())
     @blp.response(201, PaymentOut)
     @document_errors(blp, 404, 409)
-    def post(self, body: dict[str, Any], participant_id: UUID, payment_id: UUID) -> dict[str, Any]:
+    @idempotent(PAYMENT_OUT, 201)
+    def post(self, body: dict[str, Any], participant_id: UUID, payment_id: UUID,
+             once: IdempotentRequest | None) -> dict[str, Any]:
         """Reverse a payment (e.g. the transfer bounced); the activity can then be paid again."""
-        return ledger().reverse_payment(participant_id, payment_id, body["reason"], by=actor())
+        return ledger().reverse_payment(participant_id, payment_id, body["reason"], by=actor(),
+                                        idempotent=once)
 
 
 @blp.route("/participants/<uuid:participant_id>/expenses")
 class Expenses(MethodView):
     @require("staff")
-    @blp.doc(security=SECURITY)
+    @blp.doc(security=SECURITY, parameters=[key_header(required=False)])
     @blp.arguments(ExpenseIn())
     @blp.response(201, ExpenseCreated)
     @document_errors(blp, 404, 409)
-    def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
+    @idempotent(ExpenseCreated(), 201, shape=lambda expense_id: {"expense_id": expense_id})
+    def post(self, body: dict[str, Any], participant_id: UUID,
+             once: IdempotentRequest | None) -> dict[str, Any]:
         """Record an expense (travel, care, data) as its own line, separate from the fee."""
         expense_id = ledger().record_expense(participant_id, body["activity"], body["amount"],
-                                             body["method"], body["description"], by=actor())
+                                             body["method"], body["description"], by=actor(),
+                                             idempotent=once)
         return {"expense_id": expense_id}

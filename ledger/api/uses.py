@@ -8,9 +8,11 @@ from uuid import UUID
 from flask.views import MethodView
 from marshmallow import fields, validate
 
+from ..idempotency import IdempotentRequest
 from .auth import SECURITY, actor, require
 from .common import ledger
 from .fastdump import Schema
+from .idempotent import idempotent, key_header
 from .parsing import Blueprint
 from .schemas import document_errors
 
@@ -35,10 +37,13 @@ class UseRecorded(Schema):
 @blp.route("/participants/<uuid:participant_id>/uses")
 class Uses(MethodView):
     @require("staff")
-    @blp.doc(security=SECURITY)
+    @blp.doc(security=SECURITY, parameters=[key_header(required=False)])
     @blp.arguments(UseIn())
     @blp.response(201, UseRecorded)
     @document_errors(blp, 404, 409)
-    def post(self, body: dict[str, Any], participant_id: UUID) -> dict[str, Any]:
+    @idempotent(UseRecorded(), 201)
+    def post(self, body: dict[str, Any], participant_id: UUID,
+             once: IdempotentRequest | None) -> dict[str, Any]:
         """Record a use of the story; recorded even without consent, and flagged in reports."""
-        return ledger().record_use(participant_id, body["scope"], body["purpose"], by=actor())
+        return ledger().record_use(participant_id, body["scope"], body["purpose"], by=actor(),
+                                   idempotent=once)
