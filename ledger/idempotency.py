@@ -24,6 +24,7 @@ from uuid import UUID
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .domain.errors import ParticipantErased
 from .privacy.keystore import DataKeyStore
 from .store import Sql
 
@@ -85,12 +86,18 @@ class IdempotencyStore:
         self.sql.execute("CREATE INDEX IF NOT EXISTS ledger_idempotency_created "
                          "ON {t}ledger_idempotency (created_at)")
 
-    def stored_key(self, key: str) -> str:
+    def stored_key(self, key: str, operation: str | None = None) -> str:
         """What is kept of a client's Idempotency-Key: a keyed digest, never its text (a key is
         whatever the client chose, and could hold a name). Rows kept in plain text by an
         earlier version are purged with the rest after 48 hours; a retry meanwhile of a request
-        made before the upgrade is answered as a new request (a second payment is refused)."""
-        digest = hmac.new(self._key, b"Idempotency-Key\x00" + key.encode(), hashlib.sha256)
+        made before the upgrade is answered as a new request (a second payment is refused).
+
+        ``operation``: each operation's keys are its own (a client that sent one key with every
+        request, when only payments took it, is not refused on its next payment); a payment's
+        key is digested without it, as before keys were taken on other writes."""
+        scope = b"" if operation is None else operation.encode() + b"\x00"
+        digest = hmac.new(self._key, b"Idempotency-Key\x00" + scope + key.encode(),
+                          hashlib.sha256)
         return "h1:" + digest.hexdigest()
 
     def fingerprint(self, request: bytes) -> str:
@@ -102,8 +109,8 @@ class IdempotencyStore:
         """A function that seals a response with ``person``'s data key, for ``seal``."""
         def seal(body: bytes) -> bytes:
             data_key = self._data_keys.get(person)
-            if data_key is None:  # (erased: the command is refused before this is reached)
-                raise ValueError("no data key to seal a kept response with")
+            if data_key is None:  # erased meanwhile (as the mapper's seal of their events)
+                raise ParticipantErased("this participant's data has been erased")
             nonce = secrets.token_bytes(12)
             return SEALED + person.bytes + nonce + AESGCM(data_key).encrypt(
                 nonce, body, _aad(token_id, key))

@@ -5,7 +5,8 @@ records something, so a client whose answer was lost (a timeout, a dropped conne
 that could not tell whether the write was kept) can send the same request again safely:
 
 - same key, same request: the first response again, byte for byte, and nothing written;
-- same key, a different request (another body, path or operation): 422, nothing written;
+- same key, a different request to the same operation (another body, another person): 422,
+  nothing written (each operation's keys are its own);
 - concurrent requests with one key: one is recorded, the others get its response (or a 422).
 
 The key and the response are written in the command's own transaction (``Ledger._change``), so
@@ -72,10 +73,10 @@ def idempotent(out: Schema, status: int, *, shape: Callable[[Any], Any] = lambda
     Goes under ``@blp.response``: the view gets the validated body and its path's ids, plus
     ``once`` (None without a key), which it hands to its one ``Ledger`` call. ``shape`` turns
     that call's result into what ``out`` dumps. ``sealed``: keep the response sealed with the
-    path's participant's data key (it may hold what they said). ``named``: the fingerprint
-    names the operation and every id in the path (``False`` only for payments, whose
-    fingerprint, made before keys were taken elsewhere, is kept as it was so that keys kept
-    across an upgrade still match)."""
+    path's participant's data key (it may hold what they said). ``named``: the key is the
+    operation's own, and the fingerprint names every id in the path (``False`` only for
+    payments, whose key digest and fingerprint, made before keys were taken elsewhere, are kept
+    as they were, so that keys kept across an upgrade still match)."""
     def decorate(view: Any) -> Any:
         @wraps(view)
         def wrapper(self: Any, body: dict[str, Any], **path: Any) -> Any:
@@ -86,12 +87,12 @@ def idempotent(out: Schema, status: int, *, shape: Callable[[Any], Any] = lambda
                 return _bad_key()
             store = ledger().idempotency
             store.maybe_purge()
-            token_id, key = str(g.token_id), store.stored_key(given)
+            token_id = str(g.token_id)
+            key = store.stored_key(given, request.endpoint if named else None)
             person = path.get("participant_id")
             what: dict[str, Any] = {"participant": str(person), "body": body}
             if named:
-                what.update(operation=request.endpoint,
-                            path={k: str(v) for k, v in sorted(path.items())})
+                what["path"] = {k: str(v) for k, v in sorted(path.items())}
             once = IdempotentRequest(
                 token_id=token_id, key=key, status=status,
                 # The validated request, so equivalent requests match (defaults filled in,
