@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -283,29 +284,36 @@ def _reply_lost_after_commit(lg: Ledger) -> Iterator[None]:
         del lg.recorder._insert_alone
 
 
-@pytest.mark.parametrize("write", ["expense", "need", "use"])
-def test_a_retry_after_a_500_whose_write_was_kept_records_it_once(keyed, write):
+@pytest.mark.parametrize("write", ["register", "expense", "need", "use"])
+def test_a_retry_after_a_500_whose_write_was_kept_records_it_once(keyed, write, monkeypatch):
     """The case the key is for: the write was committed, its answer lost, and the client was
-    told 500. Its retry with the same key is answered 201 with what was recorded; the same
-    retry without a key records it a second time."""
+    told 500 (for a registration, the store could not be asked either whether it was kept).
+    Its retry with the same key is answered 201 with what was recorded; the same retry without
+    a key records it a second time."""
     lg, client, tokens = keyed
     staff = tokens["staff"]
     path, body = WRITES[write][0](client, staff)
-    topic = {"expense": "ExpenseRecorded", "need": "NeedRequested", "use": "StoryUsed"}[write]
+    topic = {"register": "Participant.Registered", "expense": "ExpenseRecorded", "need": "NeedRequested",
+             "use": "StoryUsed"}[write]
 
     def recorded() -> int:
         return sum(n.topic.endswith(topic)
                    for n in lg.recorder.select_notifications(start=1, limit=1000))
 
-    with _reply_lost_after_commit(lg):
+    before = recorded()
+    with _reply_lost_after_commit(lg), monkeypatch.context() as m:
+        m.setattr(lg, "_stored", lambda participant_id: None)  # (cannot tell)
         lost = client.post(path, headers=_keyed(staff), json=body)
     retried = client.post(path, headers=_keyed(staff), json=body)
-    once = recorded()
+    once, people = recorded(), lg.participant_ids()
     unkeyed = client.post(path, headers=staff, json=body)
 
     assert lost.status_code == 500 and lost.mimetype == "application/problem+json"
     assert retried.status_code == 201, retried.get_data(as_text=True)
-    assert once == 1
+    assert before == 0 and once == 1
+    if write == "register":  # the person first registered, readable: their key was kept
+        assert people == [UUID(retried.json["id"])]
+        assert lg.participant(UUID(retried.json["id"]))["name"] == "Ada Example"
     assert unkeyed.status_code == 201 and recorded() == 2  # what a retry without a key does
 
 
