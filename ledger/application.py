@@ -469,7 +469,8 @@ class Ledger(Application[UUID]):
                     # a stale copy it could be wrong, and no version clash would say so.
                     self._evict(participant_id)
                     continue
-                extra = {"idempotency": once.record(result)} if once is not None else {}
+                extra = ({"idempotency": self.idempotency.row(once, result, participant_id)}
+                         if once is not None else {})
                 try:
                     # The others (a payment) first: the person's note of it then follows it
                     # in the log, so views caught up to any position between the two show
@@ -574,7 +575,8 @@ class Ledger(Application[UUID]):
         )
         self.keys.create(participant_id)
         result = {"id": participant_id, "reference": reference}
-        extra = {"idempotency": idempotent.record(result)} if idempotent is not None else {}
+        extra = ({"idempotency": self.idempotency.row(idempotent, result, participant_id)}
+                 if idempotent is not None else {})
         try:
             self.save(participant, **extra)
         except BaseException as error:
@@ -768,6 +770,7 @@ class Ledger(Application[UUID]):
             if p.erased_at is not None:
                 erased.append(pid)
                 if self.keys.exists(pid):
+                    self.idempotency.forget(pid)  # (first: if it fails, the key is left to retry)
                     self.keys.destroy(pid)
                     destroyed += 1
         if not self.keys.scrub_if_pending():  # a reader still holds the old bytes

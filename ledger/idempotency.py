@@ -5,10 +5,11 @@ A successful request's response is written in the same transaction as its events
 disagree, and the race between two requests with one key is decided by the table's primary key.
 A refusal writes nothing, not even its key. Rows are kept for at least 24 hours (48).
 
-A response that can hold what a person said (an access need's note, a reason) is kept sealed
-with that person's data key (AES-GCM, bound to the token and key it answered), so it is never
-in plain text in the store, and erasing the person makes it unreadable with the rest of their
-data. A payment's response holds no personal text and is kept as it was sent.
+Every kept response is sealed with the data key of the person the write was for (AES-GCM,
+bound to the token and key it answered): a response can hold what they said (an access need's
+note, a reason), so it is never in plain text in the store. Their erasure marks their rows
+(``forget``: the request's fingerprint, a digest of what they said, is dropped) before it
+destroys the key that opens them; a retry after it is answered as any write for them is then.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from uuid import UUID
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .domain.errors import ParticipantErased
 from .privacy.keystore import DataKeyStore
 from .store import Sql
 
 KEEP = timedelta(hours=48)
 PURGE = "DELETE FROM {t}ledger_idempotency WHERE created_at < %s"
 SEALED = b"\x00s1"  # then the person's id (16 bytes), a nonce (12) and the AES-GCM ciphertext
+ERASED = "erased"  # the fingerprint of a row whose person was erased
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,6 @@ class IdempotentRequest:
     status: int
     render: Callable[[Any], bytes]
     body: bytes | None = field(default=None)
-    seal: Callable[[bytes], bytes] | None = field(default=None)
-
-    def record(self, result: Any) -> tuple[Any, ...]:
-        """Render the result once and return the row to insert with the events (its body
-        sealed, if ``seal`` is given; ``body`` stays the response as sent)."""
-        self.body = self.render(result)
-        kept = self.seal(self.body) if self.seal is not None else self.body
-        return (self.token_id, self.key, self.request_hash, self.status, kept,
-                datetime.now(UTC).isoformat())
 
 
 class IdempotencyStore:
@@ -105,26 +97,38 @@ class IdempotencyStore:
         nothing about a body (such as a payment reference) to anyone without the master key."""
         return hmac.new(self._key, request, hashlib.sha256).hexdigest()
 
-    def sealer(self, person: UUID, token_id: str, key: str) -> Callable[[bytes], bytes]:
-        """A function that seals a response with ``person``'s data key, for ``seal``."""
-        def seal(body: bytes) -> bytes:
-            data_key = self._data_keys.get(person)
-            if data_key is None:  # erased meanwhile (as the mapper's seal of their events)
-                raise ParticipantErased("this participant's data has been erased")
+    def row(self, once: IdempotentRequest, result: Any, person: UUID) -> tuple[Any, ...]:
+        """Render ``result`` (``once.body``: the response as sent) and return the row to insert
+        with the events, its body sealed with ``person``'s data key. A person already erased
+        has no key, and nothing personal left to seal: the domain refuses every write that
+        carries personal text for them (only a follow-up marked done, without a note, is still
+        recorded), and their views show only REDACTED."""
+        once.body = once.render(result)
+        kept, data_key = once.body, self._data_keys.get(person)
+        if data_key is not None:
             nonce = secrets.token_bytes(12)
-            return SEALED + person.bytes + nonce + AESGCM(data_key).encrypt(
-                nonce, body, _aad(token_id, key))
-        return seal
+            kept = SEALED + person.bytes + nonce + AESGCM(data_key).encrypt(
+                nonce, once.body, _aad(once.token_id, once.key))
+        return (once.token_id, once.key, once.request_hash, once.status, kept,
+                datetime.now(UTC).isoformat())
 
     def opened(self, kept: Stored, token_id: str, key: str) -> bytes | None:
         """A kept response as it was sent; None if it was sealed for a person since erased."""
         if not kept.body.startswith(SEALED):
-            return kept.body
+            return kept.body  # (kept unsealed: by an earlier version, or after an erasure)
         rest = kept.body[len(SEALED):]
         data_key = self._data_keys.get(UUID(bytes=rest[:16]))
         if data_key is None:
             return None
         return AESGCM(data_key).decrypt(rest[16:28], rest[28:], _aad(token_id, key))
+
+    def forget(self, person: UUID) -> None:
+        """On ``person``'s erasure, before their data key goes: drop the fingerprints of the
+        requests kept for them (keyed digests of what they said), so a retry is answered as any
+        write for an erased person, and nothing derived from their words outlives the key."""
+        prefix = "substring(body from 1 for 19)" if self.sql.is_postgres else "substr(body, 1, 19)"
+        self.sql.execute(f"UPDATE {{t}}ledger_idempotency SET request_hash = %s "
+                         f"WHERE {prefix} = %s", (ERASED, SEALED + person.bytes))
 
     def maybe_purge(self) -> None:
         """Now and then (every 500th call, and the first), forget keys older than ``KEEP``."""

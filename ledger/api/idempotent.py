@@ -11,7 +11,9 @@ that could not tell whether the write was kept) can send the same request again 
 
 The key and the response are written in the command's own transaction (``Ledger._change``), so
 the store's primary key decides every race, and a first request is not slowed by a look-up:
-a replay is found when its save clashes with the kept key, or the domain refuses it.
+a replay is found when its save clashes with the kept key, or the domain refuses it. The kept
+response is sealed with the person's data key (see ``ledger.idempotency``); once they are
+erased, a retry is answered 409 ``ParticipantErased``, as any write for them.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ import re
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
-from uuid import UUID
 
 from flask import Response, g, json, request
 from marshmallow import Schema
 
 from ..domain.errors import LedgerError, ParticipantErased
-from ..idempotency import IdempotentRequest, Stored
+from ..idempotency import ERASED, IdempotentRequest, Stored
 from . import errors
 from .common import ledger
 
@@ -67,13 +68,12 @@ def require_idempotency_key(view: Any) -> Any:
 
 
 def idempotent(out: Schema, status: int, *, shape: Callable[[Any], Any] = lambda r: r,
-               sealed: bool = True, named: bool = True) -> Callable[[Any], Any]:
+               named: bool = True) -> Callable[[Any], Any]:
     """Run a staff write once per (token, Idempotency-Key) when the header is given.
 
     Goes under ``@blp.response``: the view gets the validated body and its path's ids, plus
     ``once`` (None without a key), which it hands to its one ``Ledger`` call. ``shape`` turns
-    that call's result into what ``out`` dumps. ``sealed``: keep the response sealed with the
-    path's participant's data key (it may hold what they said). ``named``: the key is the
+    that call's result into what ``out`` dumps. ``named``: the key is the
     operation's own, and the fingerprint names every id in the path (``False`` only for
     payments, whose key digest and fingerprint, made before keys were taken elsewhere, are kept
     as they were, so that keys kept across an upgrade still match)."""
@@ -101,11 +101,11 @@ def idempotent(out: Schema, status: int, *, shape: Callable[[Any], Any] = lambda
                     json.dumps(what, sort_keys=True, default=str).encode()),
                 render=lambda result: json.dumps(out.dump(shape(result)),
                                                  separators=(",", ":")).encode(),
-                seal=(store.sealer(person, token_id, key)
-                      if sealed and isinstance(person, UUID) else None),
             )
             try:
                 view(self, body, once=once, **path)
+            except ParticipantErased:
+                raise  # (not a replay of what they said, even before their key is destroyed)
             except LedgerError:
                 kept = store.lookup(token_id, key)  # a request with this key may have won
                 if kept is None:
@@ -118,13 +118,15 @@ def idempotent(out: Schema, status: int, *, shape: Callable[[Any], Any] = lambda
 
 
 def _replay_or_refuse(kept: Stored, once: IdempotentRequest) -> Response:
+    if kept.request_hash == ERASED:
+        return errors.ledger_error(ParticipantErased("this participant's data has been erased"))
     if kept.request_hash != once.request_hash:
         return errors.problem(
             422, "This Idempotency-Key was already used for a different request.",
             {"Idempotency-Key": ["already used with a different body"]},
             code="IdempotencyKeyReused")
     body = ledger().idempotency.opened(kept, once.token_id, once.key)
-    if body is None:  # sealed for a person erased since: what any write for them now gets
+    if body is None:  # (sealed for a person erased since)
         return errors.ledger_error(ParticipantErased("this participant's data has been erased"))
     response = _response(kept.status, body)
     # Read-your-writes for a client whose first answer was lost: the log's position now, which

@@ -130,9 +130,7 @@ class Payments(MethodView):
     @blp.arguments(PaymentIn())
     @blp.response(201, PaymentOut)
     @document_errors(blp, 400, 404, 409)
-    # (a payment's response holds no personal text; kept unsealed, as before keys were taken on
-    # other writes)
-    @idempotent(PAYMENT_OUT, 201, sealed=False, named=False)
+    @idempotent(PAYMENT_OUT, 201, named=False)
     def post(self, body: dict[str, Any], participant_id: UUID,
              once: IdempotentRequest | None) -> dict[str, Any]:
         """Record a payment (needs Idempotency-Key); one per participant and activity."""

@@ -332,6 +332,7 @@ def test_a_kept_response_that_holds_what_a_person_said_is_sealed_and_erased_with
     first = client.post(path, headers=_keyed(staff), json=body)
     replay = client.post(path, headers=_keyed(staff), json=body)
     kept = [bytes(r["body"]) for r in lg.sql.query("SELECT body FROM {t}ledger_idempotency")]
+    # (on SQLite the database is these files, WAL included; on PostgreSQL the rows above)
     files = b"".join(f.read_bytes() for f in lg.settings.data_dir.rglob("*") if f.is_file())
     erased = client.post(f"{P}/{person}/erasure", headers=tokens["admin"],
                          json={"reason": "asked"})
@@ -372,3 +373,77 @@ def test_the_openapi_document_offers_the_key_on_every_staff_write(keyed):
     keyed_paths = {p for p, required in offered.items() if required is False}
     assert len(keyed_paths) == 11, sorted(offered)
     assert "/api/v1/participants/{participant_id}/erasure" not in keyed_paths
+
+
+def _outcome_with_words(client: Any, staff: dict[str, str]) -> tuple[str, str, dict[str, Any]]:
+    person = _person(client, staff)
+    need = _ok(client.post(f"{P}/{person}/access-needs", headers=staff, json={
+        "category": "Quarrington-category", "detail": "Quarrington-detail"}))["need_id"]
+    return (person, f"{P}/{person}/access-needs/{need}/outcome",
+            {"outcome": "partly_met", "note": "Quarrington-note"})
+
+
+def test_after_an_erasure_a_retry_is_refused_and_the_fingerprints_are_gone(keyed):
+    """A retried registration is not a second person, and no kept row of theirs still holds a
+    digest of what they said."""
+    lg, client, tokens = keyed
+    staff = tokens["staff"]
+    registered = client.post(P, headers=_keyed(staff, "reg"), json={"name": "Quarrington"})
+    person, path, body = _outcome_with_words(client, staff)
+    _ok(client.post(path, headers=_keyed(staff, "out"), json=body))
+    who = registered.json["id"]
+    _ok(client.post(f"{P}/{who}/erasure", headers=tokens["admin"], json={"reason": "asked"}), 200)
+    _ok(client.post(f"{P}/{person}/erasure", headers=tokens["admin"], json={"reason": "asked"}),
+        200)
+    people = len(lg.participant_ids())
+
+    again = client.post(P, headers=_keyed(staff, "reg"), json={"name": "Quarrington"})
+    outcome_again = client.post(path, headers=_keyed(staff, "out"), json=body)
+    kept = lg.sql.query("SELECT request_hash, body FROM {t}ledger_idempotency")
+
+    assert again.status_code == outcome_again.status_code == 409
+    assert again.json["code"] == outcome_again.json["code"] == "ParticipantErased"
+    assert len(lg.participant_ids()) == people
+    assert sorted(r["request_hash"] for r in kept) == ["erased", "erased"]
+    assert not any(b"Quarrington" in bytes(r["body"]) for r in kept)
+
+
+def test_a_retry_before_an_erased_person_s_key_is_destroyed_gives_nothing_back(keyed,
+                                                                              monkeypatch):
+    """The erasure is recorded, but the store would not yet let their rows be marked nor their
+    key be destroyed (both retried later): a retry meanwhile is refused, not answered with what
+    they said."""
+    lg, client, tokens = keyed
+    staff = tokens["staff"]
+    person, path, body = _outcome_with_words(client, staff)
+    _ok(client.post(path, headers=_keyed(staff), json=body))
+
+    def refused(participant_id: Any) -> None:
+        raise RuntimeError("the store refused")
+
+    monkeypatch.setattr(lg.idempotency, "forget", refused)
+    erased = _ok(client.post(f"{P}/{person}/erasure", headers=tokens["admin"],
+                             json={"reason": "asked"}), 200)
+    retried = client.post(path, headers=_keyed(staff), json=body)
+
+    assert erased["receipt"] is None or erased["receipt"]["data_key_destroyed"] is False
+    assert lg.keys.exists(UUID(person))  # (the window this is about)
+    assert retried.status_code == 409 and retried.json["code"] == "ParticipantErased"
+    assert b"Quarrington" not in retried.data
+
+
+def test_a_follow_up_marked_done_after_an_erasure_takes_a_key_too(keyed):
+    """Marking a withdrawal's follow-up done (the recording deleted) is still recorded for an
+    erased person, without a note: with a key, it is answered and replayed as any write."""
+    lg, client, tokens = keyed
+    staff = tokens["staff"]
+    path, _ = _done(client, staff)
+    person = path.split("/")[4]
+    _ok(client.post(f"{P}/{person}/erasure", headers=tokens["admin"], json={"reason": "asked"}),
+        200)
+
+    first = client.post(path, headers=_keyed(staff), json={})
+    again = client.post(path, headers=_keyed(staff), json={})
+
+    assert first.status_code == again.status_code == 200, first.get_data(as_text=True)
+    assert again.data == first.data

@@ -22,8 +22,9 @@ def test_a_payment_and_its_key_are_written_together(ledger):
     ledger.record_payment(pid, "conversation", "25.00", "cash", by="t", idempotent=once)
 
     kept = ledger.idempotency.lookup("tok", "k1")
-    assert kept is not None and (kept.status, kept.body) == (201, b"paid 25.00") == (
-        201, once.body)
+    assert kept is not None and kept.status == 201 and once.body == b"paid 25.00"
+    assert b"paid" not in kept.body  # sealed with the person's data key
+    assert ledger.idempotency.opened(kept, "tok", "k1") == b"paid 25.00"
 
 
 def test_when_the_payment_is_refused_its_key_is_not_written(ledger):
