@@ -84,3 +84,42 @@ def test_the_purge_finds_old_keys_by_index_not_by_reading_every_key(ledger):
         plan = " ".join(str(value) for row in c.fetchall() for value in dict(row).values())
 
     assert "ledger_idempotency_created" in plan, plan
+
+
+def test_a_retry_s_clash_on_its_kept_key_is_reported_as_a_clash_at_once(ledger, monkeypatch):
+    """A keyed write sent again (an expense: nothing in the domain refuses a second one) makes
+    the save clash only on the kept key. On PostgreSQL that clash surfaced mostly as the
+    library's "pipeline aborted", taken for a lost connection: each replay slept and tried
+    again, up to ten times, then a 500. Each try must see the clash itself, at once."""
+    from ledger import store
+
+    pid = ledger.register_participant("Idem Replay", by="t")["id"]
+
+    def expense() -> object:
+        return ledger.record_expense(pid, "workshop", "7.40", "cash", "bus", by="t",
+                                     idempotent=IdempotentRequest(
+                                         token_id="tok", key="again", request_hash="h",
+                                         status=201, render=lambda result: str(result).encode()))
+
+    expense()
+    failures: list[str] = []
+    if ledger.sql.is_postgres:
+        real = store.PG_INSERT
+
+        def watched(recorder: object, events: object, **kwargs: object) -> object:
+            try:
+                return real(recorder, events, **kwargs)
+            except Exception as error:
+                failures.append(type(error.__cause__).__name__)
+                raise
+
+        monkeypatch.setattr(store, "PG_INSERT", watched)
+    before = ledger.recorder.max_notification_id()
+
+    for _ in range(20):
+        with pytest.raises(IdempotencyKeyUsed):
+            expense()
+
+    assert ledger.recorder.max_notification_id() == before
+    if ledger.sql.is_postgres:
+        assert failures == ["UniqueViolation"] * 20
