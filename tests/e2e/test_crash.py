@@ -257,12 +257,14 @@ def check_store(lg: Ledger, where: str, acks: list[Acked], in_flight: list[Write
     # A payment in flight at the kill is stored together with its idempotency key, or neither.
     kept: dict[str, bytes | None] = {}
     for w in in_flight:
-        stored = lg.idempotency.lookup(token_id, lg.idempotency.stored_key(w.key))
+        key = lg.idempotency.stored_key(w.key)
+        stored = lg.idempotency.lookup(token_id, key)
         exists = Payment.create_id(w.pid, w.what, 0) in recorded
         assert (stored is not None) == exists, \
             f"{where}: payment in flight at the kill {'without' if exists else 'only'} " \
             f"its idempotency key: {w}"
-        kept[w.key] = None if stored is None else stored.body
+        # (kept sealed with the person's data key: the response as it was sent)
+        kept[w.key] = None if stored is None else lg.idempotency.opened(stored, token_id, key)
 
     # The views after the crash equal views rebuilt from the log.
     before = _views(lg)
