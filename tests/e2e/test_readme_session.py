@@ -47,6 +47,7 @@ def test_the_readme_curl_session_runs_as_written(server, tmp_path):
     record = json.loads(lines[-2])  # the last request's answer
     assert record["id"] == ids["ID"] and record["name"] == "Ada Example"
     assert [n["outcome"] for n in record["access_needs"] if n["id"] == ids["NEED_ID"]] == ["met"]
+    assert len(record["access_needs"]) == 1  # the need sent twice with its key: recorded once
     assert [(p["amount"], p["reference"]) for p in record["payments"]] == [("25.00", "VCH-0042")]
     assert record["consents"]["quote"]["state"] == "withdrawn"
     assert record["consents"]["take_part"]["state"] == "given"
