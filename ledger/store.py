@@ -20,6 +20,8 @@ from eventsourcing.persistence import InterfaceError as PersistenceInterfaceErro
 from eventsourcing.persistence import MapperDeserialisationError, Notification, StoredEvent
 from eventsourcing.persistence import OperationalError as PersistenceOperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from psycopg.errors import PipelineAborted
+from psycopg.sql import SQL
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 
 from .config import Settings
@@ -35,6 +37,7 @@ IDEMPOTENCY_INSERT = (
     "INSERT INTO {t}ledger_idempotency (token_id, idem_key, request_hash, status, body, "
     "created_at) VALUES (%s, %s, %s, %s, %s, %s)"
 )
+IDEMPOTENCY_ROW = ", (%s, %s, %s, %s, %s, %s)"  # each further row of one multi-row INSERT
 
 
 # The library's insert without its retry decorator (``_insert_retrying`` retries it itself).
@@ -105,8 +108,14 @@ class LedgerPostgresApplicationRecorder(GroupCommit, PostgresApplicationRecorder
                     return ids
                 raise
             except (PersistenceInterfaceError, PersistenceOperationalError) as error:
-                # (also any failure the library reports as psycopg's "pipeline aborted", which
-                # a clash no longer is: see _insert_events)
+                if isinstance(error.__cause__, PipelineAborted):
+                    # The server refused a statement of this try, and psycopg read its error
+                    # while later ones were still being sent (see _insert_events): the library
+                    # then loses that error, and the COMMIT is never sent, so nothing of this
+                    # try was committed. Tried again at once, the failure is seen as itself.
+                    if attempt == INSERT_TRIES:
+                        raise
+                    continue
                 if not isinstance(error.__cause__, NEVER_REACHED_THE_SERVER):
                     maybe_committed = True
                 if attempt == INSERT_TRIES:
@@ -132,29 +141,46 @@ class LedgerPostgresApplicationRecorder(GroupCommit, PostgresApplicationRecorder
                 found.append(int(row["notification_id"]))
         return found
 
-    # The idempotency rows go in after the events, just before the library's sync: a clash on a
-    # kept key (a retry) then surfaces as the unique-key violation it is. Sent first (as the
-    # library's hook for "other things" does), their failure reached the client while the
-    # events were still being sent, and the library raised psycopg's PipelineAborted, an
-    # OperationalError, instead (93 of 100 clashing inserts; 16 of 26 tries of ten keyed
-    # replays through the API): each was taken for a lost connection, so a replay slept 0.2 s
-    # and tried again, taking up to 1.2 s, and would have ended as a 500 after ten in a row.
+    # The idempotency rows go in with the events, in the same statement (a data-modifying WITH),
+    # so that a clash on either is the statement's one error, read at the library's sync and
+    # raised as the unique-key violation it is. In pipeline mode an error the client reads
+    # while it is still sending later statements is lost by the library, which raises psycopg's
+    # PipelineAborted instead. Sent first (in the library's hook for "other things"), a kept
+    # key's clash (a retry) was reported that way in 93 of 100 clashing inserts, each taken for
+    # a lost connection: a keyed replay slept 0.2 s and tried again, up to ten times, then a
+    # 500. Sent after the events as a statement of its own, the events' clash was (31 of 50).
     def _insert_events(self, curs: Any, stored_events: Any, **kwargs: Any) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
-        if not stored_events:  # (the library then inserts no events, nor calls the one below)
-            self._insert_idempotency_rows(curs, **kwargs)
+        rows = _idempotency_rows(kwargs)
+        if rows and not stored_events:  # (the library then inserts no events)
+            curs.execute(self._rows_insert(len(rows)), [v for row in rows for v in row])
 
     def _insert_stored_events(self, curs: Any, stored_events: Any, **kwargs: Any) -> None:
-        super()._insert_stored_events(curs, stored_events, **kwargs)
-        with curs.connection.cursor() as rows_cursor:  # (the events' cursor holds their ids)
-            self._insert_idempotency_rows(rows_cursor, **kwargs)
+        rows = _idempotency_rows(kwargs)
+        if not rows:
+            super()._insert_stored_events(curs, stored_events, **kwargs)
+            return
+        # The library's steps (PostgresApplicationRecorder's, then PostgresRecorder's), with
+        # the rows' INSERT put in front of its events' INSERT ... RETURNING notification_id.
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        events = [self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic,
+                                                 e.state) for e in stored_events]
+        curs.execute(SQL("WITH kept AS ({}) ").format(SQL(self._rows_insert(len(rows))))
+                     + self.insert_events_statement,
+                     [*(v for row in rows for v in row), events])
 
-    def _insert_idempotency_rows(self, curs: Any, **kwargs: Any) -> None:
-        rows = kwargs.get("idempotency_rows") or (
-            [kwargs["idempotency"]] if kwargs.get("idempotency") is not None else [])
-        if rows:
-            curs.executemany(IDEMPOTENCY_INSERT.replace("{t}", f'"{self.datastore.schema}".'),
-                             rows)
+    def _rows_insert(self, n: int) -> str:
+        statement = IDEMPOTENCY_INSERT + IDEMPOTENCY_ROW * (n - 1)  # (one statement, n rows)
+        return statement.replace("{t}", f'"{self.datastore.schema}".')
+
+
+def _idempotency_rows(kwargs: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The idempotency rows a save carries: one (``idempotency=``) or a shared commit's."""
+    rows = kwargs.get("idempotency_rows")
+    if rows:
+        return list(rows)
+    return [kwargs["idempotency"]] if kwargs.get("idempotency") is not None else []
 
 
 def postgres_env(url: str) -> dict[str, str]:
