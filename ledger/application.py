@@ -85,7 +85,6 @@ class Also(Generic[T]):
 
     result: T
     aggregates: tuple[Aggregate, ...]
-    idempotent: IdempotentRequest | None = None
 
 
 class _Collected(ProcessingEvent[UUID]):
@@ -435,7 +434,7 @@ class Ledger(Application[UUID]):
 
     def _change(self, participant_id: UUID,
                 command: Callable[[Participant, Study], T | Also[T]],
-                idempotent: IdempotentRequest | None = None) -> T:
+                once: IdempotentRequest | None = None) -> T:
         """Run a command on a participant and save it (with any other aggregate it returns in
         ``Also``) in one atomic save; on a lost race, reload and run it again.
 
@@ -444,7 +443,7 @@ class Ledger(Application[UUID]):
         decision to change nothing, made on a cached copy is only reported once the copy is
         known to be current.
 
-        With ``idempotent`` (or ``Also.idempotent``), the rendered response is kept under its
+        With ``once`` (a request's Idempotency-Key), the rendered response is kept under its
         key in the same transaction; a key already kept makes the save clash, and this raises
         ``IdempotencyKeyUsed`` (the caller replays the kept response, or refuses the request).
         """
@@ -458,10 +457,8 @@ class Ledger(Application[UUID]):
                         self._evict(participant_id)  # decided on a stale copy: decide again
                         continue
                     raise
-                result, others, once = (
-                    (outcome.result, outcome.aggregates, outcome.idempotent)
-                    if isinstance(outcome, Also) else (outcome, (), None))
-                once = once or idempotent
+                result, others = ((outcome.result, outcome.aggregates)
+                                  if isinstance(outcome, Also) else (outcome, ()))
                 touched.extend(a.id for a in others)
                 if (not participant.pending_events and not any(a.pending_events for a in others)
                         and self._probe.latest(participant_id) != participant.version):
@@ -1062,8 +1059,8 @@ class Ledger(Application[UUID]):
             payment = p.pay(s.activity(activity), pence, currency, method, reference, reason,
                             at=self.clock(), by=by)
             view = payment_view(payment, erased=False, reveal=self._revealer())
-            return Also(view, (payment,), idempotent)
-        return self._change(participant_id, command)
+            return Also(view, (payment,))
+        return self._change(participant_id, command, idempotent)
 
     def reverse_payment(self, participant_id: UUID, payment_id: UUID, reason: object, *,
                         by: str, idempotent: IdempotentRequest | None = None) -> dict[str, Any]:
@@ -1072,5 +1069,5 @@ class Ledger(Application[UUID]):
             payment = self._payment(payment_id, fresh=False)
             p.reverse_payment(payment, reason, at=self.clock(), by=by)
             view = payment_view(payment, erased=False, reveal=self._revealer())
-            return Also(view, (payment,), idempotent)
-        return self._change(participant_id, command)
+            return Also(view, (payment,))
+        return self._change(participant_id, command, idempotent)

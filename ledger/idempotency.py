@@ -31,6 +31,7 @@ from .store import Sql
 KEEP = timedelta(hours=48)
 PURGE = "DELETE FROM {t}ledger_idempotency WHERE created_at < %s"
 SEALED = b"\x00s1"  # then the person's id (16 bytes), a nonce (12) and the AES-GCM ciphertext
+SEALED_FOR = len(SEALED) + 16  # the prefix that says whose a sealed response is
 ERASED = "erased"  # the fingerprint of a row whose person was erased
 
 
@@ -116,17 +117,18 @@ class IdempotencyStore:
         """A kept response as it was sent; None if it was sealed for a person since erased."""
         if not kept.body.startswith(SEALED):
             return kept.body  # (kept unsealed: by an earlier version, or after an erasure)
-        rest = kept.body[len(SEALED):]
-        data_key = self._data_keys.get(UUID(bytes=rest[:16]))
+        data_key = self._data_keys.get(UUID(bytes=kept.body[len(SEALED):SEALED_FOR]))
         if data_key is None:
             return None
-        return AESGCM(data_key).decrypt(rest[16:28], rest[28:], _aad(token_id, key))
+        nonce, sealed = kept.body[SEALED_FOR:SEALED_FOR + 12], kept.body[SEALED_FOR + 12:]
+        return AESGCM(data_key).decrypt(nonce, sealed, _aad(token_id, key))
 
     def forget(self, person: UUID) -> None:
         """On ``person``'s erasure, before their data key goes: drop the fingerprints of the
         requests kept for them (keyed digests of what they said), so a retry is answered as any
         write for an erased person, and nothing derived from their words outlives the key."""
-        prefix = "substring(body from 1 for 19)" if self.sql.is_postgres else "substr(body, 1, 19)"
+        prefix = (f"substring(body from 1 for {SEALED_FOR})" if self.sql.is_postgres
+                  else f"substr(body, 1, {SEALED_FOR})")
         self.sql.execute(f"UPDATE {{t}}ledger_idempotency SET request_hash = %s "
                          f"WHERE {prefix} = %s", (ERASED, SEALED + person.bytes))
 

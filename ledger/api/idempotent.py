@@ -49,12 +49,20 @@ def key_header(required: bool) -> dict[str, Any]:
     }
 
 
-def _bad_key() -> Response:
+def _bad_key(required: bool) -> Response:
+    if required:
+        return errors.problem(
+            400, "One Idempotency-Key header is required (1 to 200 printable ASCII characters, "
+                 "no commas).",
+            {"Idempotency-Key": ["required once: 1 to 200 printable ASCII characters, no "
+                                 "commas"]},
+            code="IdempotencyKeyRequired")
     return errors.problem(
-        400, "One Idempotency-Key header is required (1 to 200 printable ASCII characters, "
-             "no commas).",
-        {"Idempotency-Key": ["required once: 1 to 200 printable ASCII characters, no commas"]},
-        code="IdempotencyKeyRequired")
+        400, "The Idempotency-Key header, when given, must be given once: 1 to 200 printable "
+             "ASCII characters, no commas.",
+        {"Idempotency-Key": ["when given, once: 1 to 200 printable ASCII characters, no "
+                             "commas"]},
+        code="IdempotencyKeyInvalid")
 
 
 def require_idempotency_key(view: Any) -> Any:
@@ -62,7 +70,7 @@ def require_idempotency_key(view: Any) -> Any:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not KEY.match(request.headers.get("Idempotency-Key", "")):
-            return _bad_key()
+            return _bad_key(required=True)
         return view(*args, **kwargs)
     return wrapper
 
@@ -84,7 +92,7 @@ def idempotent(out: Schema, status: int, *, shape: Callable[[Any], Any] = lambda
             if given is None:
                 return view(self, body, once=None, **path)
             if not KEY.match(given):
-                return _bad_key()
+                return _bad_key(required=False)  # (a required key was checked before)
             store = ledger().idempotency
             store.maybe_purge()
             token_id = str(g.token_id)
@@ -123,7 +131,7 @@ def _replay_or_refuse(kept: Stored, once: IdempotentRequest) -> Response:
     if kept.request_hash != once.request_hash:
         return errors.problem(
             422, "This Idempotency-Key was already used for a different request.",
-            {"Idempotency-Key": ["already used with a different body"]},
+            {"Idempotency-Key": ["already used with a different request"]},
             code="IdempotencyKeyReused")
     body = ledger().idempotency.opened(kept, once.token_id, once.key)
     if body is None:  # (sealed for a person erased since)
