@@ -74,8 +74,13 @@ def compliance_report(*, rows: dict[str, list[dict[str, Any]]], people: list[dic
         ({"reference": o["reference"], "scope": o["scope"], "kind": o["kind"],
           "opened_at": o["opened_at"], "age_days": _days(o["opened_at"], as_of)}
          for o in rows["obligations"] if o["done_at"] is None), key=lambda o: o["opened_at"])
-    done_obligations = [_days(o["opened_at"], o["done_at"]) or 0.0
-                        for o in rows["obligations"] if o["done_at"] is not None]
+    # The design asks how long each piece of follow-up work took, not only the median.
+    done_obligations = sorted(
+        ({"reference": o["reference"], "scope": o["scope"], "kind": o["kind"],
+          "opened_at": o["opened_at"], "done_at": o["done_at"],
+          "days_to_done": _days(o["opened_at"], o["done_at"]) or 0.0}
+         for o in rows["obligations"] if o["done_at"] is not None),
+        key=lambda o: (o["done_at"], o["reference"], o["scope"], o["kind"]))
 
     return {
         "report": "compliance", "version": REPORT_VERSION, "as_of": as_of.isoformat(),
@@ -91,8 +96,8 @@ def compliance_report(*, rows: dict[str, list[dict[str, Any]]], people: list[dic
                               "channel": w["channel"]} for w in late],
         "obligations": {
             "open": open_obligations, "open_count": len(open_obligations),
-            "done_count": len(done_obligations),
-            "median_days_to_done": _median(done_obligations),
+            "done": done_obligations, "done_count": len(done_obligations),
+            "median_days_to_done": _median([o["days_to_done"] for o in done_obligations]),
         },
         "payments": _payments(rows, study, as_of, outstanding_days),
         "access_needs": _needs(rows, as_of),

@@ -61,6 +61,7 @@ def csv_tables(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         "use_without_consent": report["use_without_consent"],
         "late_withdrawals": report["late_withdrawals"],
         "open_obligations": obligations["open"],
+        "done_obligations": obligations["done"],
         "payment_rates": pay["rate_table"],
         "payments_by_method": [{"method": m, **v} for m, v in pay["by_method"].items()],
         "payments_paid_differently": pay["paid_differently"],

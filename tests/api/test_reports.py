@@ -115,6 +115,46 @@ def test_the_payment_figures_are_exactly_those_of_a_scripted_history(api_ledger,
     assert report_data(lg, outstanding_days=10)["payments"] == payments  # the views agree
 
 
+def test_the_report_shows_how_long_each_piece_of_follow_up_work_took(client, auditor, api_ledger,
+                                                                      clock):
+    """The design: a withdrawal opens follow-up work that staff mark done, and "reports show how
+    long each took". Each finished piece is listed with its own time, in every format, from the
+    views and from a replay alike; before it was done, a past report still shows it open."""
+    lg, t0 = api_ledger, clock.now
+    clock.now = t0 + timedelta(days=1)
+    pid = lg.register_participant("Fola Followup", by="t")["id"]
+    lg.grant_consent(pid, "analyse", "1.0", "online", by="t")
+    opened = lg.withdraw_consent(pid, "analyse", "email", by="t")["obligations"]
+    clock.now = t0 + timedelta(days=2, hours=12)
+    lg.discharge_obligation(pid, opened[0]["id"], None, by="t")
+    before_done = t0 + timedelta(days=2)
+    clock.now = t0 + timedelta(days=3)
+    ref = lg.participant(pid)["reference"]
+
+    now, replayed, earlier = (report_data(lg), report_data(lg, clock.now),
+                              report_data(lg, before_done))
+    q = f"/api/v1/reports/compliance?as_of={clock.now.isoformat().replace('+', '%2B')}"
+    as_csv = zipfile.ZipFile(io.BytesIO(client.get(q + "&format=csv", headers=auditor).data))
+    html = client.get(q + "&format=html", headers=auditor).data.decode()
+
+    done = now["obligations"]["done"]
+    assert [(d["reference"], d["scope"], d["kind"], d["days_to_done"]) for d in done] \
+        == [(ref, "analyse", opened[0]["kind"], 1.5)]
+    assert done[0]["opened_at"] == (t0 + timedelta(days=1)).isoformat()
+    assert done[0]["done_at"] == (t0 + timedelta(days=2, hours=12)).isoformat()
+    assert now["obligations"]["median_days_to_done"] == 1.5
+    assert now["obligations"]["open_count"] == len(opened) - 1
+    assert replayed["obligations"] == now["obligations"]
+    assert earlier["obligations"]["done"] == [] and earlier["obligations"]["open_count"] \
+        == len(opened)
+    rows = list(csv.DictReader(io.StringIO(as_csv.read("done_obligations.csv").decode())))
+    assert [(r["reference"], r["kind"], r["days_to_done"]) for r in rows] \
+        == [(ref, opened[0]["kind"], "1.5")]
+    assert "Follow-up work done, and how long each took" in html
+    assert f"<td>{ref}</td><td>analyse</td><td>{opened[0]['kind']}</td>" in html
+    assert "<td>1.5</td>" in html
+
+
 def test_the_current_report_from_the_views_equals_a_replay_of_the_whole_log(api_ledger, clock):
     _script(api_ledger, clock)
 
