@@ -12,6 +12,7 @@ from typing import Any
 import swagger_ui_bundle
 from flask import Flask, Response, abort, g, request, send_from_directory
 from flask_smorest import Api
+from werkzeug.wsgi import LimitedStream
 
 from ..application import Ledger
 from ..config import load_environment
@@ -73,13 +74,30 @@ class LedgerApi(Api):  # type: ignore[misc]
             self.spec.components.response(status.name, response, lazy=True)
 
 
-class BoundedBody:
-    """WSGI middleware: a chunked body (no Content-Length) is read here, up to the limit.
+class LengthChecked(LimitedStream):
+    """``wsgi.input`` up to its Content-Length, raising ``IncompleteBody`` if it ends before."""
 
-    Werkzeug bounds such a body by ``MAX_CONTENT_LENGTH`` but, reading it whole, stops at the
-    limit without an error: a body of 200 KiB was cut to its first 64 KiB, and if that much
-    parsed, it was accepted. Here a chunked body is read once, to one byte past the limit;
-    beyond it the request is marked and answered 413 before the app reads anything."""
+    def on_disconnect(self, error: Exception | None = None) -> None:
+        raise errors.IncompleteBody()
+
+
+class BoundedBody:
+    """WSGI middleware for the bodies a server hands over as ``wsgi.input_terminated``
+    (gunicorn), which Werkzeug then trusts as they are.
+
+    A chunked body (no Content-Length) is read here, up to the limit. Werkzeug bounds such a
+    body by ``MAX_CONTENT_LENGTH`` but, reading it whole, stops at the limit without an error: a
+    body of 200 KiB was cut to its first 64 KiB, and if that much parsed, it was accepted. Here a
+    chunked body is read once, to one byte past the limit; beyond it the request is marked and
+    answered 413 before the app reads anything.
+
+    A body with a Content-Length is checked as the app reads it: one that ends before that
+    length (the client closed its side, or timed out, mid-body) raises ``IncompleteBody``, a
+    400 (``errors.incomplete_body``). gunicorn hands over what came and Werkzeug does not check
+    it: a registration cut short after a whole JSON object was recorded (201), and a
+    participant's withdrawal form cut after its first scope withdrew that one alone. It is
+    checked lazily, not read here: a request refused before its body is needed (no token)
+    does not wait for a body that may never come."""
 
     TOO_LARGE = "ledger.body_too_large"
 
@@ -88,7 +106,11 @@ class BoundedBody:
         self.limit = limit
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        if environ.get("wsgi.input_terminated") and not environ.get("CONTENT_LENGTH"):
+        if environ.get("wsgi.input_terminated") and environ.get("CONTENT_LENGTH"):
+            length = environ["CONTENT_LENGTH"]
+            if length.isascii() and length.isdigit():  # (gunicorn refuses any other form)
+                environ["wsgi.input"] = LengthChecked(environ["wsgi.input"], int(length))
+        elif environ.get("wsgi.input_terminated") and not environ.get("CONTENT_LENGTH"):
             stream, parts, size = environ["wsgi.input"], [], 0
             while size <= self.limit:
                 part = stream.read(self.limit + 1 - size)

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from flask import Flask, Response, json, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from ..domain.errors import (
     ConcurrentUpdate,
@@ -46,6 +46,10 @@ CODES = {
     415: "UnsupportedMediaType", 422: "InvalidInput", 429: "TooManyRequests",
     500: "InternalError", 503: "NotReady",
 }
+
+
+class IncompleteBody(BadRequest):
+    """The request body ended before its Content-Length (the client dropped or timed out)."""
 
 
 def problem(status: int, detail: str | None = None, errors: dict[str, Any] | None = None,
@@ -141,6 +145,17 @@ def http_error(error: HTTPException) -> Response:
     return problem(status, detail, errors, headers=headers)
 
 
+def incomplete_body(error: IncompleteBody) -> Response:
+    """A body cut short: nothing was recorded, and the whole request may be sent again."""
+    if is_participant_page():
+        from .pages import incomplete_form
+
+        return incomplete_form()
+    return problem(400, "The request body ended before the length its Content-Length header "
+                        "gave. Nothing was recorded: send the whole request again.",
+                   {"body": ["ended before its Content-Length"]}, code="IncompleteBody")
+
+
 def too_deep(error: RecursionError) -> Response:
     """JSON nested beyond what any request needs."""
     return problem(400, "The request body is nested too deeply.",
@@ -172,6 +187,7 @@ def unexpected_error(error: Exception) -> Response:
 def register(app: Flask) -> None:
     """Install the handlers on an app."""
     app.register_error_handler(LedgerError, ledger_error)
+    app.register_error_handler(IncompleteBody, incomplete_body)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(RecursionError, too_deep)
     app.register_error_handler(UnreadableEvent, unreadable_event)

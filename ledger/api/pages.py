@@ -95,6 +95,12 @@ def gone(_: Exception) -> Response:
                  message="Links stop working after a while, or when we send you a new one.")
 
 
+def incomplete_form() -> Response:
+    """A form that did not arrive whole (the connection dropped while it was being sent)."""
+    return _page("my/gone.html", 400, heading="Your answer did not reach us in full",
+                 message="Nothing has changed. Please go back to your link and try again.")
+
+
 def kind_error(status: int, allowed: list[str] | None = None) -> Response:
     """Any error under /my/: the kind page, never an API problem document. A 405 says which
     methods the address takes (``Allow``, which RFC 9110 requires)."""

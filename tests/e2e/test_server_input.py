@@ -236,3 +236,102 @@ def test_the_server_opens_no_control_socket(tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     assert made == []
+
+
+def _sent_then_closed(server: Server, path: str, content_type: str, body: bytes,
+                      declared: int, token: str | None = None) -> tuple[int, bytes]:
+    """POST with ``Content-Length: declared`` and only ``body`` after it, then close the
+    sending side (as a client that drops or times out mid-body does); the answer's status and
+    bytes."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {declared}\r\nConnection: close\r\n")
+    if token is not None:
+        head += f"Authorization: Bearer {token}\r\n"
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head.encode() + b"\r\n" + body)
+        s.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    status = int(received.split(b" ", 2)[1])
+    return status, received
+
+
+def test_a_body_that_ends_before_its_content_length_is_400_and_writes_nothing(served):
+    """gunicorn hands the app what arrived, and Werkzeug trusts it: a registration whose body
+    stopped short of its Content-Length, after a whole JSON object, was recorded (201). It is
+    refused, naming the body, and no one is registered; the same bytes with their true length
+    register the person."""
+    server, token = served
+    body = json.dumps({"name": NAME}).encode()
+    before = _count(server, token)
+
+    cut_status, cut = _sent_then_closed(server, "/api/v1/participants", "application/json",
+                                        body, len(body) + 100, token)
+    after_cut = _count(server, token)
+    whole_status, _ = _sent_then_closed(server, "/api/v1/participants", "application/json",
+                                        body, len(body), token)
+
+    assert cut_status == 400, cut
+    problem = json.loads(cut.split(b"\r\n\r\n", 1)[1])
+    assert problem["code"] == "IncompleteBody" and "body" in problem["errors"]
+    assert b"application/problem+json" in cut and NAME.encode() not in cut
+    assert after_cut == before
+    assert whole_status == 201 and _count(server, token) == before + 1
+
+
+def test_a_withdrawal_form_cut_short_withdraws_nothing_and_says_so(served):
+    """A participant ticks two choices and the connection drops after the first: before, that
+    one was withdrawn alone (303 to "stopped"), the person's choice only partly carried out.
+    Now nothing is withdrawn and the page says the answer did not arrive in full."""
+    import re
+
+    server, token = served
+    staff = {"Authorization": f"Bearer {token}"}
+    _, _, made = server.request("POST", "/api/v1/participants", {"name": NAME}, staff)
+    pid = json.loads(made)["id"]
+    for scope, extra in [("take_part", {}), ("record", {}),
+                         ("quote", {"attribution": "anonymous"})]:
+        granted = server.request("POST", f"/api/v1/participants/{pid}/consents",
+                                 {"scope": scope, "form_version": "1.0", "method": "online",
+                                  **extra}, staff)
+        assert granted[0] == 201, granted
+    _, _, link = server.request("POST", f"/api/v1/participants/{pid}/withdrawal-link", {}, staff)
+    path = json.loads(link)["url"].removeprefix(server.url)
+    _, _, page = server.request("GET", path)
+    csrf = re.search(rb'name="csrf" value="([^"]+)"', page).group(1).decode()
+    form = f"csrf={csrf}&scope=quote&scope=record".encode()
+
+    status, answer = _sent_then_closed(server, path + "/withdraw",
+                                       "application/x-www-form-urlencoded",
+                                       form[:form.index(b"&scope=record")], len(form))
+    _, _, shown = server.request("GET", f"/api/v1/participants/{pid}", headers=staff)
+    states = {s: c["state"] for s, c in json.loads(shown)["consents"].items()}
+    whole, _ = _sent_then_closed(server, path + "/withdraw",
+                                 "application/x-www-form-urlencoded", form, len(form))
+    _, _, shown = server.request("GET", f"/api/v1/participants/{pid}", headers=staff)
+
+    assert status == 400, answer
+    assert b"did not reach us in full" in answer and b"Nothing has changed" in answer
+    assert (states["quote"], states["record"]) == ("given", "given")
+    assert whole == 303
+    assert {s: c["state"] for s, c in json.loads(shown)["consents"].items()
+            if s in ("quote", "record")} == {"quote": "withdrawn", "record": "withdrawn"}
+
+
+def test_a_request_without_a_token_is_refused_without_waiting_for_its_body(served):
+    """The length is checked as the body is read, not by reading it first: a request that
+    promises a body it never sends, and has no token, is answered 401 at once rather than
+    holding one of the server's few threads until the client gives up."""
+    server, _ = served
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /api/v1/participants HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        started = time.monotonic()
+        answer = s.recv(65536)  # (the socket stays open: the body never comes)
+        waited = time.monotonic() - started
+
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:80]
+    assert waited < 5
