@@ -45,6 +45,37 @@ def test_the_feed_lists_every_event_in_order_with_time_and_actor(client, auditor
     assert feed["next_after"] is None
 
 
+def test_amounts_in_the_feed_are_also_strings_in_pounds_as_everywhere_in_the_api(
+        client, auditor, history, staff):
+    """The contract: "Amounts are strings in pounds ("25.00")". The feed showed the stored
+    integer pence alone (``amount_pence: 2500``); each such amount now has its pounds beside it,
+    nested ones (the study's rates) too, and the pence stay for scripts that read them."""
+    reduction = client.post(f"/api/v1/participants/{history}/payment-reductions",
+                            headers=staff,
+                            json={"activity": "workshop", "amount": "10.50", "reason": "b"})
+    assert reduction.status_code == 201, reduction.json
+    items = client.get("/api/v1/audit/events?limit=1000", headers=auditor).json["items"]
+
+    paid = next(e["data"] for e in items if e["topic"] == "ledger:Payment.Recorded")
+    reduced = next(e["data"] for e in items if e["topic"].endswith("PaymentReduced"))
+    study = next(e["data"] for e in items if e["topic"] == "ledger:Study.Created")
+    assert (paid["amount"], paid["expected"], paid["amount_pence"]) == ("25.00", "25.00", 2500)
+    assert (reduced["amount"], reduced["amount_pence"]) == ("10.50", 1050)
+    rates = [a for a in _dicts(study) if "rate_pence" in a]
+    assert rates and all(a["rate"] == f"{a['rate_pence'] // 100}.{a['rate_pence'] % 100:02d}"
+                         for a in rates)
+
+
+def _dicts(value):
+    if isinstance(value, dict):
+        yield value
+        for v in value.values():
+            yield from _dicts(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _dicts(v)
+
+
 def test_the_feed_holds_no_personal_data(client, auditor, history):
     text = client.get("/api/v1/audit/events?limit=1000", headers=auditor).get_data(as_text=True)
 
