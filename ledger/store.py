@@ -719,6 +719,15 @@ class Sql:
             out += events
         return out
 
+    def originators_between(self, events_table: str, first: int, last: int) -> set[UUID]:
+        """The aggregates with an event whose notification id is from ``first`` to ``last``
+        (ids and positions only: no state is read)."""
+        column = "notification_id" if self.is_postgres else "rowid"
+        rows = self.query(f"SELECT DISTINCT originator_id FROM {{t}}{events_table} "
+                          f"WHERE {column} BETWEEN %s AND %s", (first, last))
+        return {r["originator_id"] if self.is_postgres else UUID(r["originator_id"])
+                for r in rows}
+
     def shard_notifications(self, events_table: str, first: int, last: int,
                             shard: tuple[int, int], sharded_topics: str) -> list[Notification]:
         """The notifications with ids from ``first`` to ``last``, in order, leaving out those

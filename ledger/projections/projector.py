@@ -50,6 +50,9 @@ PARALLEL_FROM = 20_000  # events in the log from which a rebuild starts worker p
 MAX_WORKERS = 4
 FOLLOW_KEEP = 2_000  # aggregates held while following the log (each worker process holds its own)
 WRITTEN_KEEP = 1_000  # participants whose last written rows are remembered
+# Past this many events applied by other processes, a follower starts its replay afresh
+# rather than asking which of the aggregates it holds those events changed.
+GAP_ASKED = 50_000
 PARTICIPANT, PAYMENT, STUDY = "ledger:Participant", "ledger:Payment", "ledger:Study"
 
 
@@ -372,6 +375,8 @@ class Projector:
             # The views went back behind what this replay applied (a rebuild emptied them, or
             # put them back): its aggregates are too far on for these pages. Start afresh.
             self.replay = self.new_replay(self.replay.keep, self.replay.shard)
+        elif expected > self.replay.position and self.replay.aggregates:
+            self._forget_what_others_applied(expected)
         try:
             entries = self.entries(page, decoded)
             try:
@@ -390,6 +395,21 @@ class Projector:
         while len(self._written) > self._written_keep:
             self._written.popitem(last=False)
         self._written_at = page[-1].id
+
+    def _forget_what_others_applied(self, expected: int) -> None:
+        """Another process applied the pages from this replay's position to ``expected``: drop
+        what this replay holds that those events changed, to be read back when next needed.
+        Without this, a payment reversed there (or a person changed there) was still held here
+        as it was before, and the person's next event applied here rewrote their rows from it:
+        the staff list and the current report showed a reversed payment as paid, until the
+        person's next event happened to be applied where the payment was fresh."""
+        first = self.replay.position + 1
+        if expected - first >= GAP_ASKED:
+            self.replay = self.new_replay(self.replay.keep, self.replay.shard)
+            return
+        changed = self.ledger.sql.originators_between(
+            self.ledger.recorder.events_table_name, first, expected)
+        self.replay.forget(a for a in changed if a in self.replay.aggregates)
 
     def _entry(self, participant_id: UUID) -> Entry:
         p = self.replay.participant(participant_id)

@@ -208,7 +208,8 @@ def test_several_ledgers_writing_at_once_leave_views_equal_to_a_rebuild(store_en
             for n, pid in enumerate(pids):
                 if (n + i) % 3 == 0:
                     lg.grant_consent(pid, "record", "1.0", "online", by="t")
-                    lg.record_payment(pid, "conversation", "25.00", "cash", by="t")
+                    paid = lg.record_payment(pid, "conversation", "25.00", "cash", by="t")
+                    lg.reverse_payment(pid, paid["id"], "paid by mistake", by="t")
                 else:
                     lg.request_access_need(pid, "captions", "live captions", by="t")
         except BaseException as e:  # noqa: BLE001
@@ -231,6 +232,45 @@ def test_several_ledgers_writing_at_once_leave_views_equal_to_a_rebuild(store_en
     assert errors == []
     assert live == rebuilt
     assert live[0] == last
+
+
+def test_a_payment_changed_by_another_process_is_not_written_back_as_it_was(store_env):
+    """Two processes keep the views by turns (two API workers). The first has applied a payment
+    and holds it; the second applies its reversal; then the first applies the person's next
+    event and rewrites their rows. It used the payment as it still held it, so the staff list
+    and the current compliance report showed the payment paid (a review found 12 of 30 people
+    wrong under two workers) while the record said reversed."""
+    from ledger.reports import report_data
+
+    env = {**store_env, "LEDGER_PROJECTIONS": "external"}  # each catches up only when told
+    first, second = Ledger(env), Ledger(env)
+    first.init_study(by="t")
+    pid = first.register_participant("Turn Taker", by="t")["id"]
+    first.grant_consent(pid, "take_part", "1.0", "online", by="t")
+    paid = first.record_payment(pid, "conversation", "25.00", "cash", by="t")
+    first.projector.catch_up()  # the first holds the payment, as paid
+    first.reverse_payment(pid, paid["id"], "paid twice by mistake", by="t")
+    second.projector.catch_up()  # the second applies the reversal
+    first.record_use(pid, "take_part", "quoted in the notes", by="t")
+    first.projector.catch_up()  # the first rewrites the person's rows
+
+    try:
+        listed = first.participants_page(limit=10, after=None)["items"]
+        record = first.participant(pid)
+        from_views = report_data(first)["payments"]
+        replayed = report_data(first, first.clock())["payments"]
+        live, rebuilt = _snapshot(first), None
+        second.projector.rebuild()
+        rebuilt = _snapshot(first)
+    finally:
+        first.close()
+        second.close()
+
+    assert [p["status"] for p in record["payments"]] == ["reversed"]
+    assert listed == [record]
+    assert (from_views["paid"], from_views["reversed"]) == (0, 1)
+    assert from_views == replayed
+    assert live == rebuilt
 
 
 def test_a_new_process_catches_the_views_up_at_start(store_env):
