@@ -49,7 +49,7 @@ from .domain.errors import (
 )
 from .domain.money import parse_pence
 from .idempotency import IdempotencyStore, IdempotentRequest
-from .privacy.keys import SIGNING_KEY_FILE, MasterKey, ensure_signing_key
+from .privacy.keys import MASTER_KEY_FILE, SIGNING_KEY_FILE, MasterKey, ensure_signing_key
 from .privacy.keystore import DataKeyStore
 from .privacy.links import LinkRef, LinkStore
 from .privacy.mapper import PersonalDataMapper, SealedAsBase64
@@ -151,7 +151,18 @@ class Ledger(Application[UUID]):
         with schema_lock(es_env, self.settings):  # workers starting together must not race to create tables
             super().__init__(es_env)
             self.sql = Sql(self.factory.datastore)  # type: ignore[attr-defined]
-            self._check_master_key()
+            try:
+                self._check_master_key()
+            except ConfigurationError:
+                # The database was set up with another master key. The keys this start made,
+                # taking the directory for a new ledger's, must not stay beside it: with the
+                # backed-up master.key put back, a new signing.key left here would sign the
+                # next checkpoint, and `ledger verify` would fail for good.
+                if made_signing_key:
+                    signing_key.unlink(missing_ok=True)
+                if self.master_key.made:
+                    (self.settings.data_dir / MASTER_KEY_FILE).unlink(missing_ok=True)
+                raise
             self.keys = DataKeyStore(self.sql, self.master_key.wrapping_key())
             self.tokens = TokenStore(self.sql, self.master_key.derive("api-token-hmac/v1"))
             self.links = LinkStore(self.sql, self.master_key.derive("withdrawal-link/v1"))
@@ -266,6 +277,11 @@ class Ledger(Application[UUID]):
                     "INSERT INTO {t}ledger_meta (name, value) VALUES (%s, %s)",
                     ("master_key_id", self.master_key.key_id),
                 )
+            elif row["value"] != self.master_key.key_id and self.master_key.made:
+                raise ConfigurationError(
+                    f"LEDGER_DATA_DIR holds no {MASTER_KEY_FILE}, but this database was set up "
+                    f"with one: put the backed-up {MASTER_KEY_FILE} and {SIGNING_KEY_FILE} back "
+                    "in LEDGER_DATA_DIR (no key was made in their place)")
             elif row["value"] != self.master_key.key_id:
                 raise ConfigurationError(
                     "the master key in LEDGER_DATA_DIR does not match this database"

@@ -43,14 +43,17 @@ class MasterKey:
         if len(secret) != 32:
             raise ValueError("the master key must be 32 bytes")
         self._secret = secret
+        self.made = False  # whether load_or_create made this key just now
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> MasterKey:
         """Load the master key, creating it (mode 0600) on first use."""
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = data_dir / MASTER_KEY_FILE
-        write_secret_file(path, base64.b64encode(secrets.token_bytes(32)) + b"\n")
-        return cls(base64.b64decode(path.read_bytes().strip()))
+        made = write_secret_file(path, base64.b64encode(secrets.token_bytes(32)) + b"\n")
+        key = cls(base64.b64decode(path.read_bytes().strip()))
+        key.made = made
+        return key
 
     def derive(self, purpose: str) -> bytes:
         """A 32-byte key for one purpose; different purposes give unrelated keys."""

@@ -313,3 +313,40 @@ def test_the_follower_that_meets_a_changed_event_says_where(store_env, tmp_path,
         assert ledger.projector.views.position() == last.id
     finally:
         ledger.close()
+
+
+def test_a_database_opened_without_its_keys_gets_no_new_keys_left_beside_it(store_env,
+                                                                            tmp_path):
+    """A data directory without its keys (the SQLite file moved without them, or a second host
+    on a PostgreSQL database with an empty LEDGER_DATA_DIR): the start is refused, saying the
+    key is missing, and no key is left behind. Before, a new master.key and signing.key stayed
+    there; with the backed-up master.key put back, the next command signed a checkpoint with
+    the new signing.key, and `ledger verify` failed for good even with the right keys back."""
+    import shutil
+
+    first = Ledger(store_env)
+    first.init_study(by="t")
+    first.register_participant("Moved Without Keys", by="t")
+    first.merkle.checkpoint()
+    first.close()
+    home = Path(store_env["LEDGER_DATA_DIR"])
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    url = {k: v for k, v in store_env.items() if k == "LEDGER_DATABASE_URL"}
+    if not url:
+        for f in home.glob("ledger.sqlite3*"):
+            shutil.copy(f, moved / f.name)
+
+    stderr = _one_line_error(_run(moved, "tokens", "list", **url))
+    left = sorted(p.name for p in moved.iterdir() if p.suffix == ".key")
+    for name in ("master.key", "signing.key"):  # what the message asks for
+        shutil.copy(home / name, moved / name)
+    again = Ledger({**store_env, "LEDGER_DATA_DIR": str(moved)})
+    again.register_participant("After The Keys Came Back", by="t")
+    again.merkle.checkpoint()
+    again.close()
+    verified = _run(moved, "verify", **url)
+
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert left == []
+    assert "holds no master.key" in stderr and "put the backed-up" in stderr
