@@ -15,6 +15,7 @@ consistent snapshot while the service runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -23,7 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
-from .locks import InUse, unused
+from .locks import InUse, held_here, unused
+
+log = logging.getLogger("ledger.backup")
 
 
 class BackupError(Exception):
@@ -115,9 +118,11 @@ def restoring(backup: Path, database: Path) -> Iterator[tuple[int, Path | None]]
     else can open either. Yields the number of events restored and where the replaced
     database went."""
     events = _check(backup)
-    incoming = database.with_name(database.name + ".restoring")
+    incoming = _incoming(database)
+    marker = _pending(database)
     try:
         with unused(str(database)):
+            _undo_interrupted(database)  # (an earlier restore killed mid-way)
             # The copy first, beside the live database: a kill meanwhile leaves it in place.
             fd = os.open(incoming, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
             try:
@@ -127,10 +132,13 @@ def restoring(backup: Path, database: Path) -> Iterator[tuple[int, Path | None]]
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            kept: Path | None = None
+            kept = _kept_name(database) if database.exists() else None
+            # Before anything moves, a note of where the live database goes: if this process is
+            # killed from here until the copy is verified and the erasures it would undo are
+            # repeated, the next process to open the database puts it back (``_undo``).
+            _write_durably(marker, b"" if kept is None else kept.name.encode())
             try:
-                if database.exists():
-                    kept = _kept_name(database)
+                if kept is not None:
                     for suffix in ("", "-wal", "-shm"):
                         current = Path(f"{database}{suffix}")
                         if current.exists():
@@ -139,8 +147,12 @@ def restoring(backup: Path, database: Path) -> Iterator[tuple[int, Path | None]]
                 _fsync_directory(database.parent)
                 yield events, kept
             except BaseException:
-                put_back(database, kept)
+                _undo(database, kept, swapped=not incoming.exists())
+                marker.unlink(missing_ok=True)
+                _fsync_directory(database.parent)
                 raise
+            marker.unlink()
+            _fsync_directory(database.parent)
     except InUse:
         raise BackupError("the database is open in another process (`ledger serve`, "
                           "`ledger projections run` or another command): stop it first; "
@@ -157,12 +169,70 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def put_back(database: Path, kept: Path | None) -> None:
-    """Undo a restore: the restored copy goes, the database it replaced comes back."""
+def _incoming(database: Path) -> Path:
+    return database.with_name(database.name + ".restoring")
+
+
+def _pending(database: Path) -> Path:
+    """The note that a restore of ``database`` has begun and not finished."""
+    return database.with_name(database.name + ".restore-pending")
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_directory(path.parent)
+
+
+def _undo(database: Path, kept: Path | None, *, swapped: bool) -> None:
+    """Undo a restore: once the copy was swapped in, it goes (with the files SQLite made beside
+    it); each file of the replaced database comes back, as far as it had been moved. Before
+    the swap, the files not yet moved are the live database's own and stay."""
     for suffix in ("", "-wal", "-shm"):
-        Path(f"{database}{suffix}").unlink(missing_ok=True)
+        if swapped:
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
         if kept is not None and Path(f"{kept}{suffix}").exists():
             os.replace(Path(f"{kept}{suffix}"), Path(f"{database}{suffix}"))
+
+
+def _undo_interrupted(database: Path) -> bool:
+    """With the database held (``unused``): if a restore was killed before it finished (its
+    note is still there), put back the database it replaced. True if it did."""
+    marker = _pending(database)
+    try:
+        name = marker.read_bytes().decode()
+    except FileNotFoundError:
+        return False
+    kept = database.with_name(name) if name else None
+    incoming = _incoming(database)
+    _undo(database, kept, swapped=not incoming.exists())
+    incoming.unlink(missing_ok=True)
+    _fsync_directory(database.parent)
+    marker.unlink()
+    _fsync_directory(database.parent)
+    log.warning("a restore was stopped before it finished (the copy was not yet verified, or "
+                "the erasures it would undo not yet repeated): the database it replaced was "
+                "put back. Run `ledger restore` again if it is still wanted.")
+    return True
+
+
+def finish_interrupted_restore(database: Path) -> None:
+    """Before opening ``database``: put back what a restore killed mid-way replaced, unless a
+    restore is running now (it holds the database; opening waits for it) or this process is
+    the one restoring. Without this, a restore killed after the swap left its unverified copy
+    in place, with the erasures recorded since the backup not repeated: an erased person's
+    data was readable again, and nothing said so."""
+    if not _pending(database).exists() or held_here(str(database)):
+        return
+    try:
+        with unused(str(database)):
+            _undo_interrupted(database)
+    except InUse:
+        return  # a restore holds it (or another process is putting it back): wait to open
 
 
 def kept_databases(database: Path) -> list[Path]:

@@ -26,6 +26,10 @@ def open_ledger(*, create: bool = False, **overrides: str) -> Iterator[Ledger]:
     mistyped LEDGER_DATA_DIR is an error, not an empty ledger created on the spot."""
     env = {**load_environment(), **overrides}
     settings = Settings.from_env(env)
+    if not settings.database_url:
+        from .backup import finish_interrupted_restore
+
+        finish_interrupted_restore(settings.sqlite_path)  # (it may have moved the database)
     if not create and not settings.database_url and not settings.sqlite_path.exists():
         raise click.ClickException(f"there is no ledger at {settings.sqlite_path}: check "
                                    "LEDGER_DATA_DIR, or run `ledger init` to create one")

@@ -97,6 +97,11 @@ def _in_use_file(database: str) -> int:
 _HELD: set[str] = set()
 
 
+def held_here(database: str) -> bool:
+    """Whether this process holds the database with ``unused`` (a restore, in this process)."""
+    return os.path.abspath(database) in _HELD
+
+
 def in_use(database: str) -> int:
     """Mark a SQLite database as open by this process: a shared ``flock`` on a file beside it,
     held until the returned descriptor is closed (or the process ends). -1 (no mark needed)

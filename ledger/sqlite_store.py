@@ -44,6 +44,12 @@ class DurableSQLiteConnectionPool(SQLiteConnectionPool):
     for a second reading connection while it holds one (a nested read) gets one from the pool."""
 
     def __init__(self, **kwargs: Any) -> None:
+        if not SQLiteConnectionPool.detect_memory_mode(kwargs.get("db_name", "")):
+            from pathlib import Path
+
+            from .backup import finish_interrupted_restore
+
+            finish_interrupted_restore(Path(kwargs["db_name"]))
         super().__init__(**kwargs)
         self.gate = FileLock(f"{self.db_name}-write.lock")
         self._gate_timeout_s = float(self.lock_timeout or 5)

@@ -14,6 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ledger.application import Ledger
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
@@ -451,3 +453,64 @@ def test_an_unreadable_erasure_row_does_not_stop_the_others_being_repeated(tmp_p
         assert lg.participant(pid)["name"] == "[erased]"
     finally:
         lg.close()
+
+
+# A restore killed (SIGKILL: nothing of it runs after) at a point: on the first or second of its
+# renames (before anything moved, or with the live database moved aside and the copy not yet in
+# place), or inside the block, with the copy in place and not yet verified.
+KILLED_RESTORE = """
+import os, signal, sys
+from pathlib import Path
+import ledger.backup as backup
+
+point, source, database = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+calls = 0
+real_replace = os.replace
+
+def replace(a, b):
+    global calls
+    calls += 1
+    if point == f"rename{calls}":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(a, b)
+
+backup.os.replace = replace
+with backup.restoring(source, database):
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("point", ["rename1", "rename2", "block"])
+def test_a_restore_killed_at_any_point_is_undone_by_the_next_process_to_open_the_ledger(
+        tmp_path, point, caplog):
+    """Killed, a restore runs no clean-up of its own. Before, one killed after the swap left
+    its copy in place, unverified and with the erasures made since the backup not repeated:
+    an erased person's data could be read again, and nothing said so. The next process to open
+    the ledger now puts the replaced database back, whole, and says so; the person stays
+    erased, and a restore run again then completes."""
+    data, pid, _ = _two_people_backed_up(tmp_path)
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    lg.erase(pid, "asked", by="t")
+    lg.close()
+    before = _rows(data / "ledger.sqlite3")
+    database = data / "ledger.sqlite3"
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_RESTORE, point,
+                             str(tmp_path / "b.sqlite3"), str(database)], timeout=120)
+    with caplog.at_level("WARNING", logger="ledger.backup"):
+        lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    try:
+        shown = lg.participant(pid)
+        key = lg.keys.exists(pid)
+    finally:
+        lg.close()
+    after = _rows(database)
+    left = [p.name for p in data.iterdir() if "restor" in p.name]
+    again = _run(data, "restore", str(tmp_path / "b.sqlite3"))
+
+    assert killed.returncode == -9
+    assert shown["erased"] is True and shown["name"] == "[erased]" and not key
+    assert after == before
+    assert "a restore was stopped before it finished" in caplog.text
+    assert left == []
+    assert again.returncode == 0 and "Erased 1 participant(s) again" in again.stderr
