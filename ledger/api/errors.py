@@ -109,7 +109,7 @@ def _without_submitted_names(errors: dict[Any, Any]) -> dict[Any, Any]:
 
 def is_participant_page() -> bool:
     """Under /my/: the participant pages, which answer every error with a kind HTML page."""
-    return request.path.startswith("/my/")
+    return request.path == "/my" or request.path.startswith("/my/")
 
 
 def ledger_error(error: LedgerError) -> Response:

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, g, json, redirect, render_te
 from flask.typing import ResponseReturnValue
 
 from ..domain.errors import LedgerError, LinkNoLongerWorks, LinkNotFound, UnknownScope
-from ..privacy.links import LinkRef
+from ..privacy.links import TOKEN, LinkRef
 from ..store import refused_by_the_store
 from .common import ledger
 
@@ -50,6 +50,27 @@ def state_words(state: str) -> str:
     return STATE_WORDS.get(state, state)
 
 
+@blp.app_template_filter("step_words")
+def step_words(state: str) -> str:
+    """One step of a choice's history in everyday words (being asked is not "not answered")."""
+    return "We asked you" if state == "requested" else STATE_WORDS.get(state, state)
+
+
+def agreed_forms(receipt: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each form version the person said yes on, with its check code and the choices they
+    agreed to on it: a form they were only asked about, or said no to, is not one they agreed
+    to. One line a form, so the same code is not read out once a choice."""
+    forms: dict[tuple[str, str | None], list[str]] = {}
+    for p in receipt["services"][0]["purposes"]:
+        for h in p["history"]:
+            if h["state"] == "given" and h["formVersion"]:
+                agreed = forms.setdefault((h["formVersion"], h["formSha256"]), [])
+                if p["purpose"] not in agreed:
+                    agreed.append(p["purpose"])
+    return [{"version": v, "sha256": sha, "purposes": purposes}
+            for (v, sha), purposes in forms.items()]
+
+
 def _page(template: str, status: int = 200, **context: Any) -> Response:
     try:
         study = ledger().study()
@@ -59,6 +80,13 @@ def _page(template: str, status: int = 200, **context: Any) -> Response:
         name, email = ledger().last_known_contact()
     context.setdefault("study", name)
     context.setdefault("contact_email", email)
+    # (from the path: a 405 is raised before the route's arguments are known)
+    parts = request.path.split("/")
+    token = parts[2] if len(parts) > 2 and parts[1] == "my" and TOKEN.match(parts[2]) else None
+    if template == "my/gone.html" and status not in (404, 410, 429) and token:
+        # A page that says "go back to your link" gives the way back: the link still works
+        # (these are not the pages for a link that does not).
+        context.setdefault("back", url_for("pages.choices", token=token))
     return Response(render_template(template, **context), status=status,
                     mimetype="text/html")
 
@@ -89,8 +117,12 @@ def not_found(_: Exception) -> Response:
 
 
 @blp.errorhandler(LinkNoLongerWorks)
-def gone(_: Exception) -> Response:
-    """A replaced, stopped or expired link."""
+def gone(error: LinkNoLongerWorks) -> Response:
+    """A replaced, stopped or expired link. An erased person's says nothing of sending a new
+    one (none can be sent: nothing of theirs is left to show)."""
+    if error.erased:
+        return _page("my/gone.html", 410, heading="This link does not work any more",
+                     message="There is nothing left to see or change here.", closed=True)
     return _page("my/gone.html", 410, heading="This link does not work any more",
                  message="Links stop working after a while, or when we send you a new one.")
 
@@ -126,7 +158,7 @@ def kind_error(status: int, allowed: list[str] | None = None) -> Response:
                               "told us is kept. Please try again in a few minutes."))
     return _page("my/gone.html", status if status in (404, 410) else 400,
                  heading="We cannot find this page",
-                 message="The link may be mistyped, or it may be old.")
+                 message="The link may be mistyped, or it may be old.", back=None)
 
 
 def _chosen(view: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
@@ -145,9 +177,17 @@ def _bad_form() -> Response:
 
 @blp.get("/my/<token>")
 def choices(token: str) -> ResponseReturnValue:
-    """Your choices, scope by scope, with a way to stop any of them."""
+    """Your choices, scope by scope, with a way to stop any of them. ``?scope=`` ticks those
+    choices again (back from the check page: nothing to tick twice, WCAG 2.2's 3.3.7);
+    ``?missing=1`` says that nothing was ticked (the form's answer, by 303, so that Back to
+    it never asks to send the form again)."""
     ref, view = ledger().open_link(token)
-    return _page("my/choices.html", view=view, token=token, csrf=ledger().links.csrf_token(ref))
+    ticked = set(request.args.getlist("scope"))
+    missing = request.args.get("missing") == "1"
+    return _page("my/choices.html", view=view, token=token, csrf=ledger().links.csrf_token(ref),
+                 ticked=ticked, error="Tick at least one thing you want us to stop."
+                 if missing and view["can_withdraw"] else None,
+                 first=view["can_withdraw"][0] if view["can_withdraw"] else "")
 
 
 def _already_stopped(token: str, view: dict[str, Any], names: list[str]) -> ResponseReturnValue | None:
@@ -174,11 +214,8 @@ def confirm(token: str) -> ResponseReturnValue:
     if stopped is not None:
         return stopped
     chosen = [s["name"] for s in _chosen(view, names) if s["state"] == "given"]
-    if not chosen:
-        return _page("my/choices.html", 400, view=view, token=token,
-                     csrf=ledger().links.csrf_token(ref),
-                     error="Tick at least one thing you want us to stop.",
-                     first=view["can_withdraw"][0] if view["can_withdraw"] else "")
+    if not chosen:  # asked again, on a GET of its own (Back to it sends nothing again)
+        return redirect(url_for("pages.choices", token=token, missing="1"), code=303)
     return redirect(url_for("pages.check", token=token, scope=chosen), code=303)
 
 
@@ -250,15 +287,20 @@ def done(token: str) -> ResponseReturnValue:
     _, view = ledger().open_link(token)
     stopped = request.args.get("stopped", "").split(",")
     already = request.args.get("already", "").split(",")
-    return _page("my/done.html", token=token, nothing=bool(request.args.get("nothing")),
-                 withdrawn=[s for s in _chosen(view, stopped) if s["state"] == "withdrawn"],
-                 already=[s for s in _chosen(view, already) if s["state"] == "withdrawn"])
+    nothing = bool(request.args.get("nothing"))
+    withdrawn = [s for s in _chosen(view, stopped) if s["state"] == "withdrawn"]
+    earlier = [s for s in _chosen(view, already) if s["state"] == "withdrawn"]
+    if not (nothing or withdrawn or earlier):  # an old or hand-made address: "Done" with
+        return redirect(url_for("pages.choices", token=token), code=303)  # nothing in it
+    return _page("my/done.html", token=token, nothing=nothing, withdrawn=withdrawn,
+                 already=earlier)
 
 
 @blp.get("/my/<token>/receipt")
 def receipt(token: str) -> ResponseReturnValue:
     """A printable receipt of your choices."""
-    return _page("my/receipt.html", token=token, receipt=ledger().consent_receipt(token))
+    data = ledger().consent_receipt(token)
+    return _page("my/receipt.html", token=token, receipt=data, agreed=agreed_forms(data))
 
 
 @blp.get("/my/<token>/receipt.json")

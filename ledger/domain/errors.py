@@ -73,6 +73,8 @@ class LinkNotFound(NotFound):
 class LinkNoLongerWorks(NotFound):
     """The withdrawal link was replaced, revoked or has expired (HTTP 410 on the pages)."""
 
+    erased = False  # the person's details were erased: no new link can be sent
+
 
 class NotErased(NotFound):
     """The participant has not been erased, so there is no erasure receipt."""

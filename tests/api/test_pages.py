@@ -76,6 +76,57 @@ def test_the_page_does_not_assume_the_person_has_taken_part(client, staff, pid, 
     assert "Where each choice stands" in html and "Take part: Not answered yet" in html
 
 
+def test_the_receipt_lists_only_forms_the_person_said_yes_on(client, staff, pid, api_ledger):
+    """A choice they were only asked about, or said no to, is not a form they agreed to: the
+    receipt said it was (every choice with a form version was listed under "The forms you
+    agreed to"), and its history said "Not answered yet" for the day they were asked. The check
+    code is given once a form, not once a choice."""
+    who = UUID(pid)
+    for scope in ("take_part", "record"):
+        api_ledger.grant_consent(who, scope, "1.0", "online", by="test")
+    api_ledger.request_consent(who, "publish", "1.0", by="test")
+    api_ledger.refuse_consent(who, "publish", by="test")
+    api_ledger.request_consent(who, "archive", "1.0", by="test")
+    html = client.get(_link(client, staff, pid) + "/receipt").get_data(as_text=True)
+    forms = html.split("<h2>The forms you agreed to</h2>")[1].split("<h2>")[0]
+    archive = html.split("Keep your story for the future:")[1].split("</ul>")[0]
+
+    assert "Form version 1.0, for: Take part, Record the talk." in forms
+    assert "Share your story in public" not in forms
+    assert "Keep your story for the future" not in forms
+    assert forms.count("Check code:") == 1
+    assert "We asked you, on form version 1.0" in archive and "Not answered yet," not in archive
+
+
+def test_a_receipt_with_no_yes_says_so(client, staff, pid, api_ledger):
+    api_ledger.request_consent(UUID(pid), "take_part", "1.0", by="test")
+
+    html = client.get(_link(client, staff, pid) + "/receipt").get_data(as_text=True)
+
+    assert "You have not said yes on any form yet." in html and "Check code" not in html
+
+
+def test_a_page_that_says_go_back_to_your_link_gives_the_way_back(client, staff, person):
+    """Pages for a form that could not be used (out of date, the wrong method) said "go back
+    to your link" with no link to follow; one for a link that does not work gives none."""
+    path = _link(client, staff, person)
+    back = f'<a href="{path}">Go back to your choices</a>'
+
+    stale_form = client.post(path + "/withdraw", data={"csrf": "0" * 64, "scope": "record"})
+    wrong_method = client.get(path + "/withdraw")
+    client.post(f"/api/v1/participants/{person}/withdrawal-link/revocation", headers=staff,
+                json={})
+    revoked = client.get(path)
+    unknown = client.get("/my/" + "x" * 43)
+
+    assert stale_form.status_code == 400 and back in stale_form.get_data(as_text=True)
+    assert wrong_method.status_code == 405 and back in wrong_method.get_data(as_text=True)
+    assert revoked.status_code == 410 and "Go back to your choices" not in revoked.get_data(
+        as_text=True)
+    assert unknown.status_code == 404 and "Go back to your choices" not in unknown.get_data(
+        as_text=True)
+
+
 def test_the_page_says_until_when_the_link_works(client, staff, person, clock):
     html = client.get(_link(client, staff, person)).get_data(as_text=True)
 
@@ -91,7 +142,7 @@ def test_no_page_title_says_what_the_study_is_about(client, staff, person):
     pages = [client.get(path), client.get(path + "/receipt"),
              client.post(path + "/confirm", data={"csrf": csrf, "scope": "record"},
                          follow_redirects=True),
-             client.get(path + "/done?stopped=record"), client.get("/my/" + "x" * 43)]
+             client.get(path + "/done?nothing=1"), client.get("/my/" + "x" * 43)]
 
     titles = [re.search(r"<title>(.*?)</title>", r.get_data(as_text=True)).group(1)
               for r in pages]
@@ -118,8 +169,9 @@ def test_ten_gets_and_heads_change_nothing(client, staff, person, api_ledger):
     for _ in range(5):
         assert client.get(path).status_code == 200
         assert client.head(path).status_code == 200
-    for suffix in ("/receipt", "/receipt.json", "/done?stopped=record", "/check?scope=record"):
+    for suffix in ("/receipt", "/receipt.json", "/done?nothing=1", "/check?scope=record"):
         assert client.get(path + suffix).status_code == 200
+    assert client.get(path + "/done?stopped=record").status_code == 303  # (not stopped)
 
     assert _events(api_ledger) == before
 
@@ -225,14 +277,35 @@ def test_another_links_form_token_is_refused(client, staff, person, api_ledger):
     assert response.status_code == 400 and _events(api_ledger) == before
 
 
-def test_nothing_ticked_asks_again(client, staff, person):
+def test_nothing_ticked_asks_again_on_a_page_of_its_own(client, staff, person):
+    """Asked again by a 303 to a GET: Back to that page later never asks to send the form
+    again (it rendered from the POST, and Chromium showed "Confirm Form Resubmission")."""
     path = _link(client, staff, person)
     csrf = _csrf(client.get(path).get_data(as_text=True))
 
     response = client.post(path + "/confirm", data={"csrf": csrf})
+    page = client.get(response.headers.get("Location", ""))
 
-    assert response.status_code == 400
-    assert "Tick at least one thing" in response.get_data(as_text=True)
+    assert response.status_code == 303
+    assert response.headers["Location"] == path + "?missing=1"
+    html = page.get_data(as_text=True)
+    assert "Tick at least one thing" in html and "<title>Error: " in html
+
+
+def test_back_from_the_check_page_keeps_the_ticks(client, staff, person):
+    """WCAG 2.2's 3.3.7 (redundant entry): "No, go back to my choices" showed every box empty
+    again, so the person had to tick them all a second time."""
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+    check = client.post(path + "/confirm", data={"csrf": csrf, "scope": ["record", "quote"]},
+                        follow_redirects=True).get_data(as_text=True)
+    back = re.search(r'<a href="([^"]+)">No, go back to my choices</a>', check).group(1)
+
+    html = client.get(back.replace("&amp;", "&")).get_data(as_text=True)
+
+    ticked = re.findall(r'id="scope-([a-z_]+)"[^>]*checked', html, re.S)
+    assert sorted(ticked) == ["quote", "record"]
+    assert "Tick at least one" not in html
 
 
 def test_forged_expired_replaced_and_revoked_links_change_nothing(client, staff, person,
@@ -265,7 +338,24 @@ def test_an_erased_persons_link_stops_working(client, staff, tokens, person):
     client.post(f"/api/v1/participants/{person}/erasure", headers=bearer(tokens["admin"]),
                 json={"reason": "asked"})
 
-    assert client.get(path).status_code == 410
+    page = client.get(path)
+
+    assert page.status_code == 410
+    html = page.get_data(as_text=True)
+    assert "We will send you a new link" not in html  # none can be: nothing of theirs is left
+    assert "nothing left to see or change" in html
+
+
+def test_a_done_address_with_nothing_in_it_goes_to_the_choices(client, staff, person):
+    """An old or hand-made /done address showed "Done. We have your choice" with nothing
+    listed; and /my on its own is a page, not the API's JSON."""
+    path = _link(client, staff, person)
+
+    bare = client.get(path + "/done")
+    my = client.get("/my")
+
+    assert bare.status_code == 303 and bare.headers["Location"] == path
+    assert my.status_code == 404 and my.mimetype == "text/html"
 
 
 def test_the_receipt_has_the_consent_record_fields(client, staff, person, api_ledger):

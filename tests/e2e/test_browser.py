@@ -302,6 +302,38 @@ def test_back_after_stopping_shows_a_page_that_says_it_is_stopped(server, staff,
     assert problems == []
 
 
+def test_back_after_the_nothing_ticked_message_finds_a_page(server, staff, browser):
+    """Continue with nothing ticked, then tick and continue, then Back: before, the message had
+    been the answer to the form, and Chromium showed "Confirm Form Resubmission"
+    (ERR_CACHE_MISS) instead of a page. "No, go back to my choices" keeps the ticks."""
+    _, url = _participant_with_link(server, staff)
+    page = browser.new_page()
+
+    page.goto(url)
+    with page.expect_navigation():
+        page.click("text=Continue")  # nothing ticked
+    page.check("#scope-record")
+    with page.expect_navigation():
+        page.click("text=Continue")
+    response = page.go_back()
+    heading = page.locator("h1").inner_text()
+    problems = _axe(page)
+    page.goto(url)
+    page.check("#scope-record")
+    page.check("#scope-store")
+    with page.expect_navigation():
+        page.click("text=Continue")
+    with page.expect_navigation():
+        page.click("text=No, go back to my choices")
+    ticked = page.eval_on_selector_all("input[name=scope]:checked", "e => e.map(x => x.value)")
+    problems += _axe(page)
+    page.close()
+
+    assert response is not None and response.status == 200 and heading == "Your choices"
+    assert sorted(ticked) == ["record", "store"]
+    assert problems == []
+
+
 @pytest.fixture
 def clocked_server(tmp_path):
     """The app on a real HTTP server in this process, with a clock the test can move."""
