@@ -29,6 +29,11 @@ from .locks import InUse, held_here, unused
 log = logging.getLogger("ledger.backup")
 
 
+# What SQLite says when a write fails: in a backup, only the copy is written.
+WRITE_ERRORS = {"SQLITE_IOERR_WRITE", "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_TRUNCATE",
+                "SQLITE_IOERR_DIR_FSYNC", "SQLITE_READONLY"}
+
+
 class BackupError(Exception):
     """The backup or restore could not be made; nothing was changed."""
 
@@ -75,6 +80,13 @@ def backup_sqlite(source: Path, destination: Path) -> int:
             dst.execute("PRAGMA journal_mode=DELETE")
             dst.commit()
         except sqlite3.DatabaseError as e:
+            if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                # (the copy's disk: this was blamed on the live database, which was fine)
+                raise BackupError(f"there is no room for the copy at {destination}: free some "
+                                  "space or choose another disk; nothing was changed") from None
+            if getattr(e, "sqlite_errorname", "") in WRITE_ERRORS:  # (the source is read-only)
+                raise BackupError(f"the copy could not be written at {destination} "
+                                  f"({e.sqlite_errorname}); nothing was changed") from None
             raise BackupError(f"the database at {source} could not be read whole "
                               f"({type(e).__name__}); run `ledger verify`") from None
         finally:

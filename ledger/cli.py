@@ -57,12 +57,12 @@ def describe(error: Exception) -> str:
     from .application import ConfigurationError
     from .backup import BackupError
     from .config import SettingsError
-    from .demo import DemoInterrupted
+    from .demo import DemoInterrupted, DemoRefused
     from .domain.errors import LedgerError
     from .projections.projector import RebuildRunning, UnreadableEvent
 
     if isinstance(error, ConfigurationError | SettingsError | BackupError | LedgerError
-                  | UnreadableEvent | DemoInterrupted | RebuildRunning):
+                  | UnreadableEvent | DemoInterrupted | DemoRefused | RebuildRunning):
         return str(error)
     if isinstance(error, MapperDeserialisationError):  # (its message could quote the event)
         return str(UnreadableEvent(None))
@@ -75,6 +75,9 @@ def describe(error: Exception) -> str:
     if isinstance(error, psycopg.Error):  # (its message can quote values)
         return (f"PostgreSQL refused an operation ({type(error).__name__}): check that the "
                 "database is writable and the user may use the schema")
+    if _disk_full(error):
+        return ("the disk holding the data directory is full: free some space and run the "
+                "command again (a write that could not be made was not kept)")
     if isinstance(error, sqlite3.DatabaseError | PersistenceError):
         return (f"the database could not be read ({type(error).__name__}): check "
                 "LEDGER_DATA_DIR or LEDGER_DATABASE_URL, and run `ledger verify`")
@@ -83,6 +86,19 @@ def describe(error: Exception) -> str:
         return f"{error.strerror or type(error).__name__}{where}"
     return (f"unexpected {type(error).__name__}; run again with LEDGER_DEBUG=1 to see where "
             "(the traceback may show stored values)")
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether SQLite said the disk is full, here or in what caused this error."""
+    import sqlite3
+
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, sqlite3.Error) and \
+                getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 class LedgerGroup(click.Group):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,9 @@ def _link_days(value: str | None) -> int:
     return days
 
 
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
 def _database_url(value: str | None) -> str | None:
     """LEDGER_DATABASE_URL: ``postgresql://user:password@host:port/dbname``, optionally with
     ``?schema=name`` and nothing else. Anything else in the query (``sslmode=require``, say) would
@@ -80,6 +84,18 @@ def _database_url(value: str | None) -> str | None:
             "LEDGER_DATABASE_URL takes only ?schema=name after the database name (it had "
             f"{', '.join(others) if others else 'schema twice'}); set connection options with "
             "libpq's variables instead, e.g. PGSSLMODE=verify-full and PGSSLROOTCERT")
+    schema = dict(parse_qsl(u.query, keep_blank_values=True)).get("schema")
+    if schema is not None and not SCHEMA_NAME.fullmatch(schema):
+        # The library names the schema in its statements unquoted: a capital letter or a hyphen
+        # broke `ledger init` half-way, leaving a half-made schema that every later init hit.
+        raise SettingsError("the ?schema= of LEDGER_DATABASE_URL must be lower-case letters, "
+                            "digits and underscores, starting with a letter or underscore "
+                            "(at most 63)")
+    try:
+        u.port  # noqa: B018 - raises for a port that is not a number, or out of range
+    except ValueError:
+        raise SettingsError("the port in LEDGER_DATABASE_URL must be a number from 1 to "
+                            "65535") from None
     return value
 
 

@@ -146,6 +146,18 @@ class DemoInterrupted(Exception):
             "again")
 
 
+class DemoRefused(Exception):
+    """The ledger already holds people the demo did not add."""
+
+    def __init__(self, people: int) -> None:
+        self.people = people
+        super().__init__(
+            f"this ledger already holds {people} participant(s) the demo did not add: its "
+            "twelve fictional people would sit beside them in a log that cannot forget them, "
+            "and in every report. Load the demo into a new LEDGER_DATA_DIR (on PostgreSQL, a "
+            "new ?schema=) instead; nothing was changed")
+
+
 def load_demo(ledger: Ledger) -> bool:
     """Add the twelve demo participants once; False if they are already there.
 
@@ -162,6 +174,8 @@ def load_demo(ledger: Ledger) -> bool:
             raise DemoInterrupted(added, postgres=ledger.sql.is_postgres, whole=False)
         ledger.claim_once("demo_complete")
         return False
+    if not ledger.claimed("demo_started") and (people := len(ledger.participant_ids())):
+        raise DemoRefused(people)  # (a real study's ledger: fictional people stay for ever)
     if not ledger.claim_once("demo_started"):  # (one load at a time wins this)
         raise DemoInterrupted(_whole(ledger), postgres=ledger.sql.is_postgres)
     ledger.claim_once("demo_loaded")  # what an earlier version looks for: it loads no second demo

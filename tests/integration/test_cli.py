@@ -137,6 +137,25 @@ def test_a_whole_demo_loaded_before_its_end_was_recorded_counts_as_loaded(store_
         assert "1 of its 12 fictional participants are registered" in stopped.stderr
 
 
+def test_the_demo_is_refused_on_a_ledger_that_holds_real_people(store_env):
+    """A study's ledger got the twelve fictional people beside its real ones (13 in the
+    report), and an append-only log cannot forget them."""
+    lg = Ledger(store_env)
+    lg.init_study(by="t")
+    lg.register_participant("A Real Person", by="t")
+    lg.close()
+
+    refused = _run(store_env, "demo")
+
+    lg = Ledger(store_env)
+    try:
+        people = len(lg.participant_ids())
+    finally:
+        lg.close()
+    assert refused.returncode == 1 and "already holds 1 participant(s)" in refused.stderr
+    assert "Traceback" not in refused.stderr and people == 1
+
+
 def test_commands_print_nothing_personal(store_env):
     result = _run(store_env, "demo")
 

@@ -81,11 +81,14 @@ def test_a_mistyped_postgresql_schema_is_an_error_not_a_new_ledger(tmp_path, pg_
     ("LEDGER_DATABASE_URL", PG + "?schema=a&sslmode=require"),  # TLS would have been dropped
     ("LEDGER_DATABASE_URL", PG + "?sslmode=verify-full"),
     ("LEDGER_DATABASE_URL", PG + "?schema=a&schema=b"),
+    ("LEDGER_DATABASE_URL", PG + "?schema=Pilot2027"),  # (the library names it unquoted)
+    ("LEDGER_DATABASE_URL", PG + "?schema=ledger-pilot"),
+    ("LEDGER_DATABASE_URL", "postgresql://postgres@127.0.0.1:abc/test"),
 ])
 def test_a_bad_setting_is_named_in_one_line(ready, variable, value):
     stderr = _one_line_error(_run(ready, "tokens", "list", **{variable: value}))
 
-    assert variable in stderr
+    assert variable in stderr and "unexpected" not in stderr
     if "sslmode" in value:
         assert "sslmode" in stderr and "PGSSLMODE" in stderr
 
@@ -350,3 +353,52 @@ def test_a_database_opened_without_its_keys_gets_no_new_keys_left_beside_it(stor
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert left == []
     assert "holds no master.key" in stderr and "put the backed-up" in stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("schema", ["Pilot2027", "ledger-pilot"])
+def test_init_with_a_schema_name_the_library_cannot_use_makes_nothing(tmp_path, schema):
+    """A capital letter or a hyphen in ?schema= broke `ledger init` half-way (the library names
+    the schema unquoted), leaving a schema of 20 tables that every later init failed on."""
+    import psycopg
+
+    stderr = _one_line_error(_run(tmp_path / "data", "init",
+                                  LEDGER_DATABASE_URL=f"{PG}?schema={schema}"))
+
+    assert "?schema=" in stderr and "lower-case" in stderr
+    with psycopg.connect(PG) as conn:
+        assert conn.execute("SELECT count(*) FROM information_schema.schemata WHERE "
+                            "schema_name = %s", (schema,)).fetchone() == (0,)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 KiB filesystem (tmpfs), so that a write fails with "disk full" for real."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(where)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_is_named_not_blamed_on_the_live_database(ready, small_disk, tmp_path):
+    """A backup onto a full disk said the live database "could not be read whole" and to run
+    `ledger verify`; a command whose data directory's disk is full said the same. Each now
+    says what is full."""
+    assert _run(ready, "demo").returncode == 0
+    full_copy = _one_line_error(_run(ready, "backup", str(small_disk / "copy.sqlite3")))
+    unwritable = _one_line_error(_run(ready, "backup", "/proc/copy.sqlite3"))
+    on_small = small_disk / "data"
+    made = _run(on_small, "demo")
+
+    assert "no room for the copy" in full_copy and "verify" not in full_copy
+    assert list(small_disk.iterdir()) == [] or not (small_disk / "copy.sqlite3").exists()
+    assert "could not be read" not in unwritable
+    assert made.returncode == 1 and "disk holding the data directory is full" in made.stderr, \
+        made.stderr
+    assert "Traceback" not in made.stderr
