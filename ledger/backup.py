@@ -159,9 +159,7 @@ def restoring(backup: Path, database: Path) -> Iterator[tuple[int, Path | None]]
                 _fsync_directory(database.parent)
                 yield events, kept
             except BaseException:
-                _undo(database, kept, swapped=not incoming.exists())
-                marker.unlink(missing_ok=True)
-                _fsync_directory(database.parent)
+                _put_back(database, kept)
                 raise
             marker.unlink()
             _fsync_directory(database.parent)
@@ -211,6 +209,18 @@ def _undo(database: Path, kept: Path | None, *, swapped: bool) -> None:
             os.replace(Path(f"{kept}{suffix}"), Path(f"{database}{suffix}"))
 
 
+def _put_back(database: Path, kept: Path | None) -> None:
+    """Undo a restore that failed or was killed, then remove its note: the note goes only once
+    the files are back in place durably, so a kill while putting them back leaves it for the
+    next process to finish."""
+    incoming = _incoming(database)
+    _undo(database, kept, swapped=not incoming.exists())
+    incoming.unlink(missing_ok=True)
+    _fsync_directory(database.parent)
+    _pending(database).unlink(missing_ok=True)
+    _fsync_directory(database.parent)
+
+
 def _undo_interrupted(database: Path) -> bool:
     """With the database held (``unused``): if a restore was killed before it finished (its
     note is still there), put back the database it replaced. True if it did."""
@@ -219,13 +229,7 @@ def _undo_interrupted(database: Path) -> bool:
         name = marker.read_bytes().decode()
     except FileNotFoundError:
         return False
-    kept = database.with_name(name) if name else None
-    incoming = _incoming(database)
-    _undo(database, kept, swapped=not incoming.exists())
-    incoming.unlink(missing_ok=True)
-    _fsync_directory(database.parent)
-    marker.unlink()
-    _fsync_directory(database.parent)
+    _put_back(database, database.with_name(name) if name else None)
     log.warning("a restore was stopped before it finished (the copy was not yet verified, or "
                 "the erasures it would undo not yet repeated): the database it replaced was "
                 "put back. Run `ledger restore` again if it is still wanted.")

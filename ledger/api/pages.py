@@ -12,7 +12,13 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, Response, current_app, g, json, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from ..domain.errors import LedgerError, LinkNoLongerWorks, LinkNotFound, UnknownScope
+from ..domain.errors import (
+    LedgerError,
+    LinkNoLongerWorks,
+    LinkNotFound,
+    LinkOfErasedPerson,
+    UnknownScope,
+)
 from ..privacy.links import TOKEN, LinkRef
 from ..store import refused_by_the_store
 from .common import ledger
@@ -120,7 +126,7 @@ def not_found(_: Exception) -> Response:
 def gone(error: LinkNoLongerWorks) -> Response:
     """A replaced, stopped or expired link. An erased person's says nothing of sending a new
     one (none can be sent: nothing of theirs is left to show)."""
-    if error.erased:
+    if isinstance(error, LinkOfErasedPerson):
         return _page("my/gone.html", 410, heading="This link does not work any more",
                      message="There is nothing left to see or change here.", closed=True)
     return _page("my/gone.html", 410, heading="This link does not work any more",

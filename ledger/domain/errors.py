@@ -7,6 +7,7 @@
     │   ├── StudyNotFound, ParticipantNotFound, AccessNeedNotFound,
     │   ├── PaymentNotFound, ObligationNotFound, LinkNotFound
     │   ├── LinkNoLongerWorks          (410 on the participant pages)
+    │   │   └── LinkOfErasedPerson     the person was erased: no new link can come
     │   └── NotErased                  no erasure receipt: the person was not erased
     ├── InvalidInput                   the request itself is wrong (HTTP 422)
     │   ├── UnknownScope, UnknownActivity, UnregisteredFormVersion
@@ -73,7 +74,9 @@ class LinkNotFound(NotFound):
 class LinkNoLongerWorks(NotFound):
     """The withdrawal link was replaced, revoked or has expired (HTTP 410 on the pages)."""
 
-    erased = False  # the person's details were erased: no new link can be sent
+
+class LinkOfErasedPerson(LinkNoLongerWorks):
+    """The link's person was erased: nothing of theirs is left, and no new link can be sent."""
 
 
 class NotErased(NotFound):

@@ -21,6 +21,7 @@ from .errors import (
     DuplicateId,
     InvalidText,
     LinkNoLongerWorks,
+    LinkOfErasedPerson,
     NoLiveLink,
     ObligationNotFound,
     ParticipantErased,
@@ -512,9 +513,7 @@ class Participant(FastCopy, Aggregate):
     def check_link(self, link_id: UUID, now: datetime) -> None:
         """The link opens this person's page only if it is their current, unexpired link."""
         if self.erased_at is not None:
-            error = LinkNoLongerWorks("this link has been stopped")
-            error.erased = True
-            raise error
+            raise LinkOfErasedPerson("this link has been stopped")
         if self.link is None or self.link.id != link_id or self.link.revoked_at is not None:
             raise LinkNoLongerWorks("this link has been replaced or stopped")
         if now >= self.link.expires_at:

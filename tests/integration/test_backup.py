@@ -395,6 +395,7 @@ def test_a_restore_stopped_at_any_point_puts_the_previous_database_back(tmp_path
 
     assert _rows(data / "ledger.sqlite3") == before
     assert list(data.glob("*before-restore*")) == [] and list(data.glob("*.restoring")) == []
+    assert list(data.glob("*.restore-pending")) == []  # (else the next open would undo again)
     assert _run(data, "verify").returncode == 0
 
 
