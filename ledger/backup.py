@@ -261,11 +261,16 @@ def shred_keys_in_kept(database: Path, participant_ids: list[UUID]) -> list[Path
     """Delete these (erased) participants' data keys from every database a restore kept beside
     ``database``, then rewrite the file, so that no freed page still holds the bytes: those
     files sit next to the master key, so erasure must reach them as it reaches the live one.
+    Their kept requests' fingerprints (keyed digests of what they said) are dropped there too,
+    as ``IdempotencyStore.forget`` drops them in the live one.
     Returns the kept databases it could not change (left as they were, to retry)."""
+    from .idempotency import ERASED, SEALED, SEALED_FOR
+
     failed: list[Path] = []
     if not participant_ids:
         return failed
     ids = [pid.hex for pid in participant_ids]
+    sealed_for = [SEALED + pid.bytes for pid in participant_ids]
     for kept in kept_databases(database):
         try:
             connection = sqlite3.connect(kept, timeout=5, isolation_level=None)
@@ -277,6 +282,13 @@ def shred_keys_in_kept(database: Path, participant_ids: list[UUID]) -> list[Path
                     deleted += connection.execute(
                         "DELETE FROM ledger_data_keys WHERE participant_id IN "
                         f"({', '.join('?' * len(part))})", part).rowcount
+                if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                      "name = 'ledger_idempotency'").fetchone():
+                    for prefix in sealed_for:
+                        deleted += connection.execute(
+                            "UPDATE ledger_idempotency SET request_hash = ? WHERE substr(body, "
+                            f"1, {SEALED_FOR}) = ? AND request_hash <> ?",
+                            (ERASED, prefix, ERASED)).rowcount
                 if deleted:
                     connection.execute("VACUUM")
                     connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -131,10 +131,14 @@ class DataKeyStore:
                 "OR backend_xid::text::bigint < %s)", (xid, xid))
             if older[0]["n"]:
                 return False
-            # Rewrite the (small) table so no dead tuple keeps the old bytes in a heap page.
-            # Bounded wait: a long reader must not stall every other request behind this lock.
+            # Rewrite the (small) tables so no dead tuple keeps the old bytes in a heap page: the
+            # keys, and the kept requests, whose fingerprints of what the person said
+            # (``IdempotencyStore.forget``, done before the key's delete) an UPDATE leaves in
+            # the old row versions. Bounded wait: a long reader must not stall every other
+            # request behind this lock.
             try:
-                self.sql.maintenance(f"VACUUM FULL {{t}}{TABLE}", lock_timeout_ms=2000)
+                self.sql.maintenance(f"VACUUM FULL {{t}}{TABLE}, {{t}}ledger_idempotency",
+                                     lock_timeout_ms=2000)
             except PersistenceError:
                 return False
             return True

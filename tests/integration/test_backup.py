@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -235,6 +236,47 @@ def test_an_erasure_reaches_the_database_a_restore_kept(tmp_path):
 
     assert _key_row(kept, pid) is None and _key_row(kept, other) is not None
     assert _files_holding(data, wrapped) == []  # nowhere in the data directory, any file
+
+
+def test_an_erasure_drops_the_fingerprints_of_the_persons_requests_in_a_kept_database(
+        tmp_path):
+    """A keyed request's fingerprint is a keyed digest of what the person said (a registration's
+    of their name, email and phone alone): erasure drops it in the databases a restore kept, as
+    in the live one, and leaves other people's."""
+    from ledger.api import create_app
+
+    data = tmp_path / "data"
+    assert _run(data, "init").returncode == 0
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    try:
+        client = create_app({"LEDGER": lg, "TESTING": True}).test_client()
+        staff = {"Authorization": "Bearer " + lg.tokens.create("staff", "t")[1]}
+        ids = [client.post("/api/v1/participants", json={"name": name},
+                           headers={**staff, "Idempotency-Key": key}).json["id"]
+               for name, key in (("Yusuf Othersonfake", "a"), ("Stays Registered", "b"))]
+    finally:
+        lg.close()
+    assert _run(data, "backup", str(tmp_path / "b.sqlite3")).returncode == 0
+    assert _run(data, "restore", str(tmp_path / "b.sqlite3")).returncode == 0
+    [kept] = [p for p in data.glob("ledger.sqlite3.before-restore-*")
+              if not p.name.endswith(("-wal", "-shm"))]
+
+    def prints(path: Path) -> list[str]:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as c:
+            return sorted(r[0] for r in c.execute("SELECT request_hash FROM ledger_idempotency"))
+
+    before = prints(kept)
+    assert len(before) == 2 and "erased" not in before
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    try:
+        lg.erase(UUID(ids[0]), "asked", by="t")
+    finally:
+        lg.close()
+
+    after = prints(kept)
+    assert "erased" in after and len(set(after) & set(before)) == 1  # the other's stays
+    gone = (set(before) - set(after)).pop()
+    assert _files_holding(data, gone.encode()) == []  # nor left in a freed page
 
 
 def test_a_restore_repeats_the_erasures_the_replaced_database_recorded(tmp_path):

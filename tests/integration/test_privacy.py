@@ -10,6 +10,7 @@ import logging
 import pickle
 import time
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
@@ -87,24 +88,26 @@ def _postgres_dump(ledger: Ledger) -> bytes:
     return "\n".join(dump).encode()
 
 
-def _postgres_key_pages(ledger: Ledger) -> bytes:
-    """The raw heap pages of the keys table, dead tuples included (pageinspect)."""
+def _postgres_key_pages(ledger: Ledger, table: str = "ledger_data_keys") -> bytes:
+    """The raw heap pages of a table (the keys table unless named), dead tuples included
+    (pageinspect)."""
     schema = ledger.factory.datastore.schema
     ledger.sql.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
     pages = ledger.sql.query(
         "SELECT pg_relation_size(%s) / current_setting('block_size')::int AS n",
-        (f'"{schema}".ledger_data_keys',))[0]["n"]
+        (f'"{schema}".{table}',))[0]["n"]
     raw = b""
     for i in range(pages):
         raw += bytes(ledger.sql.query(
-            "SELECT get_raw_page(%s, %s) AS page", (f'"{schema}".ledger_data_keys', i)
+            "SELECT get_raw_page(%s, %s) AS page", (f'"{schema}".{table}', i)
         )[0]["page"])
     return raw
 
 
 def _raw_store(ledger: Ledger, store_env) -> bytes:
     if "LEDGER_DATABASE_URL" in store_env:
-        return _postgres_dump(ledger) + _postgres_key_pages(ledger)
+        return (_postgres_dump(ledger) + _postgres_key_pages(ledger)
+                + _postgres_key_pages(ledger, "ledger_idempotency"))
     return _sqlite_files(Path(store_env["LEDGER_DATA_DIR"]))
 
 
@@ -223,6 +226,33 @@ def test_after_erasure_the_name_cannot_be_recovered_even_with_the_master_key(led
     assert _occurrences(opened) == []
     # 3. Reading gives the redaction marker, never the data and never an exception.
     assert ledger.participant(pid)["name"] == "[erased]"
+
+
+def test_after_erasure_no_fingerprint_of_what_the_person_said_is_left_in_the_store(
+        ledger, store_env):
+    """A keyed request's fingerprint is a keyed digest of its body: for a registration, of the
+    name, email and phone alone, so whoever holds the database and the master key could test
+    whether a named person was here. Erasure drops them; on PostgreSQL the UPDATE that does it
+    left the old row versions in the table's pages until the scrub rewrote that table too."""
+    from ledger.api import create_app
+
+    client = create_app({"LEDGER": ledger, "TESTING": True}).test_client()
+    staff = {"Authorization": "Bearer " + ledger.tokens.create("staff", "privacy")[1]}
+    pid = client.post("/api/v1/participants", headers={**staff, "Idempotency-Key": "reg-1"},
+                      json={"name": NAME, "email": EMAIL, "phone": PHONE}).json["id"]
+    assert client.post(f"/api/v1/participants/{pid}/access-needs",
+                       headers={**staff, "Idempotency-Key": "need-1"},
+                       json={"category": "breaks", "detail": NEED}).status_code == 201
+    prints = [r["request_hash"] for r in ledger.sql.query(
+        "SELECT request_hash FROM {t}ledger_idempotency")]  # (the keys are stored keyed)
+    assert len(prints) == 2 and all(len(h) >= 32 for h in prints)
+    assert all(h.encode() in _raw_store(ledger, store_env) for h in prints)  # (the scan sees them)
+
+    ledger.erase(UUID(pid), "participant asked", by="admin")
+
+    assert scrub_when_possible(ledger)
+    raw = _raw_store(ledger, store_env)
+    assert [h for h in prints if h.encode() in raw or bytes.fromhex(h) in raw] == []
 
 
 def test_other_participants_are_untouched_by_an_erasure(ledger):
