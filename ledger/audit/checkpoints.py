@@ -196,6 +196,21 @@ class MerkleLog:
                          (at, verdict.size, verdict.root, int(verdict.ok),
                           verdict.first_bad_position, signature))
 
+    def verifications(self) -> Iterator[dict[str, Any]]:
+        """Every recorded verification that found the log whole, oldest first, with
+        ``signature_valid`` as in ``last_verification`` (None for a record made before they
+        were signed): each one signed says what the log's root was at its size."""
+        rows = self.sql.query(f"SELECT at, size, root, ok, first_bad_position, signature FROM "
+                              f"{{t}}{VERIFICATIONS} WHERE ok = 1 ORDER BY at")
+        for r in rows:
+            at, size, root = str(r["at"]), int(r["size"]), str(r["root"])
+            valid = None if not isinstance(r["signature"], str) else check_signature(
+                self._key.public_key(), verification_message(
+                    at, size, root, True,
+                    None if r["first_bad_position"] is None else int(r["first_bad_position"])),
+                r["signature"])
+            yield {"at": at, "size": size, "root": root, "signature_valid": valid}
+
     def last_verification(self) -> dict[str, Any] | None:
         """When the whole log was last verified, over how many events, and the outcome, with
         ``signature_valid``: whether this ledger's key signed the record as it reads now. A
@@ -342,6 +357,12 @@ class MerkleLog:
         }
 
 
+def _where(signed: dict[str, Any]) -> str:
+    if "verification" in signed:
+        return f"the verification at {signed['verification']}"
+    return "kept checkpoint" if signed.get("kept") else "checkpoint"
+
+
 def _checkpoint(row: Any, public_key: str) -> dict[str, Any]:
     return {"size": int(row["size"]), "root": row["root"], "time": row["time"],
             "signature": row["signature"], "public_key": public_key}
@@ -366,9 +387,12 @@ class Verdict:
 
 def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
     """Recompute the tree over every stored event; hold it against the recorded leaves, every
-    signed checkpoint stored, and any ``kept`` outside the system (as ``GET /audit/checkpoint``
-    returned them): a kept checkpoint catches a log cut short together with the stored
-    checkpoints and leaves."""
+    signed checkpoint stored, every signed record of an earlier verification that passed (its
+    size and root), and any ``kept`` outside the system (as ``GET /audit/checkpoint`` returned
+    them): a kept checkpoint catches a log cut short together with the stored checkpoints,
+    verification records and leaves. (The verification records catch an event deleted from
+    the log, with the leaves rehashed and the checkpoints after it deleted, which the ledger
+    would then sign checkpoints over.)"""
     problems: list[str] = []
     exact: list[int] = []  # positions known to be bad
     ranges: list[int] = []  # first positions of spans known to hold a bad one
@@ -398,6 +422,13 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
             bad(None, f"{where} at size {cp['size']}: signature does not match")
             continue
         signed.append(cp)  # only a checkpoint whose signature holds says anything of the log
+    for record in log.verifications():
+        if record["signature_valid"] is False:
+            bad(None, f"the record of the verification at {record['at']}: signature does not "
+                      "match")
+        elif record["signature_valid"]:
+            signed.append({"size": record["size"], "root": record["root"],
+                           "verification": record["at"]})
     by_size: dict[int, list[dict[str, Any]]] = {}
     for cp in signed:
         by_size.setdefault(cp["size"], []).append(cp)
@@ -420,8 +451,7 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
         nonlocal held_at
         for cp in by_size.get(size, []):
             if cp["root"] != builder.root().hex():
-                where = "kept checkpoint" if cp.get("kept") else "checkpoint"
-                bad(None, f"{where} at size {size}: the log's root differs; an event in "
+                bad(None, f"{_where(cp)} at size {size}: the log's root differs; an event in "
                           f"positions {held_at + 1} to {size} was changed",
                     somewhere_from=held_at + 1)
                 return
@@ -481,10 +511,16 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
     if leftover is not None and not leaf_reported and leftover[0] < leaves_before:
         bad(leftover[0] + 1, f"the log ends at {builder.size} events, but event "
                              f"{leftover[0] + 1} (notification {leftover[1]}) was recorded")
-    beyond = [cp["size"] for cp in signed if cp["size"] > builder.size]
+    beyond = [cp for cp in signed if cp["size"] > builder.size]
     if beyond:
-        bad(builder.size + 1, f"the log ends at {builder.size} events, but a signed checkpoint "
-                              f"covers {max(beyond)}")
+        # Cut short, or an event taken out of the middle (the rest renumbered, their hashes
+        # recomputed): from here the two look alike, so the first bad position is the first
+        # after the last signed point that held, not the end.
+        last = max(beyond, key=lambda cp: cp["size"])
+        bad(None, f"the log ends at {builder.size} events, but a signed "
+                  f"{'checkpoint' if 'verification' not in last else 'verification record'} "
+                  f"covers {last['size']}: an event in positions {held_at + 1} to "
+                  f"{last['size']} was removed or changed", somewhere_from=held_at + 1)
     return Verdict(ok=not problems, size=builder.size, root=builder.root().hex(),
                    checkpoints=len(checkpoints), problems=problems,
                    first_bad_position=min(exact or ranges or [0]) or None,

@@ -182,11 +182,77 @@ def test_a_log_cut_short_with_its_checkpoints_is_caught_by_a_checkpoint_kept_out
 
     alone = _verify(store_env)
     held = _run(store_env, "verify", "--checkpoint", str(kept))
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    last_held = max(cp["size"] for cp in lg.merkle.checkpoints())  # (the cut end, signed since)
+    lg.close()
 
     assert alone[0] == 0, alone[1]  # inside the database nothing is left to disagree
     assert held.returncode == 1, held.stdout + held.stderr
-    assert f"first bad position {size - 2} " in held.stderr
-    assert f"a signed checkpoint covers {size}" in held.stderr
+    # Cut short and an event taken out of the middle look alike from here: the first bad
+    # position is the first after the last signed point that held.
+    assert f"first bad position {last_held + 1} " in held.stderr
+    assert (f"a signed checkpoint covers {size}: an event in positions {last_held + 1} to "
+            f"{size} was removed or changed") in held.stderr
+
+
+def _take_out_and_rehash(lg: Ledger, position: int) -> None:
+    """What someone with write access to the database, and no key, could do: delete one event
+    from the middle of the log, hash the log again as it now is, and delete the signed
+    checkpoints from that position on (which no longer hold)."""
+    _delete(lg, position)
+    lg.sql.execute("DELETE FROM {t}ledger_merkle_leaves")
+    lg.sql.execute("UPDATE {t}ledger_merkle_tracking SET size = 0, last_id = 0, stack = ''")
+    lg.sql.execute(f"DELETE FROM {{t}}{CHECKPOINTS} WHERE size >= %s", (position,))
+    lg.merkle.catch_up()
+
+
+def test_an_event_taken_out_of_the_middle_is_caught_by_an_earlier_verifications_record(
+        store_env):
+    """The signed record of a verification that passed says what the log's root was at its size:
+    with the checkpoints after the change deleted and the leaves hashed again, it is what is
+    left to disagree, also once the ledger has signed a checkpoint over the altered log."""
+    lg, size = _history(store_env)
+    lg.close()
+    assert _verify(store_env)[0] == 0  # (recorded, signed, at the full size)
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    taken = size - 4
+    _take_out_and_rehash(lg, taken)
+    last_held = max(cp["size"] for cp in lg.merkle.checkpoints())
+    lg.close()
+
+    code, out = _verify(store_env)
+
+    assert code == 1, out
+    assert f"first bad position {last_held + 1} " in out
+    assert (f"a signed verification record covers {size}: an event in positions "
+            f"{last_held + 1} to {size} was removed or changed") in out
+
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    try:
+        pid = lg.register_participant("After The Change", by="t")["id"]
+        lg.grant_consent(pid, "take_part", "1.0", "online", by="t")  # the log is longer again
+        lg.merkle.checkpoint()  # and signed over, as a running server would
+    finally:
+        lg.close()
+
+    code, out = _verify(store_env)
+
+    assert code == 1, out
+    assert "the verification at " in out and f"at size {size}: the log's root differs" in out
+
+
+def test_a_forged_verification_record_fails_verify(store_env):
+    lg, size = _history(store_env)
+    lg.close()
+    assert _verify(store_env)[0] == 0
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    lg.sql.execute("UPDATE {t}ledger_verifications SET root = %s", ("00" * 32,))
+    lg.close()
+
+    code, out = _verify(store_env)
+
+    assert code == 1, out
+    assert "the record of the verification at " in out and "signature does not match" in out
 
 
 @pytest.mark.parametrize("content", ["not json", "[]", '{"size": "7"}'])
