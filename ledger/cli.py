@@ -287,9 +287,14 @@ def write_report(output: Path, data: bytes, signature: str) -> None:
 @click.option("--public-key", "show_key", is_flag=True,
               help="Print the public key that checks the signatures (PEM) and stop.")
 @click.option("--checkpoint", "kept", type=click.File("r"), multiple=True,
-              help="A checkpoint kept outside the system (the JSON of GET /audit/checkpoint) "
-                   "to hold the log against too; may be given more than once.")
-def verify(show_key: bool, kept: tuple[Any, ...]) -> None:
+              help="A checkpoint kept outside the system (the JSON of GET /audit/checkpoint, or "
+                   "a JSON report, which carries its own) to hold the log against too; may be "
+                   "given more than once.")
+@click.option("--views", "check_views", is_flag=True,
+              help="Also hold the views (what the current report and the staff list read) "
+                   "against a replay of the log: exit 1 if any table differs. Replays the whole "
+                   "log in memory, so it takes about as long again.")
+def verify(show_key: bool, kept: tuple[Any, ...], check_views: bool) -> None:
     """Recompute the Merkle root over the whole log and hold it against the recorded leaves and
     every signed checkpoint; exit 1 naming the first bad position on any mismatch."""
     import json
@@ -298,24 +303,43 @@ def verify(show_key: bool, kept: tuple[Any, ...]) -> None:
 
     try:
         outside = [json.load(f) for f in kept]
+        # A signed report's JSON carries the checkpoint it was built on (without the key).
+        outside = [cp["checkpoint"] if isinstance(cp, dict) and "size" not in cp
+                   and isinstance(cp.get("checkpoint"), dict) else cp for cp in outside]
         for cp in outside:
             if not (isinstance(cp, dict) and isinstance(cp.get("size"), int) and all(
-                    isinstance(cp.get(k), str) for k in ("root", "time", "signature",
-                                                         "public_key"))):
+                    isinstance(cp.get(k), str) for k in ("root", "time", "signature"))
+                    and isinstance(cp.get("public_key", ""), str)):
                 raise ValueError
     except ValueError:
-        raise click.BadParameter("each must be the JSON of GET /audit/checkpoint: size, root, "
-                                 "time, signature and public_key",
+        raise click.BadParameter("each must be the JSON of GET /audit/checkpoint (size, root, "
+                                 "time, signature and public_key) or of a JSON report",
                                  param_hint="--checkpoint") from None
     with open_ledger(LEDGER_PROJECTIONS="external") as ledger:
         if show_key:
             click.echo(ledger.merkle.public_key, nl=False)
             return
+        for cp in outside:  # (a report's: checked with this ledger's key, as stored ones are)
+            cp.setdefault("public_key", ledger.merkle.public_key)
         verdict = verify_log(ledger.merkle, outside)
         ledger.merkle.record_verification(verdict)  # reports show the last outcome
+        differ: dict[str, tuple[int, int]] = {}
+        if check_views and verdict.ok:
+            position, differ = ledger.projector.differences_from_log()
+    if verdict.ok and differ:
+        click.echo(f"FAILED: the log holds ({verdict.size} events, root {verdict.root}), but the "
+                   f"views differ from a replay of its first {position} events, so a current "
+                   "report or the staff list may be wrong:", err=True)
+        for name, (extra, missing) in differ.items():
+            click.echo(f"  - {name}: {extra} row(s) not from the log, {missing} row(s) of the "
+                       "log missing", err=True)
+        click.echo("`ledger projections rebuild` builds them again from the log; past reports "
+                   "(--as-of) are replayed from the log and are not affected.", err=True)
+        sys.exit(1)
     if verdict.ok:
         click.echo(f"OK: {verdict.size} events, root {verdict.root}, "
-                   f"{verdict.checkpoints} signed checkpoints hold.")
+                   f"{verdict.checkpoints} signed checkpoints hold."
+                   + (" The views agree with the log." if check_views else ""))
         if verdict.signed_up_to < verdict.size:
             first = verdict.signed_up_to + 1
             click.echo(f"Not yet under a signed checkpoint: events {first} to {verdict.size} "

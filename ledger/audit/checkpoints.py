@@ -358,8 +358,8 @@ class MerkleLog:
 
 
 def _where(signed: dict[str, Any]) -> str:
-    if "verification" in signed:
-        return f"the verification at {signed['verification']}"
+    if "verified_at" in signed:
+        return f"the verification at {signed['verified_at']}"
     return "kept checkpoint" if signed.get("kept") else "checkpoint"
 
 
@@ -428,7 +428,7 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
                       "match")
         elif record["signature_valid"]:
             signed.append({"size": record["size"], "root": record["root"],
-                           "verification": record["at"]})
+                           "verified_at": record["at"]})
     by_size: dict[int, list[dict[str, Any]]] = {}
     for cp in signed:
         by_size.setdefault(cp["size"], []).append(cp)
@@ -518,7 +518,7 @@ def verify(log: MerkleLog, kept: list[dict[str, Any]] | None = None) -> Verdict:
         # after the last signed point that held, not the end.
         last = max(beyond, key=lambda cp: cp["size"])
         bad(None, f"the log ends at {builder.size} events, but a signed "
-                  f"{'checkpoint' if 'verification' not in last else 'verification record'} "
+                  f"{'verification record' if 'verified_at' in last else 'checkpoint'} "
                   f"covers {last['size']}: an event in positions {held_at + 1} to "
                   f"{last['size']} was removed or changed", somewhere_from=held_at + 1)
     return Verdict(ok=not problems, size=builder.size, root=builder.root().hex(),

@@ -158,6 +158,7 @@ def _cut_everything_after(lg: Ledger, keep: int) -> None:
     _truncate(lg, keep + 1)
     lg.sql.execute("DELETE FROM {t}ledger_merkle_leaves WHERE idx >= %s", (keep,))
     lg.sql.execute(f"DELETE FROM {{t}}{CHECKPOINTS} WHERE size > %s", (keep,))
+    lg.sql.execute("DELETE FROM {t}ledger_verifications WHERE size > %s", (keep,))
     lg.sql.execute("UPDATE {t}ledger_merkle_tracking SET size = %s, last_id = %s, stack = %s",
                    (keep, _rows(lg)[-1][0], _stack_at(lg, keep)))
 
@@ -835,3 +836,58 @@ def test_a_verification_table_from_before_signing_gets_the_column_and_its_rows_r
 
     assert old is not None and old["signature"] is None and old["signature_valid"] is False
     assert new is not None and new["ok"] is True and new["signature_valid"] is True
+
+
+def test_views_edited_in_the_database_are_caught_by_verify_views(store_env):
+    """The current report and the staff list read the views, not the log: a row edited there
+    (a payment's amount, a withdrawal removed) changes what they say while the log holds.
+    `ledger verify --views` holds the views against a replay of the log and names the tables,
+    with counts and no rows."""
+    lg, size = _history(store_env)
+    lg.projector.catch_up()
+    lg.close()
+    untouched = _run(store_env, "verify", "--views")
+    assert untouched.returncode == 0, untouched.stdout + untouched.stderr
+    assert "The views agree with the log." in untouched.stdout
+
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    lg.sql.execute("UPDATE {t}ledger_view_payments SET amount_pence = 250000")
+    lg.sql.execute("DELETE FROM {t}ledger_view_consents WHERE scope = %s AND participant_id IN "
+                   "(SELECT participant_id FROM {t}ledger_view_consents LIMIT 1)",
+                   ("take_part",))
+    lg.close()
+
+    plain = _run(store_env, "verify")
+    checked = _run(store_env, "verify", "--views")
+
+    assert plain.returncode == 0  # the log itself holds
+    out = checked.stdout + checked.stderr
+    assert checked.returncode == 1, out
+    assert "the views differ from a replay of its first" in out
+    assert "  - payments: 1 row(s) not from the log, 1 row(s) of the log missing" in out
+    assert "  - consents: 0 row(s) not from the log, 1 row(s) of the log missing" in out
+    assert "Verify Person" not in out and "Traceback" not in out
+    assert "ledger projections rebuild" in out
+    assert _run(store_env, "projections", "rebuild").returncode == 0
+    assert _run(store_env, "verify", "--views").returncode == 0
+
+
+def test_a_json_report_kept_outside_serves_as_a_kept_checkpoint(store_env, tmp_path):
+    """An auditor who kept signed reports holds the log against the checkpoint each carries
+    (which has no public key of its own: this ledger's checks it, as for stored checkpoints)."""
+    lg, size = _history(store_env)
+    lg.close()
+    report = tmp_path / "report.json"
+    assert _run(store_env, "report", "-o", str(report)).returncode == 0
+    assert "public_key" not in json.loads(report.read_text())["checkpoint"]
+
+    held = _run(store_env, "verify", "--checkpoint", str(report))
+    assert held.returncode == 0, held.stdout + held.stderr
+    assert "signed checkpoints hold" in held.stdout
+
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    _cut_everything_after(lg, size - 3)
+    lg.close()
+    cut = _run(store_env, "verify", "--checkpoint", str(report))
+    assert cut.returncode == 1, cut.stdout + cut.stderr
+    assert f"a signed checkpoint covers {size}" in cut.stderr
