@@ -123,7 +123,7 @@ def main() -> None:
     """Consent and remuneration ledger for participatory research."""
 
 
-@main.command()
+@main.command(short_help="Create the data directory, keys, database and pilot study.")
 def init() -> None:
     """Create the data directory, keys, database and the pilot study (safe to run twice)."""
     settings = Settings.from_env(load_environment())
@@ -147,9 +147,12 @@ def demo() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on (0.0.0.0: every address of this machine).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
+              help="The port to listen on.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes (about one per core).")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Threads per worker process (8 gains throughput under bursts of writes, "
                    "which then share commits, but doubles the p99 under a mix of reads).")
@@ -158,6 +161,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     from .api.server import serve as run
 
     settings = Settings.from_env(load_environment())
+    _port_free(host, port)
     with open_ledger(create=True) as ledger:
         ledger.init_study(by="cli:serve")  # tables and study exist before workers start
     store = "PostgreSQL" if settings.database_url else str(settings.sqlite_path)
@@ -172,6 +176,36 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         click.echo(f"LEDGER_BASE_URL is not set: participants' withdrawal links will start with "
                    f"{base}. Set it to the address people reach this service at.", err=True)
     run(host, port, workers, threads)
+
+
+def _port_free(host: str, port: int) -> None:
+    """Refuse, in one line, a port another program listens on: gunicorn would print a dozen
+    errors over five seconds after "Serving the ledger on ..." (the socket is opened as
+    gunicorn opens it, so a port only in TIME_WAIT stays usable)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise click.BadParameter(f"{host!r} is not an address of this machine",
+                                 param_hint="--host") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise click.ClickException(
+                    f"port {port} on {host} is in use (another `ledger serve`, or another "
+                    f"program): stop it, or choose another with --port") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise click.BadParameter(f"{host!r} is not an address of this machine",
+                                         param_hint="--host") from None
+            raise click.ClickException(f"cannot listen on {host}:{port} "
+                                       f"({e.strerror or type(e).__name__})") from None
 
 
 @main.group()
@@ -211,7 +245,7 @@ def tokens_revoke(token_id: str) -> None:
     click.echo(f"Revoked {token_id}.", err=True)
 
 
-@main.command()
+@main.command(short_help="The compliance report (as the API gives it).")
 @click.option("--as-of", "as_of", default=None, metavar="T",
               help="The moment, ISO 8601 with offset (default: now).")
 @click.option("--format", "fmt", default="json", show_default=True,
@@ -283,7 +317,7 @@ def write_report(output: Path, data: bytes, signature: str) -> None:
             temporary.unlink(missing_ok=True)
 
 
-@main.command()
+@main.command(short_help="Check the record was not altered (exit 1 if it was).")
 @click.option("--public-key", "show_key", is_flag=True,
               help="Print the public key that checks the signatures (PEM) and stop.")
 @click.option("--checkpoint", "kept", type=click.File("r"), multiple=True,
@@ -355,7 +389,7 @@ def verify(show_key: bool, kept: tuple[Any, ...], check_views: bool) -> None:
     sys.exit(1)
 
 
-@main.command()
+@main.command(short_help="Copy the SQLite database while the service runs.")
 @click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
 def backup(destination: Path) -> None:
     """Copy the SQLite database to DESTINATION while the service runs: one consistent
@@ -364,9 +398,9 @@ def backup(destination: Path) -> None:
     from .backup import BackupError, backup_sqlite
 
     settings = Settings.from_env(load_environment())
-    if settings.database_url:
-        raise click.UsageError("the ledger is on PostgreSQL: back it up with pg_dump "
-                               "(see the README's Backup section)")
+    if settings.database_url:  # (not a usage error: exit 1, not 2)
+        raise click.ClickException("the ledger is on PostgreSQL: back it up with pg_dump "
+                                   "(see the README's Backup section)")
     try:
         events = backup_sqlite(settings.sqlite_path, destination)
     except BackupError as e:
@@ -374,7 +408,7 @@ def backup(destination: Path) -> None:
     click.echo(f"Backed up {events} events to {destination}.", err=True)
 
 
-@main.command()
+@main.command(short_help="Put a backup in place of the SQLite database.")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def restore(source: Path) -> None:
     """Put a backup made by `ledger backup` in place of the SQLite database (refused while the
@@ -471,7 +505,8 @@ def study() -> None:
 NUMBERS_MAY_BE_NEGATIVE = {"ignore_unknown_options": True}
 
 
-@study.command("finance-retention", context_settings=NUMBERS_MAY_BE_NEGATIVE)
+@study.command("finance-retention", context_settings=NUMBERS_MAY_BE_NEGATIVE,
+               short_help="Keep payment records naming the payee for DAYS.")
 @click.argument("days", type=click.IntRange(0, MAX_RETENTION))
 def study_finance_retention(days: int) -> None:
     """Keep payment records naming the payee for DAYS after each payment (e.g. 2190, six
@@ -481,7 +516,7 @@ def study_finance_retention(days: int) -> None:
     click.echo(f"Finance retention: {days} days after a payment.", err=True)
 
 
-@study.command("form")
+@study.command("form", short_help="Register consent form VERSION with its text.")
 @click.argument("version")
 @click.argument("text_file", type=click.Path(exists=True, dir_okay=False))
 def study_form(version: str, text_file: str) -> None:
@@ -498,7 +533,8 @@ def study_form(version: str, text_file: str) -> None:
                f"(SHA-256 {sha256}).", err=True)
 
 
-@study.command("deadline", context_settings=NUMBERS_MAY_BE_NEGATIVE)
+@study.command("deadline", context_settings=NUMBERS_MAY_BE_NEGATIVE,
+               short_help="Set SCOPE's withdrawal deadline (later ones are flagged).")
 @click.argument("scope")
 @click.argument("moment", metavar="DEADLINE")
 def study_deadline(scope: str, moment: str) -> None:
@@ -520,7 +556,8 @@ def study_deadline(scope: str, moment: str) -> None:
                f"{deadline.isoformat() if deadline else 'none'}.", err=True)
 
 
-@study.command("rate", context_settings=NUMBERS_MAY_BE_NEGATIVE)
+@study.command("rate", context_settings=NUMBERS_MAY_BE_NEGATIVE,
+               short_help="Set ACTIVITY's standard rate in pounds.")
 @click.argument("activity")
 @click.argument("amount")
 def study_rate(activity: str, amount: str) -> None:
@@ -532,9 +569,10 @@ def study_rate(activity: str, amount: str) -> None:
     click.echo(f"Rate for {activity}: £{rate}.", err=True)
 
 
-@main.group()
+@main.group(short_help="The views the staff list and current report read.")
 def projections() -> None:
-    """The views the staff list and the reports read."""
+    """The views: tables built from the log, which the staff list and the current report
+    read. Rebuild them, or keep them up to date from a process of their own."""
 
 
 @projections.command("rebuild")

@@ -402,3 +402,36 @@ def test_a_full_disk_is_named_not_blamed_on_the_live_database(ready, small_disk,
     assert made.returncode == 1 and "disk holding the data directory is full" in made.stderr, \
         made.stderr
     assert "Traceback" not in made.stderr
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_serve_on_a_port_in_use_says_so_in_one_line_before_anything_starts(ready, host):
+    """Not "Serving the ledger on ..." followed by a dozen gunicorn errors over five seconds."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run(ready, "serve", "--host", host, "--port", str(port))
+
+    stderr = _one_line_error(result)
+    assert f"port {port} on {host} is in use" in stderr and "--port" in stderr
+    assert "Serving" not in stderr and "[ERROR]" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_serve_on_an_address_not_of_this_machine_is_named(ready):
+    result = _run(ready, "serve", "--host", "192.0.2.1", "--port", "8123")
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "'192.0.2.1' is not an address of this machine" in result.stderr
+
+
+def test_backup_on_postgresql_points_to_pg_dump_as_an_error_not_a_usage_mistake(tmp_path):
+    result = _run(tmp_path / "data", "backup", str(tmp_path / "b.sqlite3"),
+                  LEDGER_DATABASE_URL=PG + "?schema=ledger_no_such_schema")
+
+    stderr = _one_line_error(result)  # exit 1: the command was typed right
+    assert "pg_dump" in stderr and "Usage:" not in stderr
+    assert not (tmp_path / "b.sqlite3").exists()
