@@ -173,6 +173,12 @@ def _post_worker_init(worker: Any) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def _pre_request(worker: Any, req: Any) -> None:
+    """gunicorn's own hook logs each request's raw path at debug level: a path can hold a
+    mistyped name or a link token. Ours logs the method alone (the access log has the route)."""
+    worker.log.debug("%s request", req.method)
+
+
 def _worker_exit(server: Any, worker: Any) -> None:
     """A worker stopping (SIGTERM, a restart): its ledger finishes what the follower had still
     to do for its saves (the views, the Merkle leaves, a signed checkpoint), then closes."""
@@ -183,7 +189,12 @@ def _worker_exit(server: Any, worker: Any) -> None:
 
 def serve(host: str, port: int, workers: int, threads: int = 4) -> None:
     """Serve until SIGTERM/SIGINT; in-flight requests get ``graceful_timeout`` to finish."""
-    LedgerServer({
+    LedgerServer(options(host, port, workers, threads)).run()
+
+
+def options(host: str, port: int, workers: int, threads: int = 4) -> dict[str, Any]:
+    """gunicorn's settings for ``ledger serve``."""
+    return {
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
@@ -198,10 +209,11 @@ def serve(host: str, port: int, workers: int, threads: int = 4) -> None:
         "post_fork": _post_fork,
         "post_worker_init": _post_worker_init,
         "worker_exit": _worker_exit,
+        "pre_request": _pre_request,
         "logger_class": "ledger.api.server.ScrubbingLogger",
         "preload_app": False,
         # gunicorn 25.1+ opens a control socket (~/.gunicorn/gunicorn.ctl) by default, through
         # which its workers can be added, removed or reloaded; a second server on the host takes
         # it over. The ledger is run by its own command and signals: no such socket.
         "control_socket_disable": True,
-    }).run()
+    }

@@ -51,6 +51,8 @@ def test_the_readme_curl_session_runs_as_written(server, tmp_path):
     assert [(p["amount"], p["reference"]) for p in record["payments"]] == [("25.00", "VCH-0042")]
     assert record["consents"]["quote"]["state"] == "withdrawn"
     assert record["consents"]["take_part"]["state"] == "given"
+    links = [line for line in lines if "/my/" in line]  # the link, printed by `field url`
+    assert len(links) == 1 and links[0].split("/my/")[0].endswith(server.url.rstrip("/")), links
 
 
 def _blocks(section: str) -> list[tuple[str, str]]:

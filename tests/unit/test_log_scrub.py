@@ -62,3 +62,23 @@ def test_the_server_log_scrubs_what_it_writes_and_skips_levels_it_does_not():
 
     assert lines == ["GET /my/<token> from <address>", "Invalid request from ip=<address>"]
 
+
+
+def test_at_debug_level_the_server_logs_no_request_path():
+    """gunicorn's default hook logs every request's raw path at debug level; a path can hold a
+    mistyped name (a review found one in a debug log) or a link token. The server's own hook
+    logs the method alone."""
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from ledger.api.server import options
+
+    logger, lines = _server_logger("debug")
+    worker = SimpleNamespace(log=logger)
+    request = SimpleNamespace(method="GET", path="/api/v1/participants/Zebediah%20Quillfeather")
+
+    Config().pre_request(worker, request)  # gunicorn's own: the path
+    options("127.0.0.1", 8000, 2)["pre_request"](worker, request)
+
+    assert lines == ["GET /api/v1/participants/Zebediah%20Quillfeather", "GET request"]
