@@ -32,7 +32,7 @@ from . import (
     uses,
 )
 from .fastjson import OrjsonProvider
-from .openapi_links import LinksPlugin
+from .openapi_links import LedgerPositionPlugin, LinksPlugin
 from .parsing import BodyMediaTypePlugin, query_parameters
 from .ratelimit import FailureLimiter
 from .schemas import ProblemSchema
@@ -55,6 +55,20 @@ DOCS_START = """window.addEventListener("load", function () {
 """
 
 
+# The headers the server always sends with a problem of these statuses.
+RETRY_AFTER = {"Retry-After": {
+    "description": "seconds to wait before asking again (RFC 9110 section 10.2.3)",
+    "required": True, "schema": {"type": "integer", "minimum": 1}}}
+PROBLEM_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": 'Bearer realm="ledger"', "required": True,
+                               "schema": {"type": "string"}}},
+    # too many failed sign-ins from this client (auth.py): until the oldest ages out
+    429: RETRY_AFTER,
+    # the views are behind a write (errors.ledger_error, for ViewsBehind)
+    503: RETRY_AFTER,
+}
+
+
 class LedgerApi(Api):  # type: ignore[misc]
     """flask-smorest's Api with errors documented as problem+json."""
 
@@ -71,6 +85,8 @@ class LedgerApi(Api):  # type: ignore[misc]
             if status >= 400:
                 response["schema"] = self.ERROR_SCHEMA
                 prepare_response(response, self.spec, "application/problem+json")
+            if status in PROBLEM_HEADERS:
+                response["headers"] = PROBLEM_HEADERS[status]
             self.spec.components.response(status.name, response, lazy=True)
 
 
@@ -164,7 +180,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     api = LedgerApi(app, spec_kwargs={"info": {"description": "Consents, access needs and payments "
                                                          "for participatory research."},
-                                      "extra_plugins": [LinksPlugin(), BodyMediaTypePlugin()]})
+                                      "extra_plugins": [LinksPlugin(), LedgerPositionPlugin(),
+                                                        BodyMediaTypePlugin()]})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
     for module in (study, participants, consents, uses, access_needs, payments, links, audit,
                    reports, export):

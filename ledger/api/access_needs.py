@@ -27,7 +27,7 @@ class NeedIn(Schema):
 
 
 class NeedCreated(Schema):
-    need_id = fields.UUID(dump_only=True)
+    need_id = fields.UUID(required=True, dump_only=True)
 
 
 class OutcomeIn(Schema):

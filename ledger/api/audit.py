@@ -23,19 +23,21 @@ class FeedQuery(Schema):
 
 
 class FeedItem(Schema):
-    id = fields.Integer(metadata={"description": "position in the log (notification id)"})
-    topic = fields.String(metadata={"example": "ledger:Participant.ConsentWithdrawn"})
-    aggregate_id = fields.UUID()
-    version = fields.Integer()
-    recorded_at = fields.DateTime()
-    actor = fields.String(allow_none=True, metadata={"example": "staff:3f2a9c1d0b7e4a55"})
-    data = fields.Dict(metadata={"description": "the event's fields; personal ones read "
-                                                "[personal data]"})
+    id = fields.Integer(required=True,
+                        metadata={"description": "position in the log (notification id)"})
+    topic = fields.String(required=True, metadata={"example": "ledger:Participant.ConsentWithdrawn"})
+    aggregate_id = fields.UUID(required=True)
+    version = fields.Integer(required=True)
+    recorded_at = fields.DateTime(required=True)
+    actor = fields.String(required=True, allow_none=True,
+                          metadata={"example": "staff:3f2a9c1d0b7e4a55"})
+    data = fields.Dict(required=True, metadata={
+        "description": "the event's fields; personal ones read [personal data]"})
 
 
 class FeedPage(Schema):
-    items = fields.List(fields.Nested(FeedItem))
-    next_after = fields.Integer(allow_none=True)
+    items = fields.List(fields.Nested(FeedItem), required=True)
+    next_after = fields.Integer(required=True, allow_none=True)
 
 
 @blp.route("/audit/events")
@@ -70,27 +72,28 @@ class InclusionQuery(Schema):
 
 
 class StoredEvent(Schema):
-    notification_id = fields.Integer()
-    aggregate_id = fields.UUID()
-    version = fields.Integer()
-    topic = fields.String()
-    stored_state = fields.String(metadata={
+    notification_id = fields.Integer(required=True)
+    aggregate_id = fields.UUID(required=True)
+    version = fields.Integer(required=True)
+    topic = fields.String(required=True)
+    stored_state = fields.String(required=True, metadata={
         "description": "the state as stored (encrypted), base64: the leaf is SHA-256(0x00 || "
                        "id (16 bytes) || version (8, big-endian) || topic length (4) || topic "
                        "|| stored state)"})
 
 
 class InclusionProof(Schema):
-    position = fields.Integer()
-    size = fields.Integer()
-    leaf_hash = fields.String()
-    audit_path = fields.List(fields.String(), metadata={
+    position = fields.Integer(required=True)
+    size = fields.Integer(required=True)
+    leaf_hash = fields.String(required=True)
+    audit_path = fields.List(fields.String(), required=True, metadata={
         "description": "RFC 6962 audit path, hex, leaf to root (verify as RFC 9162 2.1.3.2)"})
-    root = fields.String(metadata={"description": "the root these leaves give, hex; hold the "
-                                                  "path against a signed checkpoint's root"})
-    checkpoint = fields.Nested(Checkpoint, allow_none=True,
+    root = fields.String(required=True, metadata={
+        "description": "the root these leaves give, hex; hold the path against a signed "
+                       "checkpoint's root"})
+    checkpoint = fields.Nested(Checkpoint, required=True, allow_none=True,
                                metadata={"description": "the signed checkpoint of this size"})
-    event = fields.Nested(StoredEvent)
+    event = fields.Nested(StoredEvent, required=True)
 
 
 class ConsistencyQuery(Schema):
@@ -101,14 +104,14 @@ class ConsistencyQuery(Schema):
 
 
 class ConsistencyProof(Schema):
-    first = fields.Integer()
-    second = fields.Integer()
-    first_root = fields.String()
-    second_root = fields.String()
-    proof = fields.List(fields.String(), metadata={
+    first = fields.Integer(required=True)
+    second = fields.Integer(required=True)
+    first_root = fields.String(required=True)
+    second_root = fields.String(required=True)
+    proof = fields.List(fields.String(), required=True, metadata={
         "description": "RFC 6962 consistency proof, hex (verify as RFC 9162 2.1.4.2)"})
-    first_checkpoint = fields.Nested(Checkpoint, allow_none=True)
-    second_checkpoint = fields.Nested(Checkpoint, allow_none=True)
+    first_checkpoint = fields.Nested(Checkpoint, required=True, allow_none=True)
+    second_checkpoint = fields.Nested(Checkpoint, required=True, allow_none=True)
 
 
 @blp.route("/audit/proofs/inclusion")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -40,9 +41,18 @@ def _caller() -> TokenInfo:
     return info
 
 
+def roles_sentence(roles: tuple[str, ...]) -> str:
+    """How an operation's description names the roles it allows ("Role: staff or auditor.")."""
+    return "Role: " + " or ".join(roles) + "."
+
+
 def require(*roles: str) -> Callable[[F], F]:
     """Allow the view only to valid tokens of these roles: 401 without one, 403 for others.
-    Then, as every API view passes here, refuse query parameters the view does not document."""
+    Then, as every API view passes here, refuse query parameters the view does not document.
+
+    The roles are also added to the view's docstring, from which flask-smorest writes the
+    operation's description in the OpenAPI document: the document names the roles this check
+    enforces, so the two cannot drift apart."""
     def decorate(view: F) -> F:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -54,6 +64,8 @@ def require(*roles: str) -> Callable[[F], F]:
             refuse_unknown_query_parameters()
             return view(*args, **kwargs)
         wrapper.required_roles = roles  # type: ignore[attr-defined]
+        wrapper.__doc__ = "\n\n".join(filter(None, [inspect.cleandoc(view.__doc__ or ""),
+                                                     roles_sentence(roles)]))
         return wrapper  # type: ignore[return-value]
     return decorate
 

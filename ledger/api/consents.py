@@ -34,14 +34,14 @@ class WithdrawIn(Schema):
 
 
 class OpenedObligation(Schema):
-    id = fields.UUID()
-    kind = fields.String()
+    id = fields.UUID(required=True)
+    kind = fields.String(required=True)
 
 
 class WithdrawalOut(Schema):
-    scope = fields.String()
-    past_deadline = fields.Boolean()
-    obligations = fields.List(fields.Nested(OpenedObligation))
+    scope = fields.String(required=True)
+    past_deadline = fields.Boolean(required=True)
+    obligations = fields.List(fields.Nested(OpenedObligation), required=True)
 
 
 class DoneIn(Schema):

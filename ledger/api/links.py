@@ -18,12 +18,13 @@ blp = Blueprint("links", __name__, url_prefix="/api/v1", description="Personal w
 
 
 class LinkOut(Schema):
-    url = fields.String(metadata={"description": "send this to the participant; shown once"})
-    expires_at = fields.DateTime()
+    url = fields.String(required=True,
+                        metadata={"description": "send this to the participant; shown once"})
+    expires_at = fields.DateTime(required=True)
 
 
 class RevokedOut(Schema):
-    revoked = fields.Boolean()
+    revoked = fields.Boolean(required=True)
 
 
 class Empty(Schema):

@@ -6,6 +6,10 @@ the document says, for example, that ``POST /participants`` answers with the ``i
 ``min_position`` of a read-your-writes list or the ``position`` of an inclusion proof. Clients and
 tools (Swagger UI, Schemathesis's stateful mode) can follow them; nothing else in the document
 changes.
+
+``LedgerPositionPlugin`` declares that header, which the links read, on the success responses
+that carry it: those of the writes (every POST), where ``create_app``'s ``after_request`` sends
+the log position of what the request saved (and an idempotent replay, the log's position then).
 """
 
 from __future__ import annotations
@@ -86,3 +90,25 @@ class LinksPlugin(BasePlugin):
                         name: {"operationRef": operation_ref(target_method, target_path),
                                "parameters": parameters}
                         for name, target_method, target_path, parameters in links})
+
+
+LEDGER_POSITION = {
+    "description": "the log position (notification id) of what this write saved: pass it as "
+                   "min_position to GET /participants to read your own write, or as position "
+                   "to GET /audit/proofs/inclusion. A replay of an idempotent write gives the "
+                   "log's position at the replay, which is at or after the write's own",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+
+class LedgerPositionPlugin(BasePlugin):
+    """Declares the ``Ledger-Position`` header on the success responses of the writes."""
+
+    def operation_helper(self, path: str | None = None, operations: dict[str, Any] | None = None,
+                         **kwargs: Any) -> None:
+        for method, operation in (operations or {}).items():
+            if method != "post" or not isinstance(operation, dict):
+                continue
+            for status, response in operation.get("responses", {}).items():
+                if str(status).startswith("2") and isinstance(response, dict):
+                    response.setdefault("headers", {})["Ledger-Position"] = LEDGER_POSITION

@@ -30,14 +30,14 @@ class RegisterIn(Schema):
 
 
 class RegisteredOut(Schema):
-    id = fields.UUID(dump_only=True)
-    reference = fields.String(dump_only=True, metadata={"example": "ST-7K3Q9XW2"})
+    id = fields.UUID(required=True, dump_only=True)
+    reference = fields.String(required=True, dump_only=True, metadata={"example": "ST-7K3Q9XW2"})
 
 
 class HistoryStep(Schema):
-    state = fields.String()
-    at = fields.DateTime()
-    by = fields.String()
+    state = fields.String(required=True)
+    at = fields.DateTime(required=True)
+    by = fields.String(required=True)
     method = fields.String(allow_none=True)
     form_version = fields.String(allow_none=True)
     attribution = fields.String(allow_none=True)
@@ -47,123 +47,125 @@ class HistoryStep(Schema):
 
 
 class ConsentOut(Schema):
-    scope = fields.String()
-    state = fields.String(allow_none=True)
-    form_version = fields.String(allow_none=True)
-    form_sha256 = fields.String(allow_none=True)
-    method = fields.String(allow_none=True)
-    attribution = fields.String(allow_none=True)
-    changed_at = fields.DateTime(allow_none=True)
-    history = fields.List(fields.Nested(HistoryStep))
+    scope = fields.String(required=True)
+    state = fields.String(required=True, allow_none=True)
+    form_version = fields.String(required=True, allow_none=True)
+    form_sha256 = fields.String(required=True, allow_none=True)
+    method = fields.String(required=True, allow_none=True)
+    attribution = fields.String(required=True, allow_none=True)
+    changed_at = fields.DateTime(required=True, allow_none=True)
+    history = fields.List(fields.Nested(HistoryStep), required=True)
 
 
 class ObligationOut(Schema):
-    id = fields.UUID()
-    scope = fields.String()
-    kind = fields.String()
-    opened_at = fields.DateTime()
-    done_at = fields.DateTime(allow_none=True)
+    id = fields.UUID(required=True)
+    scope = fields.String(required=True)
+    kind = fields.String(required=True)
+    opened_at = fields.DateTime(required=True)
+    done_at = fields.DateTime(required=True, allow_none=True)
     note = fields.String(allow_none=True)
 
 
 class NeedStep(Schema):
-    outcome = fields.String()
-    at = fields.DateTime()
-    by = fields.String()
-    note = fields.String(allow_none=True)
+    outcome = fields.String(required=True)
+    at = fields.DateTime(required=True)
+    by = fields.String(required=True)
+    note = fields.String(required=True, allow_none=True)
 
 
 class NeedOut(Schema):
-    id = fields.UUID()
-    category = fields.String()
-    detail = fields.String()
-    outcome = fields.String(allow_none=True)
-    note = fields.String(allow_none=True)
-    requested_at = fields.DateTime()
-    outcome_at = fields.DateTime(allow_none=True)
-    met_at = fields.DateTime(allow_none=True)
-    history = fields.List(fields.Nested(NeedStep), metadata={
+    id = fields.UUID(required=True)
+    category = fields.String(required=True)
+    detail = fields.String(required=True)
+    outcome = fields.String(required=True, allow_none=True)
+    note = fields.String(required=True, allow_none=True)
+    requested_at = fields.DateTime(required=True)
+    outcome_at = fields.DateTime(required=True, allow_none=True)
+    met_at = fields.DateTime(required=True, allow_none=True)
+    history = fields.List(fields.Nested(NeedStep), required=True, metadata={
         "description": "every outcome recorded, with its note, oldest first"})
 
 
 class ArrangementStep(Schema):
-    event = fields.String(metadata={"description": "arranged, declined, reduced, paid or "
-                                                   "reversed"})
-    at = fields.DateTime()
-    by = fields.String()
-    method = fields.String(allow_none=True)
-    payee = fields.String(allow_none=True)
-    benefits_advice_offered = fields.Boolean(allow_none=True)
-    amount = fields.String(allow_none=True, metadata={"description": "the reduced amount"})
-    reason = fields.String(allow_none=True)
-    payment_id = fields.UUID(allow_none=True)
+    event = fields.String(required=True, metadata={
+        "description": "arranged, declined, reduced, paid or reversed"})
+    at = fields.DateTime(required=True)
+    by = fields.String(required=True)
+    method = fields.String(required=True, allow_none=True)
+    payee = fields.String(required=True, allow_none=True)
+    benefits_advice_offered = fields.Boolean(required=True, allow_none=True)
+    amount = fields.String(required=True, allow_none=True,
+                           metadata={"description": "the reduced amount"})
+    reason = fields.String(required=True, allow_none=True)
+    payment_id = fields.UUID(required=True, allow_none=True)
 
 
 class ArrangementOut(Schema):
-    activity = fields.String()
-    method = fields.String(allow_none=True)
-    payee = fields.String(allow_none=True)
-    benefits_advice_offered = fields.Boolean(allow_none=True)
-    declined = fields.Boolean()
-    reduced_to = fields.String(allow_none=True)
-    reason = fields.String(allow_none=True)
-    history = fields.List(fields.Nested(ArrangementStep), metadata={
+    activity = fields.String(required=True)
+    method = fields.String(required=True, allow_none=True)
+    payee = fields.String(required=True, allow_none=True)
+    benefits_advice_offered = fields.Boolean(required=True, allow_none=True)
+    declined = fields.Boolean(required=True)
+    reduced_to = fields.String(required=True, allow_none=True)
+    reason = fields.String(required=True, allow_none=True)
+    history = fields.List(fields.Nested(ArrangementStep), required=True, metadata={
         "description": "every change, with what was said, oldest first"})
 
 
 class PaymentOut(Schema):
-    id = fields.UUID()
-    activity = fields.String()
-    amount = fields.String(metadata={"example": "25.00"})
-    currency = fields.String()
-    method = fields.String()
-    expected = fields.String()
-    status = fields.String(metadata={"description": "paid or reversed"})
-    paid_at = fields.DateTime()
-    reversed_at = fields.DateTime(allow_none=True)
+    id = fields.UUID(required=True)
+    activity = fields.String(required=True)
+    amount = fields.String(required=True, metadata={"example": "25.00"})
+    currency = fields.String(required=True)
+    method = fields.String(required=True)
+    expected = fields.String(required=True)
+    status = fields.String(required=True, metadata={"description": "paid or reversed"})
+    paid_at = fields.DateTime(required=True)
+    reversed_at = fields.DateTime(required=True, allow_none=True)
 
 
 class PaymentDetailOut(PaymentOut):
-    reference = fields.String(allow_none=True)
-    reason = fields.String(allow_none=True)
-    reversal_reason = fields.String(allow_none=True)
+    reference = fields.String(required=True, allow_none=True)
+    reason = fields.String(required=True, allow_none=True)
+    reversal_reason = fields.String(required=True, allow_none=True)
 
 
 class ExpenseOut(Schema):
-    id = fields.UUID()
-    activity = fields.String()
-    amount = fields.String()
-    method = fields.String()
-    description = fields.String()
-    at = fields.DateTime()
+    id = fields.UUID(required=True)
+    activity = fields.String(required=True)
+    amount = fields.String(required=True)
+    method = fields.String(required=True)
+    description = fields.String(required=True)
+    at = fields.DateTime(required=True)
 
 
 class UseOut(Schema):
-    scope = fields.String()
-    purpose = fields.String()
-    consent_state = fields.String(allow_none=True, metadata={
+    scope = fields.String(required=True)
+    purpose = fields.String(required=True)
+    consent_state = fields.String(required=True, allow_none=True, metadata={
         "description": "the consent state the use met; anything but given is flagged"})
-    at = fields.DateTime()
+    at = fields.DateTime(required=True)
 
 
 class ParticipantOut(Schema):
-    id = fields.UUID(dump_only=True)
-    reference = fields.String()
-    name = fields.String()
-    email = fields.String(allow_none=True)
-    phone = fields.String(allow_none=True)
-    communities = fields.List(fields.String())
-    preferred_contact = fields.String(allow_none=True)
-    registered_at = fields.DateTime()
-    erased = fields.Boolean()
-    erased_at = fields.DateTime(allow_none=True)
-    consents = fields.Dict(keys=fields.String(), values=fields.Nested(ConsentOut))
-    obligations = fields.List(fields.Nested(ObligationOut))
-    access_needs = fields.List(fields.Nested(NeedOut))
-    arrangements = fields.Dict(keys=fields.String(), values=fields.Nested(ArrangementOut))
-    expenses = fields.List(fields.Nested(ExpenseOut))
-    payments = fields.List(fields.Nested(PaymentDetailOut))
-    uses = fields.List(fields.Nested(UseOut))
+    id = fields.UUID(required=True, dump_only=True)
+    reference = fields.String(required=True)
+    name = fields.String(required=True)
+    email = fields.String(required=True, allow_none=True)
+    phone = fields.String(required=True, allow_none=True)
+    communities = fields.List(fields.String(), required=True)
+    preferred_contact = fields.String(required=True, allow_none=True)
+    registered_at = fields.DateTime(required=True)
+    erased = fields.Boolean(required=True)
+    erased_at = fields.DateTime(required=True, allow_none=True)
+    consents = fields.Dict(required=True, keys=fields.String(), values=fields.Nested(ConsentOut))
+    obligations = fields.List(fields.Nested(ObligationOut), required=True)
+    access_needs = fields.List(fields.Nested(NeedOut), required=True)
+    arrangements = fields.Dict(required=True, keys=fields.String(),
+                               values=fields.Nested(ArrangementOut))
+    expenses = fields.List(fields.Nested(ExpenseOut), required=True)
+    payments = fields.List(fields.Nested(PaymentDetailOut), required=True)
+    uses = fields.List(fields.Nested(UseOut), required=True)
 
 
 class ParticipantListQuery(PaginationQuery):
@@ -174,8 +176,8 @@ class ParticipantListQuery(PaginationQuery):
 
 
 class ParticipantPage(Schema):
-    items = fields.List(fields.Nested(ParticipantOut))
-    next_after = fields.UUID(allow_none=True)
+    items = fields.List(fields.Nested(ParticipantOut), required=True)
+    next_after = fields.UUID(required=True, allow_none=True)
 
 
 class ErasureIn(Schema):
@@ -183,36 +185,37 @@ class ErasureIn(Schema):
 
 
 class ReceiptEvent(Schema):
-    position = fields.Integer(metadata={"description": "1-based position in the log"})
-    notification_id = fields.Integer()
-    leaf_hash = fields.String()
+    position = fields.Integer(required=True, metadata={"description": "1-based position in the log"})
+    notification_id = fields.Integer(required=True)
+    leaf_hash = fields.String(required=True)
 
 
 class ErasureReceipt(Schema):
-    receipt = fields.String(metadata={"example": "erasure"})
-    participant_id = fields.UUID()
-    reference = fields.String()
-    erased_at = fields.String()
-    erased_by = fields.String(metadata={"example": "admin:3f2a9c1d0b7e4a55"})
-    data_key_destroyed = fields.Boolean()
-    erased = fields.String(metadata={"description": "what can no longer be read"})
-    kept = fields.String(metadata={"description": "what stays, without the person's identity"})
-    event = fields.Nested(ReceiptEvent)
-    audit_path = fields.List(fields.String(), metadata={
+    receipt = fields.String(required=True, metadata={"example": "erasure"})
+    participant_id = fields.UUID(required=True)
+    reference = fields.String(required=True)
+    erased_at = fields.String(required=True)
+    erased_by = fields.String(required=True, metadata={"example": "admin:3f2a9c1d0b7e4a55"})
+    data_key_destroyed = fields.Boolean(required=True)
+    erased = fields.String(required=True, metadata={"description": "what can no longer be read"})
+    kept = fields.String(required=True,
+                         metadata={"description": "what stays, without the person's identity"})
+    event = fields.Nested(ReceiptEvent, required=True)
+    audit_path = fields.List(fields.String(), required=True, metadata={
         "description": "the erasure event's RFC 6962 audit path to the checkpoint's root"})
-    checkpoint = fields.Nested(SignedCheckpoint)
-    issued_at = fields.String()
-    signature = fields.String(metadata={
+    checkpoint = fields.Nested(SignedCheckpoint, required=True)
+    issued_at = fields.String(required=True)
+    signature = fields.String(required=True, metadata={
         "description": "Ed25519, base64, with the checkpoints' key, over this receipt without "
                        "its signature as compact JSON with sorted keys"})
 
 
 class ErasureOut(Schema):
-    id = fields.UUID()
-    reference = fields.String()
-    erased = fields.Boolean()
-    erased_at = fields.DateTime()
-    receipt = fields.Nested(ErasureReceipt, allow_none=True, metadata={
+    id = fields.UUID(required=True)
+    reference = fields.String(required=True)
+    erased = fields.Boolean(required=True)
+    erased_at = fields.DateTime(required=True)
+    receipt = fields.Nested(ErasureReceipt, required=True, allow_none=True, metadata={
         "description": "null only if the store could not issue it just then (the erasure "
                        "stands): GET this path for it"})
 

@@ -31,13 +31,34 @@ def amount_field() -> fields.String:
                          metadata={"example": "25.00", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,2})?$"})
 
 
+# What ``arranged_or_declined`` checks, said in the document (OpenAPI's ``required`` cannot say
+# "required unless declined is true").
+ARRANGED_OR_DECLINED = (
+    "Either what was agreed with the person, or that they declined. `method`, `payee` and "
+    "`benefits_advice_offered` are required unless `declined` is true (422 naming each one "
+    "missing), and refused (422 naming each one given) when it is. `reason` (why they "
+    "declined, optional) is used only when `declined` is true; otherwise it is refused unless "
+    "null.")
+UNLESS_DECLINED = "required unless declined is true; refused when declined is true"
+
+
 class ArrangementIn(Schema):
+    class Meta:
+        description = ARRANGED_OR_DECLINED
+
     activity = fields.String(required=True, validate=validate.Length(1, 40))
-    method = fields.String(validate=validate.OneOf(PAYMENT_METHODS))
-    payee = fields.String(validate=validate.OneOf(PAYEES))
-    benefits_advice_offered = StrictBoolean()
-    declined = StrictBoolean(load_default=False)
-    reason = fields.String(validate=validate.Length(max=2000), allow_none=True)
+    method = fields.String(validate=validate.OneOf(PAYMENT_METHODS),
+                           metadata={"description": f"how the person will be paid: {UNLESS_DECLINED}"})
+    payee = fields.String(validate=validate.OneOf(PAYEES),
+                          metadata={"description": f"who receives the payment: {UNLESS_DECLINED}"})
+    benefits_advice_offered = StrictBoolean(metadata={
+        "description": f"whether advice on benefits was offered: {UNLESS_DECLINED}"})
+    declined = StrictBoolean(load_default=False, metadata={
+        "description": "true: the person declined payment for this activity (then method, payee "
+                       "and benefits_advice_offered must be left out); default false"})
+    reason = fields.String(validate=validate.Length(max=2000), allow_none=True, metadata={
+        "description": "why they declined (optional): only with declined true, else refused "
+                       "unless null"})
 
     @validates_schema
     def arranged_or_declined(self, data: dict[str, Any], **_: Any) -> None:
@@ -81,7 +102,7 @@ class ExpenseIn(Schema):
 
 
 class ExpenseCreated(Schema):
-    expense_id = fields.UUID(dump_only=True)
+    expense_id = fields.UUID(required=True, dump_only=True)
 
 
 PAYMENT_OUT = PaymentOut()  # schemas are stateless once built; building one per request is slow
@@ -98,7 +119,12 @@ class Arrangements(MethodView):
     @idempotent(ARRANGEMENT_OUT, 201)
     def post(self, body: dict[str, Any], participant_id: UUID,
              once: IdempotentRequest | None) -> dict[str, Any]:
-        """Record how the person wants to be paid for an activity, or that they declined."""
+        """Record how the person wants to be paid for an activity, or that they declined.
+
+        Either `declined: true` (with an optional `reason`), or all of `method`, `payee` and
+        `benefits_advice_offered`: those three are required unless `declined` is true, and
+        refused (422) when it is; a `reason` other than null is refused unless `declined` is
+        true."""
         if body["declined"]:
             return ledger().decline_payment(participant_id, body["activity"], body.get("reason"),
                                             by=actor(), idempotent=once)

@@ -17,41 +17,41 @@ blp = Blueprint("study", __name__, url_prefix="/api/v1", description="The study"
 
 
 class ScopeSchema(Schema):
-    name = fields.String()
-    label = fields.String()
-    description = fields.String()
-    withdrawal_deadline = fields.DateTime(allow_none=True)
-    obligations = fields.List(fields.String())
-    takes_attribution = fields.Boolean()
+    name = fields.String(required=True)
+    label = fields.String(required=True)
+    description = fields.String(required=True)
+    withdrawal_deadline = fields.DateTime(required=True, allow_none=True)
+    obligations = fields.List(fields.String(), required=True)
+    takes_attribution = fields.Boolean(required=True)
 
 
 class ActivitySchema(Schema):
-    name = fields.String()
-    label = fields.String()
-    rate = fields.String(metadata={"example": "25.00"})
-    currency = fields.String(metadata={"example": "GBP"})
+    name = fields.String(required=True)
+    label = fields.String(required=True)
+    rate = fields.String(required=True, metadata={"example": "25.00"})
+    currency = fields.String(required=True, metadata={"example": "GBP"})
 
 
 class FormSchema(Schema):
-    version = fields.String()
-    sha256 = fields.String()
-    registered_at = fields.DateTime()
-    current = fields.Boolean()
+    version = fields.String(required=True)
+    sha256 = fields.String(required=True)
+    registered_at = fields.DateTime(required=True)
+    current = fields.Boolean(required=True)
 
 
 class StudySchema(Schema):
-    id = fields.UUID(dump_only=True)
-    name = fields.String()
-    controller = fields.Dict(keys=fields.String(), values=fields.String())
-    lawful_bases = fields.Dict(keys=fields.String(), values=fields.String())
-    retention_days = fields.Integer()
-    finance_retention_days = fields.Integer(metadata={
+    id = fields.UUID(required=True, dump_only=True)
+    name = fields.String(required=True)
+    controller = fields.Dict(required=True, keys=fields.String(), values=fields.String())
+    lawful_bases = fields.Dict(required=True, keys=fields.String(), values=fields.String())
+    retention_days = fields.Integer(required=True)
+    finance_retention_days = fields.Integer(required=True, metadata={
         "description": "days after a payment during which its record must name the payee; "
                        "erasure is refused (409) until then. 0: payments stay as anonymous "
                        "facts (amount, method, date) when a person is erased"})
-    scopes = fields.List(fields.Nested(ScopeSchema))
-    activities = fields.List(fields.Nested(ActivitySchema))
-    consent_forms = fields.List(fields.Nested(FormSchema))
+    scopes = fields.List(fields.Nested(ScopeSchema), required=True)
+    activities = fields.List(fields.Nested(ActivitySchema), required=True)
+    consent_forms = fields.List(fields.Nested(FormSchema), required=True)
 
 
 @blp.route("/study")

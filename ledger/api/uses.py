@@ -27,11 +27,11 @@ class UseIn(Schema):
 
 
 class UseRecorded(Schema):
-    scope = fields.String()
-    consent_state = fields.String(allow_none=True)
-    without_consent = fields.Boolean(metadata={
+    scope = fields.String(required=True)
+    consent_state = fields.String(required=True, allow_none=True)
+    without_consent = fields.Boolean(required=True, metadata={
         "description": "true when consent for the scope was not given at the time"})
-    at = fields.DateTime()
+    at = fields.DateTime(required=True)
 
 
 @blp.route("/participants/<uuid:participant_id>/uses")
