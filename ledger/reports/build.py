@@ -8,7 +8,7 @@ personal data: participants appear by reference only.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from statistics import median
 from typing import Any
 
@@ -99,8 +99,8 @@ def compliance_report(*, rows: dict[str, list[dict[str, Any]]], people: list[dic
             "done": done_obligations, "done_count": len(done_obligations),
             "median_days_to_done": _median([o["days_to_done"] for o in done_obligations]),
         },
-        "payments": _payments(rows, study, as_of, outstanding_days),
-        "access_needs": _needs(rows, as_of),
+        "payments": _payments(rows, study, as_of, outstanding_days, erased),
+        "access_needs": _needs(rows, as_of, erased),
         "erasures": sorted(({"reference": p["reference"], "erased_at": p["erased_at"]}
                             for p in people if p["erased_at"] is not None),
                            key=lambda e: e["erased_at"]),
@@ -114,7 +114,7 @@ def _use(u: dict[str, Any]) -> dict[str, Any]:
 
 
 def _payments(rows: dict[str, list[dict[str, Any]]], study: Study, as_of: datetime,
-              outstanding_days: int) -> dict[str, Any]:
+              outstanding_days: int, erased: set[str]) -> dict[str, Any]:
     payments = rows["payments"]
     standing = [p for p in payments if p["reversed_at"] is None]
     by_method: dict[str, dict[str, Any]] = {}
@@ -122,12 +122,17 @@ def _payments(rows: dict[str, list[dict[str, Any]]], study: Study, as_of: dateti
         m = by_method.setdefault(p["method"], {"count": 0, "pence": 0})
         m["count"] += 1
         m["pence"] += p["amount_pence"]
+    # Owed and not paid for at least ``outstanding_days`` (the age compared unrounded: 29.999
+    # days is not 30). Not an erased person's: nothing can be paid to them any more (their
+    # payment details are gone), so it is not work still to do.
+    threshold = timedelta(days=outstanding_days)
     outstanding = sorted(
         ({"reference": a["reference"], "activity": a["activity"], "since": a["arranged_at"],
           "days": _days(a["arranged_at"], as_of)}
          for a in rows["arrangements"]
          if not a["declined"] and not a["paid"] and a["arranged_at"] is not None
-         and (_days(a["arranged_at"], as_of) or 0) >= outstanding_days),
+         and a["participant_id"] not in erased
+         and as_of - datetime.fromisoformat(a["arranged_at"]) >= threshold),
         key=lambda o: o["since"])
     counts = Counter(p["activity"] for p in standing)
     return {
@@ -141,7 +146,9 @@ def _payments(rows: dict[str, list[dict[str, Any]]], study: Study, as_of: dateti
              "amount": format_pence(p["amount_pence"]), "expected": format_pence(p["expected_pence"])}
             for p in standing if p["amount_pence"] != p["expected_pence"]],
         "declined": sum(1 for a in rows["arrangements"] if a["declined"]),
-        "reduced": sum(1 for a in rows["arrangements"] if a["reduced_to_pence"] is not None),
+        # (a reduction the person then declined altogether counts as declined only)
+        "reduced": sum(1 for a in rows["arrangements"]
+                       if a["reduced_to_pence"] is not None and not a["declined"]),
         "reversed": sum(1 for p in payments if p["reversed_at"] is not None),
         "outstanding_after_days": outstanding_days,
         "outstanding": outstanding,
@@ -150,20 +157,25 @@ def _payments(rows: dict[str, list[dict[str, Any]]], study: Study, as_of: dateti
     }
 
 
-def _needs(rows: dict[str, list[dict[str, Any]]], as_of: datetime) -> dict[str, Any]:
+def _needs(rows: dict[str, list[dict[str, Any]]], as_of: datetime,
+           erased: set[str]) -> dict[str, Any]:
     needs = rows["needs"]
-    outcomes = Counter(n["outcome"] or "open" for n in needs)
+    # A need with no outcome when its person was erased is no longer waiting: nothing can be
+    # arranged for someone whose details are gone. It is counted apart, never as "open".
+    closed = {id(n) for n in needs if n["outcome"] is None and n["participant_id"] in erased}
+    outcomes = Counter(n["outcome"] or ("erased" if id(n) in closed else "open") for n in needs)
     to_meet = [_days(n["requested_at"], n["met_at"]) or 0.0 for n in needs
                if n["met_at"] is not None]
     return {
         "requested": len(needs),
         "met": outcomes.get("met", 0), "partly_met": outcomes.get("partly_met", 0),
         "not_met": outcomes.get("not_met", 0), "open": outcomes.get("open", 0),
+        "erased_before_outcome": outcomes.get("erased", 0),
         "median_days_to_meet": _median(to_meet),
         "items": sorted(
             ({"reference": n["reference"], "requested_at": n["requested_at"],
               "outcome": n["outcome"], "days_to_meet": _days(n["requested_at"], n["met_at"]),
-              "waiting_days": None if n["outcome"] == "met"
+              "waiting_days": None if n["outcome"] == "met" or id(n) in closed
               else _days(n["requested_at"], as_of)} for n in needs),
             key=lambda n: n["requested_at"]),
     }

@@ -112,6 +112,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "access_needs_requested": needs["requested"], "access_needs_met": needs["met"],
         "access_needs_partly_met": needs["partly_met"], "access_needs_not_met": needs["not_met"],
         "access_needs_open": needs["open"],
+        "access_needs_erased_before_outcome": needs["erased_before_outcome"],
         "access_needs_median_days_to_meet": needs["median_days_to_meet"],
         "erasures": len(report["erasures"]),
         "log_events": report["log"]["events"], "log_position": report["log"]["position"],

@@ -115,6 +115,44 @@ def test_the_payment_figures_are_exactly_those_of_a_scripted_history(api_ledger,
     assert report_data(lg, outstanding_days=10)["payments"] == payments  # the views agree
 
 
+def test_what_is_owed_counts_from_the_arrangement_after_a_decline_and_not_for_the_erased(
+        api_ledger, clock):
+    """A review's histories (5 December): declined, then agreed five days later, is owed from
+    the agreement, not the decline; a reduction then declined altogether is a decline, not a
+    reduction too; an arrangement 29 days 23 hours old is not 30 days outstanding; an erased
+    person can be paid nothing, so what they were owed, and a need of theirs with no outcome,
+    are not work still to do. From the views and from a replay alike."""
+    lg, t0 = api_ledger, clock.now
+    clock.now = t0 + timedelta(days=1)
+    changed_mind, reduced_then_declined, erased, almost, waiting = (
+        lg.register_participant(f"Owed Script {i}", by="t")["id"] for i in range(5))
+    lg.decline_payment(changed_mind, "conversation", None, by="t")
+    lg.reduce_payment(reduced_then_declined, "workshop", "10.00", "benefits", by="t")
+    lg.decline_payment(reduced_then_declined, "workshop", None, by="t")
+    lg.arrange_payment(erased, "conversation", "voucher", "self", True, by="t")
+    need = lg.request_access_need(erased, "captions", None, by="t")
+    lg.request_access_need(waiting, "captions", None, by="t")
+    clock.now = t0 + timedelta(days=6)
+    lg.arrange_payment(changed_mind, "conversation", "cash", "self", False, by="t")
+    lg.erase(erased, "asked", by="t")
+    clock.now = t0 + timedelta(days=6, minutes=7)
+    lg.arrange_payment(almost, "workshop", "cash", "self", False, by="t")
+    clock.now = t0 + timedelta(days=36)  # 30 days after `changed_mind` agreed; `almost`: 29.995
+    refs = {pid: lg.participant(pid)["reference"] for pid in (changed_mind, waiting, almost)}
+
+    for report in (report_data(lg, outstanding_days=30), report_data(lg, clock.now, 30)):
+        payments, needs = report["payments"], report["access_needs"]
+        assert [(o["reference"], o["since"], o["days"]) for o in payments["outstanding"]] == [
+            (refs[changed_mind], (t0 + timedelta(days=6)).isoformat(), 30.0)]
+        assert (payments["declined"], payments["reduced"]) == (1, 0)
+        assert (needs["requested"], needs["open"], needs["erased_before_outcome"]) == (2, 1, 1)
+        assert [n["waiting_days"] for n in needs["items"] if n["reference"] != refs[waiting]] \
+            == [None]
+    assert need is not None
+    assert [(o["reference"], o["days"]) for o in report_data(lg, outstanding_days=29)[
+        "payments"]["outstanding"]] == [(refs[changed_mind], 30.0), (refs[almost], 30.0)]
+
+
 def test_the_report_shows_how_long_each_piece_of_follow_up_work_took(client, auditor, api_ledger,
                                                                       clock):
     """The design: a withdrawal opens follow-up work that staff mark done, and "reports show how
