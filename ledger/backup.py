@@ -198,13 +198,26 @@ def _write_durably(path: Path, data: bytes) -> None:
     _fsync_directory(path.parent)
 
 
+PUTTING_BACK = b"\nputting back"  # added to the note once the copy's files are gone
+
+
 def _undo(database: Path, kept: Path | None, *, swapped: bool) -> None:
     """Undo a restore: once the copy was swapped in, it goes (with the files SQLite made beside
     it); each file of the replaced database comes back, as far as it had been moved. Before
-    the swap, the files not yet moved are the live database's own and stay."""
-    for suffix in ("", "-wal", "-shm"):
-        if swapped:
+    the swap, the files not yet moved are the live database's own and stay.
+
+    Safe to run again after a kill part-way (the note stays until it has finished): the copy's
+    files are deleted only until the note says they are gone, never once a file of the replaced
+    database may have come back; and the main file comes back last, after its WAL, so no
+    database file is ever beside a WAL that is not its own."""
+    marker = _pending(database)
+    if swapped and not (marker.exists() and marker.read_bytes().endswith(PUTTING_BACK)):
+        for suffix in ("", "-wal", "-shm"):
             Path(f"{database}{suffix}").unlink(missing_ok=True)
+        _fsync_directory(database.parent)
+        if marker.exists():
+            _write_durably(marker, marker.read_bytes() + PUTTING_BACK)
+    for suffix in ("-wal", "-shm", ""):
         if kept is not None and Path(f"{kept}{suffix}").exists():
             os.replace(Path(f"{kept}{suffix}"), Path(f"{database}{suffix}"))
 
@@ -226,7 +239,7 @@ def _undo_interrupted(database: Path) -> bool:
     note is still there), put back the database it replaced. True if it did."""
     marker = _pending(database)
     try:
-        name = marker.read_bytes().decode()
+        name = marker.read_bytes().removesuffix(PUTTING_BACK).decode()
     except FileNotFoundError:
         return False
     _put_back(database, database.with_name(name) if name else None)

@@ -557,3 +557,54 @@ def test_a_restore_killed_at_any_point_is_undone_by_the_next_process_to_open_the
     assert "a restore was stopped before it finished" in caplog.text
     assert left == []
     assert again.returncode == 0 and "Erased 1 participant(s) again" in again.stderr
+
+
+KILLED_PUTTING_BACK = """
+import os, signal, sys
+from pathlib import Path
+import ledger.backup as backup
+
+point, source, database = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+calls = {"fsync": 0, "replace": 0}
+failing = False
+real_replace, real_fsync = os.replace, backup._fsync_directory
+
+def counted(kind, real):
+    def call(*args):
+        if failing:
+            calls[kind] += 1
+            if point == f"{kind}{calls[kind]}":
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args)
+    return call
+
+backup.os.replace = counted("replace", real_replace)
+backup._fsync_directory = counted("fsync", real_fsync)
+with backup.restoring(source, database):
+    failing = True
+    raise RuntimeError("the restored copy did not verify")
+"""
+
+
+@pytest.mark.parametrize("point", ["fsync1", "fsync2", "replace1", "fsync3", "fsync4"])
+def test_a_restore_killed_while_putting_the_database_back_loses_nothing(tmp_path, point, caplog):
+    """A restore that fails puts the replaced database back; killed part-way through that, the
+    next process finishes it. A review found (5 December) that a kill after the database had
+    come back, before the note was removed, made the next process delete it as if it were
+    the copy: the ledger was gone."""
+    data, pid, _ = _two_people_backed_up(tmp_path)
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    lg.register_participant("After The Backup", by="t")
+    lg.close()
+    before = _rows(data / "ledger.sqlite3")
+    database = data / "ledger.sqlite3"
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_PUTTING_BACK, point,
+                             str(tmp_path / "b.sqlite3"), str(database)], timeout=120,
+                            capture_output=True, text=True)
+    verified = _run(data, "verify")
+
+    assert killed.returncode == -9, killed.stderr
+    assert verified.returncode == 0, verified.stderr
+    assert _rows(database) == before
+    assert [p.name for p in data.iterdir() if "restor" in p.name] == []

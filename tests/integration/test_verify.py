@@ -871,6 +871,16 @@ def test_views_edited_in_the_database_are_caught_by_verify_views(store_env):
     assert _run(store_env, "projections", "rebuild").returncode == 0
     assert _run(store_env, "verify", "--views").returncode == 0
 
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    lg.sql.execute("UPDATE {t}ledger_view_participants SET erased_at = %s, reference = %s "
+                   "WHERE seq = (SELECT MIN(seq) FROM {t}ledger_view_participants)",
+                   ("2026-01-01T00:00:00+00:00", "ST-FORGED00"))  # (the report's erasures)
+    lg.close()
+    people = _run(store_env, "verify", "--views")
+    assert people.returncode == 1, people.stdout + people.stderr
+    assert "  - participants: 1 row(s) not from the log, 1 row(s) of the log missing" in \
+        people.stderr
+
 
 def test_a_json_report_kept_outside_serves_as_a_kept_checkpoint(store_env, tmp_path):
     """An auditor who kept signed reports holds the log against the checkpoint each carries
