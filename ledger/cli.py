@@ -165,12 +165,14 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     with open_ledger(create=True) as ledger:
         ledger.init_study(by="cli:serve")  # tables and study exist before workers start
     store = "PostgreSQL" if settings.database_url else str(settings.sqlite_path)
-    click.echo(f"Serving the ledger on http://{host}:{port} ({store}); API docs at "
-               f"http://{host}:{port}/api/v1/docs", err=True)
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    click.echo(f"Serving the ledger on http://{shown}:{port} ({store}); API docs at "
+               f"http://{shown}:{port}/api/v1/docs", err=True)
     if not load_environment().get("LEDGER_BASE_URL"):
         # Links then point at this server as started (on another --port too), for the workers
         # it forks; a wildcard address names no host a browser can reach, so 127.0.0.1 stands.
-        reachable = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+        plain = host.strip("[]")
+        reachable = "127.0.0.1" if plain in ("", "0.0.0.0", "::") else plain
         base = f"http://{f'[{reachable}]' if ':' in reachable else reachable}:{port}"
         os.environ["LEDGER_BASE_URL"] = base
         click.echo(f"LEDGER_BASE_URL is not set: participants' withdrawal links will start with "
@@ -185,8 +187,10 @@ def _port_free(host: str, port: int) -> None:
     import errno
     import socket
 
+    if os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
+        return  # a socket handed over (gunicorn's USR2 upgrade, systemd): already ours
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+        infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
     except socket.gaierror:
         raise click.BadParameter(f"{host!r} is not an address of this machine",

@@ -195,7 +195,8 @@ def serve(host: str, port: int, workers: int, threads: int = 4) -> None:
 def options(host: str, port: int, workers: int, threads: int = 4) -> dict[str, Any]:
     """gunicorn's settings for ``ledger serve``."""
     return {
-        "bind": f"{host}:{port}",
+        # An IPv6 address in brackets, as gunicorn reads "host:port" (either form is taken).
+        "bind": f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
         "threads": threads,
         "worker_class": "ledger.api.server.LedgerWorker",

@@ -435,3 +435,70 @@ def test_backup_on_postgresql_points_to_pg_dump_as_an_error_not_a_usage_mistake(
     stderr = _one_line_error(result)  # exit 1: the command was typed right
     assert "pg_dump" in stderr and "Usage:" not in stderr
     assert not (tmp_path / "b.sqlite3").exists()
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_serve_on_an_ipv6_address_in_use_is_named_too(ready, host):
+    import socket
+
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.bind(("::1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run(ready, "serve", "--host", host, "--port", str(port))
+
+    stderr = _one_line_error(result)
+    assert f"port {port} on {host} is in use" in stderr
+
+
+def test_serve_answers_on_an_ipv6_address(ready):
+    """gunicorn reads "host:port": an IPv6 address goes in brackets (given bare or not), and the
+    links point at it."""
+    import socket
+    import urllib.request
+
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    server = subprocess.Popen([LEDGER, "serve", "--host", "::1", "--port", str(port),
+                               "--workers", "1"], env={**full, "LEDGER_DATA_DIR": str(ready)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=ready.parent)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://[::1]:{port}/healthz", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, \
+                    server.stderr.read() if server.poll() is not None else "no answer"
+                time.sleep(0.3)
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    assert f"Serving the ledger on http://[::1]:{port} " in stderr
+    assert f"links will start with http://[::1]:{port}" in stderr
+
+
+@pytest.mark.parametrize("variable", ["GUNICORN_FD", "LISTEN_FDS"])
+def test_a_socket_handed_over_is_not_refused_as_in_use(monkeypatch, variable):
+    """gunicorn's USR2 upgrade re-runs the command with the listening socket inherited (its fd in
+    GUNICORN_FD), as systemd's socket activation does (LISTEN_FDS): the port is in use, by the
+    server itself, and must not be refused."""
+    import socket
+
+    import click
+
+    from ledger.cli import _port_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(click.ClickException, match="is in use"):
+            _port_free("127.0.0.1", port)
+        monkeypatch.setenv(variable, "3")
+        assert _port_free("127.0.0.1", port) is None
