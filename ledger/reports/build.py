@@ -70,9 +70,12 @@ def compliance_report(*, rows: dict[str, list[dict[str, Any]]], people: list[dic
     uses = sorted(rows["uses"], key=lambda u: u["at"])
     late = sorted((w for w in rows["withdrawals"] if w["past_deadline"]), key=lambda w: w["at"])
 
+    # Work still open, with whether the person has since given that consent again: then the
+    # work (removing their story from the analysis, say) is no longer what they want.
     open_obligations = sorted(
         ({"reference": o["reference"], "scope": o["scope"], "kind": o["kind"],
-          "opened_at": o["opened_at"], "age_days": _days(o["opened_at"], as_of)}
+          "opened_at": o["opened_at"], "age_days": _days(o["opened_at"], as_of),
+          "given_again": by_person.get(o["participant_id"], {}).get(o["scope"]) == "given"}
          for o in rows["obligations"] if o["done_at"] is None), key=lambda o: o["opened_at"])
     # The design asks how long each piece of follow-up work took, not only the median.
     done_obligations = sorted(

@@ -153,6 +153,33 @@ def test_what_is_owed_counts_from_the_arrangement_after_a_decline_and_not_for_th
         "payments"]["outstanding"]] == [(refs[changed_mind], 30.0), (refs[almost], 30.0)]
 
 
+def test_open_follow_up_work_says_when_the_person_has_given_that_consent_again(api_ledger, clock):
+    """A review (5 December): a person withdrew from the analysis, then agreed again; the
+    report still listed "remove from analysis" as open work with no sign that it is no longer
+    what they want. Now each open piece says so, in JSON, CSV and HTML."""
+    from ledger.reports.render import to_csv_zip, to_html
+
+    lg = api_ledger
+    again, stays = (lg.register_participant(f"Again Script {i}", by="t")["id"] for i in range(2))
+    for pid in (again, stays):
+        lg.grant_consent(pid, "analyse", "1.0", "online", by="t")
+        lg.withdraw_consent(pid, "analyse", "email", by="t")
+    lg.grant_consent(again, "analyse", "1.0", "online", by="t")
+    refs = {lg.participant(pid)["reference"]: pid for pid in (again, stays)}
+
+    for report in (report_data(lg), report_data(lg, clock.now)):
+        flags = {refs[o["reference"]]: o["given_again"] for o in report["obligations"]["open"]
+                 if o["reference"] in refs}
+        assert flags == {again: True, stays: False}
+    report = report_data(lg)
+    import io
+    import zipfile
+    csv_text = zipfile.ZipFile(io.BytesIO(to_csv_zip(report))).read("open_obligations.csv")
+    assert b"given_again" in csv_text.splitlines()[0] and b",true" in csv_text
+    html = to_html(report)
+    assert "Consent given again since" in html and ">yes<" in html and ">no<" in html
+
+
 def test_the_report_shows_how_long_each_piece_of_follow_up_work_took(client, auditor, api_ledger,
                                                                       clock):
     """The design: a withdrawal opens follow-up work that staff mark done, and "reports show how
