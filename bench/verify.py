@@ -23,7 +23,10 @@ Then, each in a fresh child process, so each peak RSS belongs to that step alone
 
 The real command, ``ledger verify``, is also run once in a subprocess on the same store (with
 ``LEDGER_DATA_DIR`` / ``LEDGER_DATABASE_URL`` as the generator had them) and must exit 0; its time
-includes starting Python and opening the ledger. Ends with one JSON line.
+includes starting Python and opening the ledger. Then the views are built (``ledger projections
+rebuild``, timed apart) and ``ledger verify --views`` is run the same way: the log's check plus a
+replay of the whole log held against the views (``views_ratio_to_cli_verify``: what the flag
+costs). Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -85,14 +88,16 @@ def step(name: str, env: dict[str, str]) -> tuple[float, float, Any]:
     return reports_step(name, env, run_step=_step)
 
 
-def cli_verify(env: dict[str, str]) -> tuple[float, float, int, str]:
-    """(seconds, peak RSS in MiB, exit code, output) of ``ledger verify`` in a subprocess, run in
-    the data directory (so no stray .env is read) with only this store's settings."""
+def cli_verify(env: dict[str, str], *args: str) -> tuple[float, float, int, str]:
+    """(seconds, peak RSS in MiB, exit code, output) of ``ledger verify`` (or, given ``args``,
+    that command) in a subprocess, run in the data directory (so no stray .env is read) with
+    only this store's settings."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     full.update(env)
     with tempfile.TemporaryFile() as output:
         start = time.perf_counter()
-        process = subprocess.Popen([LEDGER, "verify"], env=full, cwd=env["LEDGER_DATA_DIR"],
+        process = subprocess.Popen([LEDGER, *(args or ("verify",))], env=full,
+                                   cwd=env["LEDGER_DATA_DIR"],
                                    stdout=output, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)  # this child's own peak RSS
         seconds = time.perf_counter() - start
@@ -118,6 +123,13 @@ def measure(env: dict[str, str], participants: int, events: int) -> dict[str, An
     print(f"  ledger verify: exit {cli_code}: {cli_out[-500:]}", file=sys.stderr, flush=True)
     if cli_code != 0 or not verdict["ok"]:
         raise RuntimeError(f"verify failed: {verdict}; ledger verify exit {cli_code}: {cli_out}")
+    rebuild_s, _, rebuild_code, rebuild_out = cli_verify(env, "projections", "rebuild")
+    views_s, views_rss, views_code, views_out = cli_verify(env, "verify", "--views")
+    print(f"  rebuild {rebuild_s:.1f} s; ledger verify --views {views_s:.1f} s: exit "
+          f"{views_code}: {views_out[-300:]}", file=sys.stderr, flush=True)
+    if rebuild_code != 0 or views_code != 0:
+        raise RuntimeError(f"rebuild exit {rebuild_code}: {rebuild_out[-500:]}; verify --views "
+                           f"exit {views_code}: {views_out[-500:]}")
     return {
         **size,
         "leaves_after_write": leaves_after_write,
@@ -131,6 +143,10 @@ def measure(env: dict[str, str], participants: int, events: int) -> dict[str, An
         "cli_verify_s": round(cli_s, 2), "cli_verify_rss_mb": round(cli_rss),
         "cli_verify_exit": cli_code,
         "cli_verify_ratio_to_bare": round(cli_s / bare_s, 2),
+        "rebuild_s": round(rebuild_s, 2),
+        "cli_verify_views_s": round(views_s, 2), "cli_verify_views_rss_mb": round(views_rss),
+        "cli_verify_views_exit": views_code,
+        "views_ratio_to_cli_verify": round(views_s / cli_s, 2),
     }
 
 
@@ -139,7 +155,9 @@ def main() -> None:
         f"{r['events']} events: first hashing {r['first_hashing_s']} s, bare read+hash "
         f"{r['bare_read_hash_s']} s ({r['bare_read_hash_rss_mb']} MiB), verify {r['verify_s']} s "
         f"({r['verify_ratio_to_bare']}x, {r['verify_rss_mb']} MiB), ledger verify "
-        f"{r['cli_verify_s']} s ({r['cli_verify_rss_mb']} MiB)"))
+        f"{r['cli_verify_s']} s ({r['cli_verify_rss_mb']} MiB), ledger verify --views "
+        f"{r['cli_verify_views_s']} s ({r['views_ratio_to_cli_verify']}x, "
+        f"{r['cli_verify_views_rss_mb']} MiB)"))
 
 
 if __name__ == "__main__":

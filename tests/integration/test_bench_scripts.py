@@ -76,6 +76,7 @@ def test_the_verify_benchmark_hashes_its_study_and_verifies_it():
     sqlite = figures["sqlite"]
     assert figures["bench"] == "verify" and sqlite["events"] >= 20 * 50
     assert sqlite["verify_ok"] is True and sqlite["cli_verify_exit"] == 0
+    assert sqlite["cli_verify_views_exit"] == 0 and sqlite["views_ratio_to_cli_verify"] > 0
     assert sqlite["verify_checkpoints"] >= 1
     for key in ("first_hashing_s", "bare_read_hash_s", "bare_read_hash_rss_mb", "verify_s",
                 "verify_rss_mb", "verify_ratio_to_bare", "cli_verify_s", "cli_verify_rss_mb"):
