@@ -189,12 +189,16 @@ def _pending(database: Path) -> Path:
 
 
 def _write_durably(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    """Write ``path`` whole or not at all, even killed or cut off part-way: written beside it,
+    synced, then renamed over it (a note emptied by a kill read as "nothing was replaced")."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+    os.replace(temporary, path)
     _fsync_directory(path.parent)
 
 
@@ -228,10 +232,13 @@ def _put_back(database: Path, kept: Path | None) -> None:
     next process to finish."""
     incoming = _incoming(database)
     _undo(database, kept, swapped=not incoming.exists())
-    incoming.unlink(missing_ok=True)
     _fsync_directory(database.parent)
     _pending(database).unlink(missing_ok=True)
     _fsync_directory(database.parent)
+    # Only now: while the note is there, the copy still beside the database is what says the
+    # swap had not happened (a re-run must then delete nothing).
+    incoming.unlink(missing_ok=True)
+    _pending(database).with_name(_pending(database).name + ".tmp").unlink(missing_ok=True)
 
 
 def _undo_interrupted(database: Path) -> bool:
@@ -255,11 +262,21 @@ def finish_interrupted_restore(database: Path) -> None:
     the one restoring. Without this, a restore killed after the swap left its unverified copy
     in place, with the erasures recorded since the backup not repeated: an erased person's
     data was readable again, and nothing said so."""
-    if not _pending(database).exists() or held_here(str(database)):
+    incoming = _incoming(database)
+    if not (_pending(database).exists() or incoming.exists()) or held_here(str(database)):
         return
     try:
         with unused(str(database)):
-            _undo_interrupted(database)
+            if not _undo_interrupted(database) and incoming.exists():
+                # Killed before it moved anything: only its copy of the backup is left, beside
+                # the master key, where no erasure would reach it.
+                incoming.unlink()
+                _pending(database).with_name(_pending(database).name + ".tmp").unlink(
+                    missing_ok=True)
+                _fsync_directory(database.parent)
+                log.warning("a restore was stopped before it finished (before it replaced "
+                            "anything): its copy of the backup was removed. Run `ledger "
+                            "restore` again if it is still wanted.")
     except InUse:
         return  # a restore holds it (or another process is putting it back): wait to open
 

@@ -171,8 +171,14 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     if not load_environment().get("LEDGER_BASE_URL"):
         # Links then point at this server as started (on another --port too), for the workers
         # it forks; a wildcard address names no host a browser can reach, so 127.0.0.1 stands.
+        import ipaddress
+
         plain = host.strip("[]")
-        reachable = "127.0.0.1" if plain in ("", "0.0.0.0", "::") else plain
+        try:
+            wildcard = plain == "" or ipaddress.ip_address(plain).is_unspecified
+        except ValueError:
+            wildcard = False  # (a name)
+        reachable = "127.0.0.1" if wildcard else plain
         base = f"http://{f'[{reachable}]' if ':' in reachable else reachable}:{port}"
         os.environ["LEDGER_BASE_URL"] = base
         click.echo(f"LEDGER_BASE_URL is not set: participants' withdrawal links will start with "

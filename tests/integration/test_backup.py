@@ -512,18 +512,26 @@ real_replace = os.replace
 
 def replace(a, b):
     global calls
-    calls += 1
+    calls += 1  # 1: the note put in place; 2: the live database moved aside; then the swap
     if point == f"rename{calls}":
         os.kill(os.getpid(), signal.SIGKILL)
     real_replace(a, b)
 
+real_fsync = os.fsync
+
+def fsync(fd):
+    if point == "copy":  # the copy of the backup written, nothing else done yet
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_fsync(fd)
+
 backup.os.replace = replace
+backup.os.fsync = fsync
 with backup.restoring(source, database):
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-@pytest.mark.parametrize("point", ["rename1", "rename2", "block"])
+@pytest.mark.parametrize("point", ["copy", "rename1", "rename2", "rename3", "block"])
 def test_a_restore_killed_at_any_point_is_undone_by_the_next_process_to_open_the_ledger(
         tmp_path, point, caplog):
     """Killed, a restore runs no clean-up of its own. Before, one killed after the swap left
@@ -586,7 +594,8 @@ with backup.restoring(source, database):
 """
 
 
-@pytest.mark.parametrize("point", ["fsync1", "fsync2", "replace1", "fsync3", "fsync4"])
+@pytest.mark.parametrize("point", ["fsync1", "fsync2", "replace1", "replace2", "fsync3",
+                                   "fsync4"])
 def test_a_restore_killed_while_putting_the_database_back_loses_nothing(tmp_path, point, caplog):
     """A restore that fails puts the replaced database back; killed part-way through that, the
     next process finishes it. A review found (5 December) that a kill after the database had
@@ -600,6 +609,62 @@ def test_a_restore_killed_while_putting_the_database_back_loses_nothing(tmp_path
     database = data / "ledger.sqlite3"
 
     killed = subprocess.run([sys.executable, "-c", KILLED_PUTTING_BACK, point,
+                             str(tmp_path / "b.sqlite3"), str(database)], timeout=120,
+                            capture_output=True, text=True)
+    verified = _run(data, "verify")
+
+    assert killed.returncode == -9, killed.stderr
+    assert verified.returncode == 0, verified.stderr
+    assert _rows(database) == before
+    assert [p.name for p in data.iterdir() if "restor" in p.name] == []
+
+
+KILLED_BEFORE_THE_SWAP = """
+import os, signal, sys
+from pathlib import Path
+import ledger.backup as backup
+
+point, source, database = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+calls = {"fsync": 0, "replace": 0, "unlink": 0}
+failing = False
+real = {"replace": os.replace, "unlink": os.unlink, "fsync": backup._fsync_directory}
+
+def counted(kind):
+    def call(*args, **kwargs):
+        global failing
+        if kind == "replace" and str(args[0]).endswith(".restoring") and not failing:
+            failing = True  # the swap itself fails: the live database is already moved aside
+            raise OSError(5, "Input/output error")
+        if failing:
+            calls[kind] += 1
+            if point == f"{kind}{calls[kind]}":
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real[kind](*args, **kwargs)
+    return call
+
+os.replace, os.unlink = counted("replace"), counted("unlink")
+backup._fsync_directory = counted("fsync")
+with backup.restoring(source, database):
+    pass
+"""
+
+
+@pytest.mark.parametrize("point", ["replace1", "fsync1", "unlink1", "fsync2", "unlink2",
+                                   "unlink3"])
+def test_a_restore_failing_before_its_swap_and_killed_while_putting_back_loses_nothing(
+        tmp_path, point):
+    """The swap itself fails (the live database already moved aside), and the put-back is
+    killed part-way. A review found (5 December) that a kill after the copy beside the
+    database was removed, before the note was, made the next process take the swap for done
+    and delete the database it had just put back."""
+    data, _, _ = _two_people_backed_up(tmp_path)
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    lg.register_participant("After The Backup", by="t")
+    lg.close()
+    before = _rows(data / "ledger.sqlite3")
+    database = data / "ledger.sqlite3"
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_THE_SWAP, point,
                              str(tmp_path / "b.sqlite3"), str(database)], timeout=120,
                             capture_output=True, text=True)
     verified = _run(data, "verify")

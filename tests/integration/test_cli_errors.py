@@ -502,3 +502,26 @@ def test_a_socket_handed_over_is_not_refused_as_in_use(monkeypatch, variable):
             _port_free("127.0.0.1", port)
         monkeypatch.setenv(variable, "3")
         assert _port_free("127.0.0.1", port) is None
+
+
+@pytest.mark.parametrize("host", ["::0", "[::]", "0.0.0.0"])
+def test_links_from_a_server_on_every_address_point_at_one_a_browser_can_reach(ready, host):
+    """A wildcard address (any spelling) names no host: without LEDGER_BASE_URL the links use
+    127.0.0.1, and say so."""
+    import socket
+
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::", 0))
+        port = probe.getsockname()[1]
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    server = subprocess.Popen([LEDGER, "serve", "--host", host, "--port", str(port),
+                               "--workers", "1"], env={**full, "LEDGER_DATA_DIR": str(ready)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=ready.parent)
+    try:
+        assert server.stderr is not None
+        lines = [server.stderr.readline() for _ in range(2)]
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+    assert f"links will start with http://127.0.0.1:{port}." in "".join(lines), lines
