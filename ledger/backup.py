@@ -263,16 +263,18 @@ def finish_interrupted_restore(database: Path) -> None:
     in place, with the erasures recorded since the backup not repeated: an erased person's
     data was readable again, and nothing said so."""
     incoming = _incoming(database)
-    if not (_pending(database).exists() or incoming.exists()) or held_here(str(database)):
+    unfinished = _pending(database).with_name(_pending(database).name + ".tmp")
+    if not any(p.exists() for p in (_pending(database), incoming, unfinished)) \
+            or held_here(str(database)):
         return
     try:
         with unused(str(database)):
-            if not _undo_interrupted(database) and incoming.exists():
+            if not _undo_interrupted(database) and (incoming.exists() or unfinished.exists()):
                 # Killed before it moved anything: only its copy of the backup is left, beside
-                # the master key, where no erasure would reach it.
-                incoming.unlink()
-                _pending(database).with_name(_pending(database).name + ".tmp").unlink(
-                    missing_ok=True)
+                # the master key, where no erasure would reach it (and perhaps a note not yet
+                # put in place, which names nothing that was moved).
+                unfinished.unlink(missing_ok=True)
+                incoming.unlink(missing_ok=True)
                 _fsync_directory(database.parent)
                 log.warning("a restore was stopped before it finished (before it replaced "
                             "anything): its copy of the backup was removed. Run `ledger "

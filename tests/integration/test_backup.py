@@ -519,8 +519,14 @@ def replace(a, b):
 
 real_fsync = os.fsync
 
+fsyncs = 0
+
 def fsync(fd):
-    if point == "copy":  # the copy of the backup written, nothing else done yet
+    global fsyncs
+    fsyncs += 1
+    if point == "copy" and fsyncs == 1:  # the copy of the backup written, nothing else done
+        os.kill(os.getpid(), signal.SIGKILL)
+    if point == "note" and fsyncs == 2:  # the note written beside, not yet put in place
         os.kill(os.getpid(), signal.SIGKILL)
     real_fsync(fd)
 
@@ -531,7 +537,7 @@ with backup.restoring(source, database):
 """
 
 
-@pytest.mark.parametrize("point", ["copy", "rename1", "rename2", "rename3", "block"])
+@pytest.mark.parametrize("point", ["copy", "note", "rename1", "rename2", "rename3", "block"])
 def test_a_restore_killed_at_any_point_is_undone_by_the_next_process_to_open_the_ledger(
         tmp_path, point, caplog):
     """Killed, a restore runs no clean-up of its own. Before, one killed after the swap left
@@ -673,3 +679,19 @@ def test_a_restore_failing_before_its_swap_and_killed_while_putting_back_loses_n
     assert verified.returncode == 0, verified.stderr
     assert _rows(database) == before
     assert [p.name for p in data.iterdir() if "restor" in p.name] == []
+
+
+def test_a_note_left_unfinished_by_a_kill_during_the_clean_up_is_removed_at_the_next_open(
+        tmp_path):
+    """A restore killed while writing its note, then the next process killed while removing
+    what it left: only the unfinished note is there. A review found (5 December) that nothing
+    removed it, ever."""
+    data, _, _ = _two_people_backed_up(tmp_path)
+    before = _rows(data / "ledger.sqlite3")
+    unfinished = data / "ledger.sqlite3.restore-pending.tmp"
+    unfinished.write_bytes(b"ledger.sqlite3.before-restore-20261205T000000Z")
+
+    verified = _run(data, "verify")
+
+    assert verified.returncode == 0, verified.stderr
+    assert not unfinished.exists() and _rows(data / "ledger.sqlite3") == before
