@@ -437,9 +437,12 @@ def test_a_thread_whose_save_was_in_a_stopped_shared_commit_is_not_acknowledged(
     try:
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 10
+        # (60 s: a run on a machine loaded by other work once took over 10 s to queue both,
+        # and the first then led alone, which is not what this test is about)
+        deadline = time.monotonic() + 60
         while len(recorder._queue) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
+        queued = len(recorder._queue)
         recorder._lead.release()
         for t in threads:
             t.join(30)
@@ -450,6 +453,7 @@ def test_a_thread_whose_save_was_in_a_stopped_shared_commit_is_not_acknowledged(
     ledger.close()
 
     kinds = sorted(type(o).__name__ for o in outcomes.values())
+    assert queued == 2, "the two saves did not both queue behind the held lead"
     assert kinds == ["OperationalError", "SystemExit"], outcomes
     assert isinstance(next(o for o in outcomes.values() if not isinstance(o, SystemExit)),
                       OperationalError)
