@@ -52,6 +52,14 @@ class Arrangement:
         """The amount due: the agreed reduced amount, else the activity's rate."""
         return self.reduced_to_pence if self.reduced_to_pence is not None else activity.rate_pence
 
+    def owed_since(self) -> object:
+        """When the person became owed this payment (the ``at`` of a step): the first step after
+        their last decline (an arrangement, a reduction, or a payment since reversed), not a
+        decline they later changed their mind about. None while a decline stands."""
+        declines = [i for i, step in enumerate(self.history) if step.get("event") == "declined"]
+        since = self.history[declines[-1] + 1:] if declines else self.history
+        return since[0]["at"] if since else None
+
     def check_can_arrange(self, method: object, payee: object, advice: object) -> None:
         """Method and payee come from the vocabularies; advice offered is yes or no."""
         check_choice("method", method, PAYMENT_METHODS)

@@ -85,7 +85,7 @@ def participant_rows(p: Participant, payments: list[Payment]) -> dict[str, list[
             **base, "activity": name, "method": a.method, "payee": a.payee,
             "declined": bool(a.declined), "reduced_to_pence": a.reduced_to_pence,
             "benefits_advice_offered": a.benefits_advice_offered,
-            "arranged_at": _arranged_at(a.history),
+            "arranged_at": _t(a.owed_since()),  # type: ignore[arg-type]
             "paid": a.paid is not None})
     for pay in payments:
         rows["payments"].append({
@@ -96,15 +96,6 @@ def participant_rows(p: Participant, payments: list[Payment]) -> dict[str, list[
         rows["uses"].append({**base, "seq": i, "scope": use["scope"], "at": _t(use["at"]),
                              "consent_state": use["consent_state"]})
     return rows
-
-
-def _arranged_at(history: list[dict[str, Any]]) -> str | None:
-    """Since when the person is owed this payment: the first step after their last decline (an
-    arrangement, a reduction, or a payment since reversed), not a decline they later changed
-    their mind about. (After a decline that stands, nothing is owed.)"""
-    declines = [i for i, step in enumerate(history) if step.get("event") == "declined"]
-    since = history[declines[-1] + 1:] if declines else history
-    return _t(since[0]["at"]) if since else None
 
 
 def summary_row(p: Participant, seq: int) -> dict[str, Any]:

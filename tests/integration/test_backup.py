@@ -573,6 +573,26 @@ def test_a_restore_killed_at_any_point_is_undone_by_the_next_process_to_open_the
     assert again.returncode == 0 and "Erased 1 participant(s) again" in again.stderr
 
 
+def _killed_restore_loses_nothing(tmp_path: Path, script: str, point: str) -> None:
+    """Run ``script`` (a restore killed at ``point``), then open the ledger: the database is the
+    one the restore would have replaced, row for row, it verifies, and nothing is left over."""
+    data, _, _ = _two_people_backed_up(tmp_path)
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    lg.register_participant("After The Backup", by="t")
+    lg.close()
+    database = data / "ledger.sqlite3"
+    before = _rows(database)
+
+    killed = subprocess.run([sys.executable, "-c", script, point, str(tmp_path / "b.sqlite3"),
+                             str(database)], timeout=120, capture_output=True, text=True)
+    verified = _run(data, "verify")
+
+    assert killed.returncode == -9, killed.stderr
+    assert verified.returncode == 0, verified.stderr
+    assert _rows(database) == before
+    assert [p.name for p in data.iterdir() if "restor" in p.name] == []
+
+
 KILLED_PUTTING_BACK = """
 import os, signal, sys
 from pathlib import Path
@@ -607,22 +627,7 @@ def test_a_restore_killed_while_putting_the_database_back_loses_nothing(tmp_path
     next process finishes it. A review found (5 December) that a kill after the database had
     come back, before the note was removed, made the next process delete it as if it were
     the copy: the ledger was gone."""
-    data, pid, _ = _two_people_backed_up(tmp_path)
-    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
-    lg.register_participant("After The Backup", by="t")
-    lg.close()
-    before = _rows(data / "ledger.sqlite3")
-    database = data / "ledger.sqlite3"
-
-    killed = subprocess.run([sys.executable, "-c", KILLED_PUTTING_BACK, point,
-                             str(tmp_path / "b.sqlite3"), str(database)], timeout=120,
-                            capture_output=True, text=True)
-    verified = _run(data, "verify")
-
-    assert killed.returncode == -9, killed.stderr
-    assert verified.returncode == 0, verified.stderr
-    assert _rows(database) == before
-    assert [p.name for p in data.iterdir() if "restor" in p.name] == []
+    _killed_restore_loses_nothing(tmp_path, KILLED_PUTTING_BACK, point)
 
 
 KILLED_BEFORE_THE_SWAP = """
@@ -663,22 +668,7 @@ def test_a_restore_failing_before_its_swap_and_killed_while_putting_back_loses_n
     killed part-way. A review found (5 December) that a kill after the copy beside the
     database was removed, before the note was, made the next process take the swap for done
     and delete the database it had just put back."""
-    data, _, _ = _two_people_backed_up(tmp_path)
-    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
-    lg.register_participant("After The Backup", by="t")
-    lg.close()
-    before = _rows(data / "ledger.sqlite3")
-    database = data / "ledger.sqlite3"
-
-    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_THE_SWAP, point,
-                             str(tmp_path / "b.sqlite3"), str(database)], timeout=120,
-                            capture_output=True, text=True)
-    verified = _run(data, "verify")
-
-    assert killed.returncode == -9, killed.stderr
-    assert verified.returncode == 0, verified.stderr
-    assert _rows(database) == before
-    assert [p.name for p in data.iterdir() if "restor" in p.name] == []
+    _killed_restore_loses_nothing(tmp_path, KILLED_BEFORE_THE_SWAP, point)
 
 
 def test_a_note_left_unfinished_by_a_kill_during_the_clean_up_is_removed_at_the_next_open(
