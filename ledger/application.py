@@ -978,14 +978,20 @@ class Ledger(Application[UUID]):
                     "done_at": o.done_at}
         return self._change(participant_id, command, idempotent)
 
-    def record_use(self, participant_id: UUID, scope: str, purpose: object, *,
-                   by: str, idempotent: IdempotentRequest | None = None) -> dict[str, Any]:
-        """Record a use of the person's story under ``scope``; never refused for want of consent
-        (it is a fact), but the answer and the reports say whether consent was given."""
+    def record_use(self, participant_id: UUID, scope: str, purpose: object,
+                   attribution: object = None, *, by: str,
+                   idempotent: IdempotentRequest | None = None) -> dict[str, Any]:
+        """Record a use of the person's story under ``scope`` (naming them or not, for a scope
+        that quotes them); never refused for want of consent (it is a fact), but the answer
+        and the reports say whether the consent it needed was given."""
         def command(p: Participant, s: Study) -> dict[str, Any]:
-            state = p.record_use(s.scope(scope), purpose, at=self.clock(), by=by)
-            return {"scope": scope, "consent_state": state, "at": p.uses[-1]["at"],
-                    "without_consent": use_standing(state) != CONSENTED}
+            u = p.record_use(s.scope(scope), purpose, attribution, at=self.clock(), by=by)
+            return {"scope": scope, "consent_state": u["consent_state"], "at": u["at"],
+                    "attribution": u["attribution"],
+                    "consented_attribution": u["consented_attribution"],
+                    "without_consent": use_standing(
+                        u["consent_state"], u["attribution"],
+                        u["consented_attribution"]) != CONSENTED}
         return self._change(participant_id, command, idempotent)
 
     # -- access needs ------------------------------------------------------------------------

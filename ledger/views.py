@@ -136,5 +136,7 @@ def participant_view(p: Participant, payments: list[Payment], reveal: Reveal) ->
         ],
         "payments": [payment_view(pay, erased, reveal) for pay in payments],
         "uses": [{"scope": u["scope"], "purpose": _text(u["purpose"], reveal),
-                  "consent_state": u["consent_state"], "at": u["at"]} for u in p.uses],
+                  "consent_state": u["consent_state"], "attribution": u.get("attribution"),
+                  "consented_attribution": u.get("consented_attribution"), "at": u["at"]}
+                 for u in p.uses],
     }

@@ -144,6 +144,12 @@ class UseOut(Schema):
     purpose = fields.String(required=True)
     consent_state = fields.String(required=True, allow_none=True, metadata={
         "description": "the consent state the use met; anything but given is flagged"})
+    attribution = fields.String(required=True, allow_none=True, dump_default=None, metadata={
+        "description": "whether the use named the person (named, anonymous; null if not said)"})
+    consented_attribution = fields.String(
+        required=True, allow_none=True, dump_default=None, metadata={
+            "description": "for a scope that quotes the person, what they had agreed to (named "
+                           "or anonymous); a named use under anything but named is flagged"})
     at = fields.DateTime(required=True)
 
 

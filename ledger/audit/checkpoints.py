@@ -203,13 +203,8 @@ class MerkleLog:
         rows = self.sql.query(f"SELECT at, size, root, ok, first_bad_position, signature FROM "
                               f"{{t}}{VERIFICATIONS} WHERE ok = 1 ORDER BY at")
         for r in rows:
-            at, size, root = str(r["at"]), int(r["size"]), str(r["root"])
-            valid = None if not isinstance(r["signature"], str) else check_signature(
-                self._key.public_key(), verification_message(
-                    at, size, root, True,
-                    None if r["first_bad_position"] is None else int(r["first_bad_position"])),
-                r["signature"])
-            yield {"at": at, "size": size, "root": root, "signature_valid": valid}
+            yield {"at": str(r["at"]), "size": int(r["size"]), "root": str(r["root"]),
+                   "signature_valid": self._verification_signed(r)}
 
     def last_verification(self) -> dict[str, Any] | None:
         """When the whole log was last verified, over how many events, and the outcome, with
@@ -225,12 +220,18 @@ class MerkleLog:
         record = {"at": str(r["at"]), "size": int(r["size"]), "root": str(r["root"]),
                   "ok": bool(r["ok"]), "first_bad_position": r["first_bad_position"],
                   "signature": r["signature"]}
-        record["signature_valid"] = isinstance(r["signature"], str) and check_signature(
-            self._key.public_key(), verification_message(
-                record["at"], record["size"], record["root"], record["ok"],
-                None if r["first_bad_position"] is None else int(r["first_bad_position"])),
-            r["signature"])
+        record["signature_valid"] = self._verification_signed(r) is True
         return record
+
+    def _verification_signed(self, r: Any) -> bool | None:
+        """Whether this ledger's key signed a verification record's row as it reads now;
+        None for a record made before they were signed (no signature at all)."""
+        if not isinstance(r["signature"], str):
+            return None
+        return check_signature(self._key.public_key(), verification_message(
+            str(r["at"]), int(r["size"]), str(r["root"]), bool(r["ok"]),
+            None if r["first_bad_position"] is None else int(r["first_bad_position"])),
+            r["signature"])
 
     def signed_with_this_key(self) -> bool:
         """Whether the latest stored checkpoint (if any) holds under this ledger's key."""

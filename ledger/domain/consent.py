@@ -22,10 +22,16 @@ from .errors import (
 CONSENTED, AFTER_WITHDRAWAL, WITHOUT_CONSENT = "consented", "after_withdrawal", "without_consent"
 
 
-def use_standing(consent_state: str | None) -> str:
+def use_standing(consent_state: str | None, attribution: str | None = None,
+                 consented_attribution: str | None = None) -> str:
     """How a use of someone's story stands against the consent it met: ``consented`` (given),
-    ``after_withdrawal``, or ``without_consent`` (never asked, requested, refused, expired)."""
+    ``after_withdrawal``, or ``without_consent`` (never asked, requested, refused, expired).
+
+    A use that names the person (``attribution`` "named") needs their consent to be named: under
+    consent given to be quoted anonymously it is ``without_consent``."""
     if consent_state == "given":
+        if attribution == "named" and consented_attribution != "named":
+            return WITHOUT_CONSENT
         return CONSENTED
     return AFTER_WITHDRAWAL if consent_state == "withdrawn" else WITHOUT_CONSENT
 

@@ -454,23 +454,35 @@ class Participant(FastCopy, Aggregate):
 
     # -- the personal withdrawal link ---------------------------------------------------------
 
-    def record_use(self, scope: Scope, purpose: object, *, at: datetime, by: str) -> str | None:
+    def record_use(self, scope: Scope, purpose: object, attribution: object = None, *,
+                   at: datetime, by: str) -> dict[str, Any]:
         """Record that the person's story was used under ``scope`` (e.g. quoted in a report).
 
         A use is a fact, so it is never refused for want of consent: it is recorded with the
-        consent state it met, and reports flag any use made without consent given. Returns
-        that state."""
+        consent state it met and, for a scope that quotes the person, whether the use named
+        them and what they had agreed to (named or anonymous); reports flag any use made
+        without the consent it needed. Returns the use as recorded."""
         self.check_not_erased()
         what = check_text("purpose", purpose, max_length=USE_PURPOSE_MAX) or ""
-        state = self.consent(scope.name).state
-        self._used(scope.name, what, state, at, by)
-        return state
+        if attribution is not None:
+            if not scope.takes_attribution:
+                raise AttributionNotApplicable(
+                    f"attribution does not apply to the {scope.name} scope", field="attribution")
+            check_choice("attribution", attribution, ATTRIBUTIONS)
+        c = self.consent(scope.name)
+        self._used(scope.name, what, c.state, at, by,
+                   attribution if isinstance(attribution, str) else None,
+                   c.attribution if scope.takes_attribution and c.state == "given" else None)
+        return self.uses[-1]
 
     @event("StoryUsed", topic=topic("Participant.StoryUsed"))
     def _used(self, scope: str, purpose: str, consent_state: str | None, at: datetime,
-              by: str) -> None:
+              by: str, attribution: str | None = None,
+              consented_attribution: str | None = None) -> None:
+        # (the two attribution fields are absent from uses recorded before 6 Dec 2026: None)
         self.uses.append({"scope": scope, "purpose": purpose, "consent_state": consent_state,
-                     "at": at, "by": by})
+                          "at": at, "by": by, "attribution": attribution,
+                          "consented_attribution": consented_attribution})
 
     def issue_withdrawal_link(self, link_id: UUID, expires_at: datetime, *, at: datetime,
                               by: str) -> None:

@@ -31,7 +31,8 @@ TABLES: dict[str, tuple[str, ...]] = {
                      "reduced_to_pence", "benefits_advice_offered", "arranged_at", "paid"),
     "payments": ("participant_id", "reference", "payment_id", "activity", "slot", "amount_pence",
                  "expected_pence", "method", "paid_at", "reversed_at"),
-    "uses": ("participant_id", "reference", "seq", "scope", "at", "consent_state"),
+    "uses": ("participant_id", "reference", "seq", "scope", "at", "consent_state", "attribution",
+             "consented_attribution"),
 }
 INTEGER_COLUMNS = {"seq", "slot", "amount_pence", "expected_pence", "reduced_to_pence",
                    "past_deadline", "declined", "benefits_advice_offered", "paid"}
@@ -94,7 +95,9 @@ def participant_rows(p: Participant, payments: list[Payment]) -> dict[str, list[
             "method": pay.method, "paid_at": _t(pay.paid_at), "reversed_at": _t(pay.reversed_at)})
     for i, use in enumerate(getattr(p, "uses", [])):
         rows["uses"].append({**base, "seq": i, "scope": use["scope"], "at": _t(use["at"]),
-                             "consent_state": use["consent_state"]})
+                             "consent_state": use["consent_state"],
+                             "attribution": use.get("attribution"),
+                             "consented_attribution": use.get("consented_attribution")})
     return rows
 
 

@@ -60,7 +60,9 @@ def report_filters(study: Any) -> dict[str, Filter]:
         if registered else ("1 = 1", ())
     return {
         "grants": grants,
-        "uses": ("consent_state IS NULL OR consent_state <> %s", ("given",)),
+        "uses": ("consent_state IS NULL OR consent_state <> %s OR (attribution = %s AND "
+                 "(consented_attribution IS NULL OR consented_attribution <> %s))",
+                 ("given", "named", "named")),
         "withdrawals": ("past_deadline = %s", (1,)),
     }
 

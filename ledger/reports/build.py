@@ -92,9 +92,9 @@ def compliance_report(*, rows: dict[str, list[dict[str, Any]]], people: list[dic
         "consent": {"totals": totals, "by_participant": consent_states},
         "grants_without_registered_form": unregistered,
         "use_after_withdrawal": [_use(u) for u in uses
-                                 if use_standing(u["consent_state"]) == AFTER_WITHDRAWAL],
+                                 if _standing(u) == AFTER_WITHDRAWAL],
         "use_without_consent": [_use(u) for u in uses
-                                if use_standing(u["consent_state"]) == WITHOUT_CONSENT],
+                                if _standing(u) == WITHOUT_CONSENT],
         "late_withdrawals": [{"reference": w["reference"], "scope": w["scope"], "at": w["at"],
                               "channel": w["channel"]} for w in late],
         "obligations": {
@@ -111,9 +111,14 @@ def compliance_report(*, rows: dict[str, list[dict[str, Any]]], people: list[dic
     }
 
 
+def _standing(u: dict[str, Any]) -> str:
+    return use_standing(u["consent_state"], u["attribution"], u["consented_attribution"])
+
+
 def _use(u: dict[str, Any]) -> dict[str, Any]:
     return {"reference": u["reference"], "scope": u["scope"], "at": u["at"],
-            "consent_state": u["consent_state"]}
+            "consent_state": u["consent_state"], "attribution": u["attribution"],
+            "consented_attribution": u["consented_attribution"]}
 
 
 def _payments(rows: dict[str, list[dict[str, Any]]], study: Study, as_of: datetime,

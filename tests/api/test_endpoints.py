@@ -197,3 +197,39 @@ def test_a_list_asked_for_beyond_the_views_is_503_with_retry_after_then_200(tmp_
         assert made.json["id"] in {item["id"] for item in listed.json["items"]}
     finally:
         lg.close()
+
+
+def test_a_use_that_names_someone_needs_their_consent_to_be_named(client, staff, pid):
+    """A quote under consent to be quoted anonymously is in order; the same quote naming the
+    person is flagged, in the answer and in their record, and so is a use that says neither."""
+    base = f"/api/v1/participants/{pid}"
+    assert client.post(f"{base}/consents", headers=staff, json={
+        "scope": "quote", "form_version": "1.0", "method": "online",
+        "attribution": "anonymous"}).status_code == 201
+
+    answers = [client.post(f"{base}/uses", headers=staff, json={
+        "scope": "quote", "purpose": "the workshop summary", **extra})
+        for extra in ({"attribution": "anonymous"}, {"attribution": "named"}, {})]
+
+    assert [a.status_code for a in answers] == [201] * 3
+    assert [(a.json["attribution"], a.json["consented_attribution"], a.json["without_consent"])
+            for a in answers] == [("anonymous", "anonymous", False),
+                                  ("named", "anonymous", True), (None, "anonymous", False)]
+    assert [(u["attribution"], u["consented_attribution"]) for u in _get(client, staff, pid)[
+        "uses"]] == [("anonymous", "anonymous"), ("named", "anonymous"), (None, "anonymous")]
+    page = client.get(f"{base}/export?format=html", headers=staff).data.decode()
+    assert page.count("This use named you") == 1 and page.count("This use did not name you") == 1
+
+
+@pytest.mark.parametrize("body", [{"scope": "record", "attribution": "named"},
+                                  {"scope": "quote", "attribution": "by name"},
+                                  {"scope": "quote", "attribution": 1}])
+def test_a_use_with_an_attribution_that_does_not_apply_is_refused(client, staff, pid, body):
+    before = _get(client, staff, pid)["uses"]
+
+    r = client.post(f"/api/v1/participants/{pid}/uses", headers=staff,
+                    json={"purpose": "the report", **body})
+
+    assert r.status_code == 422 and r.content_type == "application/problem+json"
+    assert "attribution" in str(r.json)
+    assert _get(client, staff, pid)["uses"] == before

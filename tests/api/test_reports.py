@@ -256,6 +256,14 @@ def test_the_views_report_picks_exactly_the_rows_a_replay_picks(store_ledger, cl
     clock.now = t0 + timedelta(days=3)
     lg.withdraw_consent(b, "analyse", "phone", by="t")  # past it
     lg.record_use(b, "analyse", "quoted after withdrawal", by="t")
+    # A quote that names someone needs their consent to be named: anonymous is not enough
+    lg.grant_consent(a, "quote", "1.0", "online", "anonymous", by="t")
+    lg.record_use(a, "quote", "quoted by name in the report", "named", by="t")  # reported
+    lg.record_use(a, "quote", "quoted without a name", "anonymous", by="t")  # in order
+    lg.record_use(a, "quote", "quoted, naming not said", by="t")  # in order
+    c = lg.register_participant("Cy Filter", by="t")["id"]
+    lg.grant_consent(c, "quote", "1.0", "online", "named", by="t")
+    lg.record_use(c, "quote", "quoted by name, as agreed", "named", by="t")  # in order
     # Grants the domain would refuse today, as an older import might have left them: on a form
     # version never registered, on a registered version with other text, and on a version
     # registered only later.
@@ -274,7 +282,9 @@ def test_the_views_report_picks_exactly_the_rows_a_replay_picks(store_ledger, cl
     assert from_views == replayed
     assert [(g["scope"], g["form_version"]) for g in from_views["grants_without_registered_form"]] \
         == [("record", "9.9"), ("store", "1.0"), ("quote", "2.0")]
-    assert [u["scope"] for u in from_views["use_without_consent"]] == ["archive"]
+    assert [(u["scope"], u["consent_state"], u["attribution"], u["consented_attribution"])
+            for u in from_views["use_without_consent"]] == [
+        ("archive", None, None, None), ("quote", "given", "named", "anonymous")]
     assert [u["scope"] for u in from_views["use_after_withdrawal"]] == ["analyse"]
     assert [w["channel"] for w in from_views["late_withdrawals"]] == ["phone"]
 

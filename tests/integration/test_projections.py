@@ -870,3 +870,32 @@ def test_a_rebuild_started_with_ctrl_c_ignored_keeps_ignoring_it_while_the_worke
         signal.signal(signal.SIGINT, previous)
 
     assert during is signal.SIG_IGN and not stopped
+
+
+def test_views_made_before_a_column_was_added_get_it_and_still_hold(ledger, store_env):
+    """A release that adds a view column (uses' attribution, 6 December 2026) opens views an
+    earlier release made: the columns are added, empty as the earlier events replay, and
+    the views keep up and hold against the log without a rebuild."""
+    from ledger.projections.store import ADDED_COLUMNS
+
+    _history(ledger)
+    ledger.views_at_least()
+    with ledger.sql.transaction() as c:
+        for name, column in reversed(ADDED_COLUMNS):
+            c.execute(f"ALTER TABLE {{t}}ledger_view_{name} DROP COLUMN {column}")
+    ledger.close()
+
+    again = Ledger(store_env)
+    try:
+        someone = again.participant_ids()[-1]
+        again.grant_consent(someone, "quote", "1.0", "online", "anonymous", by="t")
+        again.record_use(someone, "quote", "quoted by name", "named", by="t")
+        again.views_at_least()
+
+        assert again.projector.differences_from_log()[1] == {}
+        uses = again.sql.query("SELECT attribution, consented_attribution FROM "
+                               "{t}ledger_view_uses ORDER BY at")
+        assert [(u["attribution"], u["consented_attribution"]) for u in uses][-3:] == [
+            (None, None), (None, None), ("named", "anonymous")]
+    finally:
+        again.close()

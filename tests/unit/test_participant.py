@@ -274,3 +274,25 @@ def test_applying_events_without_the_library_check_gives_the_same_participant(st
         mine, theirs = apply_events(None, events[:n]), project_aggregate(None, events[:n])
         assert (mine is None and theirs is None) or vars(mine) == vars(theirs)
     assert apply_events(None, events).version == len(events) == 3
+
+
+def test_a_use_recorded_before_attribution_existed_replays_as_not_said(study):
+    """Uses recorded before 6 December 2026 carry neither attribution field: replayed, they
+    read as not said (None), and the use stands as it did."""
+    person = Participant.register(id=uuid4(), study_id=study.id, reference="ST-OLDUSE",
+                                  details=PersonalDetails.check("A", None, None, [], None),
+                                  at=at(0), by="t")
+    quote = study.scope("quote")
+    person.grant_consent(quote, study.form("1.0"), "online", "anonymous", at=at(1), by="t")
+    person.record_use(quote, "quoted", "named", at=at(2), by="t")
+    events = person.collect_events()
+    del events[-1].__dict__["attribution"], events[-1].__dict__["consented_attribution"]
+
+    replayed = None
+    for e in events:
+        replayed = e.mutate(replayed)
+
+    assert person.uses[-1]["attribution"] == "named"
+    assert replayed is not None and [(u["consent_state"], u["attribution"],
+                                      u["consented_attribution"]) for u in replayed.uses] == [
+        ("given", None, None)]
