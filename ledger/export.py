@@ -23,9 +23,10 @@ Community Group Report, 2024-08-01, https://w3id.org/dpv/guides/consent-27560):
 
 Extensions, named after the DPV guide where it names them: ``consent_status`` (the state now),
 ``indication_method`` (DPV "expression method": how the person gave consent), ``recorded_by``,
-``attribution``, and for a withdrawal ``withdrawal_channel``, ``withdrawal_reason`` and
-``past_withdrawal_deadline``; per purpose ``purpose_id``, ``purpose_description``,
-``consent_role`` and ``withdrawal_deadline``.
+``attribution``, and for a withdrawal ``withdrawal_channel``, ``withdrawal_reason``,
+``past_withdrawal_deadline`` and ``withdrawal_deadline`` (the deadline that withdrawal was held
+against; absent for withdrawals recorded before 6 December 2026); per purpose ``purpose_id``,
+``purpose_description``, ``consent_role`` and ``withdrawal_deadline`` (the deadline now).
 
 One rule for missing values: a field the standard makes mandatory is always present, and null
 where the ledger holds no value or it does not apply to that event (``storage_locations``,
@@ -211,6 +212,7 @@ def _event(step: dict[str, Any], principal_id: str, controller_id: str,
         "withdrawal_channel": step.get("channel"),
         "withdrawal_reason": None if for_receipt else step.get("reason"),
         "past_withdrawal_deadline": step.get("past_deadline"),
+        "withdrawal_deadline": step.get("withdrawal_deadline"),
         "recorded_by": _recorded_by(step.get("by")) if for_receipt else step.get("by"),
     }
     event.update({k: v for k, v in optional.items() if v is not None})

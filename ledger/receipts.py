@@ -76,7 +76,10 @@ def consent_receipt(p: Participant, study: Study, *, issued_at: datetime) -> dic
                          "channel": h.get("channel"), "method": h.get("method"),
                          "formVersion": h.get("form_version"),
                          "formSha256": _form_hash(study, h.get("form_version")),
-                         "pastDeadline": h.get("past_deadline")} for h in record.history],
+                         "pastDeadline": h.get("past_deadline"),
+                         "withdrawalDeadline": _iso(h.get("withdrawal_deadline")),
+                         "attribution": h.get("attribution")}
+                        for h in record.history],
         })
     return {
         "version": "Kantara Consent Receipt v1.1 fields; consent_records: ISO/IEC TS 27560:2023",

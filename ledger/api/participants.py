@@ -44,6 +44,10 @@ class HistoryStep(Schema):
     channel = fields.String(allow_none=True)
     reason = fields.String(allow_none=True)
     past_deadline = fields.Boolean(allow_none=True)
+    withdrawal_deadline = fields.DateTime(metadata={
+        "description": "on a withdrawal: the scope's deadline then, which past_deadline was "
+                       "held against (absent if there was none, or for withdrawals recorded "
+                       "before 6 December 2026)"})
 
 
 class ConsentOut(Schema):

@@ -248,7 +248,8 @@ class Participant(FastCopy, Aggregate):
             for kind in scope.obligations
         ]
         self._consent_withdrawn(
-            scope.name, str(channel), why, scope.is_past_deadline(at), obligations, at, by
+            scope.name, str(channel), why, scope.is_past_deadline(at), obligations, at, by,
+            scope.withdrawal_deadline,
         )
         return [self.obligations[o["id"]] for o in obligations]  # type: ignore[index]
 
@@ -256,11 +257,18 @@ class Participant(FastCopy, Aggregate):
     def _consent_withdrawn(
         self, scope: str, channel: str, reason: str | None, past_deadline: bool,
         obligations: list[dict[str, Any]], at: datetime, by: str,
+        withdrawal_deadline: datetime | None = None,
     ) -> None:
+        # ``withdrawal_deadline``: the scope's deadline the withdrawal was held against (its
+        # past_deadline), kept because the study's may change later; absent (None) from
+        # withdrawals recorded before 6 Dec 2026, which did not keep it.
         c = self._consent_for_update(scope)
         c.withdrawals += 1
-        c.record("withdrawn", at, by=by, channel=channel, reason=reason,
-                 past_deadline=past_deadline)
+        details: dict[str, Any] = {"channel": channel, "reason": reason,
+                                   "past_deadline": past_deadline}
+        if withdrawal_deadline is not None:
+            details["withdrawal_deadline"] = withdrawal_deadline
+        c.record("withdrawn", at, by=by, **details)
         for o in obligations:
             self.obligations[o["id"]] = Obligation(o["id"], scope, o["kind"], at)
 
@@ -347,6 +355,10 @@ class Participant(FastCopy, Aggregate):
     ) -> None:
         a = self._arrangement_for_update(activity)
         a.method, a.payee, a.benefits_advice_offered = method, payee, benefits_advice_offered
+        if a.declined:  # the decline's reason no longer stands; a reduction's, if any, does
+            reduced = [s for s in a.history if s.get("event") == "reduced"]
+            a.reason = reduced[-1]["reason"] if reduced and a.reduced_to_pence is not None \
+                else None  # type: ignore[assignment]
         a.declined = False
         a.history.append({"event": "arranged", "at": at, "by": by, "method": method,
                           "payee": payee, "benefits_advice_offered": benefits_advice_offered})

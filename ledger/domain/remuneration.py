@@ -49,8 +49,11 @@ class Arrangement:
     history: list[dict[str, object]] = field(default_factory=list)
 
     def expected_pence(self, activity: Activity) -> int:
-        """The amount due: the agreed reduced amount, else the activity's rate."""
-        return self.reduced_to_pence if self.reduced_to_pence is not None else activity.rate_pence
+        """The amount due: the activity's rate, or the reduced amount the person asked for if that
+        is less (a rate lowered below it since is what is due: they asked for no more than it)."""
+        if self.reduced_to_pence is None:
+            return activity.rate_pence
+        return min(self.reduced_to_pence, activity.rate_pence)
 
     def owed_since(self) -> object:
         """When the person became owed this payment (the ``at`` of a step): the first step after

@@ -233,3 +233,46 @@ def test_a_use_with_an_attribution_that_does_not_apply_is_refused(client, staff,
     assert r.status_code == 422 and r.content_type == "application/problem+json"
     assert "attribution" in str(r.json)
     assert _get(client, staff, pid)["uses"] == before
+
+
+def test_after_a_decline_is_undone_the_reduction_s_reason_stands_not_the_decline_s(client,
+                                                                                    staff, pid):
+    base = f"/api/v1/participants/{pid}"
+    steps = [("payment-reductions", {"activity": "workshop", "amount": "10.00",
+                                     "reason": "benefits limit"}),
+             ("payment-arrangements", {"activity": "workshop", "declined": True,
+                                       "reason": "does not want paying"}),
+             ("payment-arrangements", {"activity": "workshop", "method": "bank_transfer",
+                                       "payee": "self", "benefits_advice_offered": True}),
+             ("payment-arrangements", {"activity": "conversation", "declined": True,
+                                       "reason": "not this time"}),
+             ("payment-arrangements", {"activity": "conversation", "method": "cash",
+                                       "payee": "self", "benefits_advice_offered": False})]
+    assert [client.post(f"{base}/{path}", headers=staff, json=body).status_code
+            for path, body in steps] == [201] * 5
+
+    arrangements = _get(client, staff, pid)["arrangements"]
+
+    assert (arrangements["workshop"]["declined"], arrangements["workshop"]["reduced_to"],
+            arrangements["workshop"]["reason"]) == (False, "10.00", "benefits limit")
+    assert (arrangements["conversation"]["declined"],
+            arrangements["conversation"]["reason"]) == (False, None)
+
+
+def test_a_rate_lowered_below_a_reduction_is_what_is_due(client, staff, pid, api_ledger):
+    """Someone asked for £20 of a £25 fee; the fee then became £15: £15 is due, and paying the
+    £20 needs a reason, as any amount other than what is due does."""
+    base = f"/api/v1/participants/{pid}"
+    assert client.post(f"{base}/payment-reductions", headers=staff, json={
+        "activity": "workshop", "amount": "20.00", "reason": "benefits"}).status_code == 201
+    api_ledger.set_rate("workshop", "15.00", by="t")
+
+    too_much = client.post(f"{base}/payments", headers={**staff, "Idempotency-Key": "k1"},
+                           json={"activity": "workshop", "amount": "20.00", "method": "cash"})
+    due = client.post(f"{base}/payments", headers={**staff, "Idempotency-Key": "k2"},
+                      json={"activity": "workshop", "amount": "15.00", "method": "cash"})
+
+    assert too_much.status_code == 422 and "reason" in too_much.json["errors"]
+    assert due.status_code == 201
+    assert [(p["amount"], p["expected"]) for p in _get(client, staff, pid)["payments"]] == [
+        ("15.00", "15.00")]

@@ -381,3 +381,35 @@ def test_personal_data_stays_out_of_logs_headers_and_error_bodies(client, staff,
     assert leaked == [] and caplog.records  # the requests were logged, without personal data
     assert json.loads(caplog.records[-1].getMessage())["route"] == (
         "/api/v1/participants/<uuid:participant_id>/export")
+
+
+def test_each_withdrawal_says_the_deadline_it_was_held_against(client, staff, api_ledger, clock):
+    """The study's deadlines change after a withdrawal: set for a scope withdrawn before there
+    was one, cleared for one withdrawn late. Each withdrawal still says the deadline that
+    applied to it, never today's, and the page offers no deadline for a choice already stopped.
+    The page's title does not name the study (it stays in a shared device's history)."""
+    pid = _post(client, staff, "", {"name": NAME})["id"]
+    for scope in ("record", "publish"):
+        _post(client, staff, f"{pid}/consents", {"scope": scope, "form_version": "1.0",
+                                                 "method": "online"})
+    deadline = clock.now + timedelta(days=1)
+    api_ledger.set_withdrawal_deadline("record", deadline, by="t")
+    clock.now += timedelta(days=2)
+    _post(client, staff, f"{pid}/consents/record/withdrawal", {"channel": "phone"})  # late
+    _post(client, staff, f"{pid}/consents/publish/withdrawal", {"channel": "phone"})  # none then
+    api_ledger.set_withdrawal_deadline("record", None, by="t")
+    api_ledger.set_withdrawal_deadline("publish", clock.now - timedelta(days=5), by="t")
+
+    records = _records(_export(client, staff, pid).json)
+    page = _export(client, staff, pid, "html").get_data(as_text=True)
+
+    withdrawn = {s: [e for e in records[s]["events"] if e["event_state"] == "withdrawn"]
+                 for s in ("record", "publish")}
+    assert [(e["past_withdrawal_deadline"], e.get("withdrawal_deadline"))
+            for e in withdrawn["record"]] == [(True, deadline.isoformat())]
+    assert [(e["past_withdrawal_deadline"], e.get("withdrawal_deadline"))
+            for e in withdrawn["publish"]] == [(False, None)]
+    assert page.count("We had said you could stop this fully until") == 1
+    assert "You can stop this fully until" not in page
+    title = re.search(r"<title>(.*?)</title>", page).group(1)
+    assert "Racism" not in title and "co-production" not in title

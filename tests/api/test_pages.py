@@ -715,3 +715,23 @@ def test_a_withdrawal_through_the_link_is_recorded_by_you_in_the_receipt(client,
 
     record = next(r for r in records if r["purposes"][0]["purpose_id"] == "record")
     assert record["events"][-1]["recorded_by"] == "you, through your personal link"
+
+
+def test_the_printable_receipt_says_whether_the_person_agreed_to_be_named(client, staff, person,
+                                                                          api_ledger):
+    """Anonymous on form 1.0, then named on 2.0: the receipt says each, as the choices page
+    does, and so does each step of the receipt file."""
+    api_ledger.register_form("2.0", "The second consent form.", by="t")
+    assert client.post(f"/api/v1/participants/{person}/consents", headers=staff, json={
+        "scope": "quote", "form_version": "2.0", "method": "online",
+        "attribution": "named"}).status_code == 201
+    path = _link(client, staff, person)
+
+    words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", client.get(path + "/receipt").get_data(
+        as_text=True)))
+    steps = {p["purposeId"]: p for p in client.get(path + "/receipt.json").json[
+        "services"][0]["purposes"]}["quote"]["history"]
+
+    assert "form version 1.0. You chose: do not use my name" in words
+    assert "form version 2.0. You chose: use my name" in words
+    assert [s["attribution"] for s in steps] == ["anonymous", "named"]
