@@ -42,6 +42,7 @@ MAX_BODY = 64 * 1024
 # On every response (with a CSP for its kind of page), including gunicorn's own refusals.
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                     "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
+HSTS = "max-age=31536000"
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 PAGES_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
              "frame-ancestors 'none'; base-uri 'none'")
@@ -219,7 +220,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         response.headers["Content-Security-Policy"] = (
             DOCS_CSP if is_docs else PAGES_CSP if is_page else API_CSP)
         if https:  # served behind TLS (the links say so): browsers keep to it for a year
-            response.headers["Strict-Transport-Security"] = "max-age=31536000"
+            response.headers["Strict-Transport-Security"] = HSTS
         position = ledger.last_saved_position()
         if position is not None and not is_page:  # read-your-writes: GET /participants?min_position=
             # (not on the participant pages: the log's size says how busy the study is)

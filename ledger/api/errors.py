@@ -45,6 +45,9 @@ CODES = {
     405: "MethodNotAllowed", 409: "Conflict", 413: "RequestTooLarge",
     415: "UnsupportedMediaType", 422: "InvalidInput", 429: "TooManyRequests",
     500: "InternalError", 503: "NotReady",
+    # (only gunicorn answers these, before the app: see server.LedgerWorker.handle_error)
+    414: "RequestLineTooLong", 417: "ExpectationFailed", 431: "HeadersTooLarge",
+    501: "TransferCodingNotSupported",
 }
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import gc
+import io
 import json
 import logging
 import re
 import sys
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -14,7 +17,8 @@ from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 from gunicorn.http import errors as http_errors
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.http.unreader import SocketUnreader
+from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
 TOKEN_PATH = re.compile(r"/my/[^/\s?]+")
 H = r"[0-9a-fA-F]{1,4}"
@@ -91,8 +95,109 @@ def refused_status(error: BaseException) -> int:
     return next((status for kinds, status in REFUSED if isinstance(error, kinds)), 500)
 
 
+# Slow clients. gunicorn reads a request on one of a worker's few threads, with no time limit once
+# its first byte came: forty connections that each sent half a request and waited held every
+# thread, and the whole service (the participant pages too) stopped answering for as long as
+# they stayed open. So:
+# - a request is read by a thread only once it has all arrived (its head, and a body of the
+#   length it declares, or to its last chunk): until then what comes is gathered without
+#   waiting, and the connection waits in the worker's poller, holding no thread, for at most
+#   READ_WHOLE seconds, and for at most the keep-alive time between two packets;
+# - a request larger than PEEK_UP_TO bytes goes to a thread as it comes, and there, as for any
+#   request, a read that waits READ_IDLE seconds, or goes on past READ_WHOLE seconds, ends it
+#   as if the client had gone;
+# - a response gets SEND_TIMEOUT seconds per write.
+# A proxy that buffers whole requests before passing them on (nginx does) is still the way to
+# face a determined flood: see the README.
+READ_IDLE = 10.0
+READ_WHOLE = 30.0
+SEND_TIMEOUT = 60.0
+PEEK_UP_TO = 16 * 1024
+
+
+@functools.cache
+def _served_over_https() -> bool:
+    """Whether the links say the server is reached over TLS (as the app decides it)."""
+    from ..config import load_environment
+
+    return (load_environment().get("LEDGER_BASE_URL") or "").startswith("https://")
+
+
+def _whole(data: bytes) -> bool:
+    """Whether ``data`` (what a socket holds, unread) is a whole request, or at least as much of
+    one as it needs before a thread should read it: its head, and its body if it declares one
+    (not when it asks the client to wait for "100 Continue", which the thread sends)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    body = memoryview(data)[end + 4:]
+    length, chunked = 0, False
+    for line in data[:end].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == b"expect":
+            return True
+        if name == b"transfer-encoding":
+            chunked = chunked or b"chunked" in value
+        elif name == b"content-length":
+            if not value.isdigit():
+                return True  # (gunicorn refuses it: let it)
+            length = int(value)
+    if not chunked:
+        return len(body) >= length
+    at = 0  # walk the chunks: size line, data, CRLF; the last chunk has size 0
+    while True:
+        line_end = bytes(body[at:at + 32]).find(b"\r\n")
+        if line_end < 0:
+            return False
+        size_text = bytes(body[at:at + line_end]).split(b";")[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            return True  # malformed: gunicorn refuses it
+        at += line_end + 2
+        if size == 0:
+            return bytes(body[at:]).find(b"\r\n") >= 0  # (the trailers' end, usually at once)
+        at += size + 2
+        if at > len(body):
+            return False
+
+
+def _timed(conn: Any) -> None:
+    """Give a connection's reads the limits above: wraps its ``init``, which gunicorn calls on
+    a thread each time it starts to read a request on it (the socket then blocking, no limit)."""
+    init = conn.init
+
+    def timed_init() -> None:
+        init()
+        conn.ledger_deadline = time.monotonic() + READ_WHOLE
+        unreader = getattr(conn.parser, "unreader", None)
+        if isinstance(unreader, SocketUnreader) and not getattr(unreader, "ledger_timed", False):
+            unreader.ledger_timed = True
+            read = unreader.chunk
+
+            def chunk(size_hint: int | None = None) -> bytes:
+                left = conn.ledger_deadline - time.monotonic()
+                if left <= 0:
+                    return b""  # (as if the client closed: the request ends unread)
+                unreader.sock.settimeout(min(READ_IDLE, left))
+                try:
+                    return read(size_hint)  # type: ignore[no-any-return]
+                except TimeoutError:
+                    return b""
+                finally:
+                    unreader.sock.settimeout(SEND_TIMEOUT)
+
+            unreader.chunk = chunk
+        conn.sock.settimeout(SEND_TIMEOUT)
+
+    conn.init = timed_init
+    conn.ledger_timed = True
+
+
 class LedgerWorker(ThreadWorker):  # type: ignore[misc]
-    """gunicorn's threaded worker, except for requests it refuses before the app sees them
+    """gunicorn's threaded worker, except that reading a request has a time limit (see
+    ``READ_IDLE``), and except for requests it refuses before the app sees them
     (a malformed request line or header, a chunk gone wrong, a line too long).
 
     gunicorn logs those with the offending text ("Invalid HTTP Version: 'Quarrington
@@ -100,14 +205,63 @@ class LedgerWorker(ThreadWorker):  # type: ignore[misc]
     quoting it, without the security headers every other response has. Here the log says only
     what kind of request was refused, and the answer is problem+json with the API's headers."""
 
+    def enqueue_req(self, conn: Any) -> None:
+        if not getattr(conn, "ledger_timed", False):
+            _timed(conn)
+        super().enqueue_req(conn)
+
+    def handle(self, conn: Any) -> Any:
+        """Read and answer a request once it has all arrived (see ``PEEK_UP_TO``)."""
+        waiting = self._not_yet_whole(conn)
+        if waiting is None or (waiting and not self.alive):
+            return False  # (too long in coming, or the worker is stopping: closed)
+        if waiting:
+            return _DEFER  # (back to the poller until more comes; no thread waits for it)
+        conn.ledger_started = None
+        return super().handle(conn)
+
+    def _not_yet_whole(self, conn: Any) -> bool | None:
+        """True while the connection's request has not all arrived, None once it has taken
+        longer than READ_WHOLE, False when a thread should read it.
+
+        What has come is taken from the socket without waiting, into the buffer gunicorn's
+        parser reads first (taken, not peeked at: the poller would otherwise wake at once
+        for bytes it had already seen)."""
+        if self.cfg.is_ssl:
+            return False  # (what TLS holds cannot be read without waiting: as gunicorn does)
+        now = time.monotonic()
+        started = getattr(conn, "ledger_started", None) or now
+        conn.ledger_started = started
+        conn.init()  # (the parser and its buffer; the socket is left blocking)
+        buffer = conn.parser.unreader.buf
+        held = buffer.getvalue()
+        try:
+            conn.sock.setblocking(False)
+            while len(held) < PEEK_UP_TO and not _whole(held):
+                more = conn.sock.recv(PEEK_UP_TO)
+                if not more:
+                    return False  # (closed: the thread finds the request cut short, ends it)
+                buffer.seek(0, io.SEEK_END)
+                buffer.write(more)
+                held = buffer.getvalue()
+        except BlockingIOError:
+            pass
+        except OSError:
+            return False  # (the thread meets the error and deals with it)
+        finally:
+            conn.sock.setblocking(True)
+        if len(held) >= PEEK_UP_TO or _whole(held):
+            return False
+        return None if now - started > READ_WHOLE else True
+
     def handle_request(self, req: Any, conn: Any) -> Any:
         keepalive = super().handle_request(req, conn)
         req.ledger_answered = True  # see handle_error
         return keepalive
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        from . import API_CSP, SECURITY_HEADERS
-        from .errors import TITLES
+        from . import API_CSP, HSTS, SECURITY_HEADERS
+        from .errors import CODES, TITLES
 
         if getattr(req, "ledger_answered", False):
             # The request was answered; what failed is reading the rest of its body (a chunk
@@ -124,10 +278,13 @@ class LedgerWorker(ThreadWorker):  # type: ignore[misc]
         detail = ("The request could not be read as HTTP." if status != 500 else
                   "Something went wrong on our side. Please try again.")
         body = json.dumps({"type": "about:blank", "status": status,
-                           "title": TITLES.get(status, phrase), "detail": detail}).encode()
+                           "title": TITLES.get(status, phrase),
+                           "code": CODES.get(status, "BadRequest"), "detail": detail}).encode()
         headers = {"Connection": "close", "Content-Type": "application/problem+json",
                    "Content-Length": str(len(body)), **SECURITY_HEADERS,
                    "Content-Security-Policy": API_CSP}
+        if _served_over_https():
+            headers["Strict-Transport-Security"] = HSTS  # as the app sends it
         head = f"HTTP/1.1 {status} {phrase}\r\n" + "".join(
             f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
         try:
@@ -205,6 +362,7 @@ def options(host: str, port: int, workers: int, threads: int = 4) -> dict[str, A
         "loglevel": "info",
         "graceful_timeout": 20,
         "timeout": 60,
+        "keepalive": 5,  # seconds: an idle connection kept open, or a request's next packet
         "limit_request_line": 4094,
         "limit_request_fields": 50,
         "post_fork": _post_fork,

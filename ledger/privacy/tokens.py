@@ -13,6 +13,10 @@ from ..store import Sql
 
 ROLES = ("staff", "auditor", "admin")
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Unicode categories refused in a token's name: controls, line and paragraph separators, format
+# characters (zero-width spaces and joiners, direction marks, byte order marks), surrogates,
+# private-use and unassigned code points.
+NOT_IN_A_NAME = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 PREFIX = "lgr_"
 
 
@@ -48,11 +52,13 @@ class TokenStore:
             raise ValueError(f"role must be one of: {', '.join(ROLES)}")
         if not name.strip() or len(name) > 100:
             raise ValueError("name must be 1 to 100 characters")
-        if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in BIDI_CONTROLS
+        if any(unicodedata.category(ch) in NOT_IN_A_NAME or ch in BIDI_CONTROLS
                for ch in name):
-            # `ledger tokens list` prints one token per line, tab-separated, to a terminal
-            raise ValueError("name must be plain text: no tabs, line breaks or control "
-                             "characters")
+            # `ledger tokens list` prints one token per line, tab-separated, to a terminal;
+            # and a name an admin reads there must show what it is: no invisible characters
+            # (zero-width spaces, direction marks, byte order marks) to hide or fake one
+            raise ValueError("name must be plain text: no tabs, line breaks, control "
+                             "characters or invisible formatting characters")
         token = PREFIX + secrets.token_urlsafe(32)
         info = TokenInfo(secrets.token_hex(8), role, name.strip(),
                          datetime.now(UTC).isoformat(timespec="seconds"), None)

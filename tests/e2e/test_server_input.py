@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +128,7 @@ def test_a_request_gunicorn_refuses_is_answered_as_problem_json_and_logged_witho
     assert b"Quarrington" not in answer
     problem = json.loads(body)
     assert problem["status"] == int(status_line.split()[1]) and problem["title"]
+    assert problem["code"] in {"BadRequest", "RequestLineTooLong"}
 
     time.sleep(0.3)
     log = Path(server.log).read_text(errors="replace")
@@ -320,18 +322,89 @@ def test_a_withdrawal_form_cut_short_withdraws_nothing_and_says_so(served):
             if s in ("quote", "record")} == {"quote": "withdrawn", "record": "withdrawn"}
 
 
-def test_a_request_without_a_token_is_refused_without_waiting_for_its_body(served):
-    """The length is checked as the body is read, not by reading it first: a request that
-    promises a body it never sends, and has no token, is answered 401 at once rather than
-    holding one of the server's few threads until the client gives up."""
-    server, _ = served
-    host, port = server.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /api/v1/participants HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
-        started = time.monotonic()
-        answer = s.recv(65536)  # (the socket stays open: the body never comes)
-        waited = time.monotonic() - started
+def test_requests_that_never_finish_arriving_hold_no_thread_and_are_closed(served):
+    """Slow clients: a request is read on one of a worker's few threads (here 2 workers of 4)
+    only once it has all arrived. Forty connections that send half a request head, or a head
+    and a body promised but never sent (no token: nothing is answered before the body, lest
+    a request be judged on part of itself), or a chunked body never finished, hold no thread:
+    a request on another connection is answered at once. Each is closed once nothing more
+    comes for the keep-alive time (5 s), and one that keeps sending a header line every second
+    is closed once it has taken READ_WHOLE (30 s)."""
+    from ledger.api.server import READ_WHOLE
 
-    assert answer.startswith(b"HTTP/1.1 401"), answer[:80]
-    assert waited < 5
+    server, token = served
+    host, port = server.url.removeprefix("http://").split(":")
+    starts = [b"GET /api/v1/study HTTP/1.1\r\nHost: x\r\n",
+              b"POST /api/v1/participants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+              b"\r\nContent-Length: 1000\r\n\r\n",
+              b"POST /api/v1/participants HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+              b"Content-Type: application/json\r\n\r\n10\r\n{\"name\": \"Zeb"]
+    held = []
+    for i in range(40):
+        s = socket.create_connection((host, int(port)), timeout=60)
+        s.sendall(starts[i % len(starts)])
+        held.append(s)
+    drip = socket.create_connection((host, int(port)), timeout=60)
+    drip.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    began = time.monotonic()
+    drip_closed_after: list[float] = []
+
+    def keep_dripping() -> None:
+        drip.settimeout(1)
+        while time.monotonic() - began < READ_WHOLE + 15:
+            try:
+                if drip.recv(100) == b"":
+                    drip_closed_after.append(time.monotonic() - began)
+                    return
+            except TimeoutError:
+                drip.sendall(b"X-Slow: 1\r\n")
+
+    dripping = threading.Thread(target=keep_dripping)
+    dripping.start()
+    try:
+        answered = time.monotonic()
+        status, _, _ = server.request("GET", "/api/v1/participants?limit=1",
+                                      headers={"Authorization": f"Bearer {token}"})
+        answered = time.monotonic() - answered
+        assert status == 200 and answered < 2, answered
+
+        closed_after = []
+        for s in held:
+            assert s.recv(100) == b""  # closed by the server, unanswered
+            closed_after.append(time.monotonic() - began)
+        assert max(closed_after) < 15, max(closed_after)
+
+        dripping.join()
+        assert drip_closed_after and READ_WHOLE - 1 < drip_closed_after[0] < READ_WHOLE + 15
+    finally:
+        dripping.join()
+        for s in [*held, drip]:
+            s.close()
+
+
+def test_behind_tls_even_a_request_gunicorn_refuses_is_answered_with_hsts(tmp_path):
+    """With links on https (served behind TLS), every answer carries Strict-Transport-Security:
+    the app's, and those gunicorn gives before the app sees the request."""
+    import subprocess
+
+    from .conftest import LEDGER, clean_environ
+
+    env = {"LEDGER_DATA_DIR": str(tmp_path / "data"), "LEDGER_BASE_URL": "https://ledger.example"}
+    subprocess.run([LEDGER, "init"], env={**clean_environ(), **env}, check=True,
+                   capture_output=True)
+    proc, server = start_server(env, tmp_path / "server.log", workers=1)
+    try:
+        refused = [_raw(server, line + b"\r\nHost: x\r\n\r\n") for line in (
+            b"GET /healthz HTTP/9.9", b"GET /" + b"x" * 5000 + b" HTTP/1.1")]
+        refused.append(_raw(server, b"GET /healthz HTTP/1.1\r\n" + b"X-A: b\r\n" * 60 + b"\r\n"))
+        _, app_headers, _ = server.request("GET", "/no-such-page")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    statuses = [answer.split(b" ", 2)[1] for answer in refused]
+    assert statuses == [b"400", b"414", b"431"]
+    assert all(b"\r\nStrict-Transport-Security: max-age=31536000\r\n" in answer
+               for answer in refused)
+    assert {k.lower(): v for k, v in app_headers.items()}[
+        "strict-transport-security"] == "max-age=31536000"

@@ -145,8 +145,10 @@ def test_a_missing_signing_key_is_an_error_not_a_new_key(ready):
     assert not (ready / "signing.key").exists()  # not silently replaced by a new one
 
 
-@pytest.mark.parametrize("name", ["Ada\tStaff", "Ada\nStaff", "\x1b[31mAda", "Ada\u202eStaff"])
-def test_a_token_name_with_control_characters_is_refused(ready, name):
+@pytest.mark.parametrize("name", ["Ada\tStaff", "Ada\nStaff", "\x1b[31mAda", "Ada\u202eStaff",
+                                  "\u200b", "\ufeff", "Ada\u200fStaff", "Ada\u061cStaff",
+                                  "Ada\u180eStaff", "Ada\ue000Staff"])
+def test_a_token_name_with_control_or_invisible_characters_is_refused(ready, name):
     result = _run(ready, "tokens", "create", "--role", "staff", "--name", name)
 
     assert result.returncode == 2 and result.stdout == ""
