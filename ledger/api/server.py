@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import re
+import socket
 import sys
 import time
 from http import HTTPStatus
@@ -123,15 +124,19 @@ def _served_over_https() -> bool:
     return (load_environment().get("LEDGER_BASE_URL") or "").startswith("https://")
 
 
+HEX = re.compile(rb"[0-9A-Fa-f]+")
+
+
 def _whole(data: bytes) -> bool:
     """Whether ``data`` (what a socket holds, unread) is a whole request, or at least as much of
     one as it needs before a thread should read it: its head, and its body if it declares one
-    (not when it asks the client to wait for "100 Continue", which the thread sends)."""
+    (not when it asks the client to wait for "100 Continue", which the thread sends). A body
+    declared longer than PEEK_UP_TO, and anything not read here as a plain request, goes at
+    once: gunicorn's parser decides, and refuses what is malformed."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
-        return False
-    body = memoryview(data)[end + 4:]
-    length, chunked = 0, False
+        return b"\n\n" in data  # (a head ended by bare line feeds: gunicorn refuses it)
+    lengths, chunked = [], False
     for line in data[:end].split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         name, value = name.strip().lower(), value.strip().lower()
@@ -140,24 +145,25 @@ def _whole(data: bytes) -> bool:
         if name == b"transfer-encoding":
             chunked = chunked or b"chunked" in value
         elif name == b"content-length":
-            if not value.isdigit():
-                return True  # (gunicorn refuses it: let it)
-            length = int(value)
+            lengths.append(value)
+    if len(lengths) > 1 or (lengths and (chunked or not lengths[0].isdigit())):
+        return True
+    body = data[end + 4:]
     if not chunked:
-        return len(body) >= length
+        length = int(lengths[0]) if lengths else 0
+        return length > PEEK_UP_TO or len(body) >= length
     at = 0  # walk the chunks: size line, data, CRLF; the last chunk has size 0
     while True:
-        line_end = bytes(body[at:at + 32]).find(b"\r\n")
+        line_end = body.find(b"\r\n", at)
         if line_end < 0:
             return False
-        size_text = bytes(body[at:at + line_end]).split(b";")[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            return True  # malformed: gunicorn refuses it
-        at += line_end + 2
-        if size == 0:
-            return bytes(body[at:]).find(b"\r\n") >= 0  # (the trailers' end, usually at once)
+        size_text = body[at:line_end].split(b";")[0].strip()
+        if not HEX.fullmatch(size_text):
+            return True
+        size = int(size_text, 16)
+        at = line_end + 2  # (always forward: the walk ends)
+        if size == 0:  # then trailers, if any, and an empty line
+            return body.startswith(b"\r\n", at) or body.find(b"\r\n\r\n", at) >= 0
         at += size + 2
         if at > len(body):
             return False
@@ -214,7 +220,14 @@ class LedgerWorker(ThreadWorker):  # type: ignore[misc]
         """Read and answer a request once it has all arrived (see ``PEEK_UP_TO``)."""
         waiting = self._not_yet_whole(conn)
         if waiting is None or (waiting and not self.alive):
-            return False  # (too long in coming, or the worker is stopping: closed)
+            # Too long in coming, or the worker is stopping: closed unanswered. Shut both ways
+            # first, so that gunicorn's graceful close (which waits up to 2 s for the client
+            # to stop sending, on the worker's main loop) returns at once.
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return False
         if waiting:
             return _DEFER  # (back to the poller until more comes; no thread waits for it)
         conn.ledger_started = None
