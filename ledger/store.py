@@ -607,17 +607,21 @@ class Sql:
                               tuple(wanted))
         return int(rows[0]["n"]) == len(wanted)
 
-    def has_column(self, cursor: Any, table: str, column: str) -> bool:
-        """Whether ``table`` (in the ledger's schema) has ``column``, asked in the transaction
-        of ``cursor`` (one that adds the column if not, under the lock it holds)."""
+    def columns(self, table: str, cursor: Any = None) -> set[str]:
+        """The column names of ``table`` (in the ledger's schema): asked on its own, or in the
+        transaction of ``cursor`` (one that adds a column if missing, under the lock it holds)."""
         if self.is_postgres:
-            cursor.execute("SELECT count(*) AS n FROM information_schema.columns WHERE "
-                           "table_schema = %s AND table_name = %s AND column_name = %s",
-                           (self.datastore.schema or "public", table, column))
+            statement = ("SELECT column_name AS name FROM information_schema.columns WHERE "
+                         "table_schema = %s AND table_name = %s")
+            params: tuple[Any, ...] = (self.datastore.schema or "public", table)
         else:
-            cursor.execute("SELECT count(*) AS n FROM pragma_table_info(%s) WHERE name = %s",
-                           (table, column))
-        return int(cursor.fetchone()["n"]) > 0
+            statement, params = "SELECT name FROM pragma_table_info(%s)", (table,)
+        if cursor is None:
+            rows = self.query(statement, params)
+        else:
+            cursor.execute(statement, params)
+            rows = cursor.fetchall()
+        return {str(r["name"]) for r in rows}
 
     def read_page(self, recorder: Any, start: int, limit: int, *, topics: Sequence[str] = (),
                   stop: int | None = None) -> list[Notification]:

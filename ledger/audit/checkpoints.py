@@ -114,7 +114,7 @@ class MerkleLog:
             c.execute(f"CREATE TABLE IF NOT EXISTS {{t}}{VERIFICATIONS} (at TEXT NOT NULL, "
                       "size BIGINT NOT NULL, root TEXT NOT NULL, ok INTEGER NOT NULL, "
                       "first_bad_position BIGINT, signature TEXT)")
-            if not self.sql.has_column(c, VERIFICATIONS, "signature"):  # made before 5 Dec 2026
+            if "signature" not in self.sql.columns(VERIFICATIONS, c):  # made before 5 Dec 2026
                 c.execute(f"ALTER TABLE {{t}}{VERIFICATIONS} ADD COLUMN "
                           f"{'IF NOT EXISTS ' if self.sql.is_postgres else ''}signature TEXT")
             c.execute(f"INSERT INTO {{t}}{TRACKING} (name, size, last_id, stack) SELECT %s, 0, 0, "

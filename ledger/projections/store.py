@@ -99,26 +99,16 @@ class ViewStore:
             for name, column in ADDED_COLUMNS if missing or added else ():
                 # Views made by an earlier release lack columns added since: added empty, which
                 # is what the events before those columns existed replay to (None).
-                if not self.sql.has_column(c, f"ledger_view_{name}", column):
+                if column not in self.sql.columns(f"ledger_view_{name}", c):
                     c.execute(f"ALTER TABLE {_table(name)} ADD COLUMN {column} "
                               f"{'BIGINT' if column in INTEGER_COLUMNS else 'TEXT'}")
             c.execute(f"INSERT INTO {{t}}{TRACKING} (name, position) SELECT %s, 0 WHERE NOT "
                       f"EXISTS (SELECT 1 FROM {{t}}{TRACKING} WHERE name = %s)", (NAME, NAME))
 
     def _columns_missing(self) -> list[tuple[str, str]]:
-        """The added columns an existing view table lacks (one cheap query, no lock)."""
-        if self.sql.is_postgres:
-            rows = self.sql.query(
-                "SELECT table_name, column_name FROM information_schema.columns WHERE "
-                "table_schema = %s AND table_name LIKE 'ledger_view_%%'",
-                (self.sql.datastore.schema or "public",))
-            have = {(str(r["table_name"]), str(r["column_name"])) for r in rows}
-        else:
-            have = {(f"ledger_view_{name}", str(r["name"]))
-                    for name in {n for n, _ in ADDED_COLUMNS}
-                    for r in self.sql.query("SELECT name FROM pragma_table_info(%s)",
-                                            (f"ledger_view_{name}",))}
-        return [(n, c) for n, c in ADDED_COLUMNS if (f"ledger_view_{n}", c) not in have]
+        """The added columns an existing view table lacks (a cheap query a table, no lock)."""
+        have = {name: self.sql.columns(f"ledger_view_{name}") for name in {n for n, _ in ADDED_COLUMNS}}
+        return [(n, c) for n, c in ADDED_COLUMNS if c not in have[n]]
 
     def erased(self) -> list[UUID]:
         """The participants the views show erased."""
