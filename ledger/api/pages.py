@@ -56,6 +56,12 @@ def state_words(state: str) -> str:
     return STATE_WORDS.get(state, state)
 
 
+@blp.app_template_filter("attribution_words")
+def attribution_words(attribution: str) -> str:
+    """A quote's agreed attribution as the person chose it ("named" or "anonymous")."""
+    return "use my name" if attribution == "named" else "do not use my name"
+
+
 @blp.app_template_filter("step_words")
 def step_words(state: str) -> str:
     """One step of a choice's history in everyday words (being asked is not "not answered")."""

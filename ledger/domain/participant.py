@@ -357,8 +357,7 @@ class Participant(FastCopy, Aggregate):
         a.method, a.payee, a.benefits_advice_offered = method, payee, benefits_advice_offered
         if a.declined:  # the decline's reason no longer stands; a reduction's, if any, does
             reduced = [s for s in a.history if s.get("event") == "reduced"]
-            a.reason = reduced[-1]["reason"] if reduced and a.reduced_to_pence is not None \
-                else None  # type: ignore[assignment]
+            a.reason = reduced[-1]["reason"] if reduced else None  # type: ignore[assignment]
         a.declined = False
         a.history.append({"event": "arranged", "at": at, "by": by, "method": method,
                           "payee": payee, "benefits_advice_offered": benefits_advice_offered})
