@@ -449,6 +449,28 @@ def test_a_late_withdrawal_by_link_is_recorded_and_flagged(client, staff, person
     assert history[-1]["state"] == "withdrawn" and history[-1]["past_deadline"] is True
 
 
+def test_the_receipt_file_keeps_the_deadline_each_withdrawal_was_held_against(
+        client, staff, person, api_ledger, clock):
+    """The deadline changes after the withdrawal; the receipt's step keeps the one that applied
+    (the scope's own field says today's)."""
+    deadline = clock.now + timedelta(days=1)
+    api_ledger.set_withdrawal_deadline("analyse", deadline, by="test")
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+    clock.now += timedelta(days=2)
+    client.post(path + "/withdraw", data={"csrf": csrf, "scope": "analyse"})
+    later = clock.now + timedelta(days=30)
+    api_ledger.set_withdrawal_deadline("analyse", later, by="test")
+
+    analyse = {p["purposeId"]: p for p in client.get(path + "/receipt.json").json[
+        "services"][0]["purposes"]}["analyse"]
+
+    assert [(h["state"], h["withdrawalDeadline"], h["pastDeadline"])
+            for h in analyse["history"]] == [("given", None, None),
+                                             ("withdrawn", deadline.isoformat(), True)]
+    assert analyse["withdrawalDeadline"] == later.isoformat()
+
+
 def test_after_the_deadline_the_check_page_promises_only_what_can_still_be_done(
         client, staff, person, api_ledger, clock):
     api_ledger.set_withdrawal_deadline("analyse", clock.now - timedelta(days=3), by="test")

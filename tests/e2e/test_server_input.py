@@ -415,6 +415,8 @@ def test_behind_tls_even_a_request_gunicorn_refuses_is_answered_with_hsts(tmp_pa
 
     statuses = [answer.split(b" ", 2)[1] for answer in refused]
     assert statuses == [b"400", b"414", b"431"]
+    assert [json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] for answer in refused] == [
+        "BadRequest", "RequestLineTooLong", "HeadersTooLarge"]
     assert all(b"\r\nStrict-Transport-Security: max-age=31536000\r\n" in answer
                for answer in refused)
     assert {k.lower(): v for k, v in app_headers.items()}[
