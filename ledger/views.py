@@ -130,7 +130,7 @@ def participant_view(p: Participant, payments: list[Payment], reveal: Reveal) ->
         "arrangements": {name: arrangement_view(a, reveal) for name, a in p.arrangements.items()},
         "expenses": [
             {"id": e["id"], "activity": e["activity"], "amount": format_pence(e["amount_pence"]),
-             "method": e["method"], "description": _text(e["description"], reveal),
+             "currency": "GBP", "method": e["method"], "description": _text(e["description"], reveal),
              "at": e["at"]}
             for e in p.expenses
         ],

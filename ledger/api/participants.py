@@ -138,6 +138,8 @@ class ExpenseOut(Schema):
     id = fields.UUID(required=True)
     activity = fields.String(required=True)
     amount = fields.String(required=True)
+    currency = fields.String(required=True, metadata={
+        "description": "always GBP: expenses are paid back in pounds"})
     method = fields.String(required=True)
     description = fields.String(required=True)
     at = fields.DateTime(required=True)

@@ -138,7 +138,8 @@ def test_expenses_are_separate_lines(client, staff, pid):
         "activity": "workshop", "amount": "7.40", "method": "cash", "description": "bus"})
 
     assert response.status_code == 201
-    assert [e["amount"] for e in _get(client, staff, pid)["expenses"]] == ["7.40"]
+    assert [(e["amount"], e["currency"]) for e in _get(client, staff, pid)["expenses"]] == [
+        ("7.40", "GBP")]
     assert _get(client, staff, pid)["payments"] == []
 
 

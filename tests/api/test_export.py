@@ -131,6 +131,7 @@ def test_the_json_export_holds_every_seeded_value(client, staff, seeded):
     assert {a["activity"]: a["method"] for a in doc["arrangements"]} == {
         "workshop": "bank_transfer", "conversation": "voucher"}
     assert doc["expenses"][0]["description"] == PERSONAL["expense_description"]
+    assert doc["expenses"][0]["currency"] == "GBP"  # each money line says its currency
     assert doc["obligations"][0]["note"] == PERSONAL["obligation_note"]
     assert doc["uses"][0]["purpose"] == PERSONAL["use_purpose"]
     assert doc["controller"]["email"] == pilot.CONTROLLER["email"]
