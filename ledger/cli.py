@@ -161,6 +161,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     from .api.server import serve as run
 
     settings = Settings.from_env(load_environment())
+    host = host.strip() or "0.0.0.0"  # gunicorn reads an empty host as every IPv4 address
     _port_free(host, port)
     with open_ledger(create=True) as ledger:
         ledger.init_study(by="cli:serve")  # tables and study exist before workers start

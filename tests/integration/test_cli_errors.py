@@ -506,7 +506,7 @@ def test_a_socket_handed_over_is_not_refused_as_in_use(monkeypatch, variable):
         assert _port_free("127.0.0.1", port) is None
 
 
-@pytest.mark.parametrize("host", ["::0", "[::]", "0.0.0.0"])
+@pytest.mark.parametrize("host", ["::0", "[::]", "0.0.0.0", ""])
 def test_links_from_a_server_on_every_address_point_at_one_a_browser_can_reach(ready, host):
     """A wildcard address (any spelling) names no host: without LEDGER_BASE_URL the links use
     127.0.0.1, and say so."""
@@ -527,3 +527,4 @@ def test_links_from_a_server_on_every_address_point_at_one_a_browser_can_reach(r
         server.terminate()
         server.communicate(timeout=30)
     assert f"links will start with http://127.0.0.1:{port}." in "".join(lines), lines
+    assert f"Serving the ledger on http://:{port}" not in lines[0], lines  # (the empty host)
