@@ -683,17 +683,24 @@ class Ledger(Application[UUID]):
         return subject_access_export(participant_view(p, payments, self._revealer()),
                                      self.study(), link=link, now=self.clock())
 
-    def erase(self, participant_id: UUID, reason: object, *, by: str) -> dict[str, Any]:
+    def erase(self, participant_id: UUID, reason: object, *, by: str,
+              repeated: bool = False) -> dict[str, Any]:
         """Crypto-shred a participant: record the erasure, then destroy their data key.
 
         In that order, an interruption leaves a person marked erased (so nothing more is
         recorded and every view shows the marker) whose key ``finish_erasures`` then destroys;
         never a person whose data is gone but who is not marked erased.
+
+        ``repeated``: an erasure already made, in a database a restore replaced, made again. The
+        restored study's finance retention does not hold it back: the erasure was allowed when
+        it was made, and a restore must not bring the person's data back (for years, were the
+        backup's retention longer than the one in force when they were erased).
         """
         def command(p: Participant, s: Study) -> dict[str, Any]:
             now = self.clock()
-            s.check_erasure([self._payment(pid) for pid in p.payment_ids()], now,
-                            p.expenses)
+            if not repeated:
+                s.check_erasure([self._payment(pid) for pid in p.payment_ids()], now,
+                                p.expenses)
             p.erase(reason, at=now, by=by)
             return {"id": p.id, "reference": p.reference, "erased": True,
                     "erased_at": p.erased_at}
@@ -848,7 +855,7 @@ class Ledger(Application[UUID]):
                 continue
             try:
                 self.erase(pid, "erased before a restore brought them back; repeated by "
-                                "`ledger restore`", by=by)
+                                "`ledger restore`", by=by, repeated=True)
                 repeated += 1
             except LedgerError as error:
                 refused.append(f"{p.reference} ({error})")
