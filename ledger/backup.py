@@ -60,6 +60,21 @@ def _check(path: Path) -> int:
         connection.close()
 
 
+def _copy(source: Path, target: Path) -> None:
+    """Copy the database at ``source`` into ``target`` (an empty file) through SQLite: one
+    snapshot, with what a write-ahead log beside ``source`` holds (a copy of the file's bytes
+    alone would leave that out), as a single file with no log of its own."""
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)  # pages=-1: one step, one snapshot
+        dst.execute("PRAGMA journal_mode=DELETE")
+        dst.commit()
+    finally:
+        src.close()
+        dst.close()
+
+
 def backup_sqlite(source: Path, destination: Path) -> int:
     """Copy the live database at ``source`` to ``destination`` (which must not exist);
     returns the number of events in the copy."""
@@ -73,12 +88,8 @@ def backup_sqlite(source: Path, destination: Path) -> int:
     fd = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
     os.close(fd)
     try:
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
-        dst = sqlite3.connect(partial)
         try:
-            src.backup(dst)  # pages=-1: one step, one snapshot
-            dst.execute("PRAGMA journal_mode=DELETE")
-            dst.commit()
+            _copy(source, partial)
         except sqlite3.DatabaseError as e:
             if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
                 # (the copy's disk: this was blamed on the live database, which was fine)
@@ -89,9 +100,6 @@ def backup_sqlite(source: Path, destination: Path) -> int:
                                   f"({e.sqlite_errorname}); nothing was changed") from None
             raise BackupError(f"the database at {source} could not be read whole "
                               f"({type(e).__name__}); run `ledger verify`") from None
-        finally:
-            src.close()
-            dst.close()
         events = _check(partial)
         with open(partial, "rb") as f:
             os.fsync(f.fileno())
@@ -136,14 +144,23 @@ def restoring(backup: Path, database: Path) -> Iterator[tuple[int, Path | None]]
         with unused(str(database)):
             _undo_interrupted(database)  # (an earlier restore killed mid-way)
             # The copy first, beside the live database: a kill meanwhile leaves it in place.
-            fd = os.open(incoming, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            # Through SQLite, not byte for byte: a file with a write-ahead log beside it (a
+            # database a restore kept, or one a killed process left) holds in that log events
+            # the count above included; a copy of the file alone lost them, and verified.
+            os.close(os.open(incoming, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
             try:
-                with open(backup, "rb") as src:
-                    while chunk := src.read(1 << 20):
-                        os.write(fd, chunk)
+                _copy(backup, incoming)
+            except sqlite3.DatabaseError as e:
+                raise BackupError(f"{backup} could not be copied whole ({type(e).__name__}); "
+                                  "nothing was changed") from None
+            fd = os.open(incoming, os.O_RDONLY)
+            try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if _check(incoming) != events:
+                raise BackupError(f"{backup} changed while it was being restored (a process "
+                                  "writing to it?); nothing was changed")
             kept = _kept_name(database) if database.exists() else None
             # Before anything moves, a note of where the live database goes: if this process is
             # killed from here until the copy is verified and the erasures it would undo are

@@ -219,6 +219,45 @@ def _two_people_backed_up(tmp_path: Path) -> tuple[Path, Any, Any]:
     return data, pid, other
 
 
+def test_a_file_with_a_write_ahead_log_beside_it_is_restored_with_what_the_log_holds(tmp_path):
+    """A process killed before its log was folded into the database leaves events in the
+    ``-wal`` file beside it; a restore keeps that database, log and all. Restoring the kept file
+    (going back) copied its bytes alone: five acknowledged registrations were lost, while the
+    restore said it had put back all of them (it counted them through SQLite) and verified."""
+    data, _, _ = _two_people_backed_up(tmp_path)
+    writer = subprocess.run([sys.executable, "-c", (
+        "import os, sys\n"
+        "from ledger.application import Ledger\n"
+        "lg = Ledger({'LEDGER_DATA_DIR': sys.argv[1]})\n"
+        "ids = [lg.register_participant(f'Logged Only {n}', by='t')['id'] for n in range(5)]\n"
+        "print(*ids, flush=True)\n"
+        "os._exit(0)  # no close: the log is left as it is\n"), str(data)],
+        capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")})
+    assert writer.returncode == 0, writer.stderr
+    written = writer.stdout.split()
+    database = data / "ledger.sqlite3"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as c:
+        live_events = c.execute("SELECT COUNT(*) FROM stored_events").fetchone()[0]
+
+    assert _run(data, "restore", str(tmp_path / "b.sqlite3")).returncode == 0
+    kept = next(p for p in data.iterdir() if p.name.startswith("ledger.sqlite3.before-restore-")
+                and "-" not in p.name.rsplit("Z", 1)[-1])
+    assert Path(f"{kept}-wal").stat().st_size > 0  # the kept file's events are in its log
+    back = _run(data, "restore", str(kept))
+
+    assert back.returncode == 0, back.stderr
+    assert f"Restored {live_events} events" in back.stderr
+    assert len(_rows(database)) == live_events
+    lg = Ledger({"LEDGER_DATA_DIR": str(data)})
+    try:
+        assert [lg.participant(UUID(pid))["name"] for pid in written] == [
+            f"Logged Only {n}" for n in range(5)]
+    finally:
+        lg.close()
+    assert _run(data, "verify", "--views").returncode == 0
+
+
 def test_an_erasure_reaches_the_database_a_restore_kept(tmp_path):
     """The replaced database sits beside the master key that unwraps its keys: erasing someone
     afterwards removes their key from it too, bytes and all."""
