@@ -366,6 +366,8 @@ class Ledger(Application[UUID]):
         ``ledger projections run`` (``ViewsBehind`` after ``VIEW_WAIT_S``)."""
         if self.settings.projections == "inline":
             return self.projector.catch_up()
+        if position is None:  # (before, external views were taken as they stood: a current
+            position = self._end_of_log()  # report left out what they had not reached yet)
         deadline = time.monotonic() + VIEW_WAIT_S
         while True:
             current = self.projector.views.position()

@@ -94,9 +94,13 @@ def report_data(ledger: Any, as_of: datetime | None = None,
             rows=replay.all_rows(), people=people, study=replay.study, as_of=as_of,
             log={"events": replay.count, "position": replay.position},
             outstanding_days=outstanding_days))
-    ledger.views_at_least(None)
+    ledger.views_at_least(None)  # everything saved so far (external views: waited for)
     position, count, rows, people = ledger.projector.views.snapshot(
         ledger.recorder.events_table_name, report_filters(study))
+    # The moment the report is "as of" is read after the views: every event they hold was
+    # stamped before it (read before them, a write landing in between was in a report dated
+    # earlier than it, which a past report for that moment then disagreed with).
+    now = ledger.clock()
     return with_checkpoint(ledger, compliance_report(
         rows=rows, people=people, study=study, as_of=now,
         log={"events": count, "position": position}, outstanding_days=outstanding_days))

@@ -466,3 +466,62 @@ def test_a_past_report_over_an_altered_event_says_which_position(client, auditor
     assert response.json["code"] == "UnreadableEvent"
     assert f"the event at position {row['rowid']} cannot be read" in response.json["detail"]
     assert "Script" not in response.get_data(as_text=True) + caplog.text
+
+
+def test_with_external_views_the_current_report_waits_for_them_or_says_they_are_behind(
+        store_env, clock, monkeypatch):
+    """Views kept by ``ledger projections run``: the current report is of everything saved so
+    far, never of the views as they stand. Before, with the follower behind, a report "as of"
+    now showed a reversed payment still paid, and people and payments missing."""
+    import threading
+
+    import ledger.application
+    from ledger.application import Ledger, ViewsBehind
+
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"}, clock=clock)
+    try:
+        lg.init_study(by="test")
+        pid = lg.register_participant("Ada External", by="t")["id"]
+        payment = lg.record_payment(pid, "conversation", "25.00", "cash", by="t")["id"]
+        lg.projector.catch_up()  # the follower has seen the payment...
+        lg.reverse_payment(pid, payment, "paid twice by mistake", by="t")  # ...not the reversal
+
+        monkeypatch.setattr(ledger.application, "VIEW_WAIT_S", 0.2)
+        with pytest.raises(ViewsBehind):
+            report_data(lg)
+        monkeypatch.setattr(ledger.application, "VIEW_WAIT_S", 10.0)
+        follower = threading.Timer(0.3, lg.projector.catch_up)
+        follower.start()
+        current = report_data(lg)
+        follower.join()
+
+        assert current["log"]["position"] == lg.recorder.max_notification_id()
+        assert (current["payments"]["paid"], current["payments"]["reversed"]) == (0, 1)
+        replayed = report_data(lg, clock.now)
+        assert {k: v for k, v in current.items() if k != "checkpoint"} == {
+            k: v for k, v in replayed.items() if k != "checkpoint"}
+    finally:
+        lg.close()
+
+
+def test_the_current_report_is_as_of_a_moment_after_every_event_it_holds(api_ledger, clock,
+                                                                          monkeypatch):
+    """A payment saved (by another worker) while the report caught up its views, stamped two
+    seconds after the report began: the report holds it, so its ``as_of`` must not be earlier.
+    Before, the moment was read first, and a past report for it disagreed with this one."""
+    pid = api_ledger.register_participant("Ada Racing", by="t")["id"]
+    catch_up = api_ledger.views_at_least
+
+    def meanwhile(position=None):
+        clock.now += timedelta(seconds=2)
+        api_ledger.record_payment(pid, "conversation", "25.00", "cash", by="t")
+        return catch_up(position)
+
+    monkeypatch.setattr(api_ledger, "views_at_least", meanwhile)
+    current = report_data(api_ledger)
+    monkeypatch.undo()
+
+    assert current["payments"]["paid"] == 1
+    assert current["as_of"] == clock.now.isoformat()
+    replayed = report_data(api_ledger, clock.now)
+    assert replayed["payments"] == current["payments"]
