@@ -652,7 +652,8 @@ class Ledger(Application[UUID]):
             # No write has answered with this position: waiting for it would never end.
             raise InvalidInput("min_position is beyond the end of the log; use the "
                                "Ledger-Position header of a write", field="min_position")
-        self.views_at_least(min_position)
+        if min_position is not None or self.settings.projections == "inline":
+            self.views_at_least(min_position)  # (external, unasked: the views as they stand)
         views = self.projector.views
         after_seq = 0
         if after is not None:

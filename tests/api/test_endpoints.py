@@ -188,8 +188,11 @@ def test_a_list_asked_for_beyond_the_views_is_503_with_retry_after_then_200(tmp_
         url = f"/api/v1/participants?limit=50&min_position={position}"
 
         behind = client.get(url, headers=staff)
+        as_they_stand = client.get("/api/v1/participants?limit=50", headers=staff)
 
         assert behind.status_code == 503 and behind.headers["Retry-After"] == "1"
+        # Not asked to include the write: the views as they stand, at once (not the report's wait)
+        assert as_they_stand.status_code == 200 and as_they_stand.json["items"] == []
         assert behind.content_type == "application/problem+json"
         assert behind.json["code"] == "ViewsBehind"
         lg.projector.catch_up()  # what the follower process does
