@@ -270,11 +270,13 @@ class ViewStore:
         with self.sql.read_transaction() as c:
             return _read_tables(c)
 
-    def snapshot(self, events_table: str, where: Mapping[str, Filter] | None = None
+    def snapshot(self, events_table: str, where: Mapping[str, Filter] | None = None, *,
+                 docs: bool = False
                  ) -> tuple[int, int, dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
         """(position, events up to it, every table's rows, summaries), read in one transaction
         so they agree with each other even while writes go on. ``where`` narrows the rows
-        read from some tables (the report reads only the rows its rules could pick)."""
+        read from some tables (the report reads only the rows its rules could pick); ``docs``
+        adds each summary's stored document (``doc``), still sealed."""
         column = "notification_id" if self.sql.is_postgres else "rowid"
         with self.sql.read_transaction() as c:
             c.execute(f"SELECT position FROM {{t}}{TRACKING} WHERE name = %s", (NAME,))
@@ -283,7 +285,7 @@ class ViewStore:
                       (position,))
             count = int(c.fetchone()["n"])
             tables = _read_tables(c, where or {})
-            cols = PARTICIPANTS[:-1]
+            cols = PARTICIPANTS if docs else PARTICIPANTS[:-1]
             c.execute(f"SELECT {', '.join(cols)} FROM {_table('participants')} ORDER BY seq")
             people = [{k: r[k] for k in cols} for r in c.fetchall()]
         return position, count, tables, people

@@ -735,6 +735,7 @@ def _verified(store_env) -> Ledger:
 
     lg, _ = _history(store_env)
     lg.merkle.record_verification(verify(lg.merkle))
+    lg.projector.catch_up()  # (its views are external: what `ledger projections run` does)
     return lg
 
 
@@ -880,6 +881,39 @@ def test_views_edited_in_the_database_are_caught_by_verify_views(store_env):
     assert people.returncode == 1, people.stdout + people.stderr
     assert "  - participants: 1 row(s) not from the log, 1 row(s) of the log missing" in \
         people.stderr
+
+
+def test_verify_views_catches_a_copied_list_document_and_a_position_past_the_log(store_env):
+    """Two edits a review made that ``verify --views`` passed: one person's document (what the
+    staff list shows) copied over another's, so the list showed one person twice and the
+    other not at all; and the views' position set past the end of the log, so what is written
+    next would never show in them."""
+    lg, size = _history(store_env)
+    lg.projector.catch_up()
+    lg.close()
+    assert _run(store_env, "verify", "--views").returncode == 0
+
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    lg.sql.execute("UPDATE {t}ledger_view_participants SET doc = (SELECT doc FROM "
+                   "{t}ledger_view_participants WHERE seq = (SELECT MAX(seq) FROM "
+                   "{t}ledger_view_participants)) WHERE seq = (SELECT MIN(seq) FROM "
+                   "{t}ledger_view_participants)")
+    lg.close()
+    copied = _run(store_env, "verify", "--views")
+    assert copied.returncode == 1, copied.stdout + copied.stderr
+    assert "  - participant documents: 1 row(s) not from the log, 1 row(s) of the log " \
+        "missing" in copied.stderr
+    assert "Verify Person" not in copied.stdout + copied.stderr
+    assert _run(store_env, "projections", "rebuild").returncode == 0
+    assert _run(store_env, "verify", "--views").returncode == 0
+
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    lg.sql.execute("UPDATE {t}ledger_view_tracking SET position = position + 100")
+    lg.close()
+    ahead = _run(store_env, "verify", "--views")
+    assert ahead.returncode == 1, ahead.stdout + ahead.stderr
+    assert f"the views say they hold the log's first {size + 100} events, but it has " \
+        f"{size}" in ahead.stderr
 
 
 def test_a_json_report_kept_outside_serves_as_a_kept_checkpoint(store_env, tmp_path):
