@@ -328,6 +328,29 @@ def write_report(output: Path, data: bytes, signature: str) -> None:
             temporary.unlink(missing_ok=True)
 
 
+def _checkpoint_shaped(cp: Any) -> bool:
+    """Whether ``cp`` has a checkpoint's shape: a size (a whole number, not negative), a root
+    (SHA-256, hex), a time (ISO 8601), a signature (base64) and optionally a public key. A file
+    that is plainly not one is refused before the log is read: before, it was checked, failed,
+    and recorded as the ledger's last verification, which every report then showed failed."""
+    import base64
+    import binascii
+    import re
+    from datetime import datetime
+
+    if not (isinstance(cp, dict) and type(cp.get("size")) is int and cp["size"] >= 0
+            and all(isinstance(cp.get(k), str) for k in ("root", "time", "signature"))
+            and isinstance(cp.get("public_key", ""), str)
+            and re.fullmatch(r"[0-9a-f]{64}", cp["root"])):
+        return False
+    try:
+        datetime.fromisoformat(cp["time"])
+        base64.b64decode(cp["signature"], validate=True)
+    except (ValueError, binascii.Error):
+        return False
+    return True
+
+
 @main.command(short_help="Check the record was not altered (exit 1 if it was).")
 @click.option("--public-key", "show_key", is_flag=True,
               help="Print the public key that checks the signatures (PEM) and stop.")
@@ -353,9 +376,7 @@ def verify(show_key: bool, kept: tuple[Any, ...], check_views: bool) -> None:
         outside = [cp["checkpoint"] if isinstance(cp, dict) and "size" not in cp
                    and isinstance(cp.get("checkpoint"), dict) else cp for cp in outside]
         for cp in outside:
-            if not (isinstance(cp, dict) and isinstance(cp.get("size"), int) and all(
-                    isinstance(cp.get(k), str) for k in ("root", "time", "signature"))
-                    and isinstance(cp.get("public_key", ""), str)):
+            if not _checkpoint_shaped(cp):
                 raise ValueError
     except ValueError:
         raise click.BadParameter("each must be the JSON of GET /audit/checkpoint (size, root, "

@@ -256,9 +256,27 @@ def test_a_forged_verification_record_fails_verify(store_env):
     assert "the record of the verification at " in out and "signature does not match" in out
 
 
-@pytest.mark.parametrize("content", ["not json", "[]", '{"size": "7"}'])
-def test_a_malformed_kept_checkpoint_is_refused_clearly(store_env, tmp_path, content):
-    _history(store_env)[0].close()
+GOOD_ROOT, GOOD_SIG = "ab" * 32, base64.b64encode(b"\x01" * 64).decode()
+
+
+@pytest.mark.parametrize("content", [
+    "not json", "[]", '{"size": "7"}',
+    json.dumps({"size": -1, "root": "aa", "time": "x", "signature": "y"}),  # (the review's)
+    json.dumps({"size": True, "root": GOOD_ROOT, "time": "2026-12-01T00:00:00+00:00",
+                "signature": GOOD_SIG}),
+    json.dumps({"size": 3, "root": "aa", "time": "2026-12-01T00:00:00+00:00",
+                "signature": GOOD_SIG}),
+    json.dumps({"size": 3, "root": GOOD_ROOT, "time": "yesterday", "signature": GOOD_SIG}),
+    json.dumps({"size": 3, "root": GOOD_ROOT, "time": "2026-12-01T00:00:00+00:00",
+                "signature": "not base64!"})])
+def test_a_malformed_kept_checkpoint_is_refused_clearly_and_not_recorded(store_env, tmp_path,
+                                                                         content):
+    """A file that is plainly not a checkpoint is refused before the log is read (exit 2).
+    Before, one with a negative size was checked, failed, and recorded as the ledger's last
+    verification: every report showed a sound log as failed until the next clean run."""
+    lg = _history(store_env)[0]
+    before = lg.merkle.last_verification()
+    lg.close()
     kept = tmp_path / "checkpoint.json"
     kept.write_text(content)
 
@@ -266,6 +284,11 @@ def test_a_malformed_kept_checkpoint_is_refused_clearly(store_env, tmp_path, con
 
     assert result.returncode == 2 and "--checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    try:
+        assert lg.merkle.last_verification() == before
+    finally:
+        lg.close()
 
 
 def test_a_kept_checkpoint_that_holds_is_counted(store_env, tmp_path):
