@@ -166,7 +166,7 @@ class Study(Aggregate):
 
     def register_form(self, version: str, text: str, *, at: datetime, by: str) -> ConsentForm:
         """Register a consent form version's full text once; it becomes the current version."""
-        version = check_text("version", version, max_length=40) or ""
+        version = check_text("version", version, max_length=40, one_line=True) or ""
         check_text("text", text, max_length=100_000)  # validates; the hash is of the exact text
         if version in self.forms:
             raise FormVersionAlreadyRegistered(

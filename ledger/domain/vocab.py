@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 
 from .errors import InvalidChoice
@@ -41,8 +42,18 @@ INVISIBLE = " \t\r\n\u00a0\u200b\ufeff"  # trimmed; a value of only these is emp
 MARKUP = re.compile(r"</?[A-Za-z!?]")  # what a browser would read as the start of a tag
 
 
-def check_text(field: str, value: object, *, max_length: int, required: bool = True) -> str | None:
-    """Return trimmed plain text of at most ``max_length`` characters; None if optional and empty."""
+# Unicode categories refused in a name or an identifier shown on one line (a token's name, a form
+# version): controls (tabs, line breaks), line and paragraph separators, format characters
+# (zero-width spaces and joiners, direction marks, byte order marks), surrogates, private-use
+# and unassigned code points.
+NOT_ON_ONE_LINE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def check_text(field: str, value: object, *, max_length: int, required: bool = True,
+               one_line: bool = False) -> str | None:
+    """Return trimmed plain text of at most ``max_length`` characters; None if optional and empty.
+    ``one_line``: an identifier, shown as it is on one line: no tab, line break or invisible
+    character anywhere in it."""
     from .errors import InvalidText
 
     if value is None or (isinstance(value, str) and not value.strip(INVISIBLE)):
@@ -56,6 +67,9 @@ def check_text(field: str, value: object, *, max_length: int, required: bool = T
         raise InvalidText(f"{field} must be at most {max_length} characters", field=field)
     if CONTROL.search(text):
         raise InvalidText(f"{field} must not contain control characters", field=field)
+    if one_line and any(unicodedata.category(ch) in NOT_ON_ONE_LINE for ch in text):
+        raise InvalidText(f"{field} must be one line of visible text: no tabs, line breaks or "
+                          "invisible characters", field=field)
     if MARKUP.search(text):
         raise InvalidText(f"{field} must be plain text, without HTML tags", field=field)
     return text

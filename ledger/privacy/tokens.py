@@ -9,14 +9,11 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ..domain.vocab import NOT_ON_ONE_LINE
 from ..store import Sql
 
 ROLES = ("staff", "auditor", "admin")
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-# Unicode categories refused in a token's name: controls, line and paragraph separators, format
-# characters (zero-width spaces and joiners, direction marks, byte order marks), surrogates,
-# private-use and unassigned code points.
-NOT_IN_A_NAME = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 PREFIX = "lgr_"
 
 
@@ -52,7 +49,7 @@ class TokenStore:
             raise ValueError(f"role must be one of: {', '.join(ROLES)}")
         if not name.strip() or len(name) > 100:
             raise ValueError("name must be 1 to 100 characters")
-        if any(unicodedata.category(ch) in NOT_IN_A_NAME or ch in BIDI_CONTROLS
+        if any(unicodedata.category(ch) in NOT_ON_ONE_LINE or ch in BIDI_CONTROLS
                for ch in name):
             # `ledger tokens list` prints one token per line, tab-separated, to a terminal;
             # and a name an admin reads there must show what it is: no invisible characters

@@ -295,10 +295,14 @@ def test_form_versions_deadlines_and_rates_are_set_from_the_command_line(store_e
         ("form", "1.1", str(form)), ("form", "2.0", str(not_utf8)),
         ("deadline", "analyse", "2027-03-01"), ("deadline", "analyse", "soon"),
         ("deadline", "nosuch", "none"), ("rate", "workshop", "30.001"),
-        ("rate", "workshop", "GBP 25"), ("rate", "lunch", "5.00")]]
+        ("rate", "workshop", "GBP 25"), ("rate", "lunch", "5.00"),
+        # a version is shown on one line, for ever (a review registered "1", a line break, "2")
+        ("form", "1\n2", str(form)), ("form", "1\t2", str(form)), ("form", "2\u200b0", str(form))]]
 
     assert [r.returncode for r in done] == [0] * 5, [r.stderr for r in done]
-    assert [r.returncode for r in refused] == [1, 2, 1, 2, 1, 1, 1, 1], [r.stderr for r in refused]
+    assert [r.returncode for r in refused] == [1, 2, 1, 2, 1, 1, 1, 1, 1, 1, 1], [
+        r.stderr for r in refused]
+    assert "version must be one line of visible text" in refused[-1].stderr
     assert all(r.stderr.strip().splitlines()[-1].startswith("Error: ")
                and "Traceback" not in r.stderr for r in refused), [r.stderr for r in refused]
     ledger = Ledger(store_env)
