@@ -59,10 +59,12 @@ def describe(error: Exception) -> str:
     from .config import SettingsError
     from .demo import DemoInterrupted, DemoRefused
     from .domain.errors import LedgerError
+    from .privacy.keys import KeyFileUnreadable
     from .projections.projector import RebuildRunning, UnreadableEvent
 
     if isinstance(error, ConfigurationError | SettingsError | BackupError | LedgerError
-                  | UnreadableEvent | DemoInterrupted | DemoRefused | RebuildRunning):
+                  | UnreadableEvent | DemoInterrupted | DemoRefused | RebuildRunning
+                  | KeyFileUnreadable):
         return str(error)
     if isinstance(error, MapperDeserialisationError):  # (its message could quote the event)
         return str(UnreadableEvent(None))

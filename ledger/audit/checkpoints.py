@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..domain.errors import InvalidInput
+from ..privacy.keys import KeyFileUnreadable
 from ..store import Sql, UnreadableEvent
 from .merkle import RootBuilder, consistency_proof, inclusion_proof, leaf_bytes, leaf_hash
 from .merkle import root as merkle_root
@@ -97,8 +98,15 @@ class MerkleLog:
                  clock: Callable[[], datetime]) -> None:
         self.sql, self.recorder, self.clock = sql, recorder, clock
         pem = signing_key_path.read_bytes()
-        key = serialization.load_pem_private_key(pem, password=None)
-        assert isinstance(key, Ed25519PrivateKey)
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError):
+            key = None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileUnreadable(
+                f"{signing_key_path} is not the ledger's signing key (an Ed25519 private key, "
+                f"PEM, as `ledger init` wrote it): it is damaged or another file; put the "
+                f"backed-up {signing_key_path.name} back")
         self._key = key
         self.public_key = public_key_pem(key)
         self.create()

@@ -36,6 +36,10 @@ def write_secret_file(path: Path, data: bytes) -> bool:
         tmp.unlink(missing_ok=True)
 
 
+class KeyFileUnreadable(Exception):
+    """A key file in the data directory is damaged, or is not the key it is named for."""
+
+
 class MasterKey:
     """The 256-bit secret in ``LEDGER_DATA_DIR/master.key`` that every other key derives from."""
 
@@ -51,7 +55,13 @@ class MasterKey:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = data_dir / MASTER_KEY_FILE
         made = write_secret_file(path, base64.b64encode(secrets.token_bytes(32)) + b"\n")
-        key = cls(base64.b64decode(path.read_bytes().strip()))
+        try:
+            key = cls(base64.b64decode(path.read_bytes().strip(), validate=True))
+        except ValueError:  # (binascii.Error is one) not base64, or not 32 bytes
+            raise KeyFileUnreadable(
+                f"{path} is not a ledger master key (32 bytes in base64, as `ledger init` "
+                f"wrote it): it is damaged or another file; put the backed-up "
+                f"{MASTER_KEY_FILE} back") from None
         key.made = made
         return key
 

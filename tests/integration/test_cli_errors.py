@@ -528,3 +528,29 @@ def test_links_from_a_server_on_every_address_point_at_one_a_browser_can_reach(r
         server.communicate(timeout=30)
     assert f"links will start with http://127.0.0.1:{port}." in "".join(lines), lines
     assert f"Serving the ledger on http://:{port}" not in lines[0], lines  # (the empty host)
+
+
+@pytest.mark.parametrize("damage", ["empty master.key", "short master.key",
+                                    "master.key not base64", "signing.key garbage"])
+@pytest.mark.parametrize("command", [("verify",), ("report",), ("restore", "BACKUP")])
+def test_a_damaged_key_file_is_named_and_nothing_changes(ready, tmp_path, damage, command):
+    """Before, each said only "unexpected ValueError; run again with LEDGER_DEBUG=1": nothing
+    pointed at the key file to put back."""
+    backup = tmp_path / "b.sqlite3"
+    assert _run(ready, "backup", str(backup)).returncode == 0
+    name, content = {"empty master.key": ("master.key", b""),
+                     "short master.key": ("master.key", b"c2hvcnQ=\n"),
+                     "master.key not base64": ("master.key", b"not a key at all!\n"),
+                     "signing.key garbage": ("signing.key", b"-----BEGIN nonsense\n")}[damage]
+    (ready / name).write_bytes(content)
+    before = {p.name: p.read_bytes() for p in ready.iterdir() if p.is_file()}
+
+    result = _run(ready, *[str(backup) if a == "BACKUP" else a for a in command])
+
+    message = _one_line_error(result)
+    assert name in message and "put the backed-up" in message, message
+    assert "unexpected" not in message and "Traceback" not in result.stderr
+    # (SQLite's own -wal and -shm files may come and go as the database is opened and closed)
+    assert {p.name: p.read_bytes() for p in ready.iterdir() if p.is_file()
+            and not p.name.endswith(("-shm", "-wal"))} == {
+        k: v for k, v in before.items() if not k.endswith(("-shm", "-wal"))}
