@@ -82,6 +82,9 @@ def backup_sqlite(source: Path, destination: Path) -> int:
         raise BackupError(f"{destination} exists already; choose a new name")
     if not source.exists():
         raise BackupError(f"there is no database at {source}")
+    if not destination.parent.is_dir():  # (else the error named this process's partial file)
+        raise BackupError(f"there is no directory {destination.parent}: create it, or choose "
+                          "another place for the copy")
     # This process's own partial file: two backups at once never touch each other's.
     partial = destination.with_name(f"{destination.name}.partial-{os.getpid()}")
     partial.unlink(missing_ok=True)

@@ -120,6 +120,9 @@ def test_a_backup_never_overwrites_and_a_bad_restore_changes_nothing(tmp_path):
     assert again.returncode == 1 and "exists already" in again.stderr
     assert junk.returncode == 1 and "junk.sqlite3" in junk.stderr
     assert _rows(data / "ledger.sqlite3") == original
+    nowhere = _run(data, "backup", str(tmp_path / "no-such-dir" / "b.sqlite3"))
+    assert nowhere.returncode == 1 and "there is no directory" in nowhere.stderr
+    assert "partial" not in nowhere.stderr  # (it named this process's own partial file)
 
 
 def test_a_backup_restored_under_another_master_key_is_refused_and_the_old_one_put_back(
