@@ -106,6 +106,8 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "obligations_done": obligations["done_count"],
         "obligations_median_days_to_done": obligations["median_days_to_done"],
         "payments_paid": pay["paid"], "payments_paid_total": pay["paid_total"],
+        "payments_paid_at_rate": pay["paid_at_rate"],
+        "payments_paid_differently": len(pay["paid_differently"]),
         "payments_declined": pay["declined"], "payments_reduced": pay["reduced"],
         "payments_reversed": pay["reversed"],
         "payments_outstanding": len(pay["outstanding"]),

@@ -302,6 +302,10 @@ def test_every_format_carries_the_same_numbers(client, auditor, api_ledger, cloc
     assert as_csv.headers["Content-Type"] == "application/zip"
     assert as_pdf.data.startswith(b"%PDF")
     summary = {k: "" if v is None else str(v) for k, v in _summary(as_json.json).items()}
+    # (paid at the rate, and paid differently, were in the JSON only)
+    assert (summary["payments_paid_at_rate"], summary["payments_paid_differently"]) == (
+        str(as_json.json["payments"]["paid_at_rate"]),
+        str(len(as_json.json["payments"]["paid_differently"])))
     rows = csv.DictReader(io.StringIO(
         zipfile.ZipFile(io.BytesIO(as_csv.data)).read("summary.csv").decode()))
     assert {r["name"]: r["value"] for r in rows} == summary
