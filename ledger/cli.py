@@ -473,6 +473,8 @@ def restore(source: Path) -> None:
         """The copy failed verification: put the previous database back."""
 
     repeated, refused, unread, only_kept = 0, list[str](), 0, 0
+    back = ("the previous database was put back" if settings.sqlite_path.exists() else
+            "the copy was taken out again (there was no database before)")
     try:
         # No other process can open the database until all of this is done: the copy is
         # verified, and the erasures it would undo are repeated, before anyone reads it.
@@ -501,16 +503,16 @@ def restore(source: Path) -> None:
     except BackupError as e:
         raise click.ClickException(str(e)) from None
     except ConfigurationError as e:
-        raise click.ClickException(f"{e}; the previous database was put back") from None
+        raise click.ClickException(f"{e}; {back}") from None
     except Failed:
         click.echo(f"The backup's {events} events failed verification: "
-                   f"{'; '.join(verdict.problems[:3])}. The previous database was put back; "
+                   f"{'; '.join(verdict.problems[:3])}. {back[0].upper()}{back[1:]}; "
                    "nothing was changed.", err=True)
         sys.exit(1)
     except (Exception, KeyboardInterrupt) as error:
         why = "interrupted" if isinstance(error, KeyboardInterrupt) else describe(error)
-        raise click.ClickException(f"{why}. The restore stopped; the previous database was "
-                                   "put back, and nothing was changed") from None
+        raise click.ClickException(f"{why}. The restore stopped; {back}, and nothing was "
+                                   "changed") from None
     if kept is not None:
         click.echo(f"The replaced database was kept as {kept}.", err=True)
     click.echo(f"Restored {events} events; verified: root {verdict.root}.", err=True)

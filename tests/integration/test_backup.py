@@ -515,6 +515,23 @@ def test_no_other_process_can_open_the_database_until_the_restore_has_verified_i
     assert (during, after) == (3, 0)
 
 
+def test_a_restore_refused_where_there_was_no_database_does_not_claim_to_put_one_back(
+        tmp_path):
+    """A new data directory with the master key but not the signing key: the restore is
+    refused, and says the copy was taken out, not that a previous database was put back."""
+    data, _, _ = _two_people_backed_up(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o700)
+    shutil.copy2(data / "master.key", empty / "master.key")
+
+    refused = _run(empty, "restore", str(tmp_path / "b.sqlite3"))
+
+    assert refused.returncode == 1, refused.stderr
+    assert "signing.key" in refused.stderr and "there was no database before" in refused.stderr
+    assert "previous database" not in refused.stderr
+    assert not (empty / "ledger.sqlite3").exists()
+
+
 def test_a_backup_that_is_not_a_usable_ledger_leaves_the_previous_database_in_place(tmp_path):
     data, _, _ = _two_people_backed_up(tmp_path)
     before = _rows(data / "ledger.sqlite3")
