@@ -363,7 +363,7 @@ def _checkpoint_shaped(cp: Any) -> bool:
 @click.option("--views", "check_views", is_flag=True,
               help="Also hold the views (what the current report and the staff list read) "
                    "against a replay of the log: exit 1 if any table differs. Replays the whole "
-                   "log in memory: about 4 times as long as the log's check, and about 550 MiB "
+                   "log in memory: 5 to 6 times as long as the log's check, and about 650 MiB "
                    "for 200,000 events (bench/verify.py).")
 def verify(show_key: bool, kept: tuple[Any, ...], check_views: bool) -> None:
     """Recompute the Merkle root over the whole log and hold it against the recorded leaves and
