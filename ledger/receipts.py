@@ -26,11 +26,18 @@ def my_consents_view(p: Participant, study: Study, now: datetime) -> dict[str, A
         record = p.consents.get(scope.name)
         if record is None or record.state is None:
             continue
+        deadline: Any = scope.withdrawal_deadline
+        past = scope.is_past_deadline(now)
+        if record.state == "withdrawn" and record.history:
+            # A stop is judged once, when made, against the deadline then: "we started using
+            # it" must not appear on the page after it once that deadline has passed since.
+            stop = record.history[-1]
+            deadline, past = stop.get("withdrawal_deadline"), bool(stop.get("past_deadline"))
         scopes.append({
             "name": scope.name, "label": scope.label, "description": scope.description,
             "if_withdrawn": scope.if_withdrawn, "state": record.state,
-            "since": record.changed_at, "deadline": scope.withdrawal_deadline,
-            "past_deadline": scope.is_past_deadline(now), "attribution": record.attribution,
+            "since": record.changed_at, "deadline": deadline,
+            "past_deadline": past, "attribution": record.attribution,
         })
     return {
         "study": study.name, "controller": study.controller, "reference": p.reference,

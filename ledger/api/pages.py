@@ -95,10 +95,19 @@ def _page(template: str, status: int = 200, **context: Any) -> Response:
     # (from the path: a 405 is raised before the route's arguments are known)
     parts = request.path.split("/")
     token = parts[2] if len(parts) > 2 and parts[1] == "my" and TOKEN.match(parts[2]) else None
-    if template == "my/gone.html" and status not in (404, 410, 429) and token:
-        # A page that says "go back to your link" gives the way back: the link still works
-        # (these are not the pages for a link that does not).
-        context.setdefault("back", url_for("pages.choices", token=token))
+    if template == "my/gone.html" and status not in (410, 429) and token:
+        # The way back to the choices only if the link still works; and an erased person's
+        # link never promises a new one. (A review found both offered on a 405 for an erased
+        # person's link, and a way back on a made-up one: the shape of a token is not a link.)
+        try:
+            ledger().open_link(token)
+        except LinkOfErasedPerson:
+            context.setdefault("closed", True)
+        except Exception:  # noqa: BLE001 - no such link, an old one, or the store is down
+            pass
+        else:
+            if status != 404:
+                context.setdefault("back", url_for("pages.choices", token=token))
     return Response(render_template(template, **context), status=status,
                     mimetype="text/html")
 
@@ -132,11 +141,15 @@ def not_found(_: Exception) -> Response:
 def gone(error: LinkNoLongerWorks) -> Response:
     """A replaced, stopped or expired link. An erased person's says nothing of sending a new
     one (none can be sent: nothing of theirs is left to show)."""
+    # A form sent to it (a stop, after the link was replaced or ran out) changed nothing: say so.
+    unchanged = " Nothing has changed." if request.method == "POST" else ""
     if isinstance(error, LinkOfErasedPerson):
         return _page("my/gone.html", 410, heading="This link does not work any more",
-                     message="There is nothing left to see or change here.", closed=True)
+                     message="There is nothing left to see or change here." + unchanged,
+                     closed=True)
     return _page("my/gone.html", 410, heading="This link does not work any more",
-                 message="Links stop working after a while, or when we send you a new one.")
+                 message="Links stop working after a while, or when we send you a new one."
+                         + unchanged)
 
 
 def incomplete_form() -> Response:

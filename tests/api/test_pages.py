@@ -127,11 +127,60 @@ def test_a_page_that_says_go_back_to_your_link_gives_the_way_back(client, staff,
         as_text=True)
 
 
+def test_error_pages_of_a_dead_link_offer_no_way_back_and_an_erased_person_no_new_link(
+        client, staff, tokens, person):
+    """A review found a 405 for an erased person's link offering "Go back to your choices" (a
+    410) and "We will send you a new link" (none can be), and a way back on a made-up link:
+    the shape of a token is not a working link."""
+    path = _link(client, staff, person)
+    made_up = client.get("/my/" + "Q" * 43 + "/withdraw")
+    erased = client.post(f"/api/v1/participants/{person}/erasure", headers=bearer(
+        tokens["admin"]), json={"reason": "asked"})
+    assert erased.status_code == 200
+    pages = {what: client.get(path + suffix) for what, suffix in (
+        ("wrong method", "/withdraw"), ("no such page", "/nope"))}
+
+    assert made_up.status_code == 405
+    assert "Go back to your choices" not in made_up.get_data(as_text=True)
+    for what, page in pages.items():
+        text = page.get_data(as_text=True)
+        assert page.status_code in (404, 405), what
+        assert "Go back to your choices" not in text, what
+        assert "We will send you a new link" not in text, what
+        assert "If you have a question, email" in text, what
+
+
+def test_the_page_after_stopping_keeps_saying_what_the_stop_was(client, staff, person,
+                                                                api_ledger, clock):
+    """Stopped before the deadline, the same page opened again after it (Back, a reload) said
+    "We started using it on ...": true of a stop made now, false of the one made then."""
+    api_ledger.set_withdrawal_deadline("analyse", clock.now + timedelta(days=5), by="test")
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+    done = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "analyse"})
+    first = client.get(done.headers["Location"]).get_data(as_text=True)
+    clock.now += timedelta(days=10)
+
+    again = client.get(done.headers["Location"]).get_data(as_text=True)
+
+    assert "We started using it" not in first
+    assert "We started using it" not in again
+    assert "We will not use your story in the workshop." in again  # the scope's own words
+
+
 def test_the_page_says_until_when_the_link_works(client, staff, person, clock):
-    html = client.get(_link(client, staff, person)).get_data(as_text=True)
+    """To the minute, in UK time: "until 4 June" read as all of that day, and the link stopped
+    working that afternoon, a stop on its way in refused (a review found)."""
+    path = _link(client, staff, person)
+    html = client.get(path).get_data(as_text=True)
+    csrf = _csrf(html)
 
     until = (clock.now + timedelta(days=180)).astimezone(ZoneInfo("Europe/London"))
-    assert f"This link works until {until.day} {until:%B %Y}." in html
+    assert f"This link works until {until.day} {until:%B %Y} at {until:%H:%M}." in html
+    clock.now += timedelta(days=180, minutes=1)
+    late = client.post(path + "/withdraw", data={"csrf": csrf, "scope": "record"})
+    assert late.status_code == 410
+    assert "Nothing has changed." in late.get_data(as_text=True)  # (a stop sent too late)
 
 
 def test_no_page_title_says_what_the_study_is_about(client, staff, person):
@@ -234,7 +283,14 @@ def test_a_repeated_post_writes_nothing_and_says_it_is_done(client, staff, perso
     page = client.get(again.headers["Location"]).get_data(as_text=True)
 
     assert _events(api_ledger) == before
-    assert "You had already stopped: Record the talk" in page
+    # The second of a double click is what the browser shows: it says when the choice was
+    # stopped and what that means, not only "you had already stopped" (which a review found
+    # read as "before today", with the deletion of the recording left unsaid).
+    text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    assert "This was stopped already. Nothing else needed to change:" in text
+    assert "Record the talk. You stopped this on" in text
+    assert "We will delete the recording." in text
+    assert "Our team will do this, if they have not already." in text
 
 
 def test_stop_everything(client, staff, person):
@@ -547,7 +603,7 @@ def test_the_check_sent_again_after_stopping_says_already_stopped(client, staff,
 
     assert again.status_code == 303
     page = client.get(again.headers["Location"]).get_data(as_text=True)
-    assert "You had already stopped: Record the talk" in page
+    assert "This was stopped already" in page and "Record the talk" in page
     assert "Tick at least one" not in page
     assert _events(api_ledger) == before
 

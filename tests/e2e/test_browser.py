@@ -298,7 +298,7 @@ def test_back_after_stopping_shows_a_page_that_says_it_is_stopped(server, staff,
     page.close()
 
     assert response is not None and response.status == 200
-    assert heading == "Done. We have your choice" and "You had already stopped" in text
+    assert heading == "Done. We have your choice" and "This was stopped already" in text
     assert problems == []
 
 
