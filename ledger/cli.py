@@ -283,6 +283,10 @@ def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | Non
         except ValueError:
             raise click.BadParameter("not an ISO 8601 date and time", param_hint="--as-of") from None
     with open_ledger() as ledger:
+        if moment is None and ledger.settings.projections == "external":
+            # A command can bring the views up to date itself, as `ledger projections run`
+            # does (safely beside it): the current report need not wait for the follower.
+            ledger.projector.catch_up()
         try:
             data = render(report_data(ledger, moment, outstanding_days), fmt)
         except LedgerError as e:
@@ -353,6 +357,17 @@ def _checkpoint_shaped(cp: Any) -> bool:
     return True
 
 
+def _signed_by_its_key(cp: dict[str, Any]) -> bool:
+    from .audit.checkpoints import check_signature, checkpoint_message, load_public_key
+
+    try:
+        key = load_public_key(cp["public_key"])
+    except (ValueError, TypeError):
+        return False
+    return check_signature(key, checkpoint_message(cp["size"], cp["root"], cp["time"]),
+                           cp["signature"])
+
+
 @main.command(short_help="Check the record was not altered (exit 1 if it was).")
 @click.option("--public-key", "show_key", is_flag=True,
               help="Print the public key that checks the signatures (PEM) and stop.")
@@ -390,6 +405,18 @@ def verify(show_key: bool, kept: tuple[Any, ...], check_views: bool) -> None:
             return
         for cp in outside:  # (a report's: checked with this ledger's key, as stored ones are)
             cp.setdefault("public_key", ledger.merkle.public_key)
+        unsigned = [cp["size"] for cp in outside if not _signed_by_its_key(cp)]
+        if unsigned:
+            # Not a checkpoint anyone signed: it says nothing of the log, and is not recorded
+            # as the ledger's verification (a sound log would show failed in every report).
+            for size in unsigned:
+                click.echo(f"  - kept checkpoint at size {size}: signature does not match "
+                           "its key", err=True)
+            click.echo("FAILED: a kept checkpoint is not signed by the key it names (or, "
+                       "with none, by this ledger's): the file was changed after it was kept, "
+                       "or it is not a checkpoint. The log was not checked against it, and "
+                       "this is not recorded as a verification.", err=True)
+            sys.exit(1)
         verdict = verify_log(ledger.merkle, outside)
         ledger.merkle.record_verification(verdict)  # reports show the last outcome
         differ: dict[str, tuple[int, int]] = {}
@@ -406,6 +433,10 @@ def verify(show_key: bool, kept: tuple[Any, ...], check_views: bool) -> None:
                 continue
             click.echo(f"  - {name}: {extra} row(s) not from the log, {missing} row(s) of the "
                        "log missing", err=True)
+        if "participant documents" in differ:
+            click.echo("(Documents an earlier release wrote, before an upgrade that changed what "
+                       "a record shows, differ too: after such an upgrade, rebuild the views.)",
+                       err=True)
         click.echo("`ledger projections rebuild` builds them again from the log; past reports "
                    "(--as-of) are replayed from the log and are not affected.", err=True)
         sys.exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -195,6 +196,28 @@ def test_the_report_command_gives_the_same_bytes_as_the_api(store_env, tmp_path)
     finally:
         ledger.close()
     assert bad.returncode == 2 and "--as-of" in bad.stderr
+
+
+def test_the_current_report_from_the_command_line_with_external_views_needs_no_follower(
+        store_env, tmp_path):
+    """Views kept by `ledger projections run`, which is not running: the command brings them
+    up to date itself (before, it waited 5 s and said to try again, which could not help)."""
+    external = {**store_env, "LEDGER_PROJECTIONS": "external"}
+    _run(external, "init")
+    ledger = Ledger(external)
+    try:
+        pid = ledger.register_participant("Report External", by="t")["id"]
+        ledger.record_payment(pid, "conversation", "25.00", "cash", by="t")
+        end = ledger.recorder.max_notification_id()
+    finally:
+        ledger.close()
+    out = tmp_path / "report.json"
+
+    done = _run(external, "report", "-o", str(out))
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["log"]["position"] == end and report["payments"]["paid"] == 1
 
 
 def _children(pid: int) -> list[int]:

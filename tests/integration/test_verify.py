@@ -322,9 +322,16 @@ def test_a_kept_checkpoint_whose_signature_does_not_hold_is_refused_as_such(
 
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
-    assert "FAILED: a signed checkpoint does not hold" in out
+    assert "FAILED: a kept checkpoint is not signed by the key it names" in out
     assert f"kept checkpoint at size {cp['size']}: signature does not match" in out
     assert "an event was changed" not in out
+    # The log was not checked against it: the ledger's last verification is not this one (a
+    # review found a sound log shown as failed in every report after such a file)
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    try:
+        assert lg.merkle.last_verification() is None
+    finally:
+        lg.close()
 
 
 @pytest.mark.parametrize("field", ["root", "size", "time", "signature"])
