@@ -154,7 +154,13 @@ def restoring(backup: Path, database: Path) -> Iterator[tuple[int, Path | None]]
             try:
                 _copy(backup, incoming)
             except sqlite3.DatabaseError as e:
-                raise BackupError(f"{backup} could not be copied whole ({type(e).__name__}); "
+                if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    raise BackupError(f"there is no room for the copy in {database.parent}: "
+                                      "free some space; nothing was changed") from None
+                if getattr(e, "sqlite_errorname", "") in WRITE_ERRORS:
+                    raise BackupError(f"the copy could not be written in {database.parent} "
+                                      f"({e.sqlite_errorname}); nothing was changed") from None
+                raise BackupError(f"{backup} could not be read whole ({type(e).__name__}); "
                                   "nothing was changed") from None
             fd = os.open(incoming, os.O_RDONLY)
             try:

@@ -554,3 +554,24 @@ def test_a_damaged_key_file_is_named_and_nothing_changes(ready, tmp_path, damage
     assert {p.name: p.read_bytes() for p in ready.iterdir() if p.is_file()
             and not p.name.endswith(("-shm", "-wal"))} == {
         k: v for k, v in before.items() if not k.endswith(("-shm", "-wal"))}
+
+
+def test_a_restore_onto_a_full_disk_says_so_and_changes_nothing(ready, small_disk, tmp_path):
+    """The copy of the backup going in beside the database fills the disk: that is said, not
+    that the backup "could not be copied whole" (a review found it blamed on the backup)."""
+    import shutil
+
+    assert _run(ready, "demo").returncode == 0
+    backup = tmp_path / "b.sqlite3"
+    assert _run(ready, "backup", str(backup)).returncode == 0
+    assert backup.stat().st_size > 300 * 1024  # (more than the small disk holds)
+    data = small_disk / "data"
+    data.mkdir(mode=0o700)
+    for key in ("master.key", "signing.key"):
+        shutil.copy2(ready / key, data / key)
+
+    message = _one_line_error(_run(data, "restore", str(backup)))
+
+    assert "no room for the copy" in message and str(backup) not in message, message
+    assert sorted(p.name for p in data.iterdir() if not p.name.endswith(".lock")) == [
+        "master.key", "signing.key"]  # (the copy removed; only the restore's lock file left)
