@@ -109,7 +109,8 @@ class ConsistencyProof(Schema):
     first_root = fields.String(required=True)
     second_root = fields.String(required=True)
     proof = fields.List(fields.String(), required=True, metadata={
-        "description": "RFC 6962 consistency proof, hex (verify as RFC 9162 2.1.4.2)"})
+        "description": "RFC 6962 consistency proof, hex (verify as RFC 9162 2.1.4.2; when "
+                       "first equals second it is empty, and holds if the two roots are equal)"})
     first_checkpoint = fields.Nested(Checkpoint, required=True, allow_none=True)
     second_checkpoint = fields.Nested(Checkpoint, required=True, allow_none=True)
 
