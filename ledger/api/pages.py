@@ -95,7 +95,8 @@ def _page(template: str, status: int = 200, **context: Any) -> Response:
     # (from the path: a 405 is raised before the route's arguments are known)
     parts = request.path.split("/")
     token = parts[2] if len(parts) > 2 and parts[1] == "my" and TOKEN.match(parts[2]) else None
-    if template == "my/gone.html" and status not in (410, 429) and token:
+    if template == "my/gone.html" and status not in (410, 429) and token \
+            and "closed" not in context:  # (not when the caller knows: no such link, say)
         # The way back to the choices only if the link still works; and an erased person's
         # link never promises a new one. (A review found both offered on a 405 for an erased
         # person's link, and a way back on a made-up one: the shape of a token is not a link.)
@@ -103,7 +104,9 @@ def _page(template: str, status: int = 200, **context: Any) -> Response:
             ledger().open_link(token)
         except LinkOfErasedPerson:
             context.setdefault("closed", True)
-        except Exception:  # noqa: BLE001 - no such link, an old one, or the store is down
+        except LinkNotFound:  # a guess, counted as the link pages count them
+            current_app.extensions["link_failures"].record(request.remote_addr or "?")
+        except Exception:  # noqa: BLE001 - an old link, or the store is down
             pass
         else:
             if status != 404:
@@ -134,7 +137,7 @@ def not_found(_: Exception) -> Response:
         response.headers["Retry-After"] = str(wait)
         return response
     return _page("my/gone.html", 404, heading="We cannot find this page",
-                 message="The link may be mistyped, or it may be old.")
+                 message="The link may be mistyped, or it may be old.", closed=False)
 
 
 @blp.errorhandler(LinkNoLongerWorks)

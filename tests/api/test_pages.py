@@ -813,3 +813,14 @@ def test_the_printable_receipt_says_whether_the_person_agreed_to_be_named(client
     assert "form version 1.0. You chose: do not use my name" in words
     assert "form version 2.0. You chose: use my name" in words
     assert [s["attribution"] for s in steps] == ["anonymous", "named"]
+
+
+def test_guesses_on_any_address_under_a_link_count_towards_the_limit(client):
+    """An error page under a made-up link (here a 405) looks the link up, to offer the way back
+    only for a working one; those guesses count as the link pages' own do."""
+    from ledger.api.ratelimit import FAILURES
+
+    for i in range(FAILURES):
+        assert client.get("/my/" + f"{i:043d}" + "/withdraw").status_code == 405
+
+    assert client.get("/my/" + "9" * 43).status_code == 429
