@@ -357,6 +357,16 @@ def _checkpoint_shaped(cp: Any) -> bool:
     return True
 
 
+def _same_key(a: str, b: str) -> bool:
+    """Whether two PEM public keys are the same key (however the PEM is laid out)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from .audit.checkpoints import load_public_key
+
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    return load_public_key(a).public_bytes(*raw) == load_public_key(b).public_bytes(*raw)
+
+
 def _signed_by_its_key(cp: dict[str, Any]) -> bool:
     from .audit.checkpoints import check_signature, checkpoint_message, load_public_key
 
@@ -416,6 +426,22 @@ def verify(show_key: bool, kept: tuple[Any, ...], check_views: bool) -> None:
                        "with none, by this ledger's): the file was changed after it was kept, "
                        "or it is not a checkpoint. The log was not checked against it, and "
                        "this is not recorded as a verification.", err=True)
+            sys.exit(1)
+        others = [cp["size"] for cp in outside if not _same_key(cp["public_key"],
+                                                                 ledger.merkle.public_key)]
+        if others:
+            # Signed, but not with this ledger's key: another ledger's checkpoint, or this
+            # ledger's signing key was replaced since it was kept (and, to pass, every stored
+            # checkpoint re-signed). Either way it cannot be held against this log; said, and
+            # not recorded (another ledger's file marked a sound log failed in every report).
+            for size in others:
+                click.echo(f"  - kept checkpoint at size {size}: signed with another key than "
+                           "this ledger's", err=True)
+            click.echo("FAILED: a kept checkpoint was signed with another key than this "
+                       "ledger's (`ledger verify --public-key` prints it): it is another "
+                       "ledger's, or this ledger's signing key was replaced since you kept it, "
+                       "which needs looking into. The log was not checked against it, and this "
+                       "is not recorded as a verification.", err=True)
             sys.exit(1)
         verdict = verify_log(ledger.merkle, outside)
         ledger.merkle.record_verification(verdict)  # reports show the last outcome

@@ -166,7 +166,8 @@ def kind_error(status: int, allowed: list[str] | None = None) -> Response:
     methods the address takes (``Allow``, which RFC 9110 requires)."""
     if status == 405:
         response = _page("my/gone.html", 405, heading="Please start again",
-                         message="This page cannot be used like that. Go back to your link.")
+                         message="This page cannot be used like that.")  # (the way back, if
+        # the link works, is a link on the page: not "go back to your link" for a dead one)
         if allowed:
             response.headers["Allow"] = ", ".join(sorted(allowed))
         return response

@@ -287,10 +287,10 @@ def test_a_repeated_post_writes_nothing_and_says_it_is_done(client, staff, perso
     # stopped and what that means, not only "you had already stopped" (which a review found
     # read as "before today", with the deletion of the recording left unsaid).
     text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
-    assert "This was stopped already. Nothing else needed to change:" in text
-    assert "Record the talk. You stopped this on" in text
+    assert "This was stopped already: Record the talk. Stopped on" in text
     assert "We will delete the recording." in text
-    assert "Our team will do this, if they have not already." in text
+    assert "Nothing more needed to change. Our team will do this, if they have not already." in text
+    assert text.count("does not change your payment") == 1  # (the choice's own words say it)
 
 
 def test_stop_everything(client, staff, person):
@@ -824,3 +824,29 @@ def test_guesses_on_any_address_under_a_link_count_towards_the_limit(client):
         assert client.get("/my/" + f"{i:043d}" + "/withdraw").status_code == 405
 
     assert client.get("/my/" + "9" * 43).status_code == 429
+
+
+def test_several_choices_stopped_already_are_spoken_of_in_the_plural(client, staff, person):
+    path = _link(client, staff, person)
+    csrf = _csrf(client.get(path).get_data(as_text=True))
+    form = {"csrf": csrf, "scope": ["record", "analyse"]}
+    client.post(path + "/withdraw", data=form)
+
+    again = client.post(path + "/withdraw", data=form)
+    text = " ".join(re.sub(r"<[^>]+>", " ", client.get(again.headers["Location"]).get_data(
+        as_text=True)).split())
+
+    assert "These were stopped already: Record the talk." in text
+    assert "This was stopped already" not in text
+
+
+def test_a_dead_links_wrong_method_page_does_not_send_the_person_back_to_it(client, staff,
+                                                                            person, clock):
+    path = _link(client, staff, person)
+    clock.now += timedelta(days=181)  # (the link has run out)
+
+    page = client.get(path + "/withdraw")
+
+    assert page.status_code == 405
+    text = page.get_data(as_text=True)
+    assert "Go back to your link" not in text and "Go back to your choices" not in text

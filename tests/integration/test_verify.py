@@ -334,6 +334,35 @@ def test_a_kept_checkpoint_whose_signature_does_not_hold_is_refused_as_such(
         lg.close()
 
 
+def test_a_kept_checkpoint_of_another_ledger_is_reported_not_recorded(store_env, tmp_path):
+    """Validly signed, but with another ledger's key: it cannot be held against this log (a
+    review found it failed a sound log as "an event was changed", recorded so that every
+    report then showed the log failed)."""
+    lg, size = _history(store_env)
+    lg.close()
+    other_dir = tmp_path / "other"
+    other = Ledger({"LEDGER_DATA_DIR": str(other_dir)})
+    try:
+        other.init_study(by="t")
+        kept = tmp_path / "checkpoint.json"
+        kept.write_text(json.dumps(other.merkle.checkpoint()))
+    finally:
+        other.close()
+
+    result = _run(store_env, "verify", "--checkpoint", str(kept))
+
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "signed with another key than this ledger's" in out
+    assert "was changed" not in out and "The log was not checked against it" in out
+    lg = Ledger({**store_env, "LEDGER_PROJECTIONS": "external"})
+    try:
+        assert lg.merkle.last_verification() is None
+    finally:
+        lg.close()
+    assert _run(store_env, "verify").returncode == 0
+
+
 @pytest.mark.parametrize("field", ["root", "size", "time", "signature"])
 def test_a_tampered_checkpoint_is_caught(store_env, field):
     lg, size = _history(store_env)
