@@ -16,7 +16,7 @@ from .config import Settings, load_environment
 from .domain.study import MAX_RETENTION
 from .privacy.tokens import ROLES
 from .reports import DEFAULT_OUTSTANDING_DAYS
-from .reports.render import FORMATS
+from .reports.render import CSV_SECTIONS, FORMATS
 
 
 @contextmanager
@@ -266,9 +266,12 @@ def tokens_revoke(token_id: str) -> None:
 @click.option("--outstanding-days", default=DEFAULT_OUTSTANDING_DAYS, show_default=True,
               type=click.IntRange(0, 3650),
               help="List payments agreed this many days ago and not yet made.")
+@click.option("--section", default=None, type=click.Choice(list(CSV_SECTIONS)),
+              help="With --format csv: that one section's CSV file, not the zip of them all.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to FILE (default: standard output).")
-def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | None) -> None:
+def report(as_of: str | None, fmt: str, outstanding_days: int, section: str | None,
+           output: str | None) -> None:
     """The compliance report (the same as GET /api/v1/reports/compliance)."""
     from datetime import datetime
 
@@ -276,6 +279,9 @@ def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | Non
     from .reports import report_data, sign_report
     from .reports.render import render
 
+    if section is not None and fmt != "csv":
+        raise click.BadParameter("a section is one CSV file: use it with --format csv",
+                                 param_hint="--section")
     moment = None
     if as_of is not None:
         try:
@@ -288,7 +294,7 @@ def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | Non
             # does (safely beside it): the current report need not wait for the follower.
             ledger.projector.catch_up()
         try:
-            data = render(report_data(ledger, moment, outstanding_days), fmt)
+            data = render(report_data(ledger, moment, outstanding_days), fmt, section)
         except LedgerError as e:
             if e.field is None:  # not about an option (e.g. no study set up yet)
                 raise click.ClickException(e.message) from None
@@ -297,8 +303,9 @@ def report(as_of: str | None, fmt: str, outstanding_days: int, output: str | Non
         signature = sign_report(ledger, data)
     if output:
         write_report(Path(output), data, signature)
-        what = "csv report (a zip of one CSV file per section)" if fmt == "csv" else \
-            f"{fmt} report"
+        what = (f"report's {section} section (CSV)" if section else
+                "csv report (a zip of one CSV file per section)" if fmt == "csv" else
+                f"{fmt} report")
         click.echo(f"Wrote the {what} to {output}, and its signature (Ed25519, base64, "
                    f"over the file's bytes) to {output}.sig.", err=True)
     else:

@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Response
 from flask.views import MethodView
-from marshmallow import ValidationError, fields, validate
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from ..reports import DEFAULT_OUTSTANDING_DAYS, report_data, sign_report
-from ..reports.render import EXTENSIONS, FORMATS, render
+from ..reports.render import CSV_SECTIONS, EXTENSIONS, FORMATS, SECTION_CONTENT_TYPE, render
 from .auth import SECURITY, require
 from .common import ledger
 from .fastdump import Schema
@@ -51,11 +51,21 @@ class ReportQuery(Schema):
         load_default=DEFAULT_OUTSTANDING_DAYS, validate=validate.Range(0, 3650),
         metadata={"description": "a payment agreed this many days ago and not made is listed "
                                  "as outstanding"})
+    section = fields.String(load_default=None, validate=validate.OneOf(CSV_SECTIONS), metadata={
+        "description": "extension, with format=csv only: that one section's CSV file (text/csv), "
+                       "as it is in the zip, for a script that reads one table"})
+
+    @validates_schema
+    def _section_is_csv(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("section") is not None and data.get("format") != "csv":
+            raise ValidationError("a section is one CSV file: ask for it with format=csv",
+                                  field_name="section")
 
 
 SIGNATURE_HEADER = "Ledger-Signature"
 REPORT_DOC = {"responses": {"200": {
-    "description": "the report (format=json: this object; csv: a zip of one CSV per section; "
+    "description": "the report (format=json: this object; csv: a zip of one CSV per section, "
+                   "or with section= that one CSV file; "
                    "html: a page; pdf: the page printed). Every report carries the signed "
                    "checkpoint it was built on; the Ledger-Signature header signs its exact bytes",
     "headers": {SIGNATURE_HEADER: {
@@ -67,6 +77,7 @@ REPORT_DOC = {"responses": {"200": {
             "report", "as_of", "consent", "payments", "access_needs", "log",
             "checkpoint"]}},
         "application/zip": {"schema": {"type": "string", "format": "binary"}},
+        "text/csv": {"schema": {"type": "string"}},
         "text/html": {"schema": {"type": "string"}},
         "application/pdf": {"schema": {"type": "string", "format": "binary"}},
     }}}}
@@ -81,11 +92,13 @@ class Compliance(MethodView):
     def get(self, query: dict[str, Any]) -> Response:
         """The compliance report at a moment (default now), in the format asked for."""
         report = report_data(ledger(), query["as_of"], query["outstanding_days"])
-        fmt = query["format"]
-        body = render(report, fmt)
-        response = Response(body, mimetype=None, content_type=FORMATS[fmt])
+        fmt, section = query["format"], query["section"]
+        body = render(report, fmt, section)
+        response = Response(body, mimetype=None,
+                            content_type=SECTION_CONTENT_TYPE if section else FORMATS[fmt])
         response.headers[SIGNATURE_HEADER] = sign_report(ledger(), body)
         if fmt in ("csv", "pdf"):
-            name = f"compliance-{report['as_of'][:19].replace(':', '')}.{EXTENSIONS[fmt]}"
+            stem = f"compliance-{report['as_of'][:19].replace(':', '')}"
+            name = f"{stem}-{section}.csv" if section else f"{stem}.{EXTENSIONS[fmt]}"
             response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
         return response

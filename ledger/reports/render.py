@@ -24,8 +24,22 @@ _templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templa
                          autoescape=select_autoescape(["html"]))
 
 
-def render(report: dict[str, Any], fmt: str) -> bytes:
-    """The report's bytes in ``fmt`` (json, csv, html or pdf)."""
+# The CSV zip's files, in order (``csv_tables``); one of them alone is ``section``'s CSV.
+CSV_SECTIONS = ("summary", "consent_totals", "consent_by_participant",
+                "grants_without_registered_form", "use_after_withdrawal", "use_without_consent",
+                "late_withdrawals", "open_obligations", "done_obligations", "payment_rates",
+                "payments_by_method", "payments_paid_differently", "payments_outstanding",
+                "access_needs", "erasures", "checkpoint")
+SECTION_CONTENT_TYPE = "text/csv; charset=utf-8"
+
+
+def render(report: dict[str, Any], fmt: str, section: str | None = None) -> bytes:
+    """The report's bytes in ``fmt`` (json, csv, html or pdf); with ``section`` (csv only), the
+    one CSV file of that section, as it is in the zip."""
+    if section is not None:
+        if fmt != "csv":
+            raise ValueError("a section is one CSV file: format must be csv")
+        return _csv_text(csv_tables(report)[section]).encode()
     if fmt == "json":
         return to_json(report)
     if fmt == "csv":
@@ -128,15 +142,20 @@ def to_csv_zip(report: dict[str, Any]) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         for name, rows in csv_tables(report).items():
-            text = io.StringIO()
-            if rows:
-                writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
-                writer.writeheader()
-                writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
             info = zipfile.ZipInfo(f"{name}.csv", date_time=(2000, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
-            z.writestr(info, text.getvalue())
+            z.writestr(info, _csv_text(rows))
     return out.getvalue()
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    """One section as CSV: a header and a line a row (nothing at all for no rows)."""
+    text = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
+    return text.getvalue()
 
 
 def _cell(value: Any) -> Any:

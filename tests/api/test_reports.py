@@ -529,3 +529,35 @@ def test_the_current_report_is_as_of_a_moment_after_every_event_it_holds(api_led
     assert current["as_of"] == clock.now.isoformat()
     replayed = report_data(api_ledger, clock.now)
     assert replayed["payments"] == current["payments"]
+
+
+def test_one_section_of_the_csv_report_comes_as_a_csv_file_of_its_own(client, auditor,
+                                                                      api_ledger, clock):
+    """`format=csv` is a zip of one CSV file per section (issue 5); `section=` (an extension)
+    gives one of them alone, as text/csv, the same bytes as in the zip, and signed."""
+    from ledger.audit.checkpoints import check_signature, load_public_key
+    from ledger.reports.render import CSV_SECTIONS, csv_tables
+
+    moments = _script(api_ledger, clock)
+    q = f"/api/v1/reports/compliance?as_of={moments['day5'].isoformat().replace('+', '%2B')}"
+    whole = zipfile.ZipFile(io.BytesIO(client.get(q + "&format=csv", headers=auditor).data))
+
+    assert list(CSV_SECTIONS) == list(csv_tables(report_data(api_ledger, moments["day5"])))
+    key = load_public_key(api_ledger.merkle.public_key)
+    for section in CSV_SECTIONS:
+        one = client.get(q + f"&format=csv&section={section}", headers=auditor)
+        assert one.status_code == 200, section
+        assert one.headers["Content-Type"] == "text/csv; charset=utf-8"
+        assert one.headers["Content-Disposition"].endswith(f'-{section}.csv"')
+        assert one.data == whole.read(f"{section}.csv"), section
+        assert check_signature(key, one.data, one.headers["Ledger-Signature"])
+    rows = list(csv.DictReader(io.StringIO(client.get(
+        q + "&format=csv&section=payments_by_method", headers=auditor).data.decode())))
+    assert rows and set(rows[0]) >= {"method"}
+
+    for bad in ("&format=json&section=summary", "&format=csv&section=nosuch",
+                "&section=summary"):
+        refused = client.get(q + bad, headers=auditor)
+        assert refused.status_code == 422, bad
+        assert refused.content_type == "application/problem+json"
+        assert "section" in refused.json["errors"], bad

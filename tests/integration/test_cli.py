@@ -192,10 +192,23 @@ def test_the_report_command_gives_the_same_bytes_as_the_api(store_env, tmp_path)
                 assert written.stat().st_mode & 0o777 == 0o600, written.name  # as backups
             assert check_signature(load_public_key(ledger.merkle.public_key), out.read_bytes(),
                                    signature)
+        one = tmp_path / "summary.csv"
+        done = _run(store_env, "report", "--as-of", moment, "--format", "csv", "--section",
+                    "summary", "-o", str(one))
+        api = client.get("/api/v1/reports/compliance", query_string={
+            "as_of": moment, "format": "csv", "section": "summary"},
+            headers={"Authorization": f"Bearer {auditor}"})
+        assert done.returncode == 0, done.stderr
+        assert api.status_code == 200 and one.read_bytes() == api.data
+        assert one.read_text().startswith("name,value\n")
+        assert (tmp_path / "summary.csv.sig").read_text().strip() == api.headers[
+            "Ledger-Signature"]
+        not_csv = _run(store_env, "report", "--section", "summary")
         bad = _run(store_env, "report", "--as-of", "not-a-date")
     finally:
         ledger.close()
     assert bad.returncode == 2 and "--as-of" in bad.stderr
+    assert not_csv.returncode == 2 and "--section" in not_csv.stderr
 
 
 def test_the_current_report_from_the_command_line_with_external_views_needs_no_follower(
