@@ -361,13 +361,13 @@ class Ledger(Application[UUID]):
         return None
 
     def views_at_least(self, position: int | None = None) -> int:
-        """Make the views include ``position`` (default: everything saved so far) and return
-        their position. Inline, this process catches them up itself; external, it waits for
-        ``ledger projections run`` (``ViewsBehind`` after ``VIEW_WAIT_S``)."""
+        """Make the views include ``position`` and return their position. Inline, this process
+        catches them up itself (to everything saved so far); external, it waits for ``ledger
+        projections run`` (``ViewsBehind`` after ``VIEW_WAIT_S``), and with no ``position``
+        takes the views as they stand (the staff list; the current report asks for the end of
+        the log)."""
         if self.settings.projections == "inline":
             return self.projector.catch_up()
-        if position is None:  # (before, external views were taken as they stood: a current
-            position = self._end_of_log()  # report left out what they had not reached yet)
         deadline = time.monotonic() + VIEW_WAIT_S
         while True:
             current = self.projector.views.position()
@@ -652,8 +652,7 @@ class Ledger(Application[UUID]):
             # No write has answered with this position: waiting for it would never end.
             raise InvalidInput("min_position is beyond the end of the log; use the "
                                "Ledger-Position header of a write", field="min_position")
-        if min_position is not None or self.settings.projections == "inline":
-            self.views_at_least(min_position)  # (external, unasked: the views as they stand)
+        self.views_at_least(min_position)
         views = self.projector.views
         after_seq = 0
         if after is not None:

@@ -60,16 +60,26 @@ def _check(path: Path) -> int:
         connection.close()
 
 
-def _copy(source: Path, target: Path) -> None:
+def _copy(source: Path, target: Path, *, place: str, unreadable: str) -> None:
     """Copy the database at ``source`` into ``target`` (an empty file) through SQLite: one
     snapshot, with what a write-ahead log beside ``source`` holds (a copy of the file's bytes
-    alone would leave that out), as a single file with no log of its own."""
+    alone would leave that out), as a single file with no log of its own. A failure is a
+    ``BackupError`` that blames the right side: no room or no write ``place`` for the copy
+    (before, a full disk was blamed on the database read), else ``unreadable``."""
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
     dst = sqlite3.connect(target)
     try:
         src.backup(dst)  # pages=-1: one step, one snapshot
         dst.execute("PRAGMA journal_mode=DELETE")
         dst.commit()
+    except sqlite3.DatabaseError as e:
+        if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise BackupError(f"there is no room for the copy {place}: free some space or "
+                              "choose another disk; nothing was changed") from None
+        if getattr(e, "sqlite_errorname", "") in WRITE_ERRORS:  # (the source is read-only)
+            raise BackupError(f"the copy could not be written {place} "
+                              f"({e.sqlite_errorname}); nothing was changed") from None
+        raise BackupError(f"{unreadable} ({type(e).__name__})") from None
     finally:
         src.close()
         dst.close()
@@ -91,18 +101,9 @@ def backup_sqlite(source: Path, destination: Path) -> int:
     fd = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
     os.close(fd)
     try:
-        try:
-            _copy(source, partial)
-        except sqlite3.DatabaseError as e:
-            if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                # (the copy's disk: this was blamed on the live database, which was fine)
-                raise BackupError(f"there is no room for the copy at {destination}: free some "
-                                  "space or choose another disk; nothing was changed") from None
-            if getattr(e, "sqlite_errorname", "") in WRITE_ERRORS:  # (the source is read-only)
-                raise BackupError(f"the copy could not be written at {destination} "
-                                  f"({e.sqlite_errorname}); nothing was changed") from None
-            raise BackupError(f"the database at {source} could not be read whole "
-                              f"({type(e).__name__}); run `ledger verify`") from None
+        _copy(source, partial, place=f"at {destination}",
+              unreadable=f"the database at {source} could not be read whole; run "
+                         "`ledger verify`")
         events = _check(partial)
         with open(partial, "rb") as f:
             os.fsync(f.fileno())
@@ -151,17 +152,8 @@ def restoring(backup: Path, database: Path) -> Iterator[tuple[int, Path | None]]
             # database a restore kept, or one a killed process left) holds in that log events
             # the count above included; a copy of the file alone lost them, and verified.
             os.close(os.open(incoming, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
-            try:
-                _copy(backup, incoming)
-            except sqlite3.DatabaseError as e:
-                if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                    raise BackupError(f"there is no room for the copy in {database.parent}: "
-                                      "free some space; nothing was changed") from None
-                if getattr(e, "sqlite_errorname", "") in WRITE_ERRORS:
-                    raise BackupError(f"the copy could not be written in {database.parent} "
-                                      f"({e.sqlite_errorname}); nothing was changed") from None
-                raise BackupError(f"{backup} could not be read whole ({type(e).__name__}); "
-                                  "nothing was changed") from None
+            _copy(backup, incoming, place=f"in {database.parent}",
+                  unreadable=f"{backup} could not be read whole; nothing was changed")
             fd = os.open(incoming, os.O_RDONLY)
             try:
                 os.fsync(fd)

@@ -364,6 +364,17 @@ def _checkpoint_shaped(cp: Any) -> bool:
     return True
 
 
+def _refuse_kept(sizes: list[int], problem: str, meaning: str) -> None:
+    """Stop (exit 1) if any kept checkpoint, by size, cannot be held against this log."""
+    if not sizes:
+        return
+    for size in sizes:
+        click.echo(f"  - kept checkpoint at size {size}: {problem}", err=True)
+    click.echo(f"FAILED: a kept checkpoint {meaning}. The log was not checked against it, and "
+               "this is not recorded as a verification.", err=True)
+    sys.exit(1)
+
+
 def _same_key(a: str, b: str) -> bool:
     """Whether two PEM public keys are the same key (however the PEM is laid out)."""
     from cryptography.hazmat.primitives import serialization
@@ -422,34 +433,21 @@ def verify(show_key: bool, kept: tuple[Any, ...], check_views: bool) -> None:
             return
         for cp in outside:  # (a report's: checked with this ledger's key, as stored ones are)
             cp.setdefault("public_key", ledger.merkle.public_key)
-        unsigned = [cp["size"] for cp in outside if not _signed_by_its_key(cp)]
-        if unsigned:
-            # Not a checkpoint anyone signed: it says nothing of the log, and is not recorded
-            # as the ledger's verification (a sound log would show failed in every report).
-            for size in unsigned:
-                click.echo(f"  - kept checkpoint at size {size}: signature does not match "
-                           "its key", err=True)
-            click.echo("FAILED: a kept checkpoint is not signed by the key it names (or, "
-                       "with none, by this ledger's): the file was changed after it was kept, "
-                       "or it is not a checkpoint. The log was not checked against it, and "
-                       "this is not recorded as a verification.", err=True)
-            sys.exit(1)
-        others = [cp["size"] for cp in outside if not _same_key(cp["public_key"],
-                                                                 ledger.merkle.public_key)]
-        if others:
-            # Signed, but not with this ledger's key: another ledger's checkpoint, or this
-            # ledger's signing key was replaced since it was kept (and, to pass, every stored
-            # checkpoint re-signed). Either way it cannot be held against this log; said, and
-            # not recorded (another ledger's file marked a sound log failed in every report).
-            for size in others:
-                click.echo(f"  - kept checkpoint at size {size}: signed with another key than "
-                           "this ledger's", err=True)
-            click.echo("FAILED: a kept checkpoint was signed with another key than this "
-                       "ledger's (`ledger verify --public-key` prints it): it is another "
-                       "ledger's, or this ledger's signing key was replaced since you kept it, "
-                       "which needs looking into. The log was not checked against it, and this "
-                       "is not recorded as a verification.", err=True)
-            sys.exit(1)
+        # A kept checkpoint that cannot be held against this log says nothing of it: said, and
+        # not recorded as the ledger's verification (a sound log would show failed in every
+        # report). First one no key signed; then one signed with another key than this
+        # ledger's (another ledger's, or this one's key replaced since, and every stored
+        # checkpoint re-signed to pass).
+        _refuse_kept([cp["size"] for cp in outside if not _signed_by_its_key(cp)],
+                     "signature does not match its key",
+                     "is not signed by the key it names (or, with none, by this ledger's): the "
+                     "file was changed after it was kept, or it is not a checkpoint")
+        _refuse_kept([cp["size"] for cp in outside
+                      if not _same_key(cp["public_key"], ledger.merkle.public_key)],
+                     "signed with another key than this ledger's",
+                     "was signed with another key than this ledger's (`ledger verify "
+                     "--public-key` prints it): it is another ledger's, or this ledger's "
+                     "signing key was replaced since you kept it, which needs looking into")
         verdict = verify_log(ledger.merkle, outside)
         ledger.merkle.record_verification(verdict)  # reports show the last outcome
         differ: dict[str, tuple[int, int]] = {}

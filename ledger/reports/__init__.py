@@ -94,7 +94,9 @@ def report_data(ledger: Any, as_of: datetime | None = None,
             rows=replay.all_rows(), people=people, study=replay.study, as_of=as_of,
             log={"events": replay.count, "position": replay.position},
             outstanding_days=outstanding_days))
-    ledger.views_at_least(None)  # everything saved so far (external views: waited for)
+    # Everything saved so far (external views: waited for; before, taken as they stood, a
+    # current report left out what they had not reached yet).
+    ledger.views_at_least(ledger.recorder.max_notification_id())
     position, count, rows, people = ledger.projector.views.snapshot(
         ledger.recorder.events_table_name, report_filters(study))
     # The moment the report is "as of" is read after the views: every event they hold was
